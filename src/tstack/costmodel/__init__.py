@@ -1,0 +1,6 @@
+"""Cost models: pure functions (op, device) -> Cost."""
+
+from tstack.costmodel.cost import Cost
+from tstack.costmodel.roofline import roofline
+
+__all__ = ["Cost", "roofline"]

@@ -1,0 +1,51 @@
+"""Roofline cost model with size-dependent efficiency: (op, device) -> Cost.
+
+time = max(FLOPs / (peak · compute efficiency), bytes / (bandwidth · memory efficiency))
+       + launch overhead, per instance, times the Op's count. See hardware.Efficiency for
+the efficiency terms (tile and wave quantization, K-loop length, kernel size).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tstack.costmodel.cost import Cost
+from tstack.hardware import DeviceSpec
+from tstack.workload.op import Op
+
+# Storage dtypes that compute on the vector units in fp32 (int32 accumulators, casts).
+_VECTOR_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "fp32", "int32": "fp32"}
+
+
+def gemm_efficiency(M: int, N: int, K: int, batch: int, dev: DeviceSpec) -> float:
+    """matrix_max × tile quantization × wave quantization × K-loop efficiency."""
+    e = dev.efficiency
+    tm, tn = math.ceil(M / e.tile_m), math.ceil(N / e.tile_n)
+    tile_util = (M * N) / (tm * e.tile_m * tn * e.tile_n)
+    tiles = tm * tn * batch
+    waves = math.ceil(tiles / dev.compute_units)
+    wave_util = tiles / (waves * dev.compute_units)
+    return e.matrix_max * tile_util * wave_util * (K / (K + e.k_half))
+
+
+def memory_efficiency(nbytes: float, dev: DeviceSpec) -> float:
+    e = dev.efficiency
+    return e.memory_max * nbytes / (nbytes + e.bytes_half)
+
+
+def roofline(op: Op, dev: DeviceSpec) -> Cost:
+    """Cost of all ``op.count`` instances of an Op on a device."""
+    if op.kind in ("gemm", "bgemm"):
+        peak = dev.peak("matrix", op.dtype)
+        eff = gemm_efficiency(*op.gemm_shape, dev)
+    else:
+        peak = dev.peak("vector", _VECTOR_DTYPE.get(op.dtype, "fp32"))
+        eff = dev.efficiency.vector_max
+    compute_s = op.flops / (peak * eff) if op.flops else 0.0
+    memory_s = op.bytes / (dev.memory_bandwidth * memory_efficiency(op.bytes, dev)) if op.bytes else 0.0
+    overhead_s = dev.launch_overhead
+    seconds = max(compute_s, memory_s) + overhead_s
+    # Only the dominant resource's time is spent; the other is hidden under it.
+    hidden_c, hidden_m = (compute_s, 0.0) if compute_s >= memory_s else (0.0, memory_s)
+    one = Cost(seconds, op.flops, op.bytes, hidden_c, hidden_m, overhead_s, op.flops / peak, 1)
+    return one * op.count if op.count != 1 else one

@@ -1,0 +1,25 @@
+"""Exceptions: every user-facing failure is a TstackError with a one-line message."""
+
+
+class TstackError(Exception):
+    """Base of errors that the CLI prints as one line and exits with a non-zero code."""
+
+
+class SpecError(TstackError, ValueError):
+    """A spec field has a value outside what is allowed; the message names field, value and range."""
+
+    def __init__(self, problems: list[str], where: str = "") -> None:
+        self.problems = tuple(problems)
+        prefix = f"{where}: " if where else ""
+        super().__init__(prefix + "; ".join(problems))
+
+
+class UnknownNameError(TstackError, KeyError):
+    """A preset, device, label or option name that tstack does not know."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InfeasibleError(TstackError):
+    """A candidate (mapping, allocation, configuration) that cannot run; searches skip it."""

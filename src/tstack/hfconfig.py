@@ -1,0 +1,102 @@
+"""Offline import of HuggingFace config.json files: BERT/RoBERTa, GPT-2, OPT, LLaMA-style decoders."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tstack.errors import SpecError
+from tstack.spec import ModelSpec
+
+_ACT = {"gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh", "gelu_fast": "gelu-tanh",
+        "relu": "relu", "silu": "silu", "swish": "silu"}
+
+
+class _Reader:
+    """Reads typed fields of a config, collecting every problem for one error."""
+
+    def __init__(self, data: dict[str, Any], where: str) -> None:
+        self.data, self.where, self.problems = data, where, []
+
+    def int(self, key: str, default: int | None = None) -> int:
+        v = self.data.get(key, default)
+        if v is None or isinstance(v, bool) or not isinstance(v, int):
+            self.problems.append(f"{key}={v!r} must be an integer" if key in self.data else f"missing field {key!r}")
+            return 1
+        return v
+
+    def act(self, key: str, default: str) -> str:
+        v = self.data.get(key, default)
+        if v not in _ACT:
+            self.problems.append(f"{key}={v!r} is not one of {', '.join(_ACT)}")
+            return "gelu"
+        return _ACT[v]
+
+    def done(self) -> None:
+        if self.problems:
+            raise SpecError(self.problems, self.where)
+
+
+def _bert(r: _Reader, name: str) -> ModelSpec:
+    H = r.int("hidden_size")
+    fields = dict(layers=r.int("num_hidden_layers"), hidden=H, heads=r.int("num_attention_heads"),
+                  ffn=r.int("intermediate_size"), vocab=r.int("vocab_size"),
+                  max_positions=r.int("max_position_embeddings", 512), type_vocab=r.int("type_vocab_size", 2),
+                  activation=r.act("hidden_act", "gelu"))
+    r.done()
+    return ModelSpec(name=name, arch="encoder", norm="layernorm", norm_position="post", position="learned",
+                     head="bert-pretrain", **fields)
+
+
+def _gpt2(r: _Reader, name: str) -> ModelSpec:
+    H = r.int("n_embd")
+    inner = r.data.get("n_inner")
+    fields = dict(layers=r.int("n_layer"), hidden=H, heads=r.int("n_head"),
+                  ffn=r.int("n_inner") if inner is not None else 4 * H, vocab=r.int("vocab_size"),
+                  max_positions=r.int("n_positions", 1024), activation=r.act("activation_function", "gelu_new"))
+    r.done()
+    return ModelSpec(name=name, arch="decoder", norm="layernorm", norm_position="pre", position="learned",
+                     head="lm", default_seq=min(1024, fields["max_positions"]), **fields)
+
+
+def _opt(r: _Reader, name: str) -> ModelSpec:
+    fields = dict(layers=r.int("num_hidden_layers"), hidden=r.int("hidden_size"), heads=r.int("num_attention_heads"),
+                  ffn=r.int("ffn_dim"), vocab=r.int("vocab_size"),
+                  max_positions=r.int("max_position_embeddings", 2048), activation=r.act("activation_function", "relu"))
+    r.done()
+    pre = r.data.get("do_layer_norm_before", True) is not False
+    return ModelSpec(name=name, arch="decoder", norm="layernorm", norm_position="pre" if pre else "post",
+                     position="learned", head="lm", tie_embeddings=r.data.get("tie_word_embeddings", True) is not False,
+                     default_seq=min(2048, fields["max_positions"]), **fields)
+
+
+def _llama(r: _Reader, name: str) -> ModelSpec:
+    heads = r.int("num_attention_heads")
+    kv = r.data.get("num_key_value_heads")
+    fields = dict(layers=r.int("num_hidden_layers"), hidden=r.int("hidden_size"), heads=heads,
+                  kv_heads=r.int("num_key_value_heads") if kv is not None else heads,
+                  ffn=r.int("intermediate_size"), vocab=r.int("vocab_size"),
+                  max_positions=r.int("max_position_embeddings", 4096), activation=r.act("hidden_act", "silu"))
+    r.done()
+    return ModelSpec(name=name, arch="decoder", norm="rmsnorm", norm_position="pre", position="rotary", head="lm",
+                     gated_ffn=True, bias=bool(r.data.get("attention_bias", False)),
+                     tie_embeddings=r.data.get("tie_word_embeddings", False) is True,
+                     default_seq=min(2048, fields["max_positions"]), **fields)
+
+
+_TYPES: dict[str, Callable[[_Reader, str], ModelSpec]] = {
+    "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "gpt2": _gpt2, "opt": _opt,
+    "llama": _llama, "mistral": _llama, "qwen2": _llama,
+}
+
+
+def from_hf_config(data: dict[str, Any], name: str, where: str) -> ModelSpec:
+    """ModelSpec of a HuggingFace config dict (no network, no transformers import)."""
+    mt = data.get("model_type")
+    if mt not in _TYPES:
+        raise SpecError([f"model_type={mt!r} is not supported (supported: {', '.join(_TYPES)})"], where)
+    spec = _TYPES[mt](_Reader(data, where), name)
+    if mt in ("roberta", "xlm-roberta"):
+        # RoBERTa's position table holds pad_token_id + 1 offset rows beyond the usable positions.
+        usable = spec.max_positions - data.get("pad_token_id", 1) - 1
+        spec = spec.replace(max_positions=max(1, usable))
+    return spec

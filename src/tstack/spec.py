@@ -1,0 +1,215 @@
+"""ModelSpec and RunSpec: frozen, validated at construction, loaded from preset data files.
+
+Names follow the papers: N layers, H (d_model) hidden, F (d_ff) feed-forward, h heads,
+B batch, S (n) sequence length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tstack.errors import SpecError
+
+ARCHS = ("encoder", "decoder", "enc-dec", "memnet")
+ACTIVATIONS = ("gelu", "gelu-tanh", "relu", "silu")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("post", "pre")
+POSITIONS = ("learned", "sinusoidal", "rotary", "none")
+HEADS = ("bert-pretrain", "lm", "memnet-answer", "none")
+MODES = ("infer", "train")
+PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "int8")
+OPTIMIZERS = ("lamb", "adam", "sgd")
+PHASES = ("prefill", "decode")
+_CHECKPOINT_RE = re.compile(r"^(none|sqrt|every-([1-9][0-9]*))$")
+
+# Upper bounds: generous for any real model, small enough to catch typos and overflow.
+MAX_LAYERS = 10_000
+MAX_HIDDEN = 1 << 20
+MAX_FFN = 1 << 22
+MAX_VOCAB = 1 << 24
+MAX_POSITIONS = 1 << 31
+MAX_BATCH = 1 << 24
+MAX_SEQ = 1 << 31  # a memory network's "sequence" is its memory size (10^8 slots in 003 Table IV)
+
+
+def _bounded(problems: list[str], name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{name}={value!r} must be an integer in [{lo}, {hi}]")
+    elif not lo <= value <= hi:
+        problems.append(f"{name}={value} is outside [{lo}, {hi}]")
+
+
+def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _flag(problems: list[str], name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        problems.append(f"{name}={value!r} must be true or false")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of a Transformer-family model; validated when constructed."""
+
+    name: str
+    arch: str
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+    max_positions: int = 512
+    kv_heads: int = 0  # 0 means "same as heads" (no grouped-query attention)
+    decoder_layers: int = 0  # enc-dec only
+    activation: str = "gelu"
+    gated_ffn: bool = False
+    type_vocab: int = 0
+    norm: str = "layernorm"
+    norm_position: str = "post"
+    position: str = "learned"
+    bias: bool = True
+    head: str = "bert-pretrain"
+    tie_embeddings: bool = True
+    hops: int = 0  # memnet only
+    default_seq: int = 128
+    description: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kv_heads == 0 and isinstance(self.heads, int):
+            object.__setattr__(self, "kv_heads", self.heads)
+        problems: list[str] = []
+        _choice(problems, "arch", self.arch, ARCHS)
+        _bounded(problems, "layers", self.layers, 1, MAX_LAYERS)
+        _bounded(problems, "hidden", self.hidden, 1, MAX_HIDDEN)
+        _bounded(problems, "heads", self.heads, 1, MAX_HIDDEN)
+        _bounded(problems, "kv_heads", self.kv_heads, 1, MAX_HIDDEN)
+        _bounded(problems, "ffn", self.ffn, 1, MAX_FFN)
+        _bounded(problems, "vocab", self.vocab, 1, MAX_VOCAB)
+        _bounded(problems, "max_positions", self.max_positions, 1, MAX_POSITIONS)
+        _bounded(problems, "type_vocab", self.type_vocab, 0, MAX_VOCAB)
+        _bounded(problems, "default_seq", self.default_seq, 1, MAX_SEQ)
+        _choice(problems, "activation", self.activation, ACTIVATIONS)
+        _choice(problems, "norm", self.norm, NORMS)
+        _choice(problems, "norm_position", self.norm_position, NORM_POSITIONS)
+        _choice(problems, "position", self.position, POSITIONS)
+        _choice(problems, "head", self.head, HEADS)
+        for name in ("gated_ffn", "bias", "tie_embeddings"):
+            _flag(problems, name, getattr(self, name))
+        if not problems:
+            self._check_relations(problems)
+        if problems:
+            raise SpecError(problems, f"model {self.name!r}")
+
+    def _check_relations(self, problems: list[str]) -> None:
+        if self.hidden % self.heads:
+            problems.append(f"heads={self.heads} must divide hidden={self.hidden}")
+        if self.heads % self.kv_heads:
+            problems.append(f"kv_heads={self.kv_heads} must divide heads={self.heads}")
+        if self.arch == "enc-dec":
+            _bounded(problems, "decoder_layers", self.decoder_layers, 1, MAX_LAYERS)
+        elif self.decoder_layers:
+            problems.append(f"decoder_layers={self.decoder_layers} is only allowed for arch enc-dec")
+        if self.arch == "memnet":
+            _bounded(problems, "hops", self.hops, 1, MAX_LAYERS)
+        elif self.hops:
+            problems.append(f"hops={self.hops} is only allowed for arch memnet")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_hidden(self) -> int:
+        """Width of the K and V projections (smaller than hidden under grouped-query attention)."""
+        return self.kv_heads * self.head_dim
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        """A copy with fields changed (validated again); kv_heads follows heads unless given."""
+        if "heads" in changes and "kv_heads" not in changes and self.kv_heads == self.heads:
+            changes["kv_heads"] = 0
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How the model is run: mode, shapes, precision, optimizer, checkpointing, decode phase."""
+
+    mode: str = "infer"
+    batch: int = 1
+    seq: int = 128
+    tgt_seq: int = 0  # enc-dec target length; 0 means "same as seq"
+    precision: str = "fp32"
+    optimizer: str = "lamb"
+    checkpoint: str = "none"
+    dropout: bool = True
+    phase: str = "prefill"
+    kv_len: int = 0  # decode: tokens already in the KV cache
+
+    def __post_init__(self) -> None:
+        if self.tgt_seq == 0 and isinstance(self.seq, int):
+            object.__setattr__(self, "tgt_seq", self.seq)
+        problems: list[str] = []
+        _choice(problems, "mode", self.mode, MODES)
+        _bounded(problems, "batch", self.batch, 1, MAX_BATCH)
+        _bounded(problems, "seq", self.seq, 1, MAX_SEQ)
+        _bounded(problems, "tgt_seq", self.tgt_seq, 1, MAX_SEQ)
+        _choice(problems, "precision", self.precision, PRECISIONS)
+        _choice(problems, "optimizer", self.optimizer, OPTIMIZERS)
+        _choice(problems, "phase", self.phase, PHASES)
+        _flag(problems, "dropout", self.dropout)
+        _bounded(problems, "kv_len", self.kv_len, 0, MAX_SEQ)
+        if not isinstance(self.checkpoint, str) or not _CHECKPOINT_RE.match(self.checkpoint):
+            problems.append(f"checkpoint={self.checkpoint!r} is not one of none, sqrt, every-K (K ≥ 1)")
+        if not problems:
+            if self.mode == "train" and self.precision == "int8":
+                problems.append("precision='int8' is inference-only; training allows fp32, fp16-mixed, bf16-mixed")
+            if self.mode == "train" and self.phase == "decode":
+                problems.append("phase='decode' is inference-only; training uses phase=prefill")
+            if self.phase == "decode" and self.kv_len < 1:
+                problems.append(f"kv_len={self.kv_len} must be ≥ 1 in phase=decode (tokens already cached)")
+        if problems:
+            raise SpecError(problems, "run")
+
+    @property
+    def training(self) -> bool:
+        return self.mode == "train"
+
+    def segment_size(self, layers: int) -> int:
+        """Layers per checkpointed segment; 0 when checkpointing is off (002 §4: √N segments)."""
+        if self.checkpoint == "none":
+            return 0
+        if self.checkpoint == "sqrt":
+            return max(1, math.ceil(layers / max(1, round(math.sqrt(layers)))))
+        return int(self.checkpoint.split("-", 1)[1])
+
+    def replace(self, **changes: Any) -> RunSpec:
+        """A copy with fields changed (validated again); tgt_seq follows seq unless given."""
+        if "seq" in changes and "tgt_seq" not in changes and self.tgt_seq == self.seq:
+            changes["tgt_seq"] = 0
+        return dataclasses.replace(self, **changes)
+
+
+def model_from_dict(data: Any, where: str) -> ModelSpec:
+    """Build a ModelSpec from a mapping, naming unknown and missing fields in one error."""
+    if not isinstance(data, dict):
+        raise SpecError([f"expected a mapping of model fields, got {type(data).__name__}"], where)
+    known = {f.name for f in dataclasses.fields(ModelSpec)}
+    problems = [f"unknown field {k!r} (allowed: {', '.join(sorted(known))})" for k in data if k not in known]
+    required = [f.name for f in dataclasses.fields(ModelSpec) if f.default is dataclasses.MISSING]
+    problems += [f"missing field {k!r}" for k in required if k not in data]
+    if problems:
+        raise SpecError(problems, where)
+    return ModelSpec(**data)
+
+
+def preset_dir(kind: str) -> Path:
+    """Folder of the packaged preset data files of one kind (models or devices)."""
+    return Path(__file__).parent / "presets" / kind

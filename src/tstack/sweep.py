@@ -1,0 +1,89 @@
+"""Cartesian sweeps over model and run parameters, returning a tidy table (one row per config × group)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tstack.costmodel.cost import Cost
+from tstack.costmodel.roofline import roofline
+from tstack.errors import TstackError, UnknownNameError
+from tstack.hardware import DeviceSpec, load_device
+from tstack.models import load_model
+from tstack.parallel import pmap
+from tstack.spec import ModelSpec, RunSpec
+from tstack.workload.build import build
+
+# Sweep axis -> (spec, field). Paper symbols are accepted beside the field names.
+AXES = {
+    "batch": ("run", "batch"), "B": ("run", "batch"),
+    "seq": ("run", "seq"), "n": ("run", "seq"), "S": ("run", "seq"),
+    "precision": ("run", "precision"),
+    "layers": ("model", "layers"), "N": ("model", "layers"),
+    "hidden": ("model", "hidden"), "d_model": ("model", "hidden"), "H": ("model", "hidden"),
+    "ffn": ("model", "ffn"), "d_ff": ("model", "ffn"), "F": ("model", "ffn"),
+    "heads": ("model", "heads"), "h": ("model", "heads"),
+}
+COLUMNS = ("model", "device", "mode", "batch", "seq", "layers", "hidden", "ffn", "heads", "precision")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One point of a sweep: the two specs it resolves to."""
+
+    model: ModelSpec
+    run: RunSpec
+
+
+def configs(model: ModelSpec, run: RunSpec, axes: dict[str, Sequence[Any]]) -> list[Config]:
+    """Every combination of the axis values applied to the base specs (validated per point)."""
+    for key in axes:
+        if key not in AXES:
+            raise UnknownNameError(f"sweep axis {key!r} is unknown (allowed: {', '.join(AXES)})")
+    names = list(axes)
+    out = []
+    for values in itertools.product(*(axes[k] for k in names)):
+        m_changes: dict[str, Any] = {}
+        r_changes: dict[str, Any] = {}
+        for k, v in zip(names, values):
+            spec, fld = AXES[k]
+            (m_changes if spec == "model" else r_changes)[fld] = v
+        m = model.replace(**m_changes) if m_changes else model
+        if m_changes and "hidden" in m_changes and "ffn" not in m_changes and model.ffn == 4 * model.hidden:
+            m = m.replace(ffn=4 * m.hidden)  # keep d_ff = 4·d_model when the base model follows it
+        out.append(Config(m, run.replace(**r_changes) if r_changes else run))
+    return out
+
+
+def evaluate(cfg: Config, device: DeviceSpec, cost_model: Callable = roofline) -> list[dict[str, Any]]:
+    """Rows of one configuration: seconds, FLOPs, bytes and kernels per 002 group."""
+    m, r = cfg.model, cfg.run
+    groups: dict[str, Cost] = {}
+    for op in build(m, r, collapse=True):
+        g = op.label("group")
+        c = cost_model(op, device)
+        groups[g] = groups[g] + c if g in groups else c
+    total = sum(groups.values(), Cost()).seconds
+    base = {"model": m.name, "device": device.name, "mode": r.mode, "batch": r.batch, "seq": r.seq,
+            "layers": m.layers, "hidden": m.hidden, "ffn": m.ffn, "heads": m.heads, "precision": r.precision}
+    return [{**base, "group": g, "seconds": c.seconds, "share": c.seconds / total, "flops": c.flops,
+             "bytes": c.bytes, "kernels": c.kernels} for g, c in groups.items()]
+
+
+def sweep(model: str | Path | ModelSpec, axes: dict[str, Sequence[Any]], device: str | Path | DeviceSpec = "a100",
+          run: RunSpec | None = None, executor: str = "process", workers: int | None = None,
+          progress: Callable[[int], None] | None = None):  # noqa: ANN201 - returns a pandas DataFrame
+    """Tidy DataFrame: one row per (configuration, 002 group), over the Cartesian product of ``axes``."""
+    import pandas as pd
+
+    spec = load_model(model)
+    dev = load_device(device)
+    base = run or RunSpec(seq=spec.default_seq)
+    points = configs(spec, base, axes)
+    if not points:
+        raise TstackError("the sweep has no configurations: every axis needs at least one value")
+    rows = pmap(partial(evaluate, device=dev), points, executor=executor, workers=workers, progress=progress)
+    return pd.DataFrame.from_records([row for rs in rows for row in rs])

@@ -1,0 +1,245 @@
+"""(ModelSpec, RunSpec) -> Workload: the tuple of Ops one inference or training iteration launches.
+
+The pipeline, one line per step:
+    check_pair        the two specs fit together (sequence within positions, decode needs a decoder)
+    embedding         token/position/type lookups, sum, norm, dropout
+    layers            encoder / decoder / enc-dec / memory-network hops
+    head              pooler+MLM+NSP, LM head or memory-network answer
+    backward          reversed forward with each kernel's backward (002 Table 2b for GEMMs)
+    recompute         forward of checkpointed segments again (002 §4)
+    optimizer         mixed-precision copies, gradient norm, LAMB/Adam/SGD stages per layer
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from tstack.errors import SpecError
+from tstack.spec import ModelSpec, RunSpec
+from tstack.workload import emit, layers
+from tstack.workload import formulas as F
+from tstack.workload.emit import Ctx, Step
+from tstack.workload.layers import AttnShape
+from tstack.workload.op import Op, make_labels
+from tstack.workload import params as P
+
+Workload = tuple[Op, ...]
+MLM_FRACTION = 0.15  # BERT masks 15% of tokens; its MLM head runs on those positions only
+
+
+def check_pair(model: ModelSpec, run: RunSpec) -> None:
+    problems = []
+    if model.position == "learned":
+        longest = max(run.seq, run.tgt_seq) + (run.kv_len if run.phase == "decode" else 0)
+        if longest > model.max_positions:
+            problems.append(f"seq={longest} exceeds max_positions={model.max_positions} of model {model.name!r}")
+    if run.phase == "decode" and model.arch not in ("decoder", "enc-dec"):
+        problems.append(f"phase='decode' needs a decoder model; {model.name!r} is arch {model.arch}")
+    if run.tgt_seq != run.seq and model.arch != "enc-dec":
+        problems.append(f"tgt_seq={run.tgt_seq} is only for enc-dec models; {model.name!r} is arch {model.arch}")
+    if problems:
+        raise SpecError(problems, "run")
+
+
+def _emb_labels(group: str = "Embedding") -> dict[str, str]:
+    return layers.labels("-", "embedding", group, "embedding", part="embedding")
+
+
+def embedding(ctx: Ctx, S: int) -> list[Step]:
+    """Lookups, their sum, and (BERT) the embedding LayerNorm and dropout."""
+    m, B = ctx.model, ctx.run.batch
+    T, L = B * S, _emb_labels()
+    steps = [emit.embedding_lookup(ctx, "word_embeddings", T, m.vocab, L)]
+    if m.arch == "memnet":
+        return steps
+    if m.position == "learned":
+        steps.append(emit.embedding_lookup(ctx, "position_embeddings", T, m.max_positions, L))
+    if m.type_vocab:
+        steps.append(emit.embedding_lookup(ctx, "token_type_embeddings", T, m.type_vocab, L))
+    if len(steps) == 3:
+        steps.append(emit.pointwise(ctx, "embedding-sum", T, m.hidden, L))
+    elif len(steps) == 2:
+        steps.append(emit.pointwise(ctx, "residual", T, m.hidden, L))
+    elif m.position == "sinusoidal":
+        steps.append(emit.pointwise(ctx, "position-add", T, m.hidden, L))
+    if m.arch == "encoder":
+        steps.append(emit.pointwise(ctx, m.norm, T, m.hidden, L))
+    if ctx.run.training and ctx.run.dropout and m.arch in ("encoder", "enc-dec"):
+        steps.append(emit.pointwise(ctx, "dropout", T, m.hidden, L))
+    return steps
+
+
+def embedded_lengths(model: ModelSpec, run: RunSpec) -> tuple[int, ...]:
+    """Tokens per sequence that go through the embedding: one new token when decoding, one
+    query per memory-network question, source and target for an enc-dec pass."""
+    if run.phase == "decode" or model.arch == "memnet":
+        return (1,)
+    if model.arch == "enc-dec":
+        return (run.seq, run.tgt_seq)
+    return (run.seq,)
+
+
+def _layer_names(prefix: str, n: int, collapse: bool) -> list[str]:
+    return [f"{prefix}*"] if collapse else [f"{prefix}{i}" for i in range(n)]
+
+
+def transformer(ctx: Ctx, collapse: bool) -> list[list[Step]]:
+    """One list of steps per layer (a single list with count = N when collapsed)."""
+    m, r = ctx.model, ctx.run
+    if m.arch == "memnet":
+        return [memnet_hop(_with_count(ctx, m.hops, collapse), name) for name in _layer_names("hop", m.hops, collapse)]
+    if m.arch == "encoder":
+        c = _with_count(ctx, m.layers, collapse)
+        return [layers.encoder_layer(c, name, r.seq) for name in _layer_names("L", m.layers, collapse)]
+    decode = r.phase == "decode"
+    Sq = 1 if decode else (r.tgt_seq if m.arch == "enc-dec" else r.seq)
+    self_shape = AttnShape(Sq, r.kv_len + 1 if decode else Sq, Sq, causal=True)
+    out = []
+    cross = None
+    if m.arch == "enc-dec":
+        if not decode:  # in decode the encoder ran once before and its K/V are cached
+            c = _with_count(ctx, m.layers, collapse)
+            out += [layers.encoder_layer(c, name, r.seq) for name in _layer_names("E", m.layers, collapse)]
+        cross = AttnShape(Sq, r.seq, 0 if decode else r.seq, causal=False)
+    n_dec = m.decoder_layers if m.arch == "enc-dec" else m.layers
+    c = _with_count(ctx, n_dec, collapse)
+    out += [layers.decoder_layer(c, name, self_shape, cross) for name in _layer_names("D" if cross else "L", n_dec, collapse)]
+    return out
+
+
+def _with_count(ctx: Ctx, n: int, collapse: bool) -> Ctx:
+    return replace(ctx, count=n) if collapse else ctx
+
+
+def memnet_hop(ctx: Ctx, layer: str) -> list[Step]:
+    """One hop of an end-to-end memory network (003 Fig. 2a): u·Mᵀ, softmax, p·C, u + o.
+
+    The B queries attend over one shared memory of S = ns slots, so each product is one GEMM.
+    """
+    m, B, S = ctx.model, ctx.run.batch, ctx.run.seq
+    d = m.hidden
+
+    def L(group: str, nlp: str, block: str = "attention") -> dict[str, str]:
+        return layers.labels(layer, block, group, nlp, part="memory hops")
+
+    return [
+        emit.gemm(ctx, "hop.score", (S, B, d), 1, L("Attn B-GEMM", "dot product"), False),
+        emit.pointwise(ctx, "softmax", B, S, L("Scale+Mask+DR+SM", "softmax")),
+        emit.gemm(ctx, "hop.context", (d, B, S), 1, L("Attn B-GEMM", "weighted sum"), False),
+        emit.pointwise(ctx, "residual", B, d, L("DR+RC+LN", "layernorm/residual", "DR+RC+LN")),
+    ]
+
+
+def head(ctx: Ctx) -> list[Step]:
+    m, r = ctx.model, ctx.run
+    B, H, V = r.batch, m.hidden, m.vocab
+
+    def L(group: str = "Output") -> dict[str, str]:
+        return layers.labels("-", "output", group, "output", part="output")
+
+    if m.head == "none":
+        return []
+    if m.head == "memnet-answer":
+        return [emit.gemm(ctx, "answer", (V, B, H), 1, L(), False), emit.pointwise(ctx, "softmax", B, V, L())]
+    if m.head == "lm":
+        # Training scores every target token; inference only the last one per sequence.
+        S = r.tgt_seq if m.arch == "enc-dec" else r.seq
+        T = B * S if r.training else B
+        steps = [emit.pointwise(ctx, m.norm, B * (1 if r.phase == "decode" else S), H, L())] if m.norm_position == "pre" else []
+        steps.append(emit.gemm(ctx, "lm_head", (V, T, H), 1, L(), False))
+        if r.training:
+            steps.append(emit.pointwise(ctx, "softmax", T, V, L()))  # log-softmax of the cross-entropy loss
+        return steps
+    steps = [emit.gemm(ctx, "pooler", (H, B, H), 1, L(), m.bias)]  # bert-pretrain: [CLS] pooler (+ tanh, folded)
+    if r.training:
+        Tm = B * math.ceil(MLM_FRACTION * r.seq)
+        steps += [
+            emit.gemm(ctx, "nsp", (2, B, H), 1, L(), m.bias),
+            emit.gemm(ctx, "mlm.dense", (H, Tm, H), 1, L(), False),
+            emit.pointwise(ctx, layers.ACT_KERNEL[m.activation], Tm, H, L()),
+            emit.pointwise(ctx, m.norm, Tm, H, L()),
+            emit.gemm(ctx, "mlm.decoder", (V, Tm, H), 1, L(), m.bias),
+            emit.pointwise(ctx, "softmax", Tm, V, L()),
+        ]
+    return steps
+
+
+def backward(layer_steps: list[list[Step]], segment: int) -> list[Op]:
+    """Layers in reverse, each layer's backward kernels; checkpointed segments recompute first."""
+    out: list[Op] = []
+    n = len(layer_steps)
+    for i in range(n - 1, -1, -1):
+        if segment and (i == n - 1 or (i + 1) % segment == 0):
+            start = (i // segment) * segment
+            for steps in layer_steps[start:i + 1]:
+                out += [emit.with_pass(s.fwd, "recompute") for s in steps]
+        for s in reversed(layer_steps[i]):
+            out += s.bwd
+    return out
+
+
+def optimizer(ctx: Ctx, groups: list[tuple[str, str, int, int]]) -> list[Op]:
+    """Mixed-precision gradient/weight copies, the global gradient norm and the per-layer stages.
+
+    ``groups`` lists (part, layer, parameters per instance, instances).
+    """
+    r = ctx.run
+    name = r.optimizer
+    group_label = {"lamb": "LAMB", "adam": "Adam", "sgd": "SGD"}[name]
+    mixed = r.precision != "fp32"
+    total = sum(p * c for _, _, p, c in groups)
+    ops: list[Op] = []
+
+    def op(kind: str, kname: str, params: int, flops: int, traffic: int, layer: str, group: str, count: int) -> Op:
+        labels = make_labels({"part": "optimizer", "layer": layer, "block": "optimizer", "group": group,
+                              "nlpfast": "optimizer", "pass": "update"})
+        return Op(kind, kname, (("params", params),), "fp32", flops, traffic, labels, count)
+
+    half = emit.DTYPE_BYTES[ctx.gemm_dtype]
+    for part, layer, p, c in groups:
+        if mixed:  # fp16/bf16 gradients → fp32 master gradients, unscaled (1 FLOP each)
+            ops.append(op("copy", "grad-to-master", p, p, p * (half + 4), layer, "Master copy", c))
+    if name == "lamb":  # LAMB needs ‖g‖ over the whole model before any update (002 §3.2.3)
+        ops.append(op("reduction", "lamb-global-norm", total, 2 * total, 4 * total, "-", group_label, 1))
+    for part, layer, p, c in groups:
+        for stage, cost in F.OPTIMIZER_STAGES[name]:
+            ops.append(op("elementwise", stage, p, cost.flops * p, 4 * p * (cost.reads + cost.writes), layer, group_label, c))
+        if name == "lamb":  # per-tensor ‖w‖ and ‖u‖ for the trust ratio
+            ops.append(op("reduction", "lamb-norms", p, 4 * p, 8 * p, layer, group_label, c))
+        if mixed:
+            ops.append(op("copy", "master-to-model", p, 0, p * (4 + half), layer, "Master copy", c))
+    return ops
+
+
+def param_groups(model: ModelSpec, layer_names: list[str], collapse: bool) -> list[tuple[str, str, int, int]]:
+    """(part, layer, parameters, instances) per optimizer group, matching the layers built."""
+    groups = [("embedding", "-", P.embedding_params(model), 1)]
+    if model.arch == "memnet":
+        return groups
+    for name in layer_names:
+        cross = model.arch == "enc-dec" and name.startswith("D")
+        count = (model.decoder_layers if cross else model.layers) if collapse else 1
+        groups.append(("transformer", name, P.layer_params(model, cross), count))
+    if P.head_params(model):
+        groups.append(("output", "-", P.head_params(model), 1))
+    return groups
+
+
+def build(model: ModelSpec, run: RunSpec, collapse: bool = False) -> Workload:
+    """All Ops of one iteration; ``collapse`` keeps one copy of identical layers with count = N."""
+    check_pair(model, run)
+    ctx = Ctx.of(model, run)
+    emb = [s for S in embedded_lengths(model, run) for s in embedding(ctx, S)]
+    body = transformer(ctx, collapse)
+    out = head(ctx)
+    fwd = [s.fwd for s in emb] + [s.fwd for steps in body for s in steps] + [s.fwd for s in out]
+    if not run.training:
+        return tuple(fwd)
+    seg = run.segment_size(len(body) if not collapse else model.layers + model.decoder_layers)
+    bwd = [op for s in reversed(out) for op in s.bwd] + backward(body, seg if not collapse else 0)
+    if seg and collapse:
+        bwd += [emit.with_pass(s.fwd, "recompute") for steps in body for s in steps]
+    bwd += [op for s in reversed(emb) for op in s.bwd]
+    names = [steps[0].fwd.label("layer") for steps in body]
+    return tuple(fwd + bwd + optimizer(ctx, param_groups(model, names, collapse)))

@@ -1,0 +1,115 @@
+"""Emitters: each returns the forward Op of one kernel and the backward Ops it implies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tstack.spec import ModelSpec, RunSpec
+from tstack.workload import formulas as F
+from tstack.workload.op import DTYPE_BYTES, Op, make_labels
+
+# Activation storage dtype per precision; int8 inference keeps GEMM operands in int8 and
+# the non-GEMM kernels in fp32 (dequantize → op → requantize, as in I-BERT's baseline).
+ACT_DTYPE = {"fp32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "int8": "fp32"}
+GEMM_DTYPE = {"fp32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "int8": "int8"}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A forward Op with the backward Ops it launches in training (already in backward order)."""
+
+    fwd: Op
+    bwd: tuple[Op, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """What every emitter needs: the specs, dtypes and whether backward ops are wanted."""
+
+    model: ModelSpec
+    run: RunSpec
+    act: str
+    gemm_dtype: str
+    count: int = 1
+
+    @classmethod
+    def of(cls, model: ModelSpec, run: RunSpec) -> Ctx:
+        return cls(model, run, ACT_DTYPE[run.precision], GEMM_DTYPE[run.precision])
+
+    @property
+    def act_bytes(self) -> int:
+        return DTYPE_BYTES[self.act]
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of the weights the kernels read (the fp16/bf16 model copy under mixed precision)."""
+        return DTYPE_BYTES[self.gemm_dtype]
+
+    @property
+    def gemm_out_bytes(self) -> int:
+        """int8 GEMMs write int8 after a fused requantization; others write their own dtype."""
+        return DTYPE_BYTES[self.gemm_dtype]
+
+
+def _op(ctx: Ctx, kind: str, name: str, counts: F.Counts, dtype: str, labels: dict[str, str]) -> Op:
+    return Op(kind, name, counts.dims, dtype, counts.flops, counts.bytes, make_labels(labels), ctx.count)
+
+
+def _bwd_labels(labels: dict[str, str], pass_: str) -> dict[str, str]:
+    return {**labels, "pass": pass_}
+
+
+def gemm(ctx: Ctx, name: str, mnk: tuple[int, int, int], batch: int, labels: dict[str, str], bias: bool = False) -> Step:
+    """A Linear (kind gemm, batch 1) or batched attention GEMM (kind bgemm) with its 002 Table 2b backward."""
+    M, N, K = mnk
+    kind = "gemm" if batch == 1 else "bgemm"
+    ib, ob = DTYPE_BYTES[ctx.gemm_dtype], ctx.gemm_out_bytes
+    fwd = _op(ctx, kind, name, F.gemm(M, N, K, batch, ib, ob), ctx.gemm_dtype, labels)
+    if not ctx.run.training:
+        return Step(fwd)
+    act_mnk, weight_mnk = F.GEMM_BACKWARD[kind](M, N, K)
+    bwd = [
+        _op(ctx, kind, name, F.gemm(*act_mnk, batch, ib, ob), ctx.gemm_dtype, _bwd_labels(labels, "bwd-act")),
+        _op(ctx, kind, name, F.gemm(*weight_mnk, batch, ib, ob), ctx.gemm_dtype, _bwd_labels(labels, "bwd-weight")),
+    ]
+    if bias:
+        bias_grad = F.pointwise("bias-grad", N, M, ctx.act_bytes, 4)
+        bwd.append(_op(ctx, "reduction", "bias-grad", bias_grad, ctx.act, _bwd_labels(labels, "bwd-weight")))
+    return Step(fwd, tuple(bwd))
+
+
+def pointwise(ctx: Ctx, name: str, rows: int, cols: int, labels: dict[str, str]) -> Step:
+    """A registered element-wise or reduction kernel and the backward kernels registered for it."""
+    pb = ctx.param_bytes
+    k = F.kernel(name)
+    fwd = _op(ctx, k.kind, name, F.pointwise(name, rows, cols, ctx.act_bytes, pb), ctx.act, labels)
+    if not ctx.run.training:
+        return Step(fwd)
+    bwd = []
+    for b in F.BACKWARD[name]:
+        pass_ = "bwd-weight" if b == "bias-grad" else "bwd-act"
+        counts = F.pointwise(b, rows, cols, ctx.act_bytes, 4 if b == "bias-grad" else pb)
+        bwd.append(_op(ctx, F.kernel(b).kind, b, counts, ctx.act, _bwd_labels(labels, pass_)))
+    return Step(fwd, tuple(bwd))
+
+
+def embedding_lookup(ctx: Ctx, name: str, tokens: int, table_rows: int, labels: dict[str, str]) -> Step:
+    """Gather `tokens` rows of an embedding table; backward zero-fills and scatter-adds the table gradient."""
+    H = ctx.model.hidden
+    fwd = _op(ctx, "gather", name, F.gather(tokens, H, ctx.act_bytes), ctx.act, labels)
+    if not ctx.run.training:
+        return Step(fwd)
+    pb = ctx.param_bytes
+    # embedding_dense_backward: zero the table gradient, then read dy and add into T rows.
+    counts = F.Counts(tokens * H, table_rows * H * pb + tokens * H * (ctx.act_bytes + 2 * pb) + tokens * 8,
+                      (("rows", tokens), ("cols", H), ("table", table_rows)))
+    return Step(fwd, (_op(ctx, "gather", name, counts, ctx.act, _bwd_labels(labels, "bwd-weight")),))
+
+
+def with_pass(op: Op, pass_: str) -> Op:
+    """The same kernel relabelled to another pass (recomputation under checkpointing)."""
+    return op.relabel(**{"pass": pass_})
+
+
+def with_count(op: Op, count: int) -> Op:
+    return replace(op, count=count)

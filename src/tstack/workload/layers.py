@@ -1,0 +1,120 @@
+"""Forward steps of the blocks a Transformer layer is made of (unfused, as a framework launches them).
+
+Shapes: B batch, Sq query tokens per sequence, Skv keys per sequence, H hidden, F feed-forward,
+h heads of width dh = H/h, hk key/value heads (grouped-query attention when hk < h).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tstack.workload import emit
+from tstack.workload.emit import Ctx, Step
+
+ACT_GROUP = {"gelu": "GeLU", "gelu-tanh": "GeLU", "relu": "ReLU", "silu": "SiLU"}
+ACT_KERNEL = {"gelu": "bias-gelu", "gelu-tanh": "bias-gelu-tanh", "relu": "bias-relu", "silu": "bias-silu"}
+GATED_KERNEL = {"gelu": "gelu-mul", "gelu-tanh": "gelu-mul", "relu": "relu-mul", "silu": "silu-mul"}
+
+
+@dataclass(frozen=True, slots=True)
+class AttnShape:
+    """Token counts of one attention block."""
+
+    Sq: int  # query tokens per sequence
+    Skv: int  # keys attended to per sequence (cache included)
+    Skv_new: int  # keys whose K/V are generated in this pass (0: none, e.g. 003's enc-dec attention)
+    causal: bool
+
+
+def labels(layer: str, block: str, group: str, nlpfast: str, part: str = "transformer") -> dict[str, str]:
+    return {"part": part, "layer": layer, "block": block, "group": group, "nlpfast": nlpfast, "pass": "fwd"}
+
+
+def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> list[Step]:
+    """Q/K/V-Gen, QKᵀ, scale, mask, softmax, dropout, P·V and the output projection."""
+    m, B = ctx.model, ctx.run.batch
+    H, dh, hk = m.hidden, m.head_dim, m.kv_heads
+    group_size = m.heads // hk
+    T, Tkv = B * shape.Sq, B * shape.Skv_new
+
+    def L(group: str, nlp: str) -> dict[str, str]:
+        return labels(layer, "attention", group, nlp)
+
+    steps = [emit.gemm(ctx, f"{prefix}.q_proj", (H, T, H), 1, L("Linear GEMM", "Q-Gen"), m.bias)]
+    if shape.Skv_new:
+        for name in ("k_proj", "v_proj"):
+            steps.append(emit.gemm(ctx, f"{prefix}.{name}", (m.kv_hidden, Tkv, H), 1, L("Linear GEMM", "K/V-Gen"), m.bias))
+    if m.position == "rotary":
+        steps.append(emit.pointwise(ctx, "rope", T, H, L("RoPE", "Q-Gen")))
+        if shape.Skv_new:
+            steps.append(emit.pointwise(ctx, "rope", Tkv, m.kv_hidden, L("RoPE", "K/V-Gen")))
+    # Scores: the queries of a KV group share its keys, so one B-GEMM per (sequence, KV head).
+    score_rows = B * m.heads * shape.Sq
+    steps.append(emit.gemm(ctx, f"{prefix}.score", (shape.Skv, shape.Sq * group_size, dh), B * hk,
+                           L("Attn B-GEMM", "dot product")))
+    sm = L("Scale+Mask+DR+SM", "softmax")
+    steps.append(emit.pointwise(ctx, "scale", score_rows, shape.Skv, sm))
+    steps.append(emit.pointwise(ctx, "mask", score_rows, shape.Skv, sm))
+    steps.append(emit.pointwise(ctx, "softmax", score_rows, shape.Skv, sm))
+    if ctx.run.training and ctx.run.dropout:
+        steps.append(emit.pointwise(ctx, "dropout", score_rows, shape.Skv, sm))
+    steps.append(emit.gemm(ctx, f"{prefix}.context", (dh, shape.Sq * group_size, shape.Skv), B * hk,
+                           L("Attn B-GEMM", "weighted sum")))
+    steps.append(emit.gemm(ctx, f"{prefix}.out_proj", (H, T, H), 1, L("Linear GEMM", "attention FC"), m.bias))
+    return steps
+
+
+def add_norm(ctx: Ctx, layer: str, tokens: int, part: str = "transformer") -> list[Step]:
+    """Dropout, residual add and the normalization that follow (post-LN) or precede (pre-LN) a sublayer."""
+    L = labels(layer, "DR+RC+LN", "DR+RC+LN", "layernorm/residual", part)
+    H = ctx.model.hidden
+    steps = []
+    if ctx.run.training and ctx.run.dropout:
+        steps.append(emit.pointwise(ctx, "dropout", tokens, H, L))
+    steps.append(emit.pointwise(ctx, "residual", tokens, H, L))
+    steps.append(emit.pointwise(ctx, ctx.model.norm, tokens, H, L))
+    return steps
+
+
+def ffn(ctx: Ctx, layer: str, tokens: int) -> list[Step]:
+    """W1 (or gate and up), the activation with its bias, W2."""
+    m = ctx.model
+    H, Fd = m.hidden, m.ffn
+    act_group = ACT_GROUP[m.activation]
+
+    def L(group: str, nlp: str) -> dict[str, str]:
+        return labels(layer, "fc", group, nlp)
+
+    if m.gated_ffn:
+        steps = [emit.gemm(ctx, f"ffn.{n}", (Fd, tokens, H), 1, L("FC GEMM", "linear trans-1"), m.bias)
+                 for n in ("gate_proj", "up_proj")]
+        steps.append(emit.pointwise(ctx, GATED_KERNEL[m.activation], tokens, Fd, L(act_group, "activation")))
+    else:
+        # The FC-1 bias is added inside the fused bias+activation kernel (002 "bias+GeLU").
+        steps = [emit.gemm(ctx, "ffn.fc1", (Fd, tokens, H), 1, L("FC GEMM", "linear trans-1"), False),
+                 emit.pointwise(ctx, ACT_KERNEL[m.activation], tokens, Fd, L(act_group, "activation"))]
+    steps.append(emit.gemm(ctx, "ffn.fc2", (H, tokens, Fd), 1, L("FC GEMM", "linear trans-2"), m.bias))
+    return steps
+
+
+def sublayer(ctx: Ctx, layer: str, tokens: int, body: list[Step]) -> list[Step]:
+    """Wrap a sublayer with its Add & Norm: norm last in post-LN, first in pre-LN."""
+    an = add_norm(ctx, layer, tokens)
+    if ctx.model.norm_position == "post":
+        return body + an
+    return an[-1:] + body + an[:-1]
+
+
+def encoder_layer(ctx: Ctx, layer: str, S: int) -> list[Step]:
+    B = ctx.run.batch
+    attn = attention(ctx, layer, AttnShape(S, S, S, causal=False))
+    return sublayer(ctx, layer, B * S, attn) + sublayer(ctx, layer, B * S, ffn(ctx, layer, B * S))
+
+
+def decoder_layer(ctx: Ctx, layer: str, self_shape: AttnShape, cross_shape: AttnShape | None) -> list[Step]:
+    """Masked self-attention, optional encoder-decoder attention, feed-forward."""
+    tokens = ctx.run.batch * self_shape.Sq
+    steps = sublayer(ctx, layer, tokens, attention(ctx, layer, self_shape))
+    if cross_shape is not None:
+        steps += sublayer(ctx, layer, tokens, attention(ctx, layer, cross_shape, prefix="cross"))
+    return steps + sublayer(ctx, layer, tokens, ffn(ctx, layer, tokens))

@@ -1,0 +1,77 @@
+"""The one central record: an Op is a kernel a framework launches, with its shapes and costs.
+
+FLOP convention (stated once, used everywhere):
+- a multiply-add is 2 FLOPs, so an M×N×K GEMM is 2·M·N·K FLOPs per batch entry;
+- every other arithmetic operation on one element (add, multiply, divide, max, compare)
+  is 1 FLOP, and so is each transcendental (exp, erf, tanh, sqrt, rsqrt): counting them as
+  one keeps FLOPs architecture-neutral; their real cost on a unit is a device property;
+- a gather, copy or cast is 0 FLOPs.
+Bytes are the compulsory traffic of the kernel: every input read once, every output
+written once, at the storage dtype's width (no cache reuse across kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+KINDS = ("gemm", "bgemm", "elementwise", "reduction", "gather", "copy")
+LABEL_KEYS = ("part", "layer", "block", "group", "nlpfast", "pass")
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int32": 4, "int64": 8, "bool": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One kernel: kind, name, dims, dtype, FLOPs and bytes per instance, labels, count.
+
+    ``count`` is how many identical instances the workload runs (1 unless layers were
+    collapsed for speed, see ``workload.build(collapse=True)``); totals multiply by it.
+    """
+
+    kind: str
+    name: str
+    dims: tuple[tuple[str, int], ...]
+    dtype: str
+    flops: int
+    bytes: int
+    labels: tuple[tuple[str, str], ...]
+    count: int = 1
+
+    def dim(self, key: str, default: int = 0) -> int:
+        for k, v in self.dims:
+            if k == key:
+                return v
+        return default
+
+    def label(self, key: str) -> str:
+        if key == "kind":
+            return self.kind
+        if key == "dtype":
+            return self.dtype
+        if key == "name":
+            return self.name
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return "-"
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity in FLOP per byte."""
+        return self.flops / self.bytes if self.bytes else float("inf")
+
+    @property
+    def gemm_shape(self) -> tuple[int, int, int, int]:
+        """(M, N, K, batch) of a GEMM or batched GEMM; zeros for other kinds."""
+        return self.dim("M"), self.dim("N"), self.dim("K"), self.dim("batch", 1 if self.dim("M") else 0)
+
+    def relabel(self, **labels: str) -> Op:
+        """A copy with some labels changed or added (order of keys kept)."""
+        current = dict(self.labels)
+        current.update(labels)
+        return replace(self, labels=tuple(current.items()))
+
+
+def make_labels(values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Labels in the canonical key order, so equal label sets compare equal."""
+    return tuple((k, values[k]) for k in LABEL_KEYS if k in values)
