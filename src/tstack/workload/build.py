@@ -19,10 +19,10 @@ from tstack.errors import SpecError
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload import emit, layers
 from tstack.workload import formulas as F
+from tstack.workload import params as P
 from tstack.workload.emit import Ctx, Step
 from tstack.workload.layers import AttnShape
 from tstack.workload.op import Op, make_labels
-from tstack.workload import params as P
 
 Workload = tuple[Op, ...]
 MLM_FRACTION = 0.15  # BERT masks 15% of tokens; its MLM head runs on those positions only

@@ -7,8 +7,8 @@ from width I to width O is O×T×I.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tstack.errors import UnknownNameError
 

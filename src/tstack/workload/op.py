@@ -12,8 +12,8 @@ written once, at the storage dtype's width (no cache reuse across kernels).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 KINDS = ("gemm", "bgemm", "elementwise", "reduction", "gather", "copy")
 LABEL_KEYS = ("part", "layer", "block", "group", "nlpfast", "pass")

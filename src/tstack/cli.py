@@ -1,0 +1,181 @@
+"""The `tstack` command. Every TstackError ends as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from tstack.api import analyze as analyze_config
+from tstack.errors import SpecError, TstackError
+from tstack.hardware import device_presets, load_device
+from tstack.models import load_model, model_presets
+from tstack.report import files, plots, table, units
+from tstack.spec import RunSpec
+from tstack.sweep import COLUMNS
+from tstack.sweep import sweep as run_sweep
+from tstack.workload.params import param_count
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="tstack: what a Transformer costs, what it really costs, and how to make it cheaper.")
+console = Console()
+
+MODEL_ARG = typer.Argument(..., help="preset name, a tstack model .yaml, or a HuggingFace config.json")
+DEVICE_OPT = typer.Option("a100", "--device", "-d", help="device preset or device .yaml file")
+
+
+def _ints(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SpecError([f"{option}={text!r} must be a comma-separated list of integers"]) from None
+    if not values:
+        raise SpecError([f"{option}={text!r} has no values"])
+    return values
+
+
+def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: int, precision: str,
+              optimizer: str, checkpoint: str, dropout: bool, phase: str, kv_len: int) -> RunSpec:
+    return RunSpec(mode=mode, batch=batch, seq=seq or model_seq, tgt_seq=tgt_seq, precision=precision,
+                   optimizer=optimizer, checkpoint=checkpoint, dropout=dropout, phase=phase, kv_len=kv_len)
+
+
+@app.command()
+def presets() -> None:
+    """List the model and device presets tstack knows."""
+    t = Table(title="models", title_justify="left", show_edge=False)
+    for col in ("name", "arch", "N", "H", "h", "F", "params", "description"):
+        t.add_column(col)
+    for name in model_presets():
+        m = load_model(name)
+        layers = f"{m.layers}+{m.decoder_layers}" if m.decoder_layers else str(m.layers)
+        t.add_row(name, m.arch, layers, str(m.hidden), str(m.heads), str(m.ffn), units.si(param_count(m), ""),
+                  m.description)
+    console.print(t)
+    d = Table(title="devices", title_justify="left", show_edge=False)
+    for col in ("name", "kind", "fp32 FLOP/s", "fp16 matrix FLOP/s", "bandwidth", "description"):
+        d.add_column(col)
+    for name in device_presets():
+        dev = load_device(name)
+        fp16 = dev.peak_flops.get("matrix", {}).get("fp16") or dev.peak_flops["vector"].get("fp16")
+        d.add_row(name, dev.kind, units.si(dev.peak("vector", "fp32"), "FLOP/s"),
+                  units.si(fp16, "FLOP/s") if fp16 else "-", units.si(dev.memory_bandwidth, "B/s"), dev.description)
+    console.print(d)
+
+
+@app.command()
+def analyze(
+    model: str = MODEL_ARG,
+    mode: str = typer.Option("infer", help="infer | train"),
+    batch: int = typer.Option(1, "--batch", "-b"),
+    seq: int | None = typer.Option(None, "--seq", "-s", help="sequence length (default: the model's)"),
+    tgt_seq: int = typer.Option(0, help="target length of an enc-dec model (default: --seq)"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16-mixed | bf16-mixed | int8"),
+    optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
+    checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
+    dropout: bool = typer.Option(True, help="dropout kernels in training"),
+    phase: str = typer.Option("prefill", help="prefill | decode (decoders)"),
+    kv_len: int = typer.Option(0, help="tokens already in the KV cache (decode)"),
+    device: str = DEVICE_OPT,
+    group_by: str | None = typer.Option(None, help="layer, block, pass, kind, group (002), nlpfast-op, dtype, name"),
+    json_out: Path | None = typer.Option(None, "--json", help="write every op as JSON ('-' for stdout)"),
+    csv_out: Path | None = typer.Option(None, "--csv", help="write every op as CSV ('-' for stdout)"),
+    plot: Path | None = typer.Option(None, help="write a roofline plot (.png, .svg, .pdf)"),
+) -> None:
+    """Predict one iteration and print the Demystifying-BERT hierarchy (or a --group-by table)."""
+    spec = load_model(model)
+    dev = load_device(device)
+    run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len)
+    b = analyze_config(spec, run, dev)
+    if group_by:
+        b.group_by(group_by)  # validate the key before anything is written
+    if json_out:
+        _emit(json_out, b.to_json())
+    if csv_out:
+        _emit(csv_out, b.to_pandas().to_csv(index=False))
+    if plot:
+        plots.roofline_plot(b, dev, plot, dtype=b.ops[0].dtype if b.ops else "fp32")
+    if str(json_out) != "-" and str(csv_out) != "-":
+        table.print_breakdown(b, group_by, console)
+
+
+def _emit(path: Path, text: str) -> None:
+    if str(path) == "-":
+        sys.stdout.write(text)
+    else:
+        files.write_text(path, text)
+
+
+@app.command()
+def sweep(
+    model: str = MODEL_ARG,
+    mode: str = typer.Option("infer", help="infer | train"),
+    batch: str = typer.Option("1", "--batch", "-b", help="comma-separated values"),
+    seq: str | None = typer.Option(None, "--seq", "-s", help="comma-separated values (default: the model's)"),
+    layers: str | None = typer.Option(None, help="comma-separated N values"),
+    hidden: str | None = typer.Option(None, help="comma-separated d_model values (d_ff follows 4·d_model)"),
+    ffn: str | None = typer.Option(None, help="comma-separated d_ff values"),
+    heads: str | None = typer.Option(None, help="comma-separated h values"),
+    precision: str = typer.Option("fp32", help="comma-separated precisions"),
+    optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
+    checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
+    device: str = DEVICE_OPT,
+    out: Path | None = typer.Option(None, help="write the tidy table (.csv or .json)"),
+    plot: Path | None = typer.Option(None, help="write stacked breakdown bars per configuration"),
+    executor: str = typer.Option("process", help="process | ray | serial"),
+    workers: int | None = typer.Option(None, help="worker count (default: all cores)"),
+) -> None:
+    """Cartesian sweep; prints the share of each 002 group per configuration."""
+    spec = load_model(model)
+    dev = load_device(device)
+    axes: dict[str, list] = {"batch": _ints("--batch", batch)}
+    axes["seq"] = _ints("--seq", seq) if seq else [spec.default_seq]
+    for name, text in (("layers", layers), ("hidden", hidden), ("ffn", ffn), ("heads", heads)):
+        if text:
+            axes[name] = _ints(f"--{name}", text)
+    axes["precision"] = [p.strip() for p in precision.split(",") if p.strip()]
+    run = RunSpec(mode=mode, seq=axes["seq"][0], optimizer=optimizer, checkpoint=checkpoint)
+    n = 1
+    for v in axes.values():
+        n *= len(v)
+    if out and out.suffix not in (".csv", ".json"):
+        raise SpecError([f"--out={str(out)!r} must end in .csv or .json"])
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("sweep", total=n)
+        df = run_sweep(spec, axes, dev, run=run, executor=executor, workers=workers,
+                       progress=lambda k: bar.advance(task, k))
+    if out:
+        _emit(out, df.to_csv(index=False) if out.suffix == ".csv" else df.to_json(orient="records", indent=1))
+    varying = [c for c in COLUMNS if df[c].nunique() > 1] or ["model"]
+    if plot:
+        plots.stacked_bars(df, plot, varying, title=f"{spec.name} {mode} on {dev.name}")
+    wide = df.pivot_table(index=varying, columns="group", values="share", aggfunc="sum", sort=False).fillna(0.0)
+    totals = df.groupby(varying, sort=False)["seconds"].sum()
+    t = Table(show_edge=False)
+    for col in [*varying, "time", *wide.columns]:
+        t.add_column(str(col), justify="right")
+    for key, row in wide.iterrows():
+        key = key if isinstance(key, tuple) else (key,)
+        t.add_row(*map(str, key), units.seconds(totals[key if len(key) > 1 else key[0]]),
+                  *(units.percent(v) for v in row))
+    console.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except TstackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: nothing partial was written", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

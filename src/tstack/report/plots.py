@@ -1,0 +1,71 @@
+"""Matplotlib figures written to files: stacked breakdown bars and a roofline plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tstack.breakdown import Breakdown  # noqa: E402
+from tstack.errors import SpecError  # noqa: E402
+from tstack.hardware import DeviceSpec  # noqa: E402
+from tstack.report.files import atomic_path  # noqa: E402
+
+
+def stacked_bars(table, path: str | Path, config_cols: list[str], title: str = "") -> None:  # noqa: ANN001
+    """One bar per configuration, stacked by 002 group share (like 002 Fig. 3/8/9 and 003 Fig. 4)."""
+    df = table.copy()
+    df["config"] = df[config_cols].astype(str).agg(" ".join, axis=1) if config_cols else df["model"]
+    wide = df.pivot_table(index="config", columns="group", values="share", aggfunc="sum", sort=False).fillna(0.0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(wide) + 3), 4.5))
+    bottom = None
+    cmap = plt.get_cmap("tab20")
+    for i, col in enumerate(wide.columns):
+        ax.bar(wide.index, 100 * wide[col], bottom=bottom, label=col, color=cmap(i % 20))
+        bottom = 100 * wide[col] if bottom is None else bottom + 100 * wide[col]
+    ax.set_ylabel("share of iteration time (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=60)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def roofline_plot(b: Breakdown, dev: DeviceSpec, path: str | Path, dtype: str = "fp32") -> None:
+    """Ops as points (arithmetic intensity vs attained FLOP/s) under the device's roofs."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    for op, c in zip(b.ops, b.costs):
+        if op.flops and c.seconds:
+            xs, ys = groups.setdefault(op.label("group"), ([], []))
+            xs.append(op.intensity)
+            ys.append(op.flops * op.count / c.seconds)
+    for name, (xs, ys) in groups.items():
+        ax.scatter(xs, ys, s=12, label=name, alpha=0.7)
+    lo, hi = 1e-2, 1e4
+    for unit, style in (("matrix", "-"), ("vector", "--")):
+        try:
+            peak = dev.peak(unit, dtype)
+        except SpecError:  # a device without this dtype has no roof for it
+            continue
+        knee = peak / dev.memory_bandwidth
+        ax.plot([lo, knee, hi], [lo * dev.memory_bandwidth, peak, peak], style, color="k", lw=1,
+                label=f"{unit} {dtype} roof")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("attained FLOP/s")
+    ax.set_title(f"{b.model.name} {b.run.mode} on {dev.name}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> None:  # noqa: ANN001
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)
