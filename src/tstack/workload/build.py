@@ -197,12 +197,12 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, str, int, int]]) -> list[Op]:
         return Op(kind, kname, (("params", params),), "fp32", flops, traffic, labels, count)
 
     half = emit.DTYPE_BYTES[ctx.gemm_dtype]
-    for part, layer, p, c in groups:
+    for _part, layer, p, c in groups:
         if mixed:  # fp16/bf16 gradients → fp32 master gradients, unscaled (1 FLOP each)
             ops.append(op("copy", "grad-to-master", p, p, p * (half + 4), layer, "Master copy", c))
     if name == "lamb":  # LAMB needs ‖g‖ over the whole model before any update (002 §3.2.3)
         ops.append(op("reduction", "lamb-global-norm", total, 2 * total, 4 * total, "-", group_label, 1))
-    for part, layer, p, c in groups:
+    for _part, layer, p, c in groups:
         for stage, cost in F.OPTIMIZER_STAGES[name]:
             ops.append(op("elementwise", stage, p, cost.flops * p, 4 * p * (cost.reads + cost.writes), layer, group_label, c))
         if name == "lamb":  # per-tensor ‖w‖ and ‖u‖ for the trust ratio
