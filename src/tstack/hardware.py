@@ -19,8 +19,9 @@ DTYPES = ("fp32", "fp16", "bf16", "int8")
 class Efficiency:
     """Size-dependent efficiency: how close a kernel of a given shape gets to peak.
 
-    GEMMs: ``matrix_max`` × tile quantization (M, N padded to the tile) × wave quantization
-    (tiles spread over ``compute_units``) × K-loop efficiency K/(K + ``k_half``).
+    GEMMs: ``matrix_max`` × operand reuse of the tile chosen × tile quantization (M, N padded
+    to the tile) × wave quantization (tiles, split along K when few, spread over
+    ``compute_units``) × K-loop efficiency K/(K + ``k_half``); see costmodel.roofline.
     Memory-bound kernels: ``memory_max`` × bytes/(bytes + ``bytes_half``) (small kernels
     cannot fill the memory pipeline). Vector arithmetic reaches ``vector_max`` of peak.
     """

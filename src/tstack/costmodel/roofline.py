@@ -17,15 +17,31 @@ from tstack.workload.op import Op
 _VECTOR_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "fp32", "int32": "fp32"}
 
 
+SPLIT_K_MIN = 256  # a split-K slice is at least this deep
+
+
+def _tile(dim: int, full: int) -> int:
+    """Tile edge a GEMM library picks: the full tile, or the next power of two ≥ 16 for a small dimension."""
+    return min(full, max(16, 1 << max(0, math.ceil(math.log2(dim)))))
+
+
 def gemm_efficiency(M: int, N: int, K: int, batch: int, dev: DeviceSpec) -> float:
-    """matrix_max × tile quantization × wave quantization × K-loop efficiency."""
+    """matrix_max × operand reuse × tile quantization × wave quantization × K-loop efficiency.
+
+    A small M or N gets a smaller tile (less operand reuse: √ of the tile-area ratio); when
+    there are fewer tiles than compute units, K is split across the idle units (split-K).
+    """
     e = dev.efficiency
-    tm, tn = math.ceil(M / e.tile_m), math.ceil(N / e.tile_n)
-    tile_util = (M * N) / (tm * e.tile_m * tn * e.tile_n)
-    tiles = tm * tn * batch
-    waves = math.ceil(tiles / dev.compute_units)
-    wave_util = tiles / (waves * dev.compute_units)
-    return e.matrix_max * tile_util * wave_util * (K / (K + e.k_half))
+    tm, tn = _tile(M, e.tile_m), _tile(N, e.tile_n)
+    reuse = math.sqrt((tm * tn) / (e.tile_m * e.tile_n))
+    nm, nn = math.ceil(M / tm), math.ceil(N / tn)
+    tile_util = (M * N) / (nm * tm * nn * tn)
+    tiles = nm * nn * batch
+    split = max(1, min(dev.compute_units // tiles, K // SPLIT_K_MIN)) if tiles < dev.compute_units else 1
+    k = K / split
+    waves = math.ceil(tiles * split / dev.compute_units)
+    wave_util = tiles * split / (waves * dev.compute_units)
+    return e.matrix_max * reuse * tile_util * wave_util * (k / (k + e.k_half))
 
 
 def memory_efficiency(nbytes: float, dev: DeviceSpec) -> float:

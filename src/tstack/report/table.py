@@ -25,7 +25,8 @@ def print_breakdown(b: Breakdown, group_by: str | None, console: Console) -> Non
     """Header line, then the 002 hierarchy (or one group-by table); shares are of the whole iteration."""
     t = b.total
     r = b.run
-    console.print(f"[bold]{b.model.name}[/] {r.mode} B={r.batch} S={r.seq} {r.precision} on {b.device}: "
+    shape = f"decode kv={r.kv_len}" if r.phase == "decode" else f"S={r.seq}"
+    console.print(f"[bold]{b.model.name}[/] {r.mode} B={r.batch} {shape} {r.precision} on {b.device}: "
                   f"{units.seconds(t.seconds)} per iteration, {units.si(t.flops, 'FLOP')}, {units.si(t.bytes, 'B')}, "
                   f"{t.kernels} kernels, {units.percent(t.utilization)} of peak")
     levels = [(f"by {group_by}", b.group_by(group_by))] if group_by else b.hierarchy()

@@ -22,7 +22,7 @@ from tstack.workload import formulas as F
 from tstack.workload import params as P
 from tstack.workload.emit import Ctx, Step
 from tstack.workload.layers import AttnShape
-from tstack.workload.op import Op, make_labels
+from tstack.workload.op import Op
 
 Workload = tuple[Op, ...]
 MLM_FRACTION = 0.15  # BERT masks 15% of tokens; its MLM head runs on those positions only
@@ -31,7 +31,7 @@ MLM_FRACTION = 0.15  # BERT masks 15% of tokens; its MLM head runs on those posi
 def check_pair(model: ModelSpec, run: RunSpec) -> None:
     problems = []
     if model.position == "learned":
-        longest = max(run.seq, run.tgt_seq) + (run.kv_len if run.phase == "decode" else 0)
+        longest = run.kv_len + 1 if run.phase == "decode" else max(run.seq, run.tgt_seq)
         if longest > model.max_positions:
             problems.append(f"seq={longest} exceeds max_positions={model.max_positions} of model {model.name!r}")
     if run.phase == "decode" and model.arch not in ("decoder", "enc-dec"):
@@ -192,8 +192,8 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, str, int, int]]) -> list[Op]:
     ops: list[Op] = []
 
     def op(kind: str, kname: str, params: int, flops: int, traffic: int, layer: str, group: str, count: int) -> Op:
-        labels = make_labels({"part": "optimizer", "layer": layer, "block": "optimizer", "group": group,
-                              "nlpfast": "optimizer", "pass": "update"})
+        labels = (("part", "optimizer"), ("layer", layer), ("block", "optimizer"), ("group", group),
+                  ("nlpfast", "optimizer"), ("pass", "update"))
         return Op(kind, kname, (("params", params),), "fp32", flops, traffic, labels, count)
 
     half = emit.DTYPE_BYTES[ctx.gemm_dtype]

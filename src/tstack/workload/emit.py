@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload import formulas as F
-from tstack.workload.op import DTYPE_BYTES, Op, make_labels
+from tstack.workload.op import DTYPE_BYTES, Op
 
 # Activation storage dtype per precision; int8 inference keeps GEMM operands in int8 and
 # the non-GEMM kernels in fp32 (dequantize → op → requantize, as in I-BERT's baseline).
@@ -52,7 +52,7 @@ class Ctx:
 
 
 def _op(ctx: Ctx, kind: str, name: str, counts: F.Counts, dtype: str, labels: dict[str, str]) -> Op:
-    return Op(kind, name, counts.dims, dtype, counts.flops, counts.bytes, make_labels(labels), ctx.count)
+    return Op(kind, name, counts.dims, dtype, counts.flops, counts.bytes, tuple(labels.items()), ctx.count)
 
 
 def _bwd_labels(labels: dict[str, str], pass_: str) -> dict[str, str]:

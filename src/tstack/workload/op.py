@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 KINDS = ("gemm", "bgemm", "elementwise", "reduction", "gather", "copy")
+# Every Op carries these labels, in this order (builders create them in this order).
 LABEL_KEYS = ("part", "layer", "block", "group", "nlpfast", "pass")
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int32": 4, "int64": 8, "bool": 1}
 
@@ -70,8 +71,3 @@ class Op:
         current = dict(self.labels)
         current.update(labels)
         return replace(self, labels=tuple(current.items()))
-
-
-def make_labels(values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """Labels in the canonical key order, so equal label sets compare equal."""
-    return tuple((k, values[k]) for k in LABEL_KEYS if k in values)
