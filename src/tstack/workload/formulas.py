@@ -56,7 +56,8 @@ register("softmax", Kernel(RED, 5, 1, 1), ("softmax-bwd",))  # max, subtract, ex
 register("softmax-bwd", Kernel(RED, 4, 2, 1))  # y·(dy − Σ dy·y): multiply, sum, subtract, multiply
 register("bias-gelu", Kernel(EW, 6, 1, 1, vec_reads=1), ("gelu-bwd", "bias-grad"))  # +b, x/√2, erf, +1, ·x, ·0.5
 register("gelu-bwd", Kernel(EW, 11, 2, 1))  # Φ(x) (4) + x·φ(x) (x², ·−½, exp, ·c, ·x: 5) + add, ·dy
-register("bias-gelu-tanh", Kernel(EW, 10, 1, 1, vec_reads=1), ("gelu-tanh-bwd", "bias-grad"))  # +b, x³ (2), ·c, +x, ·k, tanh, +1, ·x, ·½
+# bias-gelu-tanh: +b, x³ (2), ·c, +x, ·k, tanh, +1, ·x, ·½
+register("bias-gelu-tanh", Kernel(EW, 10, 1, 1, vec_reads=1), ("gelu-tanh-bwd", "bias-grad"))
 register("gelu-tanh-bwd", Kernel(EW, 14, 2, 1))  # tanh recomputed (8), sech² (2), chain products (3), ·dy
 register("bias-relu", Kernel(EW, 2, 1, 1, vec_reads=1), ("relu-bwd", "bias-grad"))  # +b, max(0,·)
 register("relu-bwd", Kernel(EW, 2, 2, 1))  # compare, select
@@ -72,7 +73,8 @@ register("residual", Kernel(EW, 1, 2, 1), ("grad-accumulate",))  # x + sublayer(
 register("grad-accumulate", Kernel(EW, 1, 2, 1))  # the residual's two gradient streams summed
 register("bias-grad", Kernel(RED, 1, 1, 0, vec_writes=1))  # column sum of dy
 register("layernorm", Kernel(RED, 7, 1, 1, row_stats=2, vec_reads=2), ("layernorm-bwd",))  # Σx, −μ, ², Σ, ·rstd, ·γ, +β
-register("layernorm-bwd", Kernel(RED, 13, 2, 1, row_stats=2, vec_reads=1, vec_writes=2))  # x̂ (2), γ·dy, 2 row sums (3), combine (3), ·rstd, dγ (2), dβ
+# layernorm-bwd: x̂ (2), γ·dy, 2 row sums (3), combine (3), ·rstd, dγ (2), dβ
+register("layernorm-bwd", Kernel(RED, 13, 2, 1, row_stats=2, vec_reads=1, vec_writes=2))
 register("rmsnorm", Kernel(RED, 4, 1, 1, row_stats=1, vec_reads=1), ("rmsnorm-bwd",))  # ², Σ, ·rstd, ·γ
 register("rmsnorm-bwd", Kernel(RED, 9, 2, 1, row_stats=1, vec_reads=1, vec_writes=1))  # x̂ (1), γ·dy, Σ (2), combine (3), dγ (2)
 register("rope", Kernel(EW, 3, 1, 1), ("rope",))  # x·cos + rot(x)·sin; backward is the inverse rotation

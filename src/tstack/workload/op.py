@@ -12,7 +12,6 @@ written once, at the storage dtype's width (no cache reuse across kernels).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 KINDS = ("gemm", "bgemm", "elementwise", "reduction", "gather", "copy")
