@@ -90,5 +90,4 @@ class Breakdown:
                 "bytes": t.bytes, "kernels": t.kernels, "utilization": t.utilization}
 
     def to_json(self) -> str:
-        return json.dumps({"summary": self.summary(), "ops": list(self.records())}, indent=1,
-                          default=lambda x: None if x != x else str(x))
+        return json.dumps({"summary": self.summary(), "ops": list(self.records())}, indent=1)

@@ -48,8 +48,9 @@ def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: i
 def presets() -> None:
     """List the model and device presets tstack knows."""
     t = Table(title="models", title_justify="left", show_edge=False)
-    for col in ("name", "arch", "N", "H", "h", "F", "params", "description"):
-        t.add_column(col)
+    for col in ("name", "arch", "N", "H", "h", "F", "params"):
+        t.add_column(col, no_wrap=True, min_width=len(col))
+    t.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
     for name in model_presets():
         m = load_model(name)
         layers = f"{m.layers}+{m.decoder_layers}" if m.decoder_layers else str(m.layers)
@@ -57,8 +58,9 @@ def presets() -> None:
                   m.description)
     console.print(t)
     d = Table(title="devices", title_justify="left", show_edge=False)
-    for col in ("name", "kind", "fp32 FLOP/s", "fp16 matrix FLOP/s", "bandwidth", "description"):
-        d.add_column(col)
+    for col in ("name", "kind", "fp32 FLOP/s", "fp16 matrix FLOP/s", "bandwidth"):
+        d.add_column(col, no_wrap=True, min_width=len(col))
+    d.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
     for name in device_presets():
         dev = load_device(name)
         fp16 = dev.peak_flops.get("matrix", {}).get("fp16") or dev.peak_flops["vector"].get("fp16")

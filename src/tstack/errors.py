@@ -10,8 +10,13 @@ class SpecError(TstackError, ValueError):
 
     def __init__(self, problems: list[str], where: str = "") -> None:
         self.problems = tuple(problems)
+        self.where = where
         prefix = f"{where}: " if where else ""
         super().__init__(prefix + "; ".join(problems))
+
+    def __reduce__(self) -> tuple:
+        # Rebuild from the fields, so the error survives the trip back from a worker process.
+        return (SpecError, (list(self.problems), self.where))
 
 
 class UnknownNameError(TstackError, KeyError):
