@@ -47,6 +47,7 @@ def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: i
 @app.command()
 def presets() -> None:
     """List the model and device presets tstack knows."""
+    wide = Console(width=max(console.width, 130))
     t = Table(title="models", title_justify="left", show_edge=False)
     for col in ("name", "arch", "N", "H", "h", "F", "params"):
         t.add_column(col, no_wrap=True, min_width=len(col))
@@ -56,7 +57,7 @@ def presets() -> None:
         layers = f"{m.layers}+{m.decoder_layers}" if m.decoder_layers else str(m.layers)
         t.add_row(name, m.arch, layers, str(m.hidden), str(m.heads), str(m.ffn), units.si(param_count(m), ""),
                   m.description)
-    console.print(t)
+    wide.print(t)
     d = Table(title="devices", title_justify="left", show_edge=False)
     for col in ("name", "kind", "fp32 FLOP/s", "fp16 matrix FLOP/s", "bandwidth"):
         d.add_column(col, no_wrap=True, min_width=len(col))
@@ -66,7 +67,7 @@ def presets() -> None:
         fp16 = dev.peak_flops.get("matrix", {}).get("fp16") or dev.peak_flops["vector"].get("fp16")
         d.add_row(name, dev.kind, units.si(dev.peak("vector", "fp32"), "FLOP/s"),
                   units.si(fp16, "FLOP/s") if fp16 else "-", units.si(dev.memory_bandwidth, "B/s"), dev.description)
-    console.print(d)
+    wide.print(d)
 
 
 @app.command()
