@@ -22,7 +22,7 @@ SPLIT_K_MIN = 256  # a split-K slice is at least this deep
 
 def _tile(dim: int, full: int) -> int:
     """Tile edge a GEMM library picks: the full tile, or the next power of two ≥ 16 for a small dimension."""
-    return min(full, max(16, 1 << max(0, math.ceil(math.log2(dim)))))
+    return min(full, max(16, 1 << (dim - 1).bit_length()))
 
 
 def gemm_efficiency(M: int, N: int, K: int, batch: int, dev: DeviceSpec) -> float:
@@ -57,11 +57,12 @@ def roofline(op: Op, dev: DeviceSpec) -> Cost:
     else:
         peak = dev.peak("vector", _VECTOR_DTYPE.get(op.dtype, "fp32"))
         eff = dev.efficiency.vector_max
+    n = op.count
     compute_s = op.flops / (peak * eff) if op.flops else 0.0
     memory_s = op.bytes / (dev.memory_bandwidth * memory_efficiency(op.bytes, dev)) if op.bytes else 0.0
     overhead_s = dev.launch_overhead
-    seconds = max(compute_s, memory_s) + overhead_s
     # Only the dominant resource's time is spent; the other is hidden under it.
-    hidden_c, hidden_m = (compute_s, 0.0) if compute_s >= memory_s else (0.0, memory_s)
-    one = Cost(seconds, op.flops, op.bytes, hidden_c, hidden_m, overhead_s, op.flops / peak, 1)
-    return one * op.count if op.count != 1 else one
+    busy = max(compute_s, memory_s)
+    hidden_c, hidden_m = (busy, 0.0) if compute_s >= memory_s else (0.0, busy)
+    return Cost(n * (busy + overhead_s), n * op.flops, n * op.bytes, n * hidden_c, n * hidden_m, n * overhead_s,
+                n * op.flops / peak, n)
