@@ -187,7 +187,7 @@ class RunSpec:
         if self.checkpoint == "none":
             return 0
         if self.checkpoint == "sqrt":
-            return max(1, math.ceil(layers / max(1, round(math.sqrt(layers)))))
+            return math.ceil(layers / max(1, math.isqrt(layers)))  # 24 layers: 4 segments of 6
         return int(self.checkpoint.split("-", 1)[1])
 
     def replace(self, **changes: Any) -> RunSpec:

@@ -124,9 +124,9 @@ def memnet_hop(ctx: Ctx, layer: str) -> list[Step]:
         return layers.labels(layer, block, group, nlp, part="memory hops")
 
     return [
-        emit.gemm(ctx, "hop.score", (S, B, d), 1, L("Attn B-GEMM", "dot product"), False),
+        emit.gemm(ctx, "hop.score", (S, B, d), 0, L("Attn B-GEMM", "dot product"), False),
         emit.pointwise(ctx, "softmax", B, S, L("Scale+Mask+DR+SM", "softmax")),
-        emit.gemm(ctx, "hop.context", (d, B, S), 1, L("Attn B-GEMM", "weighted sum"), False),
+        emit.gemm(ctx, "hop.context", (d, B, S), 0, L("Attn B-GEMM", "weighted sum"), False),
         emit.pointwise(ctx, "residual", B, d, L("DR+RC+LN", "layernorm/residual", "DR+RC+LN")),
     ]
 
@@ -141,25 +141,25 @@ def head(ctx: Ctx) -> list[Step]:
     if m.head == "none":
         return []
     if m.head == "memnet-answer":
-        return [emit.gemm(ctx, "answer", (V, B, H), 1, L(), False), emit.pointwise(ctx, "softmax", B, V, L())]
+        return [emit.gemm(ctx, "answer", (V, B, H), 0, L(), False), emit.pointwise(ctx, "softmax", B, V, L())]
     if m.head == "lm":
         # Training scores every target token; inference only the last one per sequence.
         S = r.tgt_seq if m.arch == "enc-dec" else r.seq
         T = B * S if r.training else B
         steps = [emit.pointwise(ctx, m.norm, B * (1 if r.phase == "decode" else S), H, L())] if m.norm_position == "pre" else []
-        steps.append(emit.gemm(ctx, "lm_head", (V, T, H), 1, L(), False))
+        steps.append(emit.gemm(ctx, "lm_head", (V, T, H), 0, L(), False))
         if r.training:
             steps.append(emit.pointwise(ctx, "softmax", T, V, L()))  # log-softmax of the cross-entropy loss
         return steps
-    steps = [emit.gemm(ctx, "pooler", (H, B, H), 1, L(), m.bias)]  # bert-pretrain: [CLS] pooler (+ tanh, folded)
+    steps = [emit.gemm(ctx, "pooler", (H, B, H), 0, L(), m.bias)]  # bert-pretrain: [CLS] pooler (+ tanh, folded)
     if r.training:
         Tm = B * math.ceil(MLM_FRACTION * r.seq)
         steps += [
-            emit.gemm(ctx, "nsp", (2, B, H), 1, L(), m.bias),
-            emit.gemm(ctx, "mlm.dense", (H, Tm, H), 1, L(), False),
+            emit.gemm(ctx, "nsp", (2, B, H), 0, L(), m.bias),
+            emit.gemm(ctx, "mlm.dense", (H, Tm, H), 0, L(), False),
             emit.pointwise(ctx, layers.ACT_KERNEL[m.activation], Tm, H, L()),
             emit.pointwise(ctx, m.norm, Tm, H, L()),
-            emit.gemm(ctx, "mlm.decoder", (V, Tm, H), 1, L(), m.bias),
+            emit.gemm(ctx, "mlm.decoder", (V, Tm, H), 0, L(), m.bias),
             emit.pointwise(ctx, "softmax", Tm, V, L()),
         ]
     return steps

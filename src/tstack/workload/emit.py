@@ -60,9 +60,13 @@ def _bwd_labels(labels: dict[str, str], pass_: str) -> dict[str, str]:
 
 
 def gemm(ctx: Ctx, name: str, mnk: tuple[int, int, int], batch: int, labels: dict[str, str], bias: bool = False) -> Step:
-    """A Linear (kind gemm, batch 1) or batched attention GEMM (kind bgemm) with its 002 Table 2b backward."""
+    """A GEMM with its 002 Table 2b backward: kind bgemm (attention rule) when ``batch`` > 0, else a Linear.
+
+    Attention B-GEMMs pass their batch count (B·h, which may be 1); Linears pass 0.
+    """
     M, N, K = mnk
-    kind = "gemm" if batch == 1 else "bgemm"
+    kind = "bgemm" if batch else "gemm"
+    batch = max(batch, 1)
     ib, ob = DTYPE_BYTES[ctx.gemm_dtype], ctx.gemm_out_bytes
     fwd = _op(ctx, kind, name, F.gemm(M, N, K, batch, ib, ob), ctx.gemm_dtype, labels)
     if not ctx.run.training:
