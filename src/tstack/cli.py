@@ -15,6 +15,8 @@ from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_presets, load_device
 from tstack.models import load_model, model_presets
 from tstack.report import files, plots, table, units
+from tstack.report.repro_table import print_repro_table, summary_line
+from tstack.repro import reproduce_002
 from tstack.spec import RunSpec
 from tstack.sweep import COLUMNS
 from tstack.sweep import sweep as run_sweep
@@ -167,6 +169,21 @@ def sweep(
         t.add_row(*map(str, key), units.seconds(totals[key if len(key) > 1 else key[0]]),
                   *(units.percent(v) for v in row))
     console.print(t)
+
+
+@app.command()
+def repro(
+    paper: str = typer.Argument(..., help="002 (Demystifying BERT)"),
+    device: str = typer.Option("mi100", "--device", "-d", help="device preset or device .yaml file"),
+    notes: bool = typer.Option(True, help="show the note explaining each gap"),
+) -> None:
+    """Print a paper's reported proportions next to tstack's predictions, with the gaps."""
+    if paper != "002":
+        raise SpecError([f"paper={paper!r} is not one of 002"])
+    rows = reproduce_002(device)
+    wide = Console(width=max(console.width, 160))
+    print_repro_table(rows, wide, title=f"Demystifying BERT (002) vs tstack on {device}", notes=notes)
+    wide.print(summary_line(rows))
 
 
 def main() -> None:

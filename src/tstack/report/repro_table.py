@@ -48,3 +48,12 @@ def repro_table(rows: Sequence[Row], title: str = "Demystifying BERT (002) repro
 def print_repro_table(rows: Sequence[Row], console: Console | None = None, title: str = "Demystifying BERT (002) reproduced",
                       notes: bool = True) -> None:
     (console or Console()).print(repro_table(rows, title, notes))
+
+
+def summary_line(rows: Sequence[Row]) -> str:
+    """How many numeric claims fall inside the paper's value or range, and within 5 points of it."""
+    scored = [r for r in rows if r.gap is not None]
+    inside = sum(1 for r in scored if r.gap == 0)
+    within5 = sum(1 for r in scored if abs(r.gap) <= 0.05)
+    return (f"{inside}/{len(scored)} numeric claims inside the paper's value or range; "
+            f"{within5}/{len(scored)} within 5 percentage points.")
