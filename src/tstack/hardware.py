@@ -34,6 +34,25 @@ class Efficiency:
     memory_max: float = 0.85
     bytes_half: float = 1.0e6
 
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for name in ("tile_m", "tile_n"):
+            _number(problems, f"efficiency.{name}", getattr(self, name), 1, 4096, integer=True)
+        _number(problems, "efficiency.k_half", self.k_half, 0.0, 1e9)
+        _number(problems, "efficiency.bytes_half", self.bytes_half, 0.0, 1e15)
+        for name in ("matrix_max", "vector_max", "memory_max"):
+            _number(problems, f"efficiency.{name}", getattr(self, name), 1e-6, 1.0)
+        if problems:
+            raise SpecError(problems, "efficiency")
+
+
+def _number(problems: list[str], name: str, v: Any, lo: float, hi: float, integer: bool = False) -> None:
+    """Append a problem unless v is a (finite) number, an integer when asked, in [lo, hi]."""
+    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok_type or not lo <= v <= hi:
+        kind = "an integer" if integer else "a number"
+        problems.append(f"{name}={v!r} must be {kind} in [{lo:g}, {hi:g}]")
+
 
 @dataclass(frozen=True)
 class DeviceSpec:
@@ -51,31 +70,43 @@ class DeviceSpec:
     sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        problems = []
+        problems: list[str] = []
+        if not isinstance(self.name, str) or not self.name:
+            problems.append(f"name={self.name!r} must be a non-empty string")
         if self.kind not in ("gpu", "cpu"):
             problems.append(f"kind={self.kind!r} is not one of gpu, cpu")
-        if not isinstance(self.compute_units, int) or not 1 <= self.compute_units <= 1_000_000:
-            problems.append(f"compute_units={self.compute_units!r} must be an integer in [1, 1000000]")
-        for unit, rates in self.peak_flops.items() if isinstance(self.peak_flops, dict) else ():
-            if unit not in UNITS:
-                problems.append(f"peak_flops.{unit} is not one of {', '.join(UNITS)}")
-            for dt, v in rates.items() if isinstance(rates, dict) else ():
-                if dt not in DTYPES:
-                    problems.append(f"peak_flops.{unit}.{dt} is not one of {', '.join(DTYPES)}")
-                elif not isinstance(v, (int, float)) or not 1e6 <= v <= 1e18:
-                    problems.append(f"peak_flops.{unit}.{dt}={v!r} must be a number of FLOP/s in [1e6, 1e18]")
-        if not isinstance(self.peak_flops, dict) or "fp32" not in self.peak_flops.get("vector", {}):
-            problems.append("peak_flops.vector.fp32 is required")
-        for name, lo, hi in (("memory_bandwidth", 1e6, 1e15), ("memory_capacity", 1e6, 1e15), ("launch_overhead", 0.0, 1.0)):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
-                problems.append(f"{name}={v!r} must be a number in [{lo:g}, {hi:g}]")
-        e = self.efficiency
-        for name in ("matrix_max", "vector_max", "memory_max"):
-            if not 0 < getattr(e, name) <= 1:
-                problems.append(f"efficiency.{name}={getattr(e, name)!r} must be in (0, 1]")
+        _number(problems, "compute_units", self.compute_units, 1, 1_000_000, integer=True)
+        self._check_peaks(problems)
+        _number(problems, "memory_bandwidth", self.memory_bandwidth, 1e6, 1e15)
+        _number(problems, "memory_capacity", self.memory_capacity, 1e6, 1e15)
+        _number(problems, "launch_overhead", self.launch_overhead, 0.0, 1.0)
+        if not isinstance(self.description, str):
+            problems.append(f"description={self.description!r} must be a string")
+        if not isinstance(self.sources, tuple) or not all(isinstance(x, str) for x in self.sources):
+            problems.append("sources must be a list of strings")
+        if not isinstance(self.efficiency, Efficiency):
+            problems.append("efficiency must be a mapping of efficiency terms")
         if problems:
             raise SpecError(problems, f"device {self.name!r}")
+
+    def _check_peaks(self, problems: list[str]) -> None:
+        if not isinstance(self.peak_flops, dict):
+            problems.append("peak_flops must be a mapping of unit (matrix, vector) to dtype rates")
+            return
+        for unit, rates in self.peak_flops.items():
+            if unit not in UNITS:
+                problems.append(f"peak_flops.{unit} is not one of {', '.join(UNITS)}")
+            elif not isinstance(rates, dict):
+                problems.append(f"peak_flops.{unit}={rates!r} must be a mapping of dtype to FLOP/s")
+            else:
+                for dt, v in rates.items():
+                    if dt not in DTYPES:
+                        problems.append(f"peak_flops.{unit}.{dt} is not one of {', '.join(DTYPES)}")
+                    else:
+                        _number(problems, f"peak_flops.{unit}.{dt}", v, 1e6, 1e18)
+        vector = self.peak_flops.get("vector")
+        if not isinstance(vector, dict) or "fp32" not in vector:
+            problems.append("peak_flops.vector.fp32 is required")
 
     def peak(self, unit: str, dtype: str) -> float:
         """Peak FLOP/s of a unit for a dtype; a clear error when the device lacks it."""
@@ -104,11 +135,12 @@ def device_from_dict(data: Any, where: str) -> DeviceSpec:
     if problems:
         raise SpecError(problems, where)
     try:
-        efficiency = Efficiency(**{k: float(v) if k not in ("tile_m", "tile_n") else int(v) for k, v in eff.items()})
-    except (TypeError, ValueError) as e:
-        raise SpecError([f"efficiency: {e}"], where) from None
+        efficiency = Efficiency(**eff)
+    except SpecError as e:
+        raise SpecError(list(e.problems), where) from None
     rest = {k: v for k, v in data.items() if k != "efficiency"}
-    rest["sources"] = tuple(rest.get("sources", ()))
+    sources = rest.get("sources", ())
+    rest["sources"] = tuple(sources) if isinstance(sources, list) else sources
     return DeviceSpec(**rest, efficiency=efficiency)
 
 
@@ -129,6 +161,6 @@ def load_device(name_or_path: str | Path | DeviceSpec) -> DeviceSpec:
         raise UnknownNameError(f"device file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
         raise SpecError([f"not valid YAML ({type(e).__name__})"], f"device file {str(path)!r}") from None
     return device_from_dict(data, f"device file {str(path)!r}")

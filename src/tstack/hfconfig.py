@@ -27,7 +27,7 @@ class _Reader:
 
     def act(self, key: str, default: str) -> str:
         v = self.data.get(key, default)
-        if v not in _ACT:
+        if not isinstance(v, str) or v not in _ACT:
             self.problems.append(f"{key}={v!r} is not one of {', '.join(_ACT)}")
             return "gelu"
         return _ACT[v]
@@ -93,11 +93,13 @@ _TYPES: dict[str, Callable[[_Reader, str], ModelSpec]] = {
 def from_hf_config(data: dict[str, Any], name: str, where: str) -> ModelSpec:
     """ModelSpec of a HuggingFace config dict (no network, no transformers import)."""
     mt = data.get("model_type")
-    if mt not in _TYPES:
+    if not isinstance(mt, str) or mt not in _TYPES:
         raise SpecError([f"model_type={mt!r} is not supported (supported: {', '.join(_TYPES)})"], where)
     spec = _TYPES[mt](_Reader(data, where), name)
     if mt in ("roberta", "xlm-roberta"):
         # RoBERTa's position table holds pad_token_id + 1 offset rows beyond the usable positions.
-        usable = spec.max_positions - data.get("pad_token_id", 1) - 1
+        r = _Reader(data, where)
+        usable = spec.max_positions - r.int("pad_token_id", 1) - 1
+        r.done()
         spec = spec.replace(max_positions=max(1, usable))
     return spec

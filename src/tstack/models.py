@@ -24,7 +24,7 @@ def _read(path: Path) -> object:
         raise SpecError([f"cannot be read ({type(e).__name__})"], where) from None
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
+    except (ValueError, RecursionError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
         line = getattr(e, "lineno", None) or getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" near line {line}" if line else ""
         raise SpecError([f"is not valid {'JSON' if path.suffix == '.json' else 'YAML'}{at}"], where) from None
