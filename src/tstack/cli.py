@@ -95,24 +95,28 @@ def analyze(
     spec = load_model(model)
     dev = load_device(device)
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len)
+    if plot:
+        plots.check_format("--plot", plot)
     b = analyze_config(spec, run, dev)
     if group_by:
         b.group_by(group_by)  # validate the key before anything is written
-    if json_out:
-        _emit(json_out, b.to_json())
-    if csv_out:
-        _emit(csv_out, b.to_pandas().to_csv(index=False))
-    if plot:
-        plots.roofline_plot(b, dev, plot, dtype=b.ops[0].dtype if b.ops else "fp32")
+    with files.all_or_nothing([json_out, csv_out, plot]) as tmp:
+        if json_out:
+            _emit(json_out, tmp, b.to_json())
+        if csv_out:
+            _emit(csv_out, tmp, b.to_pandas().to_csv(index=False))
+        if plot:
+            plots.roofline_plot(b, dev, tmp[plot], dtype=b.ops[0].dtype, fmt=plot.suffix.lstrip(".").lower())
     if str(json_out) != "-" and str(csv_out) != "-":
         table.print_breakdown(b, group_by, console)
 
 
-def _emit(path: Path, text: str) -> None:
+def _emit(path: Path, tmp: dict[Path, Path], text: str) -> None:
+    """Standard output for '-', else the temporary file that all_or_nothing moves into place."""
     if str(path) == "-":
         sys.stdout.write(text)
     else:
-        files.write_text(path, text)
+        tmp[path].write_text(text)
 
 
 @app.command()
@@ -149,16 +153,20 @@ def sweep(
         n *= len(v)
     if out and out.suffix not in (".csv", ".json"):
         raise SpecError([f"--out={str(out)!r} must end in .csv or .json"])
+    if plot:
+        plots.check_format("--plot", plot)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("sweep", total=n)
         df = run_sweep(spec, axes, dev, run=run, executor=executor, workers=workers,
                        progress=lambda k: bar.advance(task, k))
-    if out:
-        _emit(out, df.to_csv(index=False) if out.suffix == ".csv" else df.to_json(orient="records", indent=1))
     varying = [c for c in COLUMNS if df[c].nunique() > 1] or ["model"]
-    if plot:
-        plots.stacked_bars(df, plot, varying, title=f"{spec.name} {mode} on {dev.name}")
+    with files.all_or_nothing([out, plot]) as tmp:
+        if out:
+            _emit(out, tmp, df.to_csv(index=False) if out.suffix == ".csv" else df.to_json(orient="records", indent=1))
+        if plot:
+            plots.stacked_bars(df, tmp[plot], varying, title=f"{spec.name} {mode} on {dev.name}",
+                               fmt=plot.suffix.lstrip(".").lower())
     wide = df.pivot_table(index=varying, columns="group", values="share", aggfunc="sum", sort=False).fillna(0.0)
     totals = df.groupby(varying, sort=False)["seconds"].sum()
     t = Table(show_edge=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,13 +35,20 @@ def _iter_ray(fn: Callable[[T], R], chunks: list[Sequence[T]], workers: int) -> 
         raise TstackError("--executor ray needs Ray: pip install 'tstack[ray]'") from None
     started = not ray.is_initialized()
     if started:
+        # A local instance keeps Ray's default (token) security; its notice about that is not ours to print.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = ray.remote(_apply)
         fn_ref = ray.put(fn)
         refs = [remote.remote(fn_ref, c) for c in chunks]
         for ref in refs:  # in order, so results line up with items
-            yield ray.get(ref)
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, TstackError):  # the worker's own one-line error, not Ray's wrapper
+                    raise e.cause from None
+                raise
     finally:
         if started:
             ray.shutdown()

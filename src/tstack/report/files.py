@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,21 +12,23 @@ from tstack.errors import TstackError
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
-    target = Path(path)
-    if not target.parent.exists():
-        raise TstackError(f"output folder {str(target.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+def all_or_nothing(paths: Iterable[str | Path | None]) -> Iterator[dict[Path, Path]]:
+    """A temporary path per output (None and '-' skipped); all move into place only if the block succeeds."""
+    targets = [Path(p) for p in paths if p is not None and str(p) != "-"]
+    for t in targets:
+        if not t.parent.exists():
+            raise TstackError(f"output folder {str(t.parent)!r} does not exist")
+    tmps: dict[Path, Path] = {}
     try:
-        yield Path(tmp)
-        os.replace(tmp, target)
+        for t in targets:
+            fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=t.suffix, dir=t.parent)
+            os.close(fd)
+            tmps[t] = Path(tmp)
+        yield tmps
+        for t, tmp in tmps.items():
+            os.replace(tmp, t)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in tmps.values():
+            if tmp.exists():
+                tmp.unlink()
 
-
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)

@@ -12,10 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tstack.breakdown import Breakdown  # noqa: E402
 from tstack.errors import SpecError  # noqa: E402
 from tstack.hardware import DeviceSpec  # noqa: E402
-from tstack.report.files import atomic_path  # noqa: E402
 
 
-def stacked_bars(table, path: str | Path, config_cols: list[str], title: str = "") -> None:  # noqa: ANN001
+def stacked_bars(table, path: str | Path, config_cols: list[str], title: str = "", fmt: str | None = None) -> None:  # noqa: ANN001
     """One bar per configuration, stacked by 002 group share (like 002 Fig. 3/8/9 and 003 Fig. 4)."""
     df = table.copy()
     df["config"] = df[config_cols].astype(str).agg(" ".join, axis=1) if config_cols else df["model"]
@@ -32,10 +31,10 @@ def stacked_bars(table, path: str | Path, config_cols: list[str], title: str = "
     ax.tick_params(axis="x", rotation=60)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, fmt)
 
 
-def roofline_plot(b: Breakdown, dev: DeviceSpec, path: str | Path, dtype: str = "fp32") -> None:
+def roofline_plot(b: Breakdown, dev: DeviceSpec, path: str | Path, dtype: str = "fp32", fmt: str | None = None) -> None:
     """Ops as points (arithmetic intensity vs attained FLOP/s) under the device's roofs."""
     fig, ax = plt.subplots(figsize=(7, 5))
     groups: dict[str, tuple[list[float], list[float]]] = {}
@@ -62,10 +61,22 @@ def roofline_plot(b: Breakdown, dev: DeviceSpec, path: str | Path, dtype: str = 
     ax.set_title(f"{b.model.name} {b.run.mode} on {dev.name}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, fmt)
 
 
-def _save(fig, path: str | Path) -> None:  # noqa: ANN001
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
+FORMATS = ("png", "svg", "pdf")
+
+
+def check_format(option: str, path: str | Path) -> None:
+    """Refuse an unsupported figure file type before anything is computed or written."""
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise SpecError([f"{option}={str(path)!r} must end in {', '.join('.' + f for f in FORMATS)}"])
+
+
+def _save(fig, path: str | Path, fmt: str | None = None) -> None:  # noqa: ANN001
+    """Write to ``path`` (already a temporary file when the caller writes several outputs at once)."""
+    try:
+        fig.savefig(path, dpi=120, format=fmt or Path(path).suffix.lstrip(".").lower())
+    finally:
+        plt.close(fig)

@@ -25,6 +25,7 @@ from tstack.workload.layers import AttnShape
 from tstack.workload.op import Op
 
 Workload = tuple[Op, ...]
+OPTIMIZER_GROUP = {"lamb": "LAMB", "adam": "Adam", "sgd": "SGD"}  # the 002 group name of each optimizer
 MLM_FRACTION = 0.15  # BERT masks 15% of tokens; its MLM head runs on those positions only
 
 
@@ -186,7 +187,7 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, str, int, int]]) -> list[Op]:
     """
     r = ctx.run
     name = r.optimizer
-    group_label = {"lamb": "LAMB", "adam": "Adam", "sgd": "SGD"}[name]
+    group_label = OPTIMIZER_GROUP[name]
     mixed = r.precision != "fp32"
     total = sum(p * c for _, _, p, c in groups)
     ops: list[Op] = []
