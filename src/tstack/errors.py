@@ -24,7 +24,3 @@ class UnknownNameError(TstackError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-class InfeasibleError(TstackError):
-    """A candidate (mapping, allocation, configuration) that cannot run; searches skip it."""

@@ -180,16 +180,16 @@ def backward(layer_steps: list[list[Step]], segment: int) -> list[Op]:
     return out
 
 
-def optimizer(ctx: Ctx, groups: list[tuple[str, str, int, int]]) -> list[Op]:
+def optimizer(ctx: Ctx, groups: list[tuple[str, int, int]]) -> list[Op]:
     """Mixed-precision gradient/weight copies, the global gradient norm and the per-layer stages.
 
-    ``groups`` lists (part, layer, parameters per instance, instances).
+    ``groups`` lists (layer, parameters per instance, instances).
     """
     r = ctx.run
     name = r.optimizer
     group_label = OPTIMIZER_GROUP[name]
     mixed = r.precision != "fp32"
-    total = sum(p * c for _, _, p, c in groups)
+    total = sum(p * c for _, p, c in groups)
     ops: list[Op] = []
 
     def op(kind: str, kname: str, params: int, flops: int, traffic: int, layer: str, group: str, count: int) -> Op:
@@ -198,12 +198,12 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, str, int, int]]) -> list[Op]:
         return Op(kind, kname, (("params", params),), "fp32", flops, traffic, labels, count)
 
     half = emit.DTYPE_BYTES[ctx.gemm_dtype]
-    for _part, layer, p, c in groups:
+    for layer, p, c in groups:
         if mixed:  # fp16/bf16 gradients → fp32 master gradients, unscaled (1 FLOP each)
             ops.append(op("copy", "grad-to-master", p, p, p * (half + 4), layer, "Master copy", c))
     if name == "lamb":  # LAMB needs ‖g‖ over the whole model before any update (002 §3.2.3)
         ops.append(op("reduction", "lamb-global-norm", total, 2 * total, 4 * total, "-", group_label, 1))
-    for _part, layer, p, c in groups:
+    for layer, p, c in groups:
         for stage, cost in F.OPTIMIZER_STAGES[name]:
             ops.append(op("elementwise", stage, p, cost.flops * p, 4 * p * (cost.reads + cost.writes), layer, group_label, c))
         if name == "lamb":  # per-tensor ‖w‖ and ‖u‖ for the trust ratio
@@ -213,17 +213,17 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, str, int, int]]) -> list[Op]:
     return ops
 
 
-def param_groups(model: ModelSpec, layer_names: list[str], collapse: bool) -> list[tuple[str, str, int, int]]:
-    """(part, layer, parameters, instances) per optimizer group, matching the layers built."""
-    groups = [("embedding", "-", P.embedding_params(model), 1)]
+def param_groups(model: ModelSpec, layer_names: list[str], collapse: bool) -> list[tuple[str, int, int]]:
+    """(layer, parameters, instances) per optimizer group, matching the layers built."""
+    groups = [("-", P.embedding_params(model), 1)]
     if model.arch == "memnet":
         return groups
     for name in layer_names:
         cross = model.arch == "enc-dec" and name.startswith("D")
         count = (model.decoder_layers if cross else model.layers) if collapse else 1
-        groups.append(("transformer", name, P.layer_params(model, cross), count))
+        groups.append((name, P.layer_params(model, cross), count))
     if P.head_params(model):
-        groups.append(("output", "-", P.head_params(model), 1))
+        groups.append(("-", P.head_params(model), 1))
     return groups
 
 
@@ -237,9 +237,9 @@ def build(model: ModelSpec, run: RunSpec, collapse: bool = False) -> Workload:
     fwd = [s.fwd for s in emb] + [s.fwd for steps in body for s in steps] + [s.fwd for s in out]
     if not run.training:
         return tuple(fwd)
-    seg = run.segment_size(len(body) if not collapse else model.layers + model.decoder_layers)
-    bwd = [op for s in reversed(out) for op in s.bwd] + backward(body, seg if not collapse else 0)
-    if seg and collapse:
+    seg = run.segment_size(sum(steps[0].fwd.count for steps in body))  # layers, collapsed or not
+    bwd = [op for s in reversed(out) for op in s.bwd] + backward(body, 0 if collapse else seg)
+    if seg and collapse:  # every layer is recomputed once: one recompute copy with count = N
         bwd += [emit.with_pass(s.fwd, "recompute") for steps in body for s in steps]
     bwd += [op for s in reversed(emb) for op in s.bwd]
     names = [steps[0].fwd.label("layer") for steps in body]

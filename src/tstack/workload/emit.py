@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload import formulas as F
@@ -113,7 +113,3 @@ def embedding_lookup(ctx: Ctx, name: str, tokens: int, table_rows: int, labels: 
 def with_pass(op: Op, pass_: str) -> Op:
     """The same kernel relabelled to another pass (recomputation under checkpointing)."""
     return op.relabel(**{"pass": pass_})
-
-
-def with_count(op: Op, count: int) -> Op:
-    return replace(op, count=count)
