@@ -95,14 +95,14 @@ def transformer(ctx: Ctx, collapse: bool) -> list[list[Step]]:
         return [layers.encoder_layer(c, name, r.seq) for name in _layer_names("L", m.layers, collapse)]
     decode = r.phase == "decode"
     Sq = 1 if decode else (r.tgt_seq if m.arch == "enc-dec" else r.seq)
-    self_shape = AttnShape(Sq, r.kv_len + 1 if decode else Sq, Sq, causal=True)
+    self_shape = AttnShape(Sq, r.kv_len + 1 if decode else Sq, Sq)
     out = []
     cross = None
     if m.arch == "enc-dec":
         if not decode:  # in decode the encoder ran once before and its K/V are cached
             c = _with_count(ctx, m.layers, collapse)
             out += [layers.encoder_layer(c, name, r.seq) for name in _layer_names("E", m.layers, collapse)]
-        cross = AttnShape(Sq, r.seq, 0 if decode else r.seq, causal=False)
+        cross = AttnShape(Sq, r.seq, 0 if decode else r.seq)
     n_dec = m.decoder_layers if m.arch == "enc-dec" else m.layers
     c = _with_count(ctx, n_dec, collapse)
     out += [layers.decoder_layer(c, name, self_shape, cross) for name in _layer_names("D" if cross else "L", n_dec, collapse)]

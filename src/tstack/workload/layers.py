@@ -22,8 +22,7 @@ class AttnShape:
 
     Sq: int  # query tokens per sequence
     Skv: int  # keys attended to per sequence (cache included)
-    Skv_new: int  # keys whose K/V are generated in this pass (0: none, e.g. 003's enc-dec attention)
-    causal: bool
+    Skv_new: int  # keys whose K/V are generated in this pass (0: cached, as in enc-dec decode)
 
 
 def labels(layer: str, block: str, group: str, nlpfast: str, part: str = "transformer") -> dict[str, str]:
@@ -107,7 +106,7 @@ def sublayer(ctx: Ctx, layer: str, tokens: int, body: list[Step]) -> list[Step]:
 
 def encoder_layer(ctx: Ctx, layer: str, S: int) -> list[Step]:
     B = ctx.run.batch
-    attn = attention(ctx, layer, AttnShape(S, S, S, causal=False))
+    attn = attention(ctx, layer, AttnShape(S, S, S))
     return sublayer(ctx, layer, B * S, attn) + sublayer(ctx, layer, B * S, ffn(ctx, layer, B * S))
 
 
