@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from tstack.calibration import Calibration
 from tstack.errors import SpecError, UnknownNameError
 from tstack.spec import preset_dir
 
@@ -68,6 +69,7 @@ class DeviceSpec:
     efficiency: Efficiency = field(default_factory=Efficiency)
     description: str = ""
     sources: tuple[str, ...] = ()
+    calibration: Calibration | None = None  # measured kernel tables (`tstack calibrate`)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -138,7 +140,9 @@ def device_from_dict(data: Any, where: str) -> DeviceSpec:
         efficiency = Efficiency(**eff)
     except SpecError as e:
         raise SpecError(list(e.problems), where) from None
-    rest = {k: v for k, v in data.items() if k != "efficiency"}
+    rest = {k: v for k, v in data.items() if k not in ("efficiency", "calibration")}
+    if data.get("calibration") is not None:
+        rest["calibration"] = Calibration.from_dict(data["calibration"], where)
     sources = rest.get("sources", ())
     rest["sources"] = tuple(sources) if isinstance(sources, list) else sources
     return DeviceSpec(**rest, efficiency=efficiency)
@@ -164,3 +168,17 @@ def load_device(name_or_path: str | Path | DeviceSpec) -> DeviceSpec:
     except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
         raise SpecError([f"not valid YAML ({type(e).__name__})"], f"device file {str(path)!r}") from None
     return device_from_dict(data, f"device file {str(path)!r}")
+
+
+def device_to_dict(dev: DeviceSpec) -> dict[str, Any]:
+    """The device as the mapping its YAML file holds (inverse of device_from_dict)."""
+    out: dict[str, Any] = {
+        "name": dev.name, "kind": dev.kind, "description": dev.description, "compute_units": dev.compute_units,
+        "peak_flops": {u: dict(r) for u, r in dev.peak_flops.items()}, "memory_bandwidth": dev.memory_bandwidth,
+        "memory_capacity": dev.memory_capacity, "launch_overhead": dev.launch_overhead,
+        "efficiency": {f.name: getattr(dev.efficiency, f.name) for f in fields(Efficiency)},
+        "sources": list(dev.sources),
+    }
+    if dev.calibration is not None:
+        out["calibration"] = dev.calibration.to_dict()
+    return out

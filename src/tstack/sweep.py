@@ -9,8 +9,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tstack.costmodel.calibrated import for_device
 from tstack.costmodel.cost import Cost
-from tstack.costmodel.roofline import roofline
 from tstack.errors import TstackError, UnknownNameError
 from tstack.hardware import DeviceSpec, load_device
 from tstack.models import load_model
@@ -59,13 +59,14 @@ def configs(model: ModelSpec, run: RunSpec, axes: dict[str, Sequence[Any]]) -> l
     return out
 
 
-def evaluate(cfg: Config, device: DeviceSpec, cost_model: Callable = roofline) -> list[dict[str, Any]]:
+def evaluate(cfg: Config, device: DeviceSpec, cost_model: Callable | None = None) -> list[dict[str, Any]]:
     """Rows of one configuration: seconds, FLOPs, bytes and kernels per 002 group."""
     m, r = cfg.model, cfg.run
     groups: dict[str, Cost] = {}
+    model_fn = cost_model or for_device(device)
     for op in build(m, r, collapse=True):
         g = op.label("group")
-        c = cost_model(op, device)
+        c = model_fn(op, device)
         groups[g] = groups[g] + c if g in groups else c
     total = sum(groups.values(), Cost()).seconds
     base = {"model": m.name, "device": device.name, "mode": r.mode, "batch": r.batch, "seq": r.seq,

@@ -1,0 +1,47 @@
+"""Calibrated cost model: kernel times from the device's measured tables, roofline where none applies.
+
+(op, device) -> Cost, a sibling of roofline. The seconds come from the table of the op's
+kernel interpolated at its sizes; the split into compute-, memory- and overhead-bound time
+and the ideal time follow the roofline of the device's fitted peaks.
+"""
+
+from __future__ import annotations
+
+from tstack.calibration import Calibration
+from tstack.costmodel.cost import Cost
+from tstack.costmodel.roofline import roofline
+from tstack.hardware import DeviceSpec
+from tstack.workload.op import Op
+
+
+def table_lookup(op: Op, cal: Calibration) -> float | None:
+    """Seconds of one instance from the calibration tables, or None when no table covers the op."""
+    if op.kind in ("gemm", "bgemm"):
+        M, N, K, batch = op.gemm_shape
+        table = cal.tables.get(f"{op.kind}.{op.dtype}")
+        return None if table is None else table(M, N, K) * (batch if op.kind == "bgemm" else 1)
+    if op.dtype != "fp32" and op.kind != "copy":
+        return None  # kernel tables are measured in fp32
+    table = cal.tables.get("gather" if op.kind == "gather" and op.label("pass") == "fwd" else op.name)
+    if table is None:
+        return None
+    if len(table.axes) == 2:
+        return table(op.dim("rows"), op.dim("cols")) if op.dim("rows") else None
+    return table(op.dim("params")) if op.dim("params") else None
+
+
+def calibrated(op: Op, dev: DeviceSpec) -> Cost:
+    """Cost of all ``op.count`` instances from measured tables (roofline when the tables miss the op)."""
+    base = roofline(op, dev)
+    t = table_lookup(op, dev.calibration) if dev.calibration is not None else None
+    if t is None:
+        return base
+    seconds = t * op.count
+    f = seconds / base.seconds
+    return Cost(seconds, base.flops, base.bytes, base.compute_s * f, base.memory_s * f, base.overhead_s * f,
+                base.ideal_s, base.kernels)
+
+
+def for_device(dev: DeviceSpec):  # noqa: ANN201 - returns a cost model function
+    """The best cost model for a device: calibrated when it carries measured tables, else roofline."""
+    return calibrated if dev.calibration is not None else roofline
