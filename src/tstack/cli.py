@@ -194,6 +194,17 @@ def repro(
     wide.print(summary_line(rows))
 
 
+def _register_measuring_commands() -> None:
+    from tstack import cli_perf
+
+    app.command()(cli_perf.profile)
+    app.command()(cli_perf.calibrate)
+    app.command()(cli_perf.validate)
+
+
+_register_measuring_commands()
+
+
 def main() -> None:
     try:
         app()

@@ -25,8 +25,8 @@ def table_lookup(op: Op, cal: Calibration) -> float | None:
     table = cal.tables.get("gather" if op.kind == "gather" and op.label("pass") == "fwd" else op.name)
     if table is None:
         return None
-    if len(table.axes) == 2:
-        return table(op.dim("rows"), op.dim("cols")) if op.dim("rows") else None
+    if len(table.axes) == 2:  # (elements, row length)
+        return table(op.dim("rows") * op.dim("cols"), op.dim("cols")) if op.dim("rows") else None
     return table(op.dim("params")) if op.dim("params") else None
 
 

@@ -80,3 +80,28 @@ def _save(fig, path: str | Path, fmt: str | None = None) -> None:  # noqa: ANN00
         fig.savefig(path, dpi=120, format=fmt or Path(path).suffix.lstrip(".").lower())
     finally:
         plt.close(fig)
+
+
+def validation_plot(records: list[dict], path: str | Path, title: str, fmt: str | None = None) -> None:
+    """Predicted vs measured seconds per op (log-log), with the y = x line and a ±10% band."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    for r in records:
+        xs, ys = groups.setdefault(r["group"], ([], []))
+        xs.append(r["measured_s"])
+        ys.append(r["predicted_s"])
+    for name, (xs, ys) in groups.items():
+        ax.scatter(xs, ys, s=14, alpha=0.7, label=name)
+    lo = min(min(r["measured_s"], r["predicted_s"]) for r in records) / 2
+    hi = max(max(r["measured_s"], r["predicted_s"]) for r in records) * 2
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="predicted = measured")
+    for f in (0.9, 1.1):
+        ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured seconds per op")
+    ax.set_ylabel("predicted seconds per op")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path, fmt)

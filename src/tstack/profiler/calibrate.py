@@ -1,0 +1,180 @@
+"""`tstack calibrate`: micro-benchmarks on this machine -> a device file with fitted peaks and kernel tables.
+
+Steps:
+    grid          the micro-benchmark Ops: GEMMs of several sizes and aspect ratios, batched
+                  GEMMs, every registered element-wise/reduction kernel over several sizes and
+                  row lengths, optimizer stages, copies and the embedding gather
+    measure       each Op through the profiler's executor (warm-up, repeats, median)
+    tables        seconds per grid point -> calibration tables (interpolated in log-log space)
+    fit           peak FLOP/s, memory bandwidth, launch overhead and roofline efficiency terms
+    device        a DeviceSpec carrying both, written as YAML by the caller
+
+Nothing here is measured on the shapes of any model: the grid is generic powers of two.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from tstack.calibration import Calibration, Table
+from tstack.costmodel.roofline import roofline
+from tstack.hardware import DeviceSpec, Efficiency
+from tstack.profiler.opexec import prepare
+from tstack.profiler.runtime import RuntimeConfig, controlled, describe
+from tstack.profiler.timing import time_callable
+from tstack.workload import formulas as F
+from tstack.workload.op import Op
+
+GEMM_DIMS = (64, 256, 1024, 4096)
+BGEMM_DIMS = (32, 128, 512)
+BGEMM_BATCH = 16
+KERNEL_ELEMS = (1 << 12, 1 << 15, 1 << 18, 1 << 21, 1 << 23)
+KERNEL_COLS = (64, 256, 1024, 4096)
+PARAM_ELEMS = (1 << 12, 1 << 15, 1 << 18, 1 << 21, 1 << 24)
+QUICK = {"GEMM_DIMS": (64, 512), "BGEMM_DIMS": (32, 256), "KERNEL_ELEMS": (1 << 10, 1 << 14),
+         "KERNEL_COLS": (64, 512), "PARAM_ELEMS": (1 << 10, 1 << 14)}
+_LABELS = (("part", "calibrate"), ("layer", "-"), ("block", "-"), ("group", "-"), ("nlpfast", "-"), ("pass", "fwd"))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The micro-benchmark sizes (``Grid.quick()`` is a tiny grid for tests)."""
+
+    gemm: tuple[int, ...] = GEMM_DIMS
+    bgemm: tuple[int, ...] = BGEMM_DIMS
+    elems: tuple[int, ...] = KERNEL_ELEMS
+    cols: tuple[int, ...] = KERNEL_COLS
+    params: tuple[int, ...] = PARAM_ELEMS
+
+    @classmethod
+    def quick(cls) -> Grid:
+        return cls(QUICK["GEMM_DIMS"], QUICK["BGEMM_DIMS"], QUICK["KERNEL_ELEMS"], QUICK["KERNEL_COLS"], QUICK["PARAM_ELEMS"])
+
+
+def _gemm_op(kind: str, M: int, N: int, K: int, batch: int) -> Op:
+    c = F.gemm(M, N, K, batch, 4, 4)
+    return Op(kind, kind, c.dims, "fp32", c.flops, c.bytes, _LABELS)
+
+
+def _pointwise_op(name: str, rows: int, cols: int) -> Op:
+    c = F.pointwise(name, rows, cols, 4)
+    return Op(F.kernel(name).kind, name, c.dims, "fp32", c.flops, c.bytes, _LABELS)
+
+
+def _param_op(kind: str, name: str, params: int, flops: int, traffic: int) -> Op:
+    return Op(kind, name, (("params", params),), "fp32", flops, traffic, _LABELS)
+
+
+def _param_ops(params: int) -> list[Op]:
+    """Optimizer stages, LAMB norms, mixed-precision copies (fp16 model copy) over ``params`` elements."""
+    ops = [_param_op("elementwise", stage, params, cost.flops * params, 4 * params * (cost.reads + cost.writes))
+           for stages in F.OPTIMIZER_STAGES.values() for stage, cost in stages]
+    ops.append(_param_op("reduction", "lamb-norms", params, 4 * params, 8 * params))
+    ops.append(_param_op("reduction", "lamb-global-norm", params, 2 * params, 4 * params))
+    ops.append(Op("copy", "grad-to-master", (("params", params),), "fp16", params, 6 * params, _LABELS))
+    ops.append(Op("copy", "master-to-model", (("params", params),), "fp16", 0, 6 * params, _LABELS))
+    return ops
+
+
+def grid_ops(grid: Grid) -> dict[str, tuple[tuple[tuple[int, ...], ...], list[Op]]]:
+    """Table name -> (axes, Ops in row-major grid order)."""
+    out: dict[str, tuple[tuple[tuple[int, ...], ...], list[Op]]] = {}
+    g = grid.gemm
+    out["gemm.fp32"] = ((g, g, g), [_gemm_op("gemm", M, N, K, 1) for M in g for N in g for K in g])
+    b = grid.bgemm
+    out["bgemm.fp32"] = ((b, b, b), [_gemm_op("bgemm", M, N, K, BGEMM_BATCH) for M in b for N in b for K in b])
+    for name in F.KERNELS:
+        out[name] = ((grid.elems, grid.cols), [_pointwise_op(name, max(1, e // c), c) for e in grid.elems for c in grid.cols])
+    gathers = []
+    for e in grid.elems:
+        for c in grid.cols:
+            counts = F.gather(max(1, e // c), c, 4)
+            gathers.append(Op("gather", "gather", counts.dims, "fp32", 0, counts.bytes, _LABELS))
+    out["gather"] = ((grid.elems, grid.cols), gathers)
+    per_param: dict[str, list[Op]] = {}
+    for p in grid.params:
+        for op in _param_ops(p):
+            per_param.setdefault(op.name, []).append(op)
+    for name, ops in per_param.items():
+        out[name] = ((grid.params,), ops)
+    return out
+
+
+def _seconds(op: Op, cfg: RuntimeConfig, repeats: int) -> float:
+    prepared = prepare(op, cfg)
+    return time_callable(prepared.run, cfg, warmup=2, repeats=repeats).median
+
+
+def measure_tables(grid: Grid, cfg: RuntimeConfig, repeats: int = 5,
+                   progress: Callable[[int], None] | None = None) -> dict[str, Table]:
+    """Time every grid Op; a table per kernel (bgemm tables hold seconds per batch entry).
+
+    Row-length grids keep cols ≤ elements, so rows·cols is exactly the element count of the axis.
+    """
+    tables: dict[str, Table] = {}
+    with controlled(cfg):
+        for name, (axes, ops) in grid_ops(grid).items():
+            seconds = []
+            for op in ops:
+                t = _seconds(op, cfg, repeats)
+                seconds.append(t / op.dim("batch", 1) if op.kind == "bgemm" else t)
+                if progress:
+                    progress(1)
+            tables[name] = Table(tuple(tuple(float(v) for v in a) for a in axes), tuple(seconds))
+    return tables
+
+
+def grid_size(grid: Grid) -> int:
+    return sum(len(ops) for _, ops in grid_ops(grid).values())
+
+
+def _fit_efficiency(tables: dict[str, Table], dev: DeviceSpec, grid: Grid) -> Efficiency:
+    """Roofline tile and K-loop terms that best explain the measured GEMM grid (least squares in log time)."""
+    best: tuple[float, Efficiency] | None = None
+    ops = grid_ops(grid)["gemm.fp32"][1]
+    measured = tables["gemm.fp32"].seconds
+    for tile in (16, 32, 64, 128):
+        for k_half in (4.0, 16.0, 64.0, 256.0):
+            eff = Efficiency(tile, tile, k_half, 1.0, 1.0, 1.0, dev.efficiency.bytes_half)
+            trial = replace(dev, efficiency=eff)
+            err = sum((math.log(roofline(op, trial).seconds) - math.log(t)) ** 2 for op, t in zip(ops, measured))
+            if best is None or err < best[0]:
+                best = (err, eff)
+    assert best is not None
+    return best[1]
+
+
+def fit_device(tables: dict[str, Table], cfg: RuntimeConfig, grid: Grid, name: str) -> DeviceSpec:
+    """Peak rates, bandwidth and overhead from the tables, and the tables themselves."""
+    ops = grid_ops(grid)
+    gemm_ops, gemm_s = ops["gemm.fp32"][1], tables["gemm.fp32"].seconds
+    matrix_peak = max(op.flops / t for op, t in zip(gemm_ops, gemm_s))
+    vector_peak = max(op.flops / t for k in F.KERNELS for op, t in zip(ops[k][1], tables[k].seconds) if op.flops)
+    bandwidth = max(op.bytes / t for op, t in zip(ops["residual"][1], tables["residual"].seconds))
+    overhead = min(min(tables[k].seconds) for k in F.KERNELS)
+    memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    units = cfg.threads
+    dev = DeviceSpec(
+        name=name, kind="gpu" if cfg.device == "cuda" else "cpu", compute_units=units,
+        peak_flops={"matrix": {"fp32": matrix_peak}, "vector": {"fp32": vector_peak}},
+        memory_bandwidth=bandwidth, memory_capacity=memory, launch_overhead=overhead,
+        description=f"calibrated on {platform.node() or 'this machine'} ({platform.processor() or platform.machine()}), "
+                    f"{cfg.threads} threads",
+        sources=("tstack calibrate: peaks are the best attained rates of the micro-benchmarks",
+                 "efficiency: tile and K-loop terms fitted to the GEMM grid; kernel tables measured"),
+    )
+    eff = _fit_efficiency(tables, dev, grid)
+    calibration = Calibration(cfg.threads, tables, describe(cfg))
+    return replace(dev, efficiency=eff, calibration=calibration)
+
+
+def calibrate(cfg: RuntimeConfig, grid: Grid | None = None, name: str = "calibrated", repeats: int = 5,
+              progress: Callable[[int], None] | None = None) -> DeviceSpec:
+    """Run the micro-benchmarks and return the fitted device (the caller writes it)."""
+    grid = grid or Grid()
+    tables = measure_tables(grid, cfg, repeats, progress)
+    return fit_device(tables, cfg, grid, name)

@@ -1,0 +1,101 @@
+"""Calibration tables and the calibrated cost model (no torch needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tstack
+from tstack.calibration import Calibration, Table
+from tstack.costmodel import calibrated, for_device, roofline
+from tstack.errors import SpecError
+from tstack.hardware import device_to_dict, load_device
+from tstack.workload.op import Op
+
+LABELS = (("part", "t"), ("layer", "-"), ("block", "-"), ("group", "-"), ("nlpfast", "-"), ("pass", "fwd"))
+
+
+def test_table_is_exact_at_grid_points():
+    t = Table(((10.0, 100.0, 1000.0),), (1e-3, 4e-3, 3e-2))
+    for x, s in zip((10, 100, 1000), (1e-3, 4e-3, 3e-2)):
+        assert t(x) == pytest.approx(s, rel=1e-12)
+
+
+def test_table_interpolates_in_log_log_space():
+    # Between (10, 1 ms) and (1000, 100 ms) time ∝ size, so log-log interpolation gives 10 ms at 100.
+    t = Table(((10.0, 1000.0),), (1e-3, 1e-1))
+    assert t(100) == pytest.approx(1e-2, rel=1e-12)
+
+
+def test_table_extrapolates_along_the_edge_slope():
+    # Slope 1 in log-log beyond the grid: 10× the largest size takes 10× the time.
+    t = Table(((10.0, 100.0),), (1e-3, 1e-2))
+    assert t(1000) == pytest.approx(1e-1, rel=1e-12)
+    assert t(1) == pytest.approx(1e-4, rel=1e-12)
+
+
+@given(st.floats(1.0, 1e4), st.floats(1.0, 1e4))
+def test_bilinear_table_of_a_power_law_is_exact(x, y):
+    # seconds = 1e-9·x·y² is linear in log space, so multilinear log-log interpolation reproduces it anywhere.
+    xs, ys = (1.0, 10.0, 100.0), (2.0, 20.0)
+    t = Table((xs, ys), tuple(1e-9 * a * b * b for a in xs for b in ys))
+    assert t(x, y) == pytest.approx(1e-9 * x * y * y, rel=1e-9)
+
+
+@pytest.mark.parametrize(("axes", "seconds", "fragment"), [
+    (((1.0,),), (1.0,), "at least two grid points"),
+    (((2.0, 1.0),), (1.0, 2.0), "increasing"),
+    (((1.0, 2.0),), (1.0,), "needs 2"),
+    (((1.0, 2.0),), (1.0, -1.0), "positive"),
+])
+def test_bad_tables_are_refused(axes, seconds, fragment):
+    with pytest.raises(SpecError, match=fragment):
+        Table(axes, seconds)
+
+
+def _device_with(tables: dict[str, Table]):
+    dev = load_device("xeon-gold-5220-2s")
+    data = device_to_dict(dev)
+    data["calibration"] = Calibration(2, tables, "test").to_dict()
+    return data
+
+
+def test_device_file_round_trips_with_its_calibration(tmp_path):
+    tables = {"gemm.fp32": Table(((64.0, 4096.0),) * 3, tuple(1e-6 * (i + 1) for i in range(8)))}
+    path = tmp_path / "dev.yaml"
+    path.write_text(yaml.safe_dump(_device_with(tables)))
+    dev = load_device(path)
+    assert dev.calibration.threads == 2
+    assert dev.calibration.tables["gemm.fp32"] == tables["gemm.fp32"]
+    assert for_device(dev) is calibrated
+    assert for_device(load_device("a100")) is roofline
+
+
+def test_calibrated_cost_uses_the_table_and_falls_back_to_roofline(tmp_path):
+    # GEMM table: seconds = 1e-12·M·N·K exactly on a log-log grid, so any GEMM interpolates to that.
+    g = (64.0, 512.0, 4096.0)
+    tables = {"gemm.fp32": Table((g, g, g), tuple(1e-12 * m * n * k for m in g for n in g for k in g))}
+    path = tmp_path / "dev.yaml"
+    path.write_text(yaml.safe_dump(_device_with(tables)))
+    dev = load_device(path)
+    gemm = Op("gemm", "x", (("M", 768), ("N", 128), ("K", 768), ("batch", 1)), "fp32", 2 * 768 * 128 * 768, 1, LABELS, 3)
+    c = calibrated(gemm, dev)
+    assert c.seconds == pytest.approx(3 * 1e-12 * 768 * 128 * 768, rel=1e-9)  # count = 3 instances
+    assert c.kernels == 3
+    assert math.isclose(c.compute_s + c.memory_s + c.overhead_s, c.seconds, rel_tol=1e-9)
+    softmax = Op("reduction", "softmax", (("rows", 64), ("cols", 64)), "fp32", 5 * 4096, 8 * 4096, LABELS)
+    assert calibrated(softmax, dev) == roofline(softmax, dev)  # no softmax table: roofline
+
+
+def test_analyze_uses_the_calibrated_model_of_a_calibrated_device(tmp_path):
+    g = (64.0, 512.0, 4096.0)
+    tables = {"gemm.fp32": Table((g, g, g), tuple(1e-12 * m * n * k for m in g for n in g for k in g))}
+    path = tmp_path / "dev.yaml"
+    path.write_text(yaml.safe_dump(_device_with(tables)))
+    b = tstack.analyze("bert-base", tstack.RunSpec(seq=128), path)
+    q = next(c for op, c in zip(b.ops, b.costs) if op.name == "attn.q_proj")
+    assert q.seconds == pytest.approx(1e-12 * 768 * 128 * 768, rel=1e-9)
