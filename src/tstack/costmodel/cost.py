@@ -45,7 +45,7 @@ class Cost:
     def bound(self) -> str:
         """What limits the time: compute, memory or (kernel-launch) overhead."""
         parts = {"compute": self.compute_s, "memory": self.memory_s, "overhead": self.overhead_s}
-        return max(parts, key=parts.__getitem__) if self.seconds else "-"
+        return max(parts, key=parts.__getitem__) if any(parts.values()) else "-"  # measured Costs have no split
 
     @property
     def utilization(self) -> float:

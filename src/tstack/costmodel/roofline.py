@@ -55,7 +55,8 @@ def roofline(op: Op, dev: DeviceSpec) -> Cost:
         peak = dev.peak("matrix", op.dtype)
         eff = gemm_efficiency(*op.gemm_shape, dev)
     else:
-        peak = dev.peak("vector", _VECTOR_DTYPE.get(op.dtype, "fp32"))
+        # Copies convert between the model dtype and fp32 master tensors: fp32 arithmetic.
+        peak = dev.peak("vector", "fp32" if op.kind == "copy" else _VECTOR_DTYPE.get(op.dtype, "fp32"))
         eff = dev.efficiency.vector_max
     n = op.count
     compute_s = op.flops / (peak * eff) if op.flops else 0.0

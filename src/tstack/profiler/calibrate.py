@@ -104,9 +104,13 @@ def grid_ops(grid: Grid) -> dict[str, tuple[tuple[tuple[int, ...], ...], list[Op
     return out
 
 
+BIG_FLOPS = 2e9  # GEMMs above this run long enough that fewer repeats give a stable median
+
+
 def _seconds(op: Op, cfg: RuntimeConfig, repeats: int) -> float:
     prepared = prepare(op, cfg)
-    return time_callable(prepared.run, cfg, warmup=2, repeats=repeats).median
+    n = min(repeats, 3) if op.flops > BIG_FLOPS else repeats
+    return time_callable(prepared.run, cfg, warmup=1 if op.flops > BIG_FLOPS else 2, repeats=n).median
 
 
 def measure_tables(grid: Grid, cfg: RuntimeConfig, repeats: int = 5,
@@ -154,7 +158,9 @@ def fit_device(tables: dict[str, Table], cfg: RuntimeConfig, grid: Grid, name: s
     gemm_ops, gemm_s = ops["gemm.fp32"][1], tables["gemm.fp32"].seconds
     matrix_peak = max(op.flops / t for op, t in zip(gemm_ops, gemm_s))
     vector_peak = max(op.flops / t for k in F.KERNELS for op, t in zip(ops[k][1], tables[k].seconds) if op.flops)
-    bandwidth = max(op.bytes / t for op, t in zip(ops["residual"][1], tables["residual"].seconds))
+    # DRAM bandwidth: the residual add (2 reads, 1 write) at the largest size, beyond the caches.
+    biggest = max(op.bytes for op in ops["residual"][1])
+    bandwidth = max(op.bytes / t for op, t in zip(ops["residual"][1], tables["residual"].seconds) if op.bytes == biggest)
     overhead = min(min(tables[k].seconds) for k in F.KERNELS)
     memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     units = cfg.threads

@@ -195,7 +195,8 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, int, int]]) -> list[Op]:
     def op(kind: str, kname: str, params: int, flops: int, traffic: int, layer: str, group: str, count: int) -> Op:
         labels = (("part", "optimizer"), ("layer", layer), ("block", "optimizer"), ("group", group),
                   ("nlpfast", "optimizer"), ("pass", "update"))
-        return Op(kind, kname, (("params", params),), "fp32", flops, traffic, labels, count)
+        dtype = ctx.gemm_dtype if kind == "copy" else "fp32"  # copies convert to/from the model's half dtype
+        return Op(kind, kname, (("params", params),), dtype, flops, traffic, labels, count)
 
     half = emit.DTYPE_BYTES[ctx.gemm_dtype]
     for layer, p, c in groups:

@@ -100,7 +100,8 @@ def pointwise(ctx: Ctx, name: str, rows: int, cols: int, labels: dict[str, str])
 def embedding_lookup(ctx: Ctx, name: str, tokens: int, table_rows: int, labels: dict[str, str]) -> Step:
     """Gather `tokens` rows of an embedding table; backward zero-fills and scatter-adds the table gradient."""
     H = ctx.model.hidden
-    fwd = _op(ctx, "gather", name, F.gather(tokens, H, ctx.act_bytes), ctx.act, labels)
+    lookup = F.gather(tokens, H, ctx.act_bytes)
+    fwd = _op(ctx, "gather", name, F.Counts(lookup.flops, lookup.bytes, lookup.dims + (("table", table_rows),)), ctx.act, labels)
     if not ctx.run.training:
         return Step(fwd)
     pb = ctx.param_bytes
