@@ -148,26 +148,29 @@ def _rows(b, extra: list[dict]) -> list[dict]:  # noqa: ANN001
 
 
 def _write_traces(breakdowns: list, path: Path) -> None:
-    from tstack.profiler.trace import breakdowns_trace, write_trace
+    from tstack.profiler.trace import breakdown_trace, merge_traces, write_trace
 
-    write_trace(breakdowns_trace(breakdowns), path)
+    write_trace(merge_traces([breakdown_trace(b) for b in breakdowns]), path)
 
 
 def _profile_module(target: str, input_shape: str, cfg, warmup: int, repeats: int, group_by: str | None,  # noqa: ANN001
                     writer: RowWriter | None, trace: Path | None) -> None:
-    from tstack.profiler.hfmodels import load_builder
-    from tstack.profiler.module import profile_module, random_inputs
+    from tstack.profiler.hfmodels import load_builder, random_inputs
+    from tstack.profiler.module import profile_module
+    from tstack.profiler.trace import profile_trace, write_trace
 
     module = load_builder(target)
-    shape = _shape(input_shape)
-    result = profile_module(module, random_inputs(module, shape), threads=cfg.threads, warmup=warmup, repeats=repeats)
+    result = profile_module(module, random_inputs(module, _shape(input_shape)), threads=cfg.threads, warmup=warmup,
+                            repeats=repeats)
     if writer:
         writer.append(_rows(result.breakdown, [{} for _ in result.breakdown.ops]))
-    console.print(f"forward: {units.seconds(result.wall_seconds)} wall (median of {repeats}); kernels attributed: "
-                  f"{units.seconds(result.attributed_seconds)}; unattributed: {units.seconds(result.unattributed_seconds)}")
+    console.print(f"forward: {units.seconds(result.wall_s)} wall (median, no profiler); kernels attributed to labels: "
+                  f"{units.seconds(result.attributed_s)}; unattributed: {units.seconds(result.unattributed_s)}")
+    for note in result.notes:
+        console.print(f"note: {note}")
     table.print_breakdown(result.breakdown, group_by, console)
     if trace:
-        _write_traces([result.breakdown], trace)
+        write_trace(profile_trace(result), trace)
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -25,10 +25,18 @@ def all_or_nothing(paths: Iterable[str | Path | None]) -> Iterator[dict[Path, Pa
             os.close(fd)
             tmps[t] = Path(tmp)
         yield tmps
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; outputs get the usual permissions
         for t, tmp in tmps.items():
+            os.chmod(tmp, mode)
             os.replace(tmp, t)
     finally:
         for tmp in tmps.values():
             if tmp.exists():
                 tmp.unlink()
 
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

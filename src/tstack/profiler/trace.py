@@ -1,0 +1,94 @@
+"""Chrome / Perfetto trace JSON (open in ui.perfetto.dev or chrome://tracing) of a Breakdown and of measured kernels.
+
+Process 1 lays the Breakdown's ops end to end in op order, one track (thread) per ``part``, each op an ``"X"``
+event whose ``dur`` is its seconds in µs and whose args carry every label, its dims, FLOPs and bytes. For a
+measured profile, process 2 holds the raw kernels of one profiled step at their measured start times, one track
+per CPU thread, with the module they ran in and the labels they were attributed to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tstack.breakdown import Breakdown
+from tstack.errors import TstackError
+from tstack.report.files import all_or_nothing
+from tstack.workload.op import LABEL_KEYS
+
+if TYPE_CHECKING:
+    from tstack.profiler.module import KernelEvent, ModuleProfile
+
+US = 1e6  # trace timestamps and durations are in microseconds
+OPS_PID, KERNELS_PID = 1, 2
+
+
+def _us(seconds: float) -> float:
+    return round(seconds * US, 3)  # nanosecond resolution
+
+
+def _meta(name: str, pid: int, tid: int | None, value: str, sort: int | None = None) -> list[dict[str, Any]]:
+    base = {"ph": "M", "pid": pid, **({"tid": tid} if tid is not None else {})}
+    out = [{**base, "name": name, "args": {"name": value}}]
+    if sort is not None:
+        out.append({**base, "name": name.replace("_name", "_sort_index"), "args": {"sort_index": sort}})
+    return out
+
+
+def breakdown_trace(b: Breakdown, kernels: Sequence[KernelEvent] = (), meta: Mapping[str, Any] | None = None) -> dict:
+    """Trace dict of the ops end to end (one track per part), plus raw measured kernels when given."""
+    events = _meta("process_name", OPS_PID, None, f"tstack {b.model.name} on {b.device}: ops end to end", 0)
+    tracks: dict[str, int] = {}
+    t = 0.0
+    for op, cost in zip(b.ops, b.costs):
+        tid = tracks.setdefault(op.label("part"), len(tracks) + 1)
+        args = {**{k: op.label(k) for k in LABEL_KEYS}, "kind": op.kind, "dtype": op.dtype, "dims": dict(op.dims),
+                "count": op.count, "flops": op.flops * op.count, "bytes": op.bytes * op.count, "seconds": cost.seconds}
+        events.append({"name": op.name, "cat": op.kind, "ph": "X", "pid": OPS_PID, "tid": tid, "ts": _us(t),
+                       "dur": _us(cost.seconds), "args": args})
+        t += cost.seconds
+    for part, tid in tracks.items():
+        events += _meta("thread_name", OPS_PID, tid, part, tid)
+    if kernels:
+        events += _meta("process_name", KERNELS_PID, None, "measured kernels (one profiled step)", 1)
+        threads: dict[int, int] = {}
+        for k in kernels:
+            tid = threads.setdefault(k.thread, len(threads) + 1)
+            args = {**dict(k.labels), "op": k.op, "module": k.module, "shapes": [list(s) for s in k.shapes],
+                    "seconds": k.seconds}
+            events.append({"name": k.aten, "cat": dict(k.labels).get("pass", "-"), "ph": "X", "pid": KERNELS_PID,
+                           "tid": tid, "ts": _us(k.start_s), "dur": _us(k.seconds), "args": args})
+        for thread, tid in threads.items():
+            events += _meta("thread_name", KERNELS_PID, tid, f"thread {thread}", tid)
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {**b.summary(), **(meta or {})}}
+
+
+def profile_trace(p: ModuleProfile) -> dict:
+    """Trace of a measured profile: its ops end to end, its raw kernels, and its wall/attributed times."""
+    meta = {"wall_s": p.wall_s, "profiled_s": p.profiled_s, "attributed_s": p.attributed_s,
+            "unattributed_s": p.unattributed_s, "notes": list(p.notes)}
+    return breakdown_trace(p.breakdown, p.kernels, meta)
+
+
+def merge_traces(traces: Sequence[Mapping[str, Any]]) -> dict:
+    """Several traces in one file, each configuration in its own processes (pids offset by 10 per trace)."""
+    if len(traces) == 1:
+        return dict(traces[0])
+    events = [{**e, "pid": e["pid"] + 10 * i} for i, t in enumerate(traces) for e in t["traceEvents"]]
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"configurations": [t["otherData"] for t in traces]}}
+
+
+def write_trace(trace: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the trace JSON to ``path`` atomically: on any failure no partial file is left behind."""
+    if str(path) == "-":
+        raise TstackError("a trace needs a file path, not '-'")
+    target = Path(path)
+    with all_or_nothing([target]) as tmps:
+        try:
+            text = json.dumps(trace, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError) as e:
+            raise TstackError(f"trace {str(target)!r} is not valid JSON data: {' '.join(str(e).split())}") from None
+        tmps[target].write_text(text, encoding="utf-8")
+    return target
