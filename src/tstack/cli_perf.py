@@ -120,30 +120,34 @@ def profile(
         _write_traces(measured, trace)
 
 
+def _signature(op) -> tuple:  # noqa: ANN001
+    return (op.kind, op.name, op.dims, op.dtype)
+
+
 def _counter_columns(b, cfg, profile_mode: str, events: str | None) -> list[dict]:  # noqa: ANN001
     """Per-op counter columns for cachestat/custom modes (measured once per distinct kernel)."""
     if profile_mode == "default":
         return [{} for _ in b.ops]
     from tstack.profiler import counters
 
-    seen: dict[tuple, dict] = {}
-    out = []
-    for op in b.ops:
-        key = (op.kind, op.name, op.dims, op.dtype)
-        if key not in seen:
-            if profile_mode == "cachestat":
-                c = counters.cachestat(op, cfg)
-                seen[key] = {"llc_misses": c.llc_misses, "instructions": c.instructions, "mpki": c.mpki,
-                             "simulated": c.simulated}
-            else:
-                seen[key] = counters.count_op_events(op, cfg, [e.strip() for e in (events or "").split(",") if e.strip()])
-        out.append(seen[key])
-    return out
+    distinct = list({_signature(op): op for op in b.ops}.values())
+    if profile_mode == "cachestat":  # one simulator process for all kernels when counters are missing
+        stats = counters.cachestat_many(distinct, cfg)
+        columns = [{"llc_misses": c.llc_misses, "mpki": c.mpki, "warm_llc_misses": c.warm_llc_misses,
+                    "warm_mpki": c.warm_mpki, "instructions": c.instructions, "simulated": c.simulated,
+                    "reduced": ";".join(f"{k}:{a}->{v}" for k, a, v in c.reduced), "scale": c.scale} for c in stats]
+    else:
+        names = [e.strip() for e in (events or "").split(",") if e.strip()]
+        columns = [counters.count_op_events(op, cfg, names) for op in distinct]
+    by_sig = {_signature(op): col for op, col in zip(distinct, columns)}
+    return [by_sig[_signature(op)] for op in b.ops]
 
 
 def _rows(b, extra: list[dict]) -> list[dict]:  # noqa: ANN001
+    """One row per op: the configuration (B, S: the run's batch and sequence) and the op's record."""
     s = b.summary()
-    config = {k: s[k] for k in ("model", "device", "mode", "batch", "seq", "precision")}
+    config = {"model": s["model"], "device": s["device"], "mode": s["mode"], "B": s["batch"], "S": s["seq"],
+              "precision": s["precision"]}
     return [{**config, **rec, **ex} for rec, ex in zip(b.records(), extra)]
 
 
