@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,17 @@ from conftest import HF_CONFIGS
 ROOT = Path(__file__).resolve().parents[1]
 
 
+MEASURING = ("tstack profile", "tstack calibrate", "tstack validate")
+TINY = {"name": "tiny", "arch": "encoder", "layers": 2, "hidden": 64, "heads": 4, "ffn": 128, "vocab": 100,
+        "type_vocab": 2, "max_positions": 512}
+MODULE = (
+    "from transformers import BertConfig, BertModel\n"
+    "def build():\n"
+    "    return BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,\n"
+    "                                intermediate_size=128, vocab_size=100, attn_implementation='eager'))\n"
+)
+
+
 def _readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```\n(.*?)```", text, flags=re.S)
@@ -24,26 +36,56 @@ def _readme_commands() -> list[str]:
     return [line for line in lines if line.startswith("tstack ")]
 
 
-def test_readme_has_the_examples_the_issue_names():
+def _shrunk(command: str) -> str:
+    """The measuring examples on a 2-layer model (and calibrate's quick grid), so CI runs them in seconds."""
+    cmd = command.replace("bert-base", "tiny.yaml")
+    return cmd + " --quick" if cmd.startswith("tstack calibrate") else cmd
+
+
+def test_readme_has_the_examples_the_issues_name():
     cmds = _readme_commands()
     assert any(c.startswith("tstack analyze bert-large --mode train") for c in cmds)
     assert any("--group-by nlpfast-op" in c for c in cmds)
     assert any(c.startswith("tstack sweep") for c in cmds)
+    assert [c.split()[1] for c in cmds if c.startswith(MEASURING)] == ["profile", "profile", "profile", "calibrate",
+                                                                       "validate"]
 
 
-@pytest.mark.parametrize("command", _readme_commands())
+def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "tstack.cli", *shlex.split(command)[1:]], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _check_outputs(command: str, cwd: Path) -> None:
+    args = shlex.split(command)
+    for flag in ("--out", "--plot", "--json", "--csv", "--trace"):
+        if flag in args:
+            assert (cwd / args[args.index(flag) + 1]).stat().st_size > 0, flag
+
+
+@pytest.mark.parametrize("command", [c for c in _readme_commands() if not c.startswith(MEASURING)])
 def test_readme_command_runs(command, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(HF_CONFIGS["bert-base-uncased"]))
-    env = {**os.environ, "COLUMNS": "200"}
-    args = shlex.split(command)[1:]
-    proc = subprocess.run([sys.executable, "-m", "tstack.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = _run(command, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), "a README example printed nothing"
-    # Every output file an example names exists afterwards.
-    for flag in ("--out", "--plot", "--json", "--csv"):
-        if flag in args:
-            assert (tmp_path / args[args.index(flag) + 1]).stat().st_size > 0
+    _check_outputs(command, tmp_path)
+
+
+def test_readme_measuring_commands_run_in_order(tmp_path):
+    """profile (default, cachestat, nn.Module), calibrate, then validate with the file calibrate wrote."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    (tmp_path / "tiny.yaml").write_text(json.dumps(TINY))
+    (tmp_path / "my_model.py").write_text(MODULE)
+    for command in [_shrunk(c) for c in _readme_commands() if c.startswith(MEASURING)]:
+        if "cachestat" in command and not shutil.which("valgrind"):
+            continue  # no counters and no simulator: covered by tests/test_counters.py
+        proc = _run(command, tmp_path)
+        assert proc.returncode == 0, f"{command}: {proc.stderr}"
+        _check_outputs(command, tmp_path)
+    assert (tmp_path / "mydevice.yaml").exists()
 
 
 def test_analytic_core_runs_without_torch(tmp_path):

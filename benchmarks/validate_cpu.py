@@ -1,0 +1,61 @@
+"""Calibrate this machine on micro-benchmarks, then validate BERT-base predictions against measurements.
+
+    python benchmarks/validate_cpu.py                       # calibrate (a few minutes), then validate
+    python benchmarks/validate_cpu.py --device dev.yaml     # reuse a device file from `tstack calibrate`
+
+Prints, for BERT-base inference at S=128 and S=512 (B=1) and one training step at B=8, S=128,
+the end-to-end error and the median per-op error (issue goal: ≤ 5% and ≤ 10%). The calibration
+grid is generic powers of two; nothing is fitted to these runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+import tstack
+from tstack.hardware import load_device
+from tstack.profiler.calibrate import calibrate
+from tstack.profiler.measure import measure
+from tstack.profiler.runtime import RuntimeConfig, describe
+from tstack.profiler.validate import Validation
+
+CONFIGS = (("infer", 1, 128), ("infer", 1, 512), ("train", 8, 128))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", help="device file (skips calibration)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args()
+    console = Console(width=120)
+    cfg = RuntimeConfig(device="cpu", threads=args.threads)
+    console.print(f"environment: {describe(cfg)}; load average {os.getloadavg()}")
+    if args.device:
+        dev = load_device(args.device)
+    else:
+        t = time.perf_counter()
+        dev = calibrate(cfg, name="this-machine")
+        console.print(f"calibration: {time.perf_counter() - t:.0f} s, {len(dev.calibration.tables)} kernel tables")
+    table = Table(title="BERT-base on this machine: predicted (calibrated) vs measured", show_edge=False)
+    for col in ("config", "ops", "measured", "predicted", "end-to-end error", "median per-op error", "goal"):
+        table.add_column(col, justify="right")
+    model = tstack.load_model("bert-base")
+    for mode, batch, seq in CONFIGS:
+        run = tstack.RunSpec(mode=mode, batch=batch, seq=seq)
+        v = Validation(tstack.analyze(model, run, dev), measure(model, run, cfg, repeats=args.repeats))
+        s = v.summary()
+        table.add_row(f"{mode} B={batch} S={seq}", str(s["ops"]), f"{s['measured_s'] * 1e3:.1f} ms",
+                      f"{s['predicted_s'] * 1e3:.1f} ms", f"{100 * s['end_to_end_error']:+.1f}%",
+                      f"{100 * s['median_op_error']:.1f}%", "≤ 5% / ≤ 10%")
+    console.print(table)
+    console.print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
