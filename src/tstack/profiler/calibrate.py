@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -29,12 +30,13 @@ from tstack.profiler.timing import time_callable
 from tstack.workload import formulas as F
 from tstack.workload.op import Op
 
-GEMM_DIMS = (64, 256, 1024, 4096)
-BGEMM_DIMS = (32, 128, 512)
+# Powers of two, 2× apart: generic sizes, no model's shapes (interpolation covers the rest).
+GEMM_DIMS = tuple(1 << i for i in range(6, 13))  # 64 … 4096
+BGEMM_DIMS = tuple(1 << i for i in range(5, 11))  # 32 … 1024
 BGEMM_BATCH = 16
-KERNEL_ELEMS = (1 << 12, 1 << 15, 1 << 18, 1 << 21, 1 << 23)
-KERNEL_COLS = (64, 256, 1024, 4096)
-PARAM_ELEMS = (1 << 12, 1 << 15, 1 << 18, 1 << 21, 1 << 24)
+KERNEL_ELEMS = tuple(1 << i for i in range(12, 24))  # 4 Ki … 8 Mi elements
+KERNEL_COLS = tuple(1 << i for i in range(6, 13))  # rows of 64 … 4096
+PARAM_ELEMS = tuple(1 << i for i in range(12, 25, 2))  # 4 Ki … 16 Mi parameters
 QUICK = {"GEMM_DIMS": (64, 512), "BGEMM_DIMS": (32, 256), "KERNEL_ELEMS": (1 << 10, 1 << 14),
          "KERNEL_COLS": (64, 512), "PARAM_ELEMS": (1 << 10, 1 << 14)}
 _LABELS = (("part", "calibrate"), ("layer", "-"), ("block", "-"), ("group", "-"), ("nlpfast", "-"), ("pass", "fwd"))
@@ -114,22 +116,27 @@ def _seconds(op: Op, cfg: RuntimeConfig, repeats: int) -> float:
 
 
 def measure_tables(grid: Grid, cfg: RuntimeConfig, repeats: int = 5,
-                   progress: Callable[[int], None] | None = None) -> dict[str, Table]:
+                   progress: Callable[[int], None] | None = None, seed: int = 0) -> dict[str, Table]:
     """Time every grid Op; a table per kernel (bgemm tables hold seconds per batch entry).
 
+    The Ops run in a shuffled order, as kernels interleave in a real model: run in table order,
+    small kernels would all be timed in the state (clock frequency, caches) that a stretch of
+    similar kernels leaves, which is not the state a GEMM-heavy model runs them in.
     Row-length grids keep cols ≤ elements, so rows·cols is exactly the element count of the axis.
     """
-    tables: dict[str, Table] = {}
+    grids = grid_ops(grid)
+    order = [(name, i) for name, (_, ops) in grids.items() for i in range(len(ops))]
+    random.Random(seed).shuffle(order)
+    seconds: dict[str, list[float]] = {name: [0.0] * len(ops) for name, (_, ops) in grids.items()}
     with controlled(cfg):
-        for name, (axes, ops) in grid_ops(grid).items():
-            seconds = []
-            for op in ops:
-                t = _seconds(op, cfg, repeats)
-                seconds.append(t / op.dim("batch", 1) if op.kind == "bgemm" else t)
-                if progress:
-                    progress(1)
-            tables[name] = Table(tuple(tuple(float(v) for v in a) for a in axes), tuple(seconds))
-    return tables
+        for name, i in order:
+            op = grids[name][1][i]
+            t = _seconds(op, cfg, repeats)
+            seconds[name][i] = t / op.dim("batch", 1) if op.kind == "bgemm" else t
+            if progress:
+                progress(1)
+    return {name: Table(tuple(tuple(float(v) for v in a) for a in axes), tuple(seconds[name]))
+            for name, (axes, _) in grids.items()}
 
 
 def grid_size(grid: Grid) -> int:
