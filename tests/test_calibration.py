@@ -31,15 +31,25 @@ def test_table_interpolates_in_log_log_space():
     assert t(100) == pytest.approx(1e-2, rel=1e-12)
 
 
-def test_table_extrapolates_along_the_edge_slope():
+def test_table_extrapolates_along_the_edge_slope_clipped_to_proportional():
     # Slope 1 in log-log beyond the grid: 10× the largest size takes 10× the time.
     t = Table(((10.0, 100.0),), (1e-3, 1e-2))
     assert t(1000) == pytest.approx(1e-1, rel=1e-12)
-    assert t(1) == pytest.approx(1e-4, rel=1e-12)
+    # A steeper last segment (a noisy point) is clipped to slope 1; a falling one to slope 0.
+    steep = Table(((10.0, 100.0),), (1e-3, 1e-1))
+    assert steep(1000) == pytest.approx(1.0, rel=1e-12)
+    falling = Table(((10.0, 100.0),), (2e-3, 1e-3))
+    assert falling(1000) == pytest.approx(1e-3, rel=1e-12)
 
 
-@given(st.floats(1.0, 1e4), st.floats(1.0, 1e4))
-def test_bilinear_table_of_a_power_law_is_exact(x, y):
+def test_table_below_the_grid_is_the_edge_value():
+    # A smaller kernel than any measured is not predicted slower (or faster) than the smallest.
+    t = Table(((10.0, 100.0),), (1e-5, 1e-4))
+    assert t(1) == pytest.approx(1e-5, rel=1e-12)
+
+
+@given(st.floats(1.0, 100.0), st.floats(2.0, 20.0))
+def test_bilinear_table_of_a_power_law_is_exact_inside_the_grid(x, y):
     # seconds = 1e-9·x·y² is linear in log space, so multilinear log-log interpolation reproduces it anywhere.
     xs, ys = (1.0, 10.0, 100.0), (2.0, 20.0)
     t = Table((xs, ys), tuple(1e-9 * a * b * b for a in xs for b in ys))

@@ -4,7 +4,7 @@ A device file written by `tstack calibrate` carries, besides fitted peak rates, 
 kernel: seconds measured at grid points of its sizes (GEMMs: M, N, K; batched GEMMs: M, N, K
 per batch entry; element-wise and reduction kernels: rows, cols; optimizer stages, copies
 and gathers: elements). A prediction interpolates log(seconds) multilinearly in log(size)
-and extends the edge segments beyond the grid, so time ∝ size far out where the table says so.
+and continues the edge slope (clipped to at most proportional) beyond the grid.
 """
 
 from __future__ import annotations
@@ -42,14 +42,31 @@ class Table:
         object.__setattr__(self, "_log_axes", tuple(np.log(np.asarray(a, dtype=float)) for a in self.axes))
 
     def __call__(self, *sizes: float) -> float:
-        """Interpolated seconds at ``sizes`` (one per axis)."""
+        """Interpolated seconds at ``sizes`` (one per axis).
+
+        Inside the grid: multilinear in log-log space. Below it: the edge value (a smaller kernel
+        is not slower; small kernels are overhead-bound). Above it: the edge segment's slope,
+        clipped to [0, 1], so time never grows faster than in proportion to the size.
+        """
         if len(sizes) != len(self.axes):
             raise ValueError(f"table has {len(self.axes)} axes, got {len(sizes)} sizes")
+        logs = [math.log(max(x, 1e-30)) for x in sizes]
+        clamped = [min(max(lx, ax[0]), ax[-1]) for lx, ax in zip(logs, self._log_axes)]
+        total = self._interp(clamped)
+        for d, (lx, ax) in enumerate(zip(logs, self._log_axes)):
+            if lx > ax[-1]:
+                below = list(clamped)
+                below[d] = ax[-2]
+                slope = (total - self._interp(below)) / (ax[-1] - ax[-2])
+                total += min(max(slope, 0.0), 1.0) * (lx - ax[-1])
+        return math.exp(total)
+
+    def _interp(self, logs: list[float]) -> float:
+        """Multilinear interpolation of log(seconds) at log-sizes inside the grid."""
         corners: list[tuple[int, float]] = []
-        for x, ax in zip(sizes, self._log_axes):
-            lx = math.log(max(x, 1e-30))
+        for lx, ax in zip(logs, self._log_axes):
             i = int(np.clip(np.searchsorted(ax, lx) - 1, 0, len(ax) - 2))
-            corners.append((i, (lx - ax[i]) / (ax[i + 1] - ax[i])))  # weight outside [0, 1] extrapolates
+            corners.append((i, (lx - ax[i]) / (ax[i + 1] - ax[i])))
         total = 0.0
         for bits in range(1 << len(corners)):
             w, idx = 1.0, []
@@ -58,7 +75,7 @@ class Table:
                 w *= t if hi else 1.0 - t
                 idx.append(i + hi)
             total += w * self._logs[tuple(idx)]
-        return math.exp(total)
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         return {"axes": [list(a) for a in self.axes], "seconds": list(self.seconds)}
