@@ -308,8 +308,10 @@ def _min_output_bytes(o: Op) -> int:
     if o.label("pass") == "update":
         return 4 * o.dim("params")  # every optimizer kernel reads or writes one fp32 value per parameter
     if o.kind == "gather":
-        # forward writes rows×cols; backward also writes the whole table gradient (table×cols)
-        return (o.dim("rows") + o.dim("table")) * o.dim("cols") * width
+        # forward writes rows×cols (its dims name the table it reads); backward also writes the
+        # whole table gradient (table×cols)
+        table = o.dim("table") if o.label("pass") != "fwd" else 0
+        return (o.dim("rows") + table) * o.dim("cols") * width
     k = F.kernel(o.name)
     return o.dim("rows") * o.dim("cols") * width * (1 if k.writes else 0) + o.dim("cols") * 4 * k.vec_writes
 
