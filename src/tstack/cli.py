@@ -14,7 +14,7 @@ from tstack.api import analyze as analyze_config
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_presets, load_device
 from tstack.models import load_model, model_presets
-from tstack.report import files, plots, table, units
+from tstack.report import files, table, units
 from tstack.report.repro_table import print_repro_table, summary_line
 from tstack.repro import reproduce_002
 from tstack.spec import RunSpec
@@ -96,7 +96,7 @@ def analyze(
     dev = load_device(device)
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len)
     if plot:
-        plots.check_format("--plot", plot)
+        files.check_figure_format("--plot", plot)
     b = analyze_config(spec, run, dev)
     if group_by:
         b.group_by(group_by)  # validate the key before anything is written
@@ -106,6 +106,8 @@ def analyze(
         if csv_out:
             _emit(csv_out, tmp, b.to_pandas().to_csv(index=False))
         if plot:
+            from tstack.report import plots  # matplotlib only when a figure is asked for
+
             plots.roofline_plot(b, dev, tmp[plot], dtype=b.ops[0].dtype, fmt=plot.suffix.lstrip(".").lower())
     if str(json_out) != "-" and str(csv_out) != "-":
         table.print_breakdown(b, group_by, console)
@@ -154,7 +156,7 @@ def sweep(
     if out and out.suffix not in (".csv", ".json"):
         raise SpecError([f"--out={str(out)!r} must end in .csv or .json"])
     if plot:
-        plots.check_format("--plot", plot)
+        files.check_figure_format("--plot", plot)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("sweep", total=n)
@@ -165,6 +167,8 @@ def sweep(
         if out:
             _emit(out, tmp, df.to_csv(index=False) if out.suffix == ".csv" else df.to_json(orient="records", indent=1))
         if plot:
+            from tstack.report import plots  # matplotlib only when a figure is asked for
+
             plots.stacked_bars(df, tmp[plot], varying, title=f"{spec.name} {mode} on {dev.name}",
                                fmt=plot.suffix.lstrip(".").lower())
     wide = df.pivot_table(index=varying, columns="group", values="share", aggfunc="sum", sort=False).fillna(0.0)

@@ -18,7 +18,7 @@ from tstack.api import analyze as analyze_config
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_to_dict, load_device
 from tstack.models import load_model
-from tstack.report import files, plots, table, units
+from tstack.report import files, table, units
 from tstack.report.rows import RowWriter
 from tstack.spec import RunSpec
 
@@ -237,7 +237,7 @@ def validate(
 
     spec, dev = load_model(model), load_device(device)
     if plot:
-        plots.check_format("--plot", plot)
+        files.check_figure_format("--plot", plot)
     if out and out.suffix not in (".csv", ".json"):
         raise SpecError([f"--out={str(out)!r} must end in .csv or .json"])
     cal_threads = dev.calibration.threads if dev.calibration else None
@@ -259,6 +259,8 @@ def validate(
             df = pd.DataFrame.from_records(records)
             tmp[out].write_text(df.to_csv(index=False) if out.suffix == ".csv" else df.to_json(orient="records", indent=1))
         if plot:
+            from tstack.report import plots  # matplotlib only when a figure is asked for
+
             plots.validation_plot(records, tmp[plot], f"{spec.name} on {dev.name}", fmt=plot.suffix.lstrip(".").lower())
 
 

@@ -8,7 +8,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tstack.errors import TstackError
+from tstack.errors import SpecError, TstackError
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
 
 
 @contextmanager
@@ -40,3 +42,10 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def check_figure_format(option: str, path: str | Path) -> None:
+    """Refuse an unsupported figure file type before anything is computed or written."""
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in FIGURE_FORMATS:
+        raise SpecError([f"{option}={str(path)!r} must end in {', '.join('.' + f for f in FIGURE_FORMATS)}"])

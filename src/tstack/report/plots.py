@@ -64,16 +64,6 @@ def roofline_plot(b: Breakdown, dev: DeviceSpec, path: str | Path, dtype: str = 
     _save(fig, path, fmt)
 
 
-FORMATS = ("png", "svg", "pdf")
-
-
-def check_format(option: str, path: str | Path) -> None:
-    """Refuse an unsupported figure file type before anything is computed or written."""
-    fmt = Path(path).suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise SpecError([f"{option}={str(path)!r} must end in {', '.join('.' + f for f in FORMATS)}"])
-
-
 def _save(fig, path: str | Path, fmt: str | None = None) -> None:  # noqa: ANN001
     """Write to ``path`` (already a temporary file when the caller writes several outputs at once)."""
     try:
