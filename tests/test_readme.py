@@ -107,3 +107,13 @@ def test_analytic_core_runs_without_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_readme_python_example_runs_and_prints_what_it_says(tmp_path):
+    block = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)[0]
+    code = block + "\nprint(round(b.shares('group')['Linear GEMM'], 2), round(b.shares('group')['FC GEMM'], 2))\n"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # The comment in the README shows these two shares; keep them true.
+    shown = re.search(r"'Linear GEMM': ([0-9.]+), 'FC GEMM': ([0-9.]+)", block)
+    assert proc.stdout.split() == [shown.group(1), shown.group(2)]
