@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
+from tstack.cli_common import parse_ints, progress_bar
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_presets, load_device
 from tstack.models import load_model, model_presets
@@ -28,16 +28,6 @@ console = Console()
 
 MODEL_ARG = typer.Argument(..., help="preset name, a tstack model .yaml, or a HuggingFace config.json")
 DEVICE_OPT = typer.Option("a100", "--device", "-d", help="device preset or device .yaml file")
-
-
-def _ints(option: str, text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SpecError([f"{option}={text!r} must be a comma-separated list of integers"]) from None
-    if not values:
-        raise SpecError([f"{option}={text!r} has no values"])
-    return values
 
 
 def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: int, precision: str,
@@ -143,11 +133,11 @@ def sweep(
     """Cartesian sweep; prints the share of each 002 group per configuration."""
     spec = load_model(model)
     dev = load_device(device)
-    axes: dict[str, list] = {"batch": _ints("--batch", batch)}
-    axes["seq"] = _ints("--seq", seq) if seq else [spec.default_seq]
+    axes: dict[str, list] = {"batch": parse_ints("--batch", batch)}
+    axes["seq"] = parse_ints("--seq", seq) if seq else [spec.default_seq]
     for name, text in (("layers", layers), ("hidden", hidden), ("ffn", ffn), ("heads", heads)):
         if text:
-            axes[name] = _ints(f"--{name}", text)
+            axes[name] = parse_ints(f"--{name}", text)
     axes["precision"] = [p.strip() for p in precision.split(",") if p.strip()]
     run = RunSpec(mode=mode, seq=axes["seq"][0], optimizer=optimizer, checkpoint=checkpoint)
     n = 1
@@ -157,8 +147,7 @@ def sweep(
         raise SpecError([f"--out={str(out)!r} must end in .csv or .json"])
     if plot:
         files.check_figure_format("--plot", plot)
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("sweep", total=n)
         df = run_sweep(spec, axes, dev, run=run, executor=executor, workers=workers,
                        progress=lambda k: bar.advance(task, k))

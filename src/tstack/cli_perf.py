@@ -11,10 +11,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
+from tstack.cli_common import parse_ints, progress_bar
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_to_dict, load_device
 from tstack.models import load_model
@@ -32,21 +32,6 @@ def _need_torch() -> None:
     except ImportError:
         raise TstackError("this command measures real runs and needs PyTorch: pip install torch==2.13.0 "
                           "(CPU build; see the README for GPUs)") from None
-
-
-def _ints(option: str, text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SpecError([f"{option}={text!r} must be a comma-separated list of integers"]) from None
-    if not values or min(values) < 1:
-        raise SpecError([f"{option}={text!r} needs positive integers"])
-    return values
-
-
-def _progress() -> Progress:
-    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True)
 
 
 def _runtime(device: str, threads: int | None):
@@ -96,14 +81,14 @@ def profile(
     from tstack.workload.build import build
 
     models = [load_model(t) for t in target.split(",") if t.strip()]
-    seqs = _ints("--seq", seq) if seq else None
+    seqs = parse_ints("--seq", seq) if seq else None
     runs = [(m, RunSpec(mode=mode, batch=b, seq=s, precision=p, optimizer=optimizer))
-            for m in models for b in _ints("--batch", batch) for s in (seqs or [m.default_seq])
+            for m in models for b in parse_ints("--batch", batch) for s in (seqs or [m.default_seq])
             for p in [x.strip() for x in precision.split(",") if x.strip()]]
     if profile_mode != "default":
         console.print(counters.describe_support())
     measured = []
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("profile", total=len(runs))
         for model, run in runs:
             ops = build(model, run)
@@ -207,7 +192,7 @@ def calibrate(
     cfg = _runtime(device, threads)
     grid = Grid.quick() if quick else Grid()
     with files.all_or_nothing([out]) as tmp:  # checks the folder first; an interrupted run writes nothing
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("calibrate", total=grid_size(grid))
             dev = run_calibration(cfg, grid, name=name, repeats=repeats, progress=lambda k: bar.advance(task, k))
         tmp[out].write_text(yaml.safe_dump(device_to_dict(dev), sort_keys=False, width=120))
@@ -245,7 +230,7 @@ def validate(
     if cal_threads and cfg.threads != cal_threads:
         console.print(f"note: {dev.name} was calibrated at {cal_threads} threads; measuring at {cfg.threads}")
     results = []
-    for b, s in itertools.product(_ints("--batch", batch), _ints("--seq", seq) if seq else [spec.default_seq]):
+    for b, s in itertools.product(parse_ints("--batch", batch), parse_ints("--seq", seq) if seq else [spec.default_seq]):
         run = RunSpec(mode=mode, batch=b, seq=s)
         predicted = analyze_config(spec, run, dev)
         memory.guard(memory.per_op_peak(predicted.ops), cfg.device)
