@@ -187,15 +187,18 @@ def repro(
     wide.print(summary_line(rows))
 
 
-def _register_measuring_commands() -> None:
-    from tstack import cli_perf
+def _register_commands() -> None:
+    from tstack import cli_accel, cli_int, cli_opt, cli_perf
 
     app.command()(cli_perf.profile)
     app.command()(cli_perf.calibrate)
     app.command()(cli_perf.validate)
+    app.add_typer(cli_opt.app, name="opt")
+    app.add_typer(cli_int.app, name="int")
+    app.add_typer(cli_accel.app, name="accel")
 
 
-_register_measuring_commands()
+_register_commands()
 
 
 def main() -> None:

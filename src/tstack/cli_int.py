@@ -1,0 +1,8 @@
+"""`tstack int`: integer-only (I-BERT) inference: convert, accuracy, approximation errors. torch is imported inside commands so `tstack --help` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="integer-only (I-BERT) inference: convert, accuracy, approximation errors.")
