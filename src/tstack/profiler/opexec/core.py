@@ -1,0 +1,126 @@
+"""The executor's core: PreparedOp, the builder registry, ``prepare`` and ``reference``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tstack.errors import TstackError
+from tstack.profiler.runtime import RuntimeConfig, _torch
+from tstack.profiler.values import Draw, Values
+from tstack.workload.op import Op
+
+SCALE = 0.125  # attention scale 1/√d_h for d_h = 64
+DROPOUT_P = 0.1
+EPS = 1e-5
+LR = 1e-4
+BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY = 0.9, 0.999, 1e-6, 0.01
+MOMENTUM = 0.9
+INV_LOSS_SCALE = 2.0 ** -10
+
+
+@dataclass(frozen=True)
+class PreparedOp:
+    """An Op ready to launch: ``run()`` is one launch of its kernel(s) on preallocated buffers.
+
+    ``inputs`` and ``outputs`` name the buffers (in-place kernels list a tensor in both);
+    ``output()`` is the main tensor the kernel writes.
+    """
+
+    op: Op
+    run: Callable[[], Any]
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    primary: str
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    def output(self):
+        return self.outputs[self.primary]
+
+
+@dataclass
+class _Ctx:
+    op: Op
+    torch: Any
+    device: Any
+    dtype: Any
+    draw: Draw
+
+    @property
+    def rows(self) -> int:
+        return self.op.dim("rows")
+
+    @property
+    def cols(self) -> int:
+        return self.op.dim("cols")
+
+    @property
+    def rc(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+    def empty(self, shape, dtype=None):
+        return self.torch.empty(shape, dtype=dtype or self.dtype, device=self.device)
+
+
+Builder = Callable[[_Ctx], PreparedOp]
+Reference = Callable[[Op, Mapping[str, Any]], dict[str, Any]]
+BUILDERS: dict[str, Builder] = {}
+REFERENCES: dict[str, Reference] = {}
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
+
+
+def implements(*names: str, ref: Reference | None = None) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        for n in names:
+            BUILDERS[n] = fn
+            if ref is not None:
+                REFERENCES[n] = ref
+        return fn
+
+    return deco
+
+
+def implementation_key(op: Op) -> str:
+    """The key of the implementation that runs an Op: its kind for GEMMs and gathers, else its name."""
+    if op.kind in ("gemm", "bgemm"):
+        return op.kind
+    if op.kind == "gather":  # a lookup is 0 FLOPs (op.py); its backward adds each row into the table gradient
+        return "gather-bwd" if op.flops else "gather"
+    return op.name
+
+
+def has_implementation(name: str) -> bool:
+    return name in BUILDERS
+
+
+def prepare(op: Op, cfg: RuntimeConfig, seed: int = 0, values: Values | None = None) -> PreparedOp:
+    """Allocate calibrated inputs, outputs and scratch for ``op`` on ``cfg.device``; nothing runs yet."""
+    torch = _torch()
+    key = implementation_key(op)
+    builder = BUILDERS.get(key)
+    if builder is None:
+        raise TstackError(f"kernel {op.name!r} (kind {op.kind}) has no PyTorch implementation in tstack.profiler.opexec")
+    if op.dtype not in DTYPES:
+        raise TstackError(f"op {op.name!r}: dtype {op.dtype!r} is not one of {', '.join(DTYPES)}")
+    if op.dtype == "int8" and op.kind not in ("gemm", "bgemm"):
+        raise TstackError(f"op {op.name!r}: int8 is only implemented for GEMMs (kind {op.kind})")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TstackError("device='cuda' but torch.cuda.is_available() is false")
+    device = torch.device(cfg.device)
+    ctx = _Ctx(op, torch, device, getattr(torch, DTYPES[op.dtype]), Draw(seed, device, values))
+    return builder(ctx)
+
+
+def reference(op: Op, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The outputs of ``op`` from explicit formulas in float64, keyed as ``PreparedOp.outputs``.
+
+    ``inputs`` are the PreparedOp's inputs as they were before ``run()`` (in-place kernels change
+    them); for dropout, the mask the kernel drew is ``inputs['mask']``.
+    """
+    key = implementation_key(op)
+    fn = REFERENCES.get(key)
+    if fn is None:
+        raise TstackError(f"kernel {op.name!r} (kind {op.kind}) has no reference implementation")
+    x = {k: v.detach().to("cpu", _torch().float64) if v.is_floating_point() else v.detach().cpu() for k, v in inputs.items()}
+    return fn(op, x)
