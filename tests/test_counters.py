@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tstack.errors import TstackError, UnknownNameError
-from tstack.profiler import _runop, counters
-from tstack.profiler.counters import Budget, CacheGeometry, Support
+from tstack.profiler import _runop, cachestat, counters
+from tstack.profiler.cachestat import Budget, CacheGeometry
+from tstack.profiler.counters import Support
 from tstack.profiler.runtime import RuntimeConfig
 from tstack.workload import formulas as F
 from tstack.workload.op import Op
@@ -90,22 +91,22 @@ def test_count_op_events_on_a_real_op():
 # --- reduced shapes, geometry, parsing -------------------------------------------------------------------
 def test_reduce_gemm_keeps_the_reduction_dim():
     op = gemm(4096, 128, 1024)  # BERT-Large FC1 on one 128-token sequence: 1.07 GFLOP
-    small, changed, scale = counters.reduce_op(op, Budget(gemm_flops=1 << 26))
+    small, changed, scale = cachestat.reduce_op(op, Budget(gemm_flops=1 << 26))
     # The larger of M and N is cut (the miss rate per FLOP moves least), K and the tokens are kept.
     assert changed == (("M", 4096, 256),) and small.flops <= 1 << 26 and scale == pytest.approx(16)
     assert small.bytes == F.gemm(256, 128, 1024, 1, 4, 4).bytes
-    square, changed, _ = counters.reduce_op(gemm(4096, 4096, 1024), Budget(gemm_flops=1 << 26))
+    square, changed, _ = cachestat.reduce_op(gemm(4096, 4096, 1024), Budget(gemm_flops=1 << 26))
     assert square.dim("K") == 1024 and square.dim("M") == square.dim("N") < 4096 and square.flops <= 1 << 26
-    batched, changed, _ = counters.reduce_op(gemm(128, 128, 64, batch=192), Budget(gemm_flops=1 << 22))
+    batched, changed, _ = cachestat.reduce_op(gemm(128, 128, 64, batch=192), Budget(gemm_flops=1 << 22))
     assert changed == (("batch", 192, 2),)  # B·h attention GEMMs: fewer heads, each head unchanged
 
 
 def test_reduce_rows_keeps_the_row_length_and_small_ops_are_untouched():
     op = pointwise("softmax", 16 * 128 * 128, 128)
-    small, changed, _ = counters.reduce_op(op, Budget(elements=1 << 16))
+    small, changed, _ = cachestat.reduce_op(op, Budget(elements=1 << 16))
     assert small.dim("cols") == 128 and small.dim("rows") * 128 <= 1 << 16 and changed[0][0] == "rows"
     tiny = pointwise("softmax", 4, 128)
-    assert counters.reduce_op(tiny) == (tiny, (), 1.0)
+    assert cachestat.reduce_op(tiny) == (tiny, (), 1.0)
 
 
 def test_llc_geometry_for_valgrind():
@@ -120,7 +121,7 @@ def test_read_callgrind_dump(tmp_path):
     p.write_text("# callgrind format\nversion: 1\ndesc: LL cache: 1048576 B, 64 B, 16-way associative\n"
                  "desc: Trigger: Client Request: tstack-op1-warm\nevents: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n"
                  "summary: 1000 300 100 5 40 20 0 7\ntotals: 1000 300 100 5 40 20 0 7\n")
-    name, values, ll = counters._read_dump(str(p))
+    name, values, ll = cachestat._read_dump(str(p))
     assert name == "tstack-op1-warm" and ll == "1 MiB 16-way 64 B lines"
     assert values["Ir"] == 1000 and values["DLmr"] == 7 and values["DLmw"] == 0  # trailing zeros are left out
 
@@ -139,7 +140,7 @@ def test_cachestat_without_counters_or_valgrind_is_one_line(monkeypatch):
     monkeypatch.setattr(counters, "perf_support", lambda: Support(False, "perf_event_open(instructions): ENOENT"))
     monkeypatch.setattr(counters, "simulator_support", lambda: Support(False, "valgrind is not installed"))
     with pytest.raises(TstackError, match="ENOENT.*valgrind is not installed"):
-        counters.cachestat(gemm(8, 8, 8), RuntimeConfig(threads=1))
+        cachestat.cachestat(gemm(8, 8, 8), RuntimeConfig(threads=1))
 
 
 def test_cachestat_with_counters_plumbing(monkeypatch):
@@ -156,8 +157,8 @@ def test_cachestat_with_counters_plumbing(monkeypatch):
 
     monkeypatch.setattr(counters, "perf_support", lambda: Support(True, "fake"))
     monkeypatch.setattr(counters, "count_events", fake_count)
-    monkeypatch.setattr(counters, "host_llc", lambda: CacheGeometry(1 << 20, 16, 64))
-    s = counters.cachestat(pointwise("softmax", 8, 64), RuntimeConfig(threads=1))
+    monkeypatch.setattr(cachestat, "host_llc", lambda: CacheGeometry(1 << 20, 16, 64))
+    s = cachestat.cachestat(pointwise("softmax", 8, 64), RuntimeConfig(threads=1))
     assert not s.simulated and "cache-misses" in s.method
     assert (s.llc_misses, s.warm_llc_misses, s.mpki) == (50.0, 5.0, 50.0)
     assert seen == [(("cache-misses", "instructions"), True), (("cache-misses", "instructions"), False)]
@@ -182,7 +183,7 @@ def simulated():
     cfg = RuntimeConfig(threads=1)
     # Two independent valgrind processes (side by side) on the same ops: determinism is across processes.
     with ThreadPoolExecutor(2) as ex:
-        a, b = ex.map(lambda _: counters.cachestat_many(list(SIM_OPS.values()), cfg, method="simulate", llc=SMALL_LL),
+        a, b = ex.map(lambda _: cachestat.cachestat_many(list(SIM_OPS.values()), cfg, method="simulate", llc=SMALL_LL),
                       range(2))
     return dict(zip(SIM_OPS, a)), dict(zip(SIM_OPS, b))
 

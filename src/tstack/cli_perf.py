@@ -113,11 +113,11 @@ def _counter_columns(b, cfg, profile_mode: str, events: str | None) -> list[dict
     """Per-op counter columns for cachestat/custom modes (measured once per distinct kernel)."""
     if profile_mode == "default":
         return [{} for _ in b.ops]
-    from tstack.profiler import counters
+    from tstack.profiler import cachestat, counters
 
     distinct = list({_signature(op): op for op in b.ops}.values())
     if profile_mode == "cachestat":  # one simulator process for all kernels when counters are missing
-        stats = counters.cachestat_many(distinct, cfg)
+        stats = cachestat.cachestat_many(distinct, cfg)
         columns = [{"llc_misses": c.llc_misses, "mpki": c.mpki, "warm_llc_misses": c.warm_llc_misses,
                     "warm_mpki": c.warm_mpki, "instructions": c.instructions, "simulated": c.simulated,
                     "reduced": ";".join(f"{k}:{a}->{v}" for k, a, v in c.reduced), "scale": c.scale} for c in stats]
