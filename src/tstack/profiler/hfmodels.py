@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tstack.errors import TstackError
-from tstack.profiler.module import Attribution, Kernel, Labeler, Scope, generic_labels
+from tstack.profiler.scopes import Attribution, Kernel, Labeler, Scope, generic_labels
 from tstack.spec import ModelSpec
 
 _BERT_ACT = {"gelu": "gelu", "gelu-tanh": "gelu_new", "relu": "relu", "silu": "silu"}

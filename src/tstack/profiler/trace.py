@@ -19,7 +19,7 @@ from tstack.report.files import all_or_nothing
 from tstack.workload.op import LABEL_KEYS
 
 if TYPE_CHECKING:
-    from tstack.profiler.module import KernelEvent, ModuleProfile
+    from tstack.profiler.scopes import KernelEvent, ModuleProfile
 
 US = 1e6  # trace timestamps and durations are in microseconds
 OPS_PID, KERNELS_PID = 1, 2
