@@ -68,15 +68,15 @@ def test_custom_mode_needs_events_and_says_which(tiny):
 
 
 def test_calibrate_quick_then_validate_with_its_file(tiny):
-    p = tstack("calibrate", "--quick", "--threads", "1", "--repeats", "2", "--out", "dev.yaml", cwd=tiny)
+    p = tstack("calibrate", "--quick", "--threads", "1", "--repeats", "2", "--rounds", "1", "--out", "dev.yaml", cwd=tiny)
     assert p.returncode == 0, p.stderr
     import tstack as ts
 
     dev = ts.load_device(tiny / "dev.yaml")
     assert dev.calibration is not None and dev.calibration.threads == 1
     assert {"gemm.fp32", "bgemm.fp32", "softmax", "layernorm-bwd", "lamb-stage1", "gather"} <= set(dev.calibration.tables)
-    v = tstack("validate", "tiny.yaml", "--device", "dev.yaml", "--seq", "16", "--repeats", "2", "--out", "v.csv",
-               "--plot", "v.png", cwd=tiny)
+    v = tstack("validate", "tiny.yaml", "--device", "dev.yaml", "--seq", "16", "--repeats", "2", "--rounds", "2",
+               "--out", "v.csv", "--plot", "v.png", cwd=tiny)
     assert v.returncode == 0, v.stderr
     assert "end-to-end error" in v.stdout
     rows = list(csv.DictReader((tiny / "v.csv").open()))

@@ -15,7 +15,7 @@ from tstack.errors import SpecError  # noqa: E402
 from tstack.profiler import measure as M  # noqa: E402
 from tstack.profiler import opexec  # noqa: E402
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe  # noqa: E402
-from tstack.profiler.timing import Timing, time_callable  # noqa: E402
+from tstack.profiler.timing import Plan, Timing, time_callable  # noqa: E402
 from tstack.profiler.values import Values  # noqa: E402
 from tstack.workload import build  # noqa: E402
 from tstack.workload import formulas as F  # noqa: E402
@@ -24,7 +24,7 @@ from tstack.workload.op import Op  # noqa: E402
 TINY = ModelSpec(name="tiny", arch="encoder", layers=2, hidden=64, heads=4, ffn=128, vocab=100, type_vocab=2,
                  max_positions=64)
 CFG = RuntimeConfig(threads=1)
-FAST = {"warmup": 1, "repeats": 2}
+FAST = {"plan": Plan(warmup=1, repeats=2)}
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_costs_scale_with_count_and_progress_is_reported() -> None:
     op = Op("elementwise", "residual", c.dims, "fp32", c.flops, c.bytes, (), 5)
     seen = []
     m = M.measure_ops([op, op], CFG, progress=lambda i, n, o: seen.append((i, n, o.name)), **FAST)
-    assert seen == [(1, 2, "residual"), (2, 2, "residual")]
+    assert seen == [(1, 1, "residual")]  # one signature, measured once
     assert m.costs[0].seconds == pytest.approx(m.timings[0].median * 5)
     assert m.costs[0].kernels == 5 and m.costs[0].flops == op.flops * 5
     assert m.costs[0].compute_s == m.costs[0].memory_s == m.costs[0].ideal_s == 0
@@ -120,7 +120,7 @@ def test_runtime_config_validates_and_restores() -> None:
         assert torch.get_num_threads() == 1
         line = describe(RuntimeConfig(threads=1))
     assert torch.get_num_threads() == before
-    assert "1 threads" in line and "FTZ/DAZ on" in line and "preallocated" in line
+    assert "1 threads" in line and "FTZ/DAZ on" in line and "preallocated" in line and "SCHED_" in line
     assert "FTZ/DAZ off" in describe(RuntimeConfig(threads=1, flush_denormal=False))
 
 
@@ -149,3 +149,64 @@ def test_cuda_config_without_gpu_is_a_clean_error() -> None:
         pytest.skip("a GPU is present: tests/test_cuda.py covers CUDA")
     with pytest.raises(TstackError, match="cuda"):
         M.measure_ops([_gemm(8, "fp32")], RuntimeConfig(device="cuda"), **FAST)
+
+
+def test_rounds_keep_each_signatures_fastest_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fake timings: call n (0, 1, 2) of time_callable has median 10 - n for the softmax, 5 + n for the residual,
+    # so with 3 rounds the softmax keeps its last round (8) and the residual its first (5).
+    calls = {"softmax": 0, "residual": 0}
+
+    def fake_time(fn, cfg, warmup, repeats, min_time):  # noqa: ANN001, ANN202
+        name = seen_name[-1]  # the op prepared last is the one being timed
+        n = calls[name]
+        calls[name] += 1
+        t = 10 - n if name == "softmax" else 5 + n
+        return Timing.of([float(t)])
+
+    seen_name: list[str] = []
+    real_prepare = opexec.prepare
+
+    def prepare(op, cfg, seed=0):  # noqa: ANN001, ANN202
+        seen_name.append(op.name)
+        return real_prepare(op, cfg, seed)
+
+    monkeypatch.setattr(M, "time_callable", fake_time)
+    monkeypatch.setattr(opexec, "prepare", prepare)
+    ops = [Op("reduction", "softmax", *(lambda c: (c.dims, "fp32", c.flops, c.bytes))(F.pointwise("softmax", 4, 8, 4)), ()),
+           Op("elementwise", "residual", *(lambda c: (c.dims, "fp32", c.flops, c.bytes))(F.pointwise("residual", 4, 8, 4)), ())]
+    progress = []
+    m = M.measure_ops(ops, CFG, Plan(warmup=0, repeats=1, rounds=3), progress=lambda i, n, o: progress.append((i, n)),
+                      check_values=False)
+    assert [t.median for t in m.timings] == [8.0, 5.0]
+    assert calls == {"softmax": 3, "residual": 3}
+    assert progress == [(i, 6) for i in range(1, 7)]
+    assert seen_name[:2] == ["softmax", "residual"]  # round 1 in workload order
+
+
+@pytest.mark.parametrize("field,value", [("rounds", 0), ("repeats", 0), ("warmup", -1), ("rounds", True), ("min_time", -1.0)])
+def test_plan_rejects_bad_values(field: str, value: object) -> None:
+    with pytest.raises(TstackError, match=field):
+        Plan(**{field: value})
+
+
+def test_calibration_rounds_keep_each_grid_points_fastest_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tstack.profiler import calibrate as C
+
+    # Round r (0, 1) of every point returns 3 - r or 1 + r seconds by the parity of its FLOPs: the
+    # tables must hold 2 (the second round's) and 1 (the first round's) respectively.
+    seen: dict[Op, int] = {}
+
+    def fake_seconds(op, cfg, repeats):  # noqa: ANN001, ANN202
+        r = seen.get(op, 0)
+        seen[op] = r + 1
+        return float(3 - r if op.flops % 2 == 0 else 1 + r)
+
+    monkeypatch.setattr(C, "_seconds", fake_seconds)
+    grid = C.Grid.quick()
+    ticks = []
+    tables = C.measure_tables(grid, RuntimeConfig(threads=1), repeats=1, rounds=2, progress=ticks.append)
+    assert len(ticks) == 2 * C.grid_size(grid) and set(seen.values()) == {2}
+    for name, (_, ops) in C.grid_ops(grid).items():
+        per = [op.dim("batch", 1) if op.kind == "bgemm" else 1 for op in ops]
+        want = [(2.0 if op.flops % 2 == 0 else 1.0) / b for op, b in zip(ops, per)]
+        assert list(tables[name].seconds) == pytest.approx(want), name

@@ -1,9 +1,9 @@
 """Calibration tables: kernel times measured on a grid of sizes, interpolated in log-log space.
 
 A device file written by `tstack calibrate` carries, besides fitted peak rates, one table per
-kernel: seconds measured at grid points of its sizes (GEMMs: M, N, K; batched GEMMs: M, N, K
-per batch entry; element-wise and reduction kernels: rows, cols; optimizer stages, copies
-and gathers: elements). A prediction interpolates log(seconds) multilinearly in log(size)
+kernel: seconds measured at grid points of its sizes (GEMMs: M, N, K; batched GEMMs: seconds
+per batch entry over M, N, K and the batch; element-wise and reduction kernels: elements and
+row length; optimizer stages, copies and gathers: elements). A prediction interpolates log(seconds) multilinearly in log(size)
 and continues the edge slope (clipped to at most proportional) beyond the grid.
 """
 
@@ -97,7 +97,8 @@ class Table:
 class Calibration:
     """Measured tables of one machine at one thread count, keyed by table name.
 
-    Names: ``gemm.<dtype>`` and ``bgemm.<dtype>`` (per batch entry), a registered kernel name
+    Names: ``gemm.<dtype>`` (M, N, K) and ``bgemm.<dtype>`` (seconds per batch entry over M, N, K and the
+    batch), a registered kernel name
     (``softmax``, ``layernorm-bwd``, ...) for rows×cols kernels, and ``<name>`` of optimizer
     stages, copies and gathers over their element count.
     """

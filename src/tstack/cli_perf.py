@@ -18,6 +18,7 @@ from tstack.cli_common import parse_ints, progress_bar
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_to_dict, load_device
 from tstack.models import load_model
+from tstack.profiler.timing import Plan
 from tstack.report import files, table, units
 from tstack.report.rows import RowWriter
 from tstack.spec import RunSpec
@@ -93,7 +94,7 @@ def profile(
         for model, run in runs:
             ops = build(model, run)
             memory.guard(memory.per_op_peak(ops), cfg.device)
-            b = measure(model, run, cfg, warmup=warmup, repeats=repeats)
+            b = measure(model, run, cfg, Plan(warmup=warmup, repeats=repeats))
             extra = _counter_columns(b, cfg, profile_mode, events)
             if writer:
                 writer.append(_rows(b, extra))
@@ -178,6 +179,7 @@ def calibrate(
     device: str = typer.Option("cpu", "--device", "-d", help="cpu | cuda"),
     name: str = typer.Option("calibrated", help="device name inside the file"),
     repeats: int = typer.Option(5, help="timed runs per micro-benchmark"),
+    rounds: int = typer.Option(2, help="passes over the grid, each in a new order; a point keeps its fastest pass's median"),
     quick: bool = typer.Option(False, help="a tiny grid (seconds, for a smoke test; not accurate)"),
 ) -> None:
     """Fit this machine's device file from micro-benchmarks (GEMMs, memory bandwidth, element-wise, reductions)."""
@@ -189,12 +191,14 @@ def calibrate(
 
     if out.suffix not in (".yaml", ".yml"):
         raise SpecError([f"--out={str(out)!r} must end in .yaml"])
+    Plan(repeats=repeats, rounds=rounds)  # checks both
     cfg = _runtime(device, threads)
     grid = Grid.quick() if quick else Grid()
     with files.all_or_nothing([out]) as tmp:  # checks the folder first; an interrupted run writes nothing
         with progress_bar() as bar:
-            task = bar.add_task("calibrate", total=grid_size(grid))
-            dev = run_calibration(cfg, grid, name=name, repeats=repeats, progress=lambda k: bar.advance(task, k))
+            task = bar.add_task("calibrate", total=rounds * grid_size(grid))
+            dev = run_calibration(cfg, grid, name=name, repeats=repeats, rounds=rounds,
+                                  progress=lambda k: bar.advance(task, k))
         tmp[out].write_text(yaml.safe_dump(device_to_dict(dev), sort_keys=False, width=120))
     console.print(f"wrote {out}: matrix fp32 {units.si(dev.peak('matrix', 'fp32'), 'FLOP/s')}, "
                   f"vector fp32 {units.si(dev.peak('vector', 'fp32'), 'FLOP/s')}, "
@@ -211,6 +215,7 @@ def validate(
     threads: int | None = typer.Option(None, help="threads (default: the device file's calibration threads)"),
     warmup: int = typer.Option(3),
     repeats: int = typer.Option(10),
+    rounds: int = typer.Option(3, help="passes over the workload's kernels; each keeps its fastest pass's median"),
     out: Path | None = typer.Option(None, help="per-op predicted vs measured rows (.csv or .json)"),
     plot: Path | None = typer.Option(None, help="figure of predicted vs measured per op (.png, .svg, .pdf)"),
 ) -> None:
@@ -220,6 +225,7 @@ def validate(
     from tstack.profiler.measure import measure
     from tstack.profiler.validate import Validation
 
+    plan = Plan(warmup=warmup, repeats=repeats, rounds=rounds)
     spec, dev = load_model(model), load_device(device)
     if plot:
         files.check_figure_format("--plot", plot)
@@ -234,7 +240,7 @@ def validate(
         run = RunSpec(mode=mode, batch=b, seq=s)
         predicted = analyze_config(spec, run, dev)
         memory.guard(memory.per_op_peak(predicted.ops), cfg.device)
-        results.append(Validation(predicted, measure(spec, run, cfg, warmup=warmup, repeats=repeats)))
+        results.append(Validation(predicted, measure(spec, run, cfg, plan)))
     _print_validation(results)
     records = [{**{k: v.summary()[k] for k in ("model", "mode", "batch", "seq")}, **r} for v in results for r in v.records()]
     with files.all_or_nothing([out, plot]) as tmp:

@@ -19,7 +19,11 @@ def table_lookup(op: Op, cal: Calibration) -> float | None:
     if op.kind in ("gemm", "bgemm"):
         M, N, K, batch = op.gemm_shape
         table = cal.tables.get(f"{op.kind}.{op.dtype}")
-        return None if table is None else table(M, N, K) * (batch if op.kind == "bgemm" else 1)
+        if table is None:
+            return None
+        if op.kind == "gemm":
+            return table(M, N, K)
+        return table(*(M, N, K, batch)[: len(table.axes)]) * batch  # per batch entry; older files have no batch axis
     if op.dtype != "fp32" and op.kind != "copy":
         return None  # kernel tables are measured in fp32
     table = cal.tables.get("gather" if op.kind == "gather" and op.label("pass") == "fwd" else op.name)

@@ -31,13 +31,15 @@ from tstack.workload import formulas as F
 from tstack.workload.op import Op
 
 # Powers of two, 2× apart: generic sizes, no model's shapes (interpolation covers the rest).
-GEMM_DIMS = tuple(1 << i for i in range(6, 13))  # 64 … 4096
+GEMM_DIMS = tuple(1 << i for i in range(3, 13))  # 8 … 4096 (M = 8: a pooler or a classifier over a small batch)
 BGEMM_DIMS = tuple(1 << i for i in range(5, 11))  # 32 … 1024
-BGEMM_BATCH = 16
+BGEMM_BATCHES = (8, 32, 128)  # per-entry time falls with the batch as threads share it out and overheads spread
 KERNEL_ELEMS = tuple(1 << i for i in range(12, 24))  # 4 Ki … 8 Mi elements
 KERNEL_COLS = tuple(1 << i for i in range(6, 13))  # rows of 64 … 4096
-PARAM_ELEMS = tuple(1 << i for i in range(12, 25, 2))  # 4 Ki … 16 Mi parameters
-QUICK = {"GEMM_DIMS": (64, 512), "BGEMM_DIMS": (32, 256), "KERNEL_ELEMS": (1 << 10, 1 << 14),
+# 4 Ki … 64 Mi parameters: the top reaches past a server's last-level cache (a tensor of 2^26 fp32 is 256 MiB), so
+# optimizer stages over a whole model run in the DRAM-bound regime the table extrapolates from.
+PARAM_ELEMS = tuple(1 << i for i in range(12, 27))
+QUICK = {"GEMM_DIMS": (64, 512), "BGEMM_DIMS": (32, 256), "BGEMM_BATCHES": (2, 8), "KERNEL_ELEMS": (1 << 10, 1 << 14),
          "KERNEL_COLS": (64, 512), "PARAM_ELEMS": (1 << 10, 1 << 14)}
 _LABELS = (("part", "calibrate"), ("layer", "-"), ("block", "-"), ("group", "-"), ("nlpfast", "-"), ("pass", "fwd"))
 
@@ -48,13 +50,15 @@ class Grid:
 
     gemm: tuple[int, ...] = GEMM_DIMS
     bgemm: tuple[int, ...] = BGEMM_DIMS
+    batches: tuple[int, ...] = BGEMM_BATCHES
     elems: tuple[int, ...] = KERNEL_ELEMS
     cols: tuple[int, ...] = KERNEL_COLS
     params: tuple[int, ...] = PARAM_ELEMS
 
     @classmethod
     def quick(cls) -> Grid:
-        return cls(QUICK["GEMM_DIMS"], QUICK["BGEMM_DIMS"], QUICK["KERNEL_ELEMS"], QUICK["KERNEL_COLS"], QUICK["PARAM_ELEMS"])
+        return cls(QUICK["GEMM_DIMS"], QUICK["BGEMM_DIMS"], QUICK["BGEMM_BATCHES"], QUICK["KERNEL_ELEMS"], QUICK["KERNEL_COLS"],
+                   QUICK["PARAM_ELEMS"])
 
 
 def _gemm_op(kind: str, M: int, N: int, K: int, batch: int) -> Op:
@@ -88,7 +92,8 @@ def grid_ops(grid: Grid) -> dict[str, tuple[tuple[tuple[int, ...], ...], list[Op
     g = grid.gemm
     out["gemm.fp32"] = ((g, g, g), [_gemm_op("gemm", M, N, K, 1) for M in g for N in g for K in g])
     b = grid.bgemm
-    out["bgemm.fp32"] = ((b, b, b), [_gemm_op("bgemm", M, N, K, BGEMM_BATCH) for M in b for N in b for K in b])
+    out["bgemm.fp32"] = ((b, b, b, grid.batches),
+                         [_gemm_op("bgemm", M, N, K, n) for M in b for N in b for K in b for n in grid.batches])
     for name in F.KERNELS:
         out[name] = ((grid.elems, grid.cols), [_pointwise_op(name, max(1, e // c), c) for e in grid.elems for c in grid.cols])
     gathers = []
@@ -115,26 +120,28 @@ def _seconds(op: Op, cfg: RuntimeConfig, repeats: int) -> float:
     return time_callable(prepared.run, cfg, warmup=1 if op.flops > BIG_FLOPS else 2, repeats=n).median
 
 
-def measure_tables(grid: Grid, cfg: RuntimeConfig, repeats: int = 5,
+def measure_tables(grid: Grid, cfg: RuntimeConfig, repeats: int = 5, rounds: int = 1,
                    progress: Callable[[int], None] | None = None, seed: int = 0) -> dict[str, Table]:
     """Time every grid Op; a table per kernel (bgemm tables hold seconds per batch entry).
 
     The Ops run in a shuffled order, as kernels interleave in a real model: run in table order,
     small kernels would all be timed in the state (clock frequency, caches) that a stretch of
-    similar kernels leaves, which is not the state a GEMM-heavy model runs them in.
+    similar kernels leaves, which is not the state a GEMM-heavy model runs them in. With
+    ``rounds`` > 1 the whole grid is timed again in a new order each round and a point keeps the
+    smallest of its rounds' medians (``timing.Plan`` says why).
     Row-length grids keep cols ≤ elements, so rows·cols is exactly the element count of the axis.
     """
     grids = grid_ops(grid)
-    order = [(name, i) for name, (_, ops) in grids.items() for i in range(len(ops))]
-    random.Random(seed).shuffle(order)
-    seconds: dict[str, list[float]] = {name: [0.0] * len(ops) for name, (_, ops) in grids.items()}
+    points = [(name, i) for name, (_, ops) in grids.items() for i in range(len(ops))]
+    seconds: dict[str, list[float]] = {name: [math.inf] * len(ops) for name, (_, ops) in grids.items()}
     with controlled(cfg):
-        for name, i in order:
-            op = grids[name][1][i]
-            t = _seconds(op, cfg, repeats)
-            seconds[name][i] = t / op.dim("batch", 1) if op.kind == "bgemm" else t
-            if progress:
-                progress(1)
+        for r in range(rounds):
+            for name, i in random.Random(seed + r).sample(points, len(points)):
+                op = grids[name][1][i]
+                t = _seconds(op, cfg, repeats)
+                seconds[name][i] = min(seconds[name][i], t / op.dim("batch", 1) if op.kind == "bgemm" else t)
+                if progress:
+                    progress(1)
     return {name: Table(tuple(tuple(float(v) for v in a) for a in axes), tuple(seconds[name]))
             for name, (axes, _) in grids.items()}
 
@@ -186,8 +193,8 @@ def fit_device(tables: dict[str, Table], cfg: RuntimeConfig, grid: Grid, name: s
 
 
 def calibrate(cfg: RuntimeConfig, grid: Grid | None = None, name: str = "calibrated", repeats: int = 5,
-              progress: Callable[[int], None] | None = None) -> DeviceSpec:
+              rounds: int = 1, progress: Callable[[int], None] | None = None) -> DeviceSpec:
     """Run the micro-benchmarks and return the fitted device (the caller writes it)."""
     grid = grid or Grid()
-    tables = measure_tables(grid, cfg, repeats, progress)
+    tables = measure_tables(grid, cfg, repeats, rounds, progress)
     return fit_device(tables, cfg, grid, name)

@@ -15,12 +15,14 @@ every group-by and hierarchy works on it as on a predicted one. ``measure_ops`` 
 - everything runs inside ``runtime.controlled(cfg)``; buffers of one signature are freed before
   the next is prepared, so peak memory is that of the largest op.
 
-Warm-up and one measured iteration follow Demystifying BERT (002 §3.1.4): ``warmup`` untimed runs
-of each kernel, then ``repeats`` timed samples, median reported.
+Warm-up and one measured iteration follow Demystifying BERT (002 §3.1.4): ``plan.warmup`` untimed
+runs of each kernel, then ``plan.repeats`` timed samples, median reported; with ``plan.rounds`` > 1
+the smallest median of the rounds (``timing.Plan`` says why).
 """
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -32,7 +34,7 @@ from tstack.errors import TstackError
 from tstack.models import load_model
 from tstack.profiler import opexec
 from tstack.profiler.runtime import RuntimeConfig, _torch, controlled, describe
-from tstack.profiler.timing import Timing, time_callable
+from tstack.profiler.timing import Plan, Timing, time_callable
 from tstack.profiler.values import Problems, check_finite_normal
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.build import build
@@ -93,41 +95,48 @@ def _check(op: Op, found: Problems, strict: Problems) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def measure_ops(ops: Iterable[Op], cfg: RuntimeConfig | None = None, warmup: int = 3, repeats: int = 10,
-                progress: Progress | None = None, check_values: bool = True, seed: int = 0,
-                min_time: float = 0.0) -> Measured:
-    """Time every Op (each unique signature once) on ``cfg``; see the module docstring."""
-    cfg = cfg or RuntimeConfig()
-    ops = tuple(ops)
-    cache: dict[Signature, tuple[Timing, Problems | None]] = {}
-    timings: list[Timing] = []
-    problems: list[Problems | None] = []
+def _checked(op: Op, prepared: opexec.PreparedOp, cfg: RuntimeConfig) -> Problems:
+    found, strict = check_prepared(prepared, cfg)
+    _check(op, found, strict)
+    return found
+
+
+def measure_ops(ops: Iterable[Op], cfg: RuntimeConfig | None = None, plan: Plan | None = None,
+                progress: Progress | None = None, check_values: bool = True, seed: int = 0) -> Measured:
+    """Time every Op (each unique signature once per round) on ``cfg``; see the module docstring.
+
+    Round 1 runs the signatures in workload order, later rounds in a shuffled order each; an Op's
+    Timing is that of its round with the smallest median (``timing.Plan``). ``progress`` is called
+    after each signature of each round with (done, rounds × signatures, op).
+    """
+    cfg, plan, ops = cfg or RuntimeConfig(), plan or Plan(), tuple(ops)
+    unique = list({signature(op): op for op in ops}.values())
+    best: dict[Signature, Timing] = {}
+    found: dict[Signature, Problems | None] = {}
     with controlled(cfg) as applied:
         description = describe(cfg, applied)
-        for i, op in enumerate(ops):
-            sig = signature(op)
-            if sig not in cache:
+        for r in range(plan.rounds):
+            order = unique if r == 0 else random.Random(seed + r).sample(unique, len(unique))
+            for i, op in enumerate(order):
+                sig = signature(op)
                 prepared = opexec.prepare(op, cfg, seed)
-                found = None
-                if check_values:
-                    found, strict = check_prepared(prepared, cfg)
-                    _check(op, found, strict)
-                timing = time_callable(prepared.run, cfg, warmup=warmup, repeats=repeats, min_time=min_time)
-                cache[sig] = (timing, found)
-                del prepared
-            timing, found = cache[sig]
-            timings.append(timing)
-            problems.append(found)
-            if progress is not None:
-                progress(i + 1, len(ops), op)
+                if sig not in found:
+                    found[sig] = _checked(op, prepared, cfg) if check_values else None
+                t = time_callable(prepared.run, cfg, warmup=plan.warmup, repeats=plan.repeats, min_time=plan.min_time)
+                del prepared  # free this signature's buffers before the next is prepared
+                if sig not in best or t.median < best[sig].median:
+                    best[sig] = t
+                if progress is not None:
+                    progress(r * len(unique) + i + 1, plan.rounds * len(unique), op)
+    timings = tuple(best[signature(op)] for op in ops)
     costs = tuple(Cost(seconds=t.median * op.count, flops=op.flops * op.count, bytes=op.bytes * op.count, kernels=op.count)
                   for op, t in zip(ops, timings))
-    return Measured(ops, costs, tuple(timings), tuple(problems), description, len(cache))
+    return Measured(ops, costs, timings, tuple(found[signature(op)] for op in ops), description, len(unique))
 
 
 def measure(model: str | Path | ModelSpec, run: RunSpec | None = None, cfg: RuntimeConfig | None = None,
-            warmup: int = 3, repeats: int = 10, progress: Progress | None = None, check_values: bool = True,
-            seed: int = 0, min_time: float = 0.0) -> Breakdown:
+            plan: Plan | None = None, progress: Progress | None = None, check_values: bool = True,
+            seed: int = 0) -> Breakdown:
     """Measured Breakdown of one iteration: the Ops of ``workload.build(model, run)`` with measured Costs.
 
     The Breakdown's device is ``cfg.short_name`` (e.g. ``cpu-2t``); the Ops are those of the
@@ -136,6 +145,5 @@ def measure(model: str | Path | ModelSpec, run: RunSpec | None = None, cfg: Runt
     spec = load_model(model)
     run = run or RunSpec(seq=spec.default_seq)
     cfg = cfg or RuntimeConfig()
-    m = measure_ops(build(spec, run), cfg, warmup=warmup, repeats=repeats, progress=progress,
-                    check_values=check_values, seed=seed, min_time=min_time)
+    m = measure_ops(build(spec, run), cfg, plan, progress=progress, check_values=check_values, seed=seed)
     return Breakdown(spec, run, cfg.short_name, m.ops, m.costs)

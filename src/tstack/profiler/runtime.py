@@ -212,8 +212,24 @@ def controlled(cfg: RuntimeConfig) -> Iterator[Applied]:
             torch.set_float32_matmul_precision(prev_precision)
 
 
+def scheduling() -> str:
+    """This process's CPU scheduling: ``SCHED_FIFO priority 20`` (as under ``chrt -f 20``) or ``SCHED_OTHER nice 0``.
+
+    On a machine shared with other work, timings taken under the default policy include whatever
+    the scheduler gives the other processes (and nice alone does not help where the kernel groups
+    tasks by session, ``sched_autogroup``); a real-time policy keeps the CPUs for the measurement.
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        return "scheduling unknown"
+    policy = os.sched_getscheduler(0)
+    if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        name = "SCHED_FIFO" if policy == os.SCHED_FIFO else "SCHED_RR"
+        return f"{name} priority {os.sched_getparam(0).sched_priority}"
+    return f"SCHED_OTHER nice {os.getpriority(os.PRIO_PROCESS, 0)}"
+
+
 def describe(cfg: RuntimeConfig, applied: Applied | None = None) -> str:
-    """One line: torch version, device, threads, FTZ, TF32, allocator policy and malloc environment."""
+    """One line: torch version, device, threads, FTZ, TF32, allocator policy, malloc environment, CPU scheduling."""
     torch = _torch()
     applied = applied or (_applied[-1] if _applied else None)
     if cfg.device == "cuda":
@@ -232,4 +248,5 @@ def describe(cfg: RuntimeConfig, applied: Applied | None = None) -> str:
         where = f"cpu ({platform.machine()} {capability}), {ftz}"
     env = [f"{k}={os.environ[k]}" for k in MALLOC_ENV if os.environ.get(k)]
     malloc = ", ".join(env) if env else "glibc malloc defaults"
-    return f"torch {torch.__version__}, {where}, {cfg.threads} threads, allocator: {ALLOCATOR_POLICY} ({malloc})"
+    return (f"torch {torch.__version__}, {where}, {cfg.threads} threads, allocator: {ALLOCATOR_POLICY} ({malloc}), "
+            f"{scheduling()}")

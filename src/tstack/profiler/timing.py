@@ -27,6 +27,32 @@ MAX_INNER = 10_000
 
 
 @dataclass(frozen=True)
+class Plan:
+    """How each kernel is timed: ``warmup`` untimed calls, ``repeats`` timed samples (median), at least
+    ``min_time`` seconds of samples, and ``rounds`` passes over the whole set of kernels.
+
+    With several rounds a kernel's figure is the smallest of its rounds' medians. Interference from
+    other work on the machine (other processes, other virtual machines on the host) only ever adds
+    time, and it comes and goes over seconds to minutes; passes spread over the run, each in its
+    own order, let every kernel be seen at least once in a quiet stretch, and the minimum of the
+    medians keeps that one.
+    """
+
+    warmup: int = 3
+    repeats: int = 10
+    rounds: int = 1
+    min_time: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("warmup", 0, 1000), ("repeats", 1, 10_000), ("rounds", 1, 100)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise TstackError(f"{name}={v!r} must be an integer in [{low}, {high}]")
+        if not 0.0 <= self.min_time <= 3600.0:
+            raise TstackError(f"min_time={self.min_time!r} must be in [0, 3600] seconds")
+
+
+@dataclass(frozen=True)
 class Timing:
     """Seconds per call: median, 10th and 90th percentiles over ``repeats`` samples.
 
