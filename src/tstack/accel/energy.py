@@ -1,0 +1,71 @@
+"""Energy in joules by component: action counts × the per-action energies of the hardware description (AccelSpec.energy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from tstack.accel.hw import AccelSpec
+from tstack.accel.timing import GemmTiming
+from tstack.integer.costs import IntCounts
+
+COMPONENTS = ("mac", "register", "scratchpad", "accumulator", "dram", "host", "units")
+
+
+@dataclass(frozen=True, slots=True)
+class Energy:
+    """Joules per component; adding Energies adds each component."""
+
+    mac: float = 0.0
+    register: float = 0.0
+    scratchpad: float = 0.0
+    accumulator: float = 0.0
+    dram: float = 0.0
+    host: float = 0.0
+    units: float = 0.0
+
+    def __add__(self, other: Energy) -> Energy:
+        if not isinstance(other, Energy):
+            return NotImplemented
+        return Energy(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __radd__(self, other: object) -> Energy:
+        if other == 0:
+            return self
+        return NotImplemented
+
+    def __mul__(self, n: float) -> Energy:
+        return Energy(*(getattr(self, f.name) * n for f in fields(self)))
+
+    __rmul__ = __mul__
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+
+def spad_byte(hw: AccelSpec) -> float:
+    return hw.energy.sram_byte(hw.scratchpad.bytes / hw.scratchpad.banks)
+
+
+def acc_byte(hw: AccelSpec) -> float:
+    return hw.energy.sram_byte(hw.accumulator.bytes / hw.accumulator.banks)
+
+
+def gemm_energy(hw: AccelSpec, t: GemmTiming) -> Energy:
+    """MACs on the array (padding included), two register hops per MAC (input right, partial sum down), SRAM and DRAM bytes."""
+    e = hw.energy
+    return Energy(mac=t.array_macs * e.mac_int8, register=2 * t.array_macs * e.register_byte,
+                  scratchpad=(t.spad_read_bytes + t.spad_write_bytes) * spad_byte(hw),
+                  accumulator=t.acc_bytes * acc_byte(hw), dram=(t.load_bytes + t.store_bytes) * e.dram_byte)
+
+
+def int_ops_energy(hw: AccelSpec, c: IntCounts) -> float:
+    """Integer datapath energy: multiplies at int_mul; adds, shifts, compares at int_add; a divide as one add per quotient bit."""
+    e = hw.energy
+    return c.mul * e.int_mul + (c.add + c.shift + c.cmp) * e.int_add + c.div * hw.units.divide_cycles * e.int_add
+
+
+def transfer_energy(hw: AccelSpec, dram_bytes: float, spad_bytes: float = 0.0, acc_bytes: float = 0.0) -> Energy:
+    """Bytes moved through DRAM and the local memories."""
+    return Energy(dram=dram_bytes * hw.energy.dram_byte, scratchpad=spad_bytes * spad_byte(hw),
+                  accumulator=acc_bytes * acc_byte(hw))

@@ -1,0 +1,278 @@
+"""AccelSpec: a Gemmini-style accelerator (mesh, scratchpad, accumulator, DMA, DRAM, host, units, energy) from YAML.
+
+Loading collects every problem (unknown or missing field, value out of range) and raises one SpecError naming the
+field, the value and what is allowed. Units inside are SI (byte, second, hertz, joule); cycles are derived.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from tstack.errors import SpecError, UnknownNameError
+from tstack.spec import preset_dir
+
+DATAFLOWS = ("WS", "OS")
+NONLINEAR_LOCATIONS = ("host", "accelerator")
+KiB = 1024
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """The systolic array: rows × cols PEs of int8 MACs with int32 partial sums."""
+
+    rows: int = 16
+    cols: int = 16
+    dataflow: str = "WS"
+    weight_double_buffer: bool = True  # Gemmini PEs hold two weights, so the next preload overlaps compute
+    RANGES: ClassVar = {"rows": (1, 1024, True), "cols": (1, 1024, True)}
+    CHOICES: ClassVar = {"dataflow": DATAFLOWS}
+
+
+@dataclass(frozen=True)
+class Sram:
+    """A local SRAM: capacity in bytes, banks, ports per bank."""
+
+    bytes: int = 256 * KiB
+    banks: int = 4
+    ports: int = 1
+    RANGES: ClassVar = {"bytes": (1 * KiB, 1 << 30, True), "banks": (1, 64, True), "ports": (1, 2, True)}
+
+
+@dataclass(frozen=True)
+class Dma:
+    """The DMA engine between the local memories and the shared L2/DRAM."""
+
+    bus_bytes_per_cycle: int = 16
+    request_bytes: int = 64
+    requests_in_flight: int = 16
+    RANGES: ClassVar = {"bus_bytes_per_cycle": (1, 4096, True), "request_bytes": (1, 4096, True),
+                        "requests_in_flight": (1, 4096, True)}
+
+
+@dataclass(frozen=True)
+class Dram:
+    """Main memory seen by the DMA and the host: latency and bandwidth."""
+
+    latency_s: float = 80e-9
+    bandwidth: float = 16e9  # byte/s
+    RANGES: ClassVar = {"latency_s": (0.0, 1e-5, False), "bandwidth": (1e6, 1e13, False)}
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Per-command issue cycles of the loop unroller and per-call setup (config instructions, fence)."""
+
+    command_cycles: float = 1.0
+    call_cycles: float = 100.0
+    RANGES: ClassVar = {"command_cycles": (0.0, 1e4, False), "call_cycles": (0.0, 1e7, False)}
+
+
+@dataclass(frozen=True)
+class Host:
+    """The in-order host CPU that runs what the accelerator cannot, in fp32."""
+
+    name: str = "rocket"
+    clock_hz: float = 1e9
+    op_cycles: float = 1.0  # simple FP op, convert, load or store (single issue)
+    divide_cycles: float = 24.0
+    transcendental_cycles: float = 40.0  # one libm expf / erff / sqrtf call
+    memory_bandwidth: float = 1.6e9  # byte/s streamed from the shared L2/DRAM
+    RANGES: ClassVar = {"clock_hz": (1e6, 1e11, False), "op_cycles": (0.01, 1e3, False),
+                        "divide_cycles": (0.01, 1e4, False), "transcendental_cycles": (0.01, 1e5, False),
+                        "memory_bandwidth": (1e6, 1e13, False)}
+
+
+@dataclass(frozen=True)
+class Units:
+    """Where Softmax/LayerNorm/GELU run; the I-BERT normalization unit and activation units when on the accelerator."""
+
+    nonlinear: str = "host"
+    activation_units: int = 0
+    divide_cycles: int = 32  # radix-2 integer divider in the normalization unit
+    RANGES: ClassVar = {"activation_units": (0, 4096, True), "divide_cycles": (1, 1024, True)}
+    CHOICES: ClassVar = {"nonlinear": NONLINEAR_LOCATIONS}
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Per-action energies in joules (sources in the preset files and docs/accelerator.md)."""
+
+    mac_int8: float = 0.3e-12
+    register_byte: float = 0.03e-12
+    sram_byte_32kib: float = 2.5e-12  # SRAM access per byte at a 32 KiB bank; scales with sqrt(bank size)
+    dram_byte: float = 244e-12
+    host_instruction: float = 70e-12
+    int_add: float = 0.1e-12
+    int_mul: float = 3.1e-12
+    RANGES: ClassVar = {k: (0.0, 1e-6, False) for k in ("mac_int8", "register_byte", "sram_byte_32kib", "dram_byte",
+                                                          "host_instruction", "int_add", "int_mul")}
+
+    def sram_byte(self, bank_bytes: float) -> float:
+        """Energy per byte of a ``bank_bytes`` bank (sqrt scaling, as Horowitz 2014: 8 KiB -> 32 KiB doubles it)."""
+        return self.sram_byte_32kib * math.sqrt(bank_bytes / (32 * KiB))
+
+
+SECTIONS: dict[str, type] = {"mesh": Mesh, "scratchpad": Sram, "accumulator": Sram, "dma": Dma, "dram": Dram,
+                             "overheads": Overheads, "host": Host, "units": Units, "energy": Energy}
+
+
+@dataclass(frozen=True)
+class AccelSpec:
+    """One accelerator configuration; every section is a frozen record, checked when built."""
+
+    name: str
+    clock_hz: float = 1e9
+    mesh: Mesh = field(default_factory=Mesh)
+    scratchpad: Sram = field(default_factory=Sram)
+    accumulator: Sram = field(default_factory=lambda: Sram(bytes=64 * KiB, banks=2, ports=2))
+    dma: Dma = field(default_factory=Dma)
+    dram: Dram = field(default_factory=Dram)
+    overheads: Overheads = field(default_factory=Overheads)
+    host: Host = field(default_factory=Host)
+    units: Units = field(default_factory=Units)
+    energy: Energy = field(default_factory=Energy)
+    description: str = ""
+    sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = check(self)
+        if problems:
+            raise SpecError(problems, f"accelerator {self.name!r}")
+
+    @property
+    def dim(self) -> int:
+        return self.mesh.rows
+
+    @property
+    def spad_rows(self) -> int:
+        """Scratchpad rows of DIM int8 elements."""
+        return self.scratchpad.bytes // self.dim
+
+    @property
+    def acc_rows(self) -> int:
+        """Accumulator rows of DIM int32 partial sums."""
+        return self.accumulator.bytes // (4 * self.dim)
+
+    def cycles(self, seconds: float) -> float:
+        return seconds * self.clock_hz
+
+    def seconds(self, cycles: float) -> float:
+        return cycles / self.clock_hz
+
+    def changed(self, **sections: Any) -> AccelSpec:
+        """A copy with some sections' fields replaced, e.g. changed(scratchpad={"bytes": 65536})."""
+        updates = {k: replace(getattr(self, k), **v) if isinstance(v, dict) else v for k, v in sections.items()}
+        return replace(self, **updates)
+
+
+def _check_section(obj: Any, prefix: str, problems: list[str]) -> None:
+    for name, (lo, hi, integer) in obj.RANGES.items():
+        v = getattr(obj, name)
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok or not lo <= v <= hi:
+            problems.append(f"{prefix}.{name}={v!r} must be {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}]")
+    for name, allowed in getattr(obj, "CHOICES", {}).items():
+        if getattr(obj, name) not in allowed:
+            problems.append(f"{prefix}.{name}={getattr(obj, name)!r} is not one of {', '.join(allowed)}")
+
+
+def check(hw: AccelSpec) -> list[str]:
+    """Every problem of a configuration: ranges per section, then how the sections must fit together."""
+    problems: list[str] = []
+    if not isinstance(hw.name, str) or not hw.name:
+        problems.append(f"name={hw.name!r} must be a non-empty string")
+    if isinstance(hw.clock_hz, bool) or not isinstance(hw.clock_hz, (int, float)) or not 1e6 <= hw.clock_hz <= 1e11:
+        problems.append(f"clock_hz={hw.clock_hz!r} must be a number in [1e+06, 1e+11]")
+    for key, cls in SECTIONS.items():
+        section = getattr(hw, key)
+        if not isinstance(section, cls):
+            problems.append(f"{key} must be a mapping of {cls.__name__} fields")
+        else:
+            _check_section(section, key, problems)
+    if problems:
+        return problems
+    m, sp, acc = hw.mesh, hw.scratchpad, hw.accumulator
+    if m.rows != m.cols:
+        problems.append(f"mesh.rows={m.rows} and mesh.cols={m.cols} must be equal "
+                        "(Gemmini's tiling assumes a square DIM×DIM mesh)")
+    if sp.bytes % (sp.banks * m.rows):
+        problems.append(f"scratchpad.bytes={sp.bytes} must be a multiple of banks×rows = {sp.banks * m.rows} "
+                        "(whole DIM-byte rows per bank)")
+    if acc.bytes % (acc.banks * 4 * m.rows):
+        problems.append(f"accumulator.bytes={acc.bytes} must be a multiple of banks×4×rows = {acc.banks * 4 * m.rows} "
+                        "(whole rows of DIM int32 per bank)")
+    if hw.units.nonlinear == "accelerator" and hw.units.activation_units < 1:
+        problems.append("units.activation_units=0 must be >= 1 when units.nonlinear is 'accelerator'")
+    if hw.dma.request_bytes > hw.dma.bus_bytes_per_cycle * 1024:
+        problems.append(f"dma.request_bytes={hw.dma.request_bytes} must be at most 1024 bus beats")
+    return problems
+
+
+def _section(cls: type, data: Any, key: str, problems: list[str]) -> Any:
+    """Build one section from its mapping; unknown fields and wrong types become problems, not exceptions."""
+    if not isinstance(data, dict):
+        problems.append(f"{key}={data!r} must be a mapping")
+        return cls()
+    known = {f.name for f in fields(cls)}
+    problems += [f"unknown field {key}.{k} (allowed: {', '.join(sorted(known))})" for k in data if k not in known]
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def accel_from_dict(data: Any, where: str) -> AccelSpec:
+    """The AccelSpec a YAML mapping describes; one SpecError listing every problem otherwise."""
+    if not isinstance(data, dict):
+        raise SpecError([f"expected a mapping of accelerator fields, got {type(data).__name__}"], where)
+    top = {f.name for f in fields(AccelSpec)}
+    problems = [f"unknown field {k!r} (allowed: {', '.join(sorted(top))})" for k in data if k not in top]
+    problems += [f"missing field {k!r}" for k in ("name", "clock_hz", *SECTIONS) if k not in data]
+    if problems:
+        raise SpecError(problems, where)
+    parts = {k: _section(cls, data[k], k, problems) for k, cls in SECTIONS.items()}
+    sources = data.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        problems.append("sources must be a list of strings")
+        sources = []
+    if problems:
+        raise SpecError(problems, where)
+    try:
+        return AccelSpec(name=data["name"], clock_hz=data["clock_hz"], description=str(data.get("description", "")),
+                         sources=tuple(sources), **parts)
+    except SpecError as e:
+        raise SpecError(list(e.problems), where) from None
+
+
+def accel_to_dict(hw: AccelSpec) -> dict[str, Any]:
+    """The mapping a preset file holds (inverse of accel_from_dict)."""
+    out: dict[str, Any] = {"name": hw.name, "description": hw.description, "clock_hz": hw.clock_hz}
+    for key in SECTIONS:
+        section = getattr(hw, key)
+        out[key] = {f.name: getattr(section, f.name) for f in fields(section)} if is_dataclass(section) else section
+    out["sources"] = list(hw.sources)
+    return out
+
+
+def accel_presets() -> list[str]:
+    return sorted(p.stem for p in preset_dir("accelerators").glob("*.yaml"))
+
+
+def load_accel(name_or_path: str | Path | AccelSpec) -> AccelSpec:
+    """An accelerator by preset name or from a YAML file."""
+    if isinstance(name_or_path, AccelSpec):
+        return name_or_path
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = preset_dir("accelerators") / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise UnknownNameError(f"unknown accelerator {str(name_or_path)!r} (presets: {', '.join(accel_presets())})")
+    elif not path.exists():
+        raise UnknownNameError(f"accelerator file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:
+        raise SpecError([f"not valid YAML ({type(e).__name__})"], f"accelerator file {str(path)!r}") from None
+    return accel_from_dict(data, f"accelerator file {str(path)!r}")

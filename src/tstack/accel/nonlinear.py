@@ -1,0 +1,124 @@
+"""Softmax, LayerNorm and GELU: in fp32 on the host (baseline) or in integer on I-BERT's units (000 §II-2, §II-4).
+
+Host (000 §II-2): the int8 matmul output is read from the shared L2/DRAM, dequantized (convert, scale), the op runs in
+fp32, the result is requantized (scale, round, clamp to int8) and written back for the accelerator to move in again.
+Time = busy cycles / host clock + bytes / host memory bandwidth (an in-order core stalls on its misses).
+
+I-BERT units (000 §II-4): the int32 matmul results sit in the accumulator; the normalization unit makes the op's
+reduction passes (sum, sum of squares, max, sum of exp) reading one accumulator row of DIM values per cycle, then a
+final read feeds the activation units (one element per unit per cycle, pipelined). Per-row scalar work (the softmax
+divide, the integer square root of LayerNorm) runs on the unit's divider. A whole row must sit in the accumulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tstack.accel.energy import Energy, acc_byte, int_ops_energy, transfer_energy
+from tstack.accel.hw import AccelSpec
+from tstack.accel.mapping import Infeasible
+from tstack.accel.timing import transfer_cycles
+from tstack.errors import TstackError
+from tstack.integer.costs import IntCounts, int_op_cost
+
+
+@dataclass(frozen=True)
+class HostWork:
+    """fp32 host work of one op: simple ops (loads, stores included) and libm calls per element; divides and calls per row."""
+
+    ops: int
+    transcendental: int
+    row_divides: int = 0
+    row_transcendental: int = 0
+    traffic: bool = True  # False: fused into the softmax loop that already holds the row (scale, mask)
+
+
+# Counts follow the textbook fp32 kernels: softmax = max pass, exp-and-sum pass, normalize pass (3 loads, 2 stores);
+# LayerNorm = mean pass, variance pass, normalize-scale-shift pass (x three times, gamma, beta, one store).
+HOST_WORK = {
+    "softmax": HostWork(ops=4 + 5, transcendental=1, row_divides=1),  # max, sub, add, mul + 5 loads/stores; expf
+    "layernorm": HostWork(ops=7 + 6, transcendental=0, row_divides=2, row_transcendental=1),  # mean, var; sqrtf per row
+    "gelu": HostWork(ops=5 + 3, transcendental=1),  # bias, x/sqrt2, 1+erf, 0.5x, product + 3 loads/stores; erff
+    "scale": HostWork(ops=1, transcendental=0, traffic=False),
+    "mask": HostWork(ops=2, transcendental=0, traffic=False),  # load the mask value, add
+}
+DEQUANT_OPS = 2  # int8 -> fp32 convert, multiply by the scale
+REQUANT_OPS = 4  # multiply by 1/scale, round-convert, clamp low, clamp high
+INT_KERNEL = {"softmax": "softmax", "layernorm": "layernorm", "gelu": "gelu"}
+
+
+@dataclass(frozen=True)
+class NlCost:
+    """Seconds of one nonlinear op, the (de)quantization share of them, the accelerator-side unit cycles, and energy."""
+
+    seconds: float
+    quant_seconds: float
+    energy: Energy
+    unit_cycles: float = 0.0
+
+
+def host_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
+    """The op in fp32 on the host, with dequantize before and requantize after when it moves data."""
+    if name not in HOST_WORK:
+        raise TstackError(f"host nonlinear op {name!r} unknown; known: {', '.join(sorted(HOST_WORK))}")
+    w, h = HOST_WORK[name], hw.host
+    n = rows * cols
+    compute = n * (w.ops * h.op_cycles + w.transcendental * h.transcendental_cycles)
+    compute += rows * (w.row_divides * h.divide_cycles + w.row_transcendental * h.transcendental_cycles)
+    quant = n * (DEQUANT_OPS + REQUANT_OPS) * h.op_cycles if w.traffic else 0.0
+    nbytes = 2 * n if w.traffic else 0  # int8 in, int8 out through the shared L2/DRAM
+    busy = compute + quant
+    seconds = busy / h.clock_hz + nbytes / h.memory_bandwidth
+    energy = Energy(host=busy * hw.energy.host_instruction) + transfer_energy(hw, nbytes)
+    return NlCost(seconds, quant / h.clock_hz, energy)
+
+
+def _check_row(hw: AccelSpec, name: str, cols: int) -> int:
+    """Accumulator rows one DIM-row block of the op needs; Infeasible when a whole row cannot sit in the accumulator."""
+    D = hw.dim
+    need = -(-cols // D) * D
+    if need > hw.acc_rows:
+        raise Infeasible(f"{name} over rows of {cols} int32 values needs {need} accumulator rows per {D}-row block; "
+                         f"{hw.name} has {hw.acc_rows}")
+    return need
+
+
+def unit_cycles(hw: AccelSpec, name: str, rows: int, cols: int) -> float:
+    """Cycles of the normalization unit and activation units on rows already in the accumulator."""
+    if hw.units.nonlinear != "accelerator":
+        raise TstackError(f"{hw.name} has no integer nonlinear units (units.nonlinear = {hw.units.nonlinear})")
+    c = int_op_cost(INT_KERNEL[name])
+    if c.passes > 1:  # a reduction needs the whole row in the accumulator; GELU is element-wise
+        _check_row(hw, name, cols)
+    row_reads = rows * -(-cols // hw.dim)  # one accumulator row of DIM values per cycle
+    final = rows * max(-(-cols // hw.dim), cols / hw.units.activation_units)
+    p = c.per_row
+    per_row = p.div * hw.units.divide_cycles + p.mul + p.add + p.shift + p.cmp
+    return (c.passes - 1) * row_reads + final + rows * per_row
+
+
+def unit_energy(hw: AccelSpec, name: str, rows: int, cols: int) -> Energy:
+    """Integer ops of the I-BERT kernel plus one int32 accumulator read per element and pass."""
+    c = int_op_cost(INT_KERNEL[name])
+    counts: IntCounts = c.counts(rows, cols)
+    return Energy(units=int_ops_energy(hw, counts), accumulator=4 * rows * cols * c.passes * acc_byte(hw))
+
+
+def accel_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
+    """A stand-alone (non-fused) op on I-BERT units: int32 rows moved into the accumulator, processed, int8 moved out."""
+    units = unit_cycles(hw, name, rows, cols)
+    need = -(-cols // hw.dim) * hw.dim if int_op_cost(INT_KERNEL[name]).passes > 1 else hw.dim
+    dma = transfer_cycles(hw, rows, 4 * cols) + transfer_cycles(hw, rows, cols)
+    blocks = -(-rows // hw.dim)
+    if 2 * need <= hw.acc_rows and blocks > 1:  # two row blocks fit: moving one overlaps processing the other
+        cycles = max(units, dma) + min(units, dma) / blocks
+    else:
+        cycles = units + dma
+    energy = unit_energy(hw, name, rows, cols) + transfer_energy(hw, 5 * rows * cols, acc_bytes=5 * rows * cols)
+    return NlCost(hw.seconds(cycles), 0.0, energy, units)
+
+
+def folded_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
+    """Attention scale and mask with I-BERT: scale folded into the requantization factor, mask an add in the exp pass."""
+    adds = rows * cols if name == "mask" else 0
+    return NlCost(0.0, 0.0, Energy(units=adds * hw.energy.int_add))

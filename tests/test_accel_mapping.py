@@ -1,0 +1,105 @@
+"""GEMM mapping and timing: Gemmini's heuristic, capacity legality, SCALE-Sim agreement, the best mapper's optimality."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tstack.accel import mapping as mp
+from tstack.accel.hw import AccelSpec, KiB, load_accel
+from tstack.accel.timing import GemmShape, Mapping, gemm_timing
+
+BASE = load_accel("gemmini-baseline")
+TRANSFORMER = load_accel("gemmini-transformer")
+
+
+def test_heuristic_matches_tiled_matmul_auto_by_hand():
+    # Baseline: 16384 spad rows, 1024 acc rows; double-buffered halves 8192 / 512.
+    # Start: tile_I = tile_J = isqrt(512/16 = 32) = 5, tile_K = (16384/2/2/16 = 256) // 5 = 51 -> min(48 blocks) = 48.
+    # Growing J: (5·48 + 48·6)·16 = 8448 > 8192, I likewise, K is at 48 blocks: stays (5, 5, 48).
+    assert mp.heuristic(BASE, GemmShape(512, 768, 768)) == Mapping(5, 5, 48)
+    # Re-split: 4096 / 4096 rows, halves 2048 / 2048: isqrt(128) = 11, K = (1024/16 = 64) // 11 = 5.
+    # J+1: acc 11·12·16 = 2112 > 2048; K+1: (11·6 + 6·11)·16 = 2112 > 2048: stays (11, 11, 5).
+    assert mp.heuristic(TRANSFORMER, GemmShape(512, 768, 768)) == Mapping(11, 11, 5)
+
+
+def test_fused_heuristic_keeps_whole_rows():
+    m = mp.heuristic(TRANSFORMER, GemmShape(512, 768, 3072), full_rows=True)
+    assert m.tj == 768 // 16  # the full row of 768 outputs
+    # from tile_I = 1: I grows while 48·16·I <= 2048 acc rows -> I = 2; K while (2K + 48K)·16 <= 2048 -> K = 2
+    assert (m.ti, m.tk) == (2, 2)
+    with pytest.raises(mp.Infeasible, match="accumulator rows"):
+        mp.heuristic(BASE, GemmShape(512, 768, 3072), full_rows=True)  # 768 rows needed, 512 per buffer
+
+
+@settings(max_examples=60)
+@given(I=st.integers(1, 700), J=st.integers(1, 700), K=st.integers(1, 700), dim=st.sampled_from([4, 8, 16, 32]),
+       tj=st.integers(1, 50), tk=st.integers(1, 50), batch=st.integers(1, 3))
+def test_resident_single_buffered_timing_is_the_scalesim_closed_form(I, J, K, dim, tj, tk, batch):  # noqa: E741
+    """SCALE-Sim WS: folds = ceil(K/R)·ceil(J/C), each 2R + C + T − 2 cycles with T = I rows streamed."""
+    hw = AccelSpec(name="ss").changed(mesh={"rows": dim, "cols": dim, "weight_double_buffer": False},
+                                      scratchpad={"bytes": 64 * KiB}, accumulator={"bytes": 64 * KiB})
+    shape = GemmShape(I, J, K, batch)
+    bI, bJ, bK = shape.blocks(dim)
+    t = gemm_timing(hw, shape, Mapping(bI, min(tj, bJ), min(tk, bK)), resident=True)
+    assert t.cycles == batch * math.ceil(K / dim) * math.ceil(J / dim) * (2 * dim + dim + I - 2)
+
+
+configs = st.builds(lambda spad, acc, dim, df: AccelSpec(name="r").changed(
+    mesh={"rows": dim, "cols": dim, "dataflow": df}, scratchpad={"bytes": spad * KiB}, accumulator={"bytes": acc * KiB}),
+    st.sampled_from([16, 32, 64, 128, 256]), st.sampled_from([16, 32, 64, 128, 256]), st.sampled_from([8, 16, 32]),
+    st.sampled_from(["WS", "OS"]))
+shapes = st.builds(GemmShape, st.integers(1, 2048), st.integers(1, 2048), st.integers(1, 2048), st.integers(1, 4))
+
+
+def _assert_legal(hw: AccelSpec, shape: GemmShape, m: Mapping) -> None:
+    half = 2 if hw.mesh.dataflow == "WS" else 1
+    D = hw.dim
+    assert (m.ti * m.tk + m.tk * m.tj) * D <= hw.spad_rows // half
+    assert m.ti * m.tj * D <= hw.acc_rows // half
+    assert all(1 <= t <= n for t, n in zip((m.ti, m.tj, m.tk), shape.blocks(D)))
+
+
+@given(hw=configs, shape=shapes, full_rows=st.booleans())
+def test_heuristic_mappings_are_legal(hw, shape, full_rows):
+    try:
+        m = mp.heuristic(hw, shape, full_rows)
+    except mp.Infeasible:
+        assert full_rows  # only the whole-row start can fail to fit
+        return
+    _assert_legal(hw, shape, m)
+    assert gemm_timing(hw, shape, m).cycles >= gemm_timing(hw, shape, m).ideal_cycles
+
+
+small_shapes = st.builds(GemmShape, st.integers(1, 600), st.integers(1, 600), st.integers(1, 600), st.integers(1, 2))
+
+
+@settings(max_examples=25)
+@given(hw=configs, shape=small_shapes, objective=st.sampled_from(mp.OBJECTIVES))
+def test_best_is_legal_and_never_worse_than_the_heuristic(hw, shape, objective):
+    m, t = mp.best(hw, shape, objective)
+    _assert_legal(hw, shape, m)
+    h = mp.heuristic(hw, shape)
+    assert mp.score(hw, t, objective) <= mp.score(hw, gemm_timing(hw, shape, h), objective)
+
+
+def test_illegal_candidates_raise_infeasible():
+    with pytest.raises(mp.Infeasible, match="scratchpad rows"):
+        mp.check(BASE, GemmShape(512, 768, 768), Mapping(8, 8, 48))  # (8·48 + 48·8)·16 = 12288 > 8192
+    with pytest.raises(mp.Infeasible, match=r"ti=40 must be in \[1, 32\]"):
+        mp.check(BASE, GemmShape(512, 768, 768), Mapping(40, 1, 1))
+
+
+def test_timing_accounts_for_every_byte_and_mac():
+    shape = GemmShape(512, 768, 768)
+    m = mp.heuristic(BASE, shape)
+    t = gemm_timing(BASE, shape, m)
+    assert t.macs == 512 * 768 * 768
+    assert t.store_bytes == 512 * 768  # each int8 output written once
+    # no reuse: A is loaded once per J tile (ceil(768/80) = 10), B once per I tile (ceil(512/80) = 7)
+    assert t.load_bytes == 512 * 768 * 10 + 768 * 768 * 7
+    assert t.ideal_cycles == 512 * 768 * 768 / 256
+    assert t.cycles > t.mesh_cycles  # prologue, fill/drain and call overhead are never free
