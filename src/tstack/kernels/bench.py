@@ -1,0 +1,152 @@
+"""Timing and working set of the NLP-Opt variants of one layer (003 §VI-B, Fig. 10 and Table III), as records.
+
+A case is one layer of a 003 Table IV base model at random weights (seeded): the BERT encoder layer (GELU), the
+Transformer encoder and decoder layers (ReLU), or the memory network (all its hops). Every variant is a deep copy of
+the same module, so all see the same weights and inputs:
+
+- ``sdpa``: the reference with PyTorch's fused ``F.scaled_dot_product_attention`` as its attention core;
+- ``base``: the reference (explicit QKᵀ, softmax, PV);
+- ``P``, ``PC``, ``PCF`` (any of ``partition.VARIANTS``): holistic partitioning by ``partition(model, plan)``;
+- ``PCF+ZS``: ``optimize(model, mp=True, zs=True, params)``: zero-skipping attention and the FFN split.
+
+A variant that does not apply to a case (zero skipping of a decoder or of a memory network; P of a one-head
+memory network is the baseline) is recorded with a note instead of a time.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tstack.errors import SpecError, TstackError
+from tstack.kernels.api import Params, optimize, partition
+from tstack.kernels.partition import VARIANTS
+from tstack.kernels.reference import DecoderLayer, EncoderLayer, MemoryNetwork, causal_mask
+from tstack.kernels.workingset import peak_intermediate_bytes
+from tstack.models import load_model
+from tstack.profiler.runtime import RuntimeConfig
+from tstack.profiler.timing import Timing, time_callable
+from tstack.spec import ModelSpec
+
+MODELS = {"bert": "nlpfast-bert", "transformer": "nlpfast-transformer", "memnet": "memnet"}
+BENCH_VARIANTS = ("sdpa", *VARIANTS, "PCF+ZS")
+MEMNET_QUERIES = 32  # questions per batch element (n_q); the memory size is the sequence length
+
+
+@dataclass(frozen=True)
+class Case:
+    """One module to time and its inputs."""
+
+    model: str
+    part: str
+    seq: int
+    batch: int
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One variant of one case: time (None where it does not apply), peak intermediate bytes of the layer and of its
+    attention block alone (byte), max |output − base output|."""
+
+    model: str
+    part: str
+    seq: int
+    batch: int
+    variant: str
+    timing: Timing | None
+    peak_bytes: int | None
+    attention_peak_bytes: int | None
+    max_abs_err: float | None
+    note: str = ""
+
+
+def build_cases(model: str, seq: int, batch: int = 1, seed: int = 0, spec: ModelSpec | None = None) -> list[Case]:
+    """The layer(s) of a Table IV base model (or of ``spec``, same kind) at random weights, random inputs of (batch, seq)."""
+    if model not in MODELS:
+        raise SpecError([f"model={model!r} is not one of {', '.join(MODELS)}"], "opt bench")
+    spec = spec or load_model(MODELS[model])
+    g = torch.Generator().manual_seed(seed)
+    if model == "memnet":
+        net = MemoryNetwork.from_spec(spec, seed)
+        u = torch.randn(batch, MEMNET_QUERIES, spec.hidden, generator=g)
+        mem_in, mem_out = (torch.randn(batch, seq, spec.hidden, generator=g) for _ in range(2))
+        return [Case(model, f"{spec.hops} hops, n_q={MEMNET_QUERIES}", seq, batch, net, (u, mem_in, mem_out))]
+    x = torch.randn(batch, seq, spec.hidden, generator=g)
+    if model == "bert":
+        return [Case(model, "encoder layer", seq, batch, EncoderLayer.from_spec(spec, seed), (x,))]
+    memory = torch.randn(batch, seq, spec.hidden, generator=g)
+    return [Case(model, "encoder layer", seq, batch, EncoderLayer.from_spec(spec, seed), (x,)),
+            Case(model, "decoder layer", seq, batch, DecoderLayer.from_spec(spec, seed + 1), (x, memory))]
+
+
+def variant_module(case: Case, variant: str, params: Params) -> nn.Module:
+    """A deep copy of the case's module turned into ``variant``; TstackError where the variant does not apply."""
+    if variant not in BENCH_VARIANTS:
+        raise SpecError([f"variant={variant!r} is not one of {', '.join(BENCH_VARIANTS)}"], "opt bench")
+    module = copy.deepcopy(case.module).eval()
+    if variant == "sdpa":
+        for m in module.modules():
+            if hasattr(m, "sdpa"):
+                m.sdpa = True
+        return module
+    if variant == "PCF+ZS":
+        return optimize(module, mp=True, zs=True, params=_as_dict(params))
+    if variant != "base":
+        if isinstance(module, MemoryNetwork) and variant == "P":
+            raise TstackError("one head: partial-head update is the baseline")
+        partition(module, params.plan(variant))
+    return module
+
+
+def _as_dict(params: Params) -> dict[str, object]:
+    return {k: getattr(params, k) for k in params.__dataclass_fields__}
+
+
+def _attention_call(case: Case, module: nn.Module) -> Callable[[], object]:
+    """One call of the variant's attention block alone (its working set, 003 Table III's attention columns)."""
+    if isinstance(module, MemoryNetwork):
+        u, mem_in, mem_out = case.inputs
+        return lambda: module.attention(u, mem_in, mem_out)
+    x = case.inputs[0]
+    mask = causal_mask(x.shape[1], x.dtype) if isinstance(module, DecoderLayer) else None
+    return lambda: module.attention(x, mask)
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], cfg: RuntimeConfig, repeats: int) -> dict[str, Timing]:
+    """Median of ``repeats`` samples per call, taken round-robin so that a load change on a shared machine hits all alike."""
+    for fn in calls.values():
+        fn()  # warm-up
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            samples[name].append(time_callable(fn, cfg, warmup=0, repeats=1).median)
+    return {name: Timing.of(v) for name, v in samples.items()}
+
+
+def run_case(case: Case, variants: list[str], params: Params, cfg: RuntimeConfig, repeats: int = 5) -> list[Row]:
+    """Time the variants of ``case`` round-robin (median of ``repeats``), with peak intermediate bytes and error vs base.
+
+    The caller applies ``controlled(cfg)``.
+    """
+    with torch.no_grad():
+        expected = case.module(*case.inputs)
+        modules: dict[str, nn.Module] = {}
+        notes: dict[str, str] = {}
+        for variant in variants:
+            try:
+                modules[variant] = variant_module(case, variant, params)
+            except TstackError as e:
+                notes[variant] = str(e)
+        calls = {v: (lambda m=m: m(*case.inputs)) for v, m in modules.items()}
+        errors = {v: float((fn() - expected).abs().max()) for v, fn in calls.items()}
+        peaks = {v: (peak_intermediate_bytes(fn).peak, peak_intermediate_bytes(_attention_call(case, modules[v])).peak)
+                 for v, fn in calls.items()}
+        timings = time_interleaved(calls, cfg, repeats)
+    return [Row(case.model, case.part, case.seq, case.batch, v, timings.get(v), *peaks.get(v, (None, None)),
+                errors.get(v), notes.get(v, "")) for v in variants]
