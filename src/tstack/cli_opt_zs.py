@@ -16,7 +16,7 @@ from rich.table import Table
 from tstack.errors import SpecError
 from tstack.report import files, units
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 160)  # whole table rows also when piped
 TEXTS = ("sentences", "documents")
 
 
