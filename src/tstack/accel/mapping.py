@@ -62,10 +62,15 @@ def heuristic(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> Mappi
     ij = max(1, math.isqrt(acc_max // D))
     k = max(1, (partition_rows // D) // ij)
     ti, tj, tk = (1, bJ, 1) if full_rows else (min(bI, ij), min(bJ, ij), min(bK, k))
-    check(hw, shape, Mapping(ti, tj, tk))
 
     def fits(i: int, j: int, kk: int) -> bool:
         return (i * kk + kk * j) * D <= spad_max and i * j * D <= acc_max
+
+    # A scratchpad small against the accumulator cannot hold the square start that gemmini.h derives from the
+    # accumulator alone (it asserts there): shrink the larger of tile_I / tile_J until the A and B tiles fit.
+    while not full_rows and not fits(ti, tj, tk) and max(ti, tj) > 1:
+        ti, tj = (ti - 1, tj) if ti >= tj else (ti, tj - 1)
+    check(hw, shape, Mapping(ti, tj, tk))
 
     while True:
         grown = False
