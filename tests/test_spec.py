@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from hypothesis import given
@@ -172,7 +173,7 @@ def test_segment_size_every_k_is_k(k, layers):
 @given(layers=st.integers(1, 10_000))
 def test_segment_size_sqrt_covers_the_stack_in_about_sqrt_n_segments(layers):
     seg = RunSpec(checkpoint="sqrt").segment_size(layers)
-    assert 1 <= seg <= layers
+    assert seg == -(-layers // math.isqrt(layers))  # ceil(N / ⌊√N⌋) whole layers per segment
     segments = -(-layers // seg)  # ceil
     # √N segments (002 §4), allowing rounding of √N either way by one
     assert abs(segments - layers ** 0.5) <= 1.5

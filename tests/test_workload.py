@@ -5,7 +5,6 @@ Symbols as in 002: B batch, S (n) sequence, H (d_model) hidden, F (d_ff), h head
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 
 import pytest
@@ -484,7 +483,6 @@ def test_attention_flops_independent_of_gqa(pair):
 
 
 def test_sqrt_segment_size_is_whole_layers():
-    for n in (1, 2, 6, 24, 48):
-        seg = RunSpec(checkpoint="sqrt").segment_size(n)
-        assert 1 <= seg <= n
-        assert math.ceil(n / seg) <= math.isqrt(n) + 1  # about √N segments
+    # ceil(N / ⌊√N⌋) layers per segment: 1 → 1/1, 2 → 2/1, 6 → 6/2, 24 → 24/4, 48 → ceil(48/6) = 8
+    sizes = {n: RunSpec(checkpoint="sqrt").segment_size(n) for n in (1, 2, 6, 24, 48)}
+    assert sizes == {1: 1, 2: 2, 6: 3, 24: 6, 48: 8}
