@@ -1,6 +1,7 @@
 """Integer-only (I-BERT) MiniLM vs fp32, per encoder layer and whole model, in one controlled run.
 
-Prints medians (and p10-p90) of the fp32 HF BertModel, tstack's integer model and, when transformers provides it,
+Prints medians (and p10-p90) of the fp32 HF BertModel, tstack's integer model (fused numba kernels, the default, and
+the vectorized PyTorch kernels) and, when transformers provides it,
 HF's IBertModel (quant_mode=True, same shapes, random weights: its speed does not depend on the values), plus the
 int8 GEMM options on the layer's shapes. Ratios are against fp32 measured in the same run. The machine is shared:
 read the spread before trusting a ratio.
@@ -16,6 +17,7 @@ import ctypes
 import torch
 
 from tstack.data import sentences
+from tstack.integer import fast
 from tstack.integer import layer as il
 from tstack.integer.model import convert, embed, int_forward
 from tstack.minilm import encode, load_minilm
@@ -88,16 +90,21 @@ def main() -> None:
         print(f"MiniLM (6 layers, H=384, h=12, F=1536), batch 1, S={s}")
         hidden = model.embeddings(input_ids=ids)
         x8 = embed(imodel.embeddings, ids, None)
+        int_forward(imodel, ids)  # compiles the fused kernels (or loads them from numba's cache) before timing
         f_layer = time_callable(lambda: model.encoder.layer[0](hidden), cfg, 3, args.repeats)
-        i_layer = time_callable(lambda: il.layer_forward(x8, None, imodel.layers[0]), cfg, 3, args.repeats)
+        i_layer = time_callable(lambda: fast.forward(x8, None, imodel.fused[0]), cfg, 3, args.repeats)
+        v_layer = time_callable(lambda: il.layer_forward(x8, None, imodel.layers[0]), cfg, 3, args.repeats)
         f_model = time_callable(lambda: model(input_ids=ids), cfg, 3, args.repeats)
         i_model = time_callable(lambda: int_forward(imodel, ids), cfg, 3, args.repeats)
+        v_model = time_callable(lambda: int_forward(imodel, ids, fused=False), cfg, 3, args.repeats)
         print("per encoder layer:")
         print(_row("fp32 HF BertLayer", f_layer, None))
-        print(_row("integer (tstack)", i_layer, f_layer))
+        print(_row("integer (tstack, fused kernels)", i_layer, f_layer))
+        print(_row("integer (tstack, PyTorch kernels)", v_layer, f_layer))
         print("whole model (embeddings + 6 layers):")
         print(_row("fp32 HF BertModel", f_model, None))
-        print(_row("integer (tstack)", i_model, f_model))
+        print(_row("integer (tstack, fused kernels)", i_model, f_model))
+        print(_row("integer (tstack, PyTorch kernels)", v_model, f_model))
         ref = _hf_ibert(model)
         if ref is None:
             print("  HF IBertModel: not in this transformers")

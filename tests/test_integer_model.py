@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numba
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -11,7 +13,7 @@ import transformers
 from tstack.errors import SpecError, TstackError
 from tstack.integer import layer as il
 from tstack.integer import model as im
-from tstack.integer import ops, oracle, store
+from tstack.integer import fast, fused, ops, oracle, store
 from tstack.integer.guard import FloatOpError, IntegerOnly
 from tstack.models import load_model
 from tstack.profiler.hfmodels import build_hf_model
@@ -43,17 +45,50 @@ def test_layers_bit_exact_against_oracle(tiny, seed):
     _, q = tiny
     b = _batch(seed)
     x = im.embed(q.embeddings, b["input_ids"], None)
-    for p in q.layers:
-        fast = il.layer_forward(x, ops.mask_bias(b["attention_mask"]), p)
-        assert torch.equal(fast.to(torch.int64), oracle.layer_forward(x, b["attention_mask"], p))
-        x = fast
+    assert torch.equal(im.embed(q.embeddings, b["input_ids"], None, fused=True), x)
+    for p, f in zip(q.layers, q.fused, strict=True):
+        vectorized = il.layer_forward(x, ops.mask_bias(b["attention_mask"]), p)
+        assert torch.equal(vectorized.to(torch.int64), oracle.layer_forward(x, b["attention_mask"], p))
+        assert torch.equal(fast.forward(x, ops.mask_bias(b["attention_mask"]), f), vectorized)
+        x = vectorized
+
+
+def test_fused_kernels_compile_to_integer_instructions_only(tiny):
+    _, q = tiny
+    b = _batch(6)
+    with IntegerOnly() as guard:  # the PyTorch ops around the kernels are integer too
+        codes = im.int_forward(q, b["input_ids"], b["attention_mask"])
+    assert torch.equal(codes, im.int_forward(q, b["input_ids"], b["attention_mask"], fused=False))
+    assert "_int_mm" in guard.ops and "bucketize" not in guard.ops  # the LayerNorm sqrt ran inside a kernel
+    for kernel in fused.KERNELS:  # every kernel ran above, with the signatures inspected here
+        assert fused.float_instructions(kernel) == [], kernel.__name__
+
+    @numba.njit
+    def halve(x):  # noqa: ANN001, ANN202
+        return x * 0.5
+
+    halve(np.int64(3))
+    assert "fmul" in fused.float_instructions(halve)  # the check sees a float instruction
+    with pytest.raises(TstackError, match="has not run"):
+        fused.float_instructions(numba.njit(lambda x: x + 1))
+
+
+def test_fused_path_refuses_wide_softmax_codes():
+    q = im.convert(_tiny(), [_batch(1)], il.QuantConfig(softmax_bits=9), "tiny")
+    with pytest.raises(TstackError, match="softmax_bits=9"):
+        fast.plan(q.layers[0])
+    assert q.fused is None  # int_forward then runs the PyTorch kernels
+    b = _batch(2)
+    x = im.embed(q.embeddings, b["input_ids"], None)
+    assert torch.equal(il.layer_forward(x, ops.mask_bias(b["attention_mask"]), q.layers[0]).to(torch.int64),
+                       oracle.layer_forward(x, b["attention_mask"], q.layers[0]))
 
 
 def test_whole_model_passes_the_no_float_guard(tiny):
     _, q = tiny
     b = _batch(5)
     with IntegerOnly() as guard:
-        codes = im.int_forward(q, b["input_ids"], b["attention_mask"])
+        codes = im.int_forward(q, b["input_ids"], b["attention_mask"], fused=False)
     assert codes.dtype == torch.int8
     assert "_int_mm" in guard.ops and "bucketize" in guard.ops  # the GEMMs and the integer sqrt ran under the guard
     with pytest.raises(FloatOpError, match="float"), IntegerOnly():

@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 
 from tstack.errors import TstackError
+from tstack.integer import fast
 from tstack.integer import layer as il
 from tstack.integer import nonlinear as nl
 from tstack.integer import ops
@@ -43,6 +45,13 @@ class IntModel:
     layers: tuple[il.IntLayer, ...]
     out_scale: torch.Tensor | float  # one per channel with per-channel activations
 
+    @cached_property
+    def fused(self) -> tuple[fast.FusedLayer, ...] | None:
+        """The layers laid out for the fused kernels (built once, not saved); None for softmax codes over 8 bits."""
+        if self.config.softmax_bits > 8:
+            return None
+        return tuple(fast.plan(p) for p in self.layers)
+
 
 def check_bert(model: Any) -> None:
     """A TstackError unless ``model`` is a post-LN HF BertModel with exact (erf) GELU and absolute positions."""
@@ -55,23 +64,32 @@ def check_bert(model: Any) -> None:
         raise TstackError(f"position_embedding_type={cfg.position_embedding_type!r}; only 'absolute' is supported")
 
 
-def embed(e: IntEmbeddings, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+def embed(e: IntEmbeddings, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, fused: bool = False) -> torch.Tensor:
     """Token ids (B, S) -> int8 (B, S, H): 16-bit table lookups summed in int32, then i-LayerNorm."""
     s = input_ids.shape[1]
     if s > e.position.shape[0]:
         raise TstackError(f"sequence length {s} exceeds the model's {e.position.shape[0]} positions")
     x = e.word[input_ids].to(torch.int32).add_(e.position[:s])
     x.add_(e.token_type[token_type_ids] if token_type_ids is not None else e.token_type[0])
-    return nl.i_layernorm(x, e.ln)
+    return fast.layernorm(x, e.ln) if fused else nl.i_layernorm(x, e.ln)
 
 
 def int_forward(m: IntModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """int8 codes (B, S, H) of the last hidden state; integer tensors only from the ids to the result."""
+                token_type_ids: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
+    """int8 codes (B, S, H) of the last hidden state; integer tensors only from the ids to the result.
+
+    ``fused``: the numba kernels of ``tstack.integer.fast`` (the default; models with softmax codes over 8 bits use
+    the PyTorch kernels), else the vectorized PyTorch kernels of ``layer.layer_forward``. Both give the same integers.
+    """
     mask_add = ops.mask_bias(attention_mask) if attention_mask is not None else None
-    x = embed(m.embeddings, input_ids, token_type_ids)
-    for p in m.layers:
-        x = il.layer_forward(x, mask_add, p)
+    plans = m.fused if fused else None
+    x = embed(m.embeddings, input_ids, token_type_ids, plans is not None)
+    if plans is None:
+        for p in m.layers:
+            x = il.layer_forward(x, mask_add, p)
+        return x
+    for f in plans:
+        x = fast.forward(x, mask_add, f)
     return x
 
 
