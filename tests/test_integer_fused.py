@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tstack.errors import TstackError
 from tstack.integer import fast, fused, ops, oracle
 from tstack.integer import nonlinear as nl
 from tstack.integer.quant import dyadic

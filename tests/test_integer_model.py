@@ -11,9 +11,9 @@ import torch
 import transformers
 
 from tstack.errors import SpecError, TstackError
+from tstack.integer import fast, fused, ops, oracle, store
 from tstack.integer import layer as il
 from tstack.integer import model as im
-from tstack.integer import fast, fused, ops, oracle, store
 from tstack.integer.guard import FloatOpError, IntegerOnly
 from tstack.models import load_model
 from tstack.profiler.hfmodels import build_hf_model

@@ -109,16 +109,17 @@ def forward(x: torch.Tensor, mask_add: torch.Tensor | None, f: FusedLayer) -> to
     _threads()
     qkv = torch.empty(b, s, 3, f.heads, d, dtype=torch.int8)
     fused.requant_rows(_mm(x, f.wqkv), f.bqkv, *f.rq_qkv, qkv.view(b * s, 3 * hidden).numpy())
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind()
+    q, k, v = qkv.unbind(2)  # (B, S, h, d) views: _int_mm takes their strided per-head slices without copies
+    qs, kts, vs = (t.flatten(0, 1).unbind() for t in (q.transpose(1, 2), k.permute(0, 2, 3, 1), v.transpose(1, 2)))
     scores = torch.empty(b, f.heads, s, s, dtype=torch.int32)
-    for qi, ki, oi in zip(q.flatten(0, 1).unbind(), k.flatten(0, 1).unbind(), scores.flatten(0, 1).unbind(), strict=True):
-        torch._int_mm(qi, ki.t(), out=oi)
+    for qi, kti, oi in zip(qs, kts, scores.flatten(0, 1).unbind(), strict=True):
+        torch._int_mm(qi, kti, out=oi)
     mask = mask_add.reshape(b, s) if mask_add is not None else torch.zeros(b, s, dtype=torch.int32)
     offset = 128 if f.bits == 8 else 0
     digits = torch.empty(b, f.heads, s, s, dtype=torch.int8)
     fused.softmax_rows(scores.numpy(), mask.numpy(), *f.softmax, f.bits, offset, digits.numpy())
     acc = torch.empty(b, f.heads, s, d, dtype=torch.int32)
-    for di, vi, oi in zip(digits.flatten(0, 1).unbind(), v.flatten(0, 1).unbind(), acc.flatten(0, 1).unbind(), strict=True):
+    for di, vi, oi in zip(digits.flatten(0, 1).unbind(), vs, acc.flatten(0, 1).unbind(), strict=True):
         torch._int_mm(di, vi, out=oi)
     ctx = torch.empty(b, s, hidden, dtype=torch.int8)
     fused.context_merge(acc.numpy(), v.numpy(), offset, *f.rq_ctx, ctx.numpy())

@@ -61,45 +61,46 @@ def requant_rows(acc, bias, m, e, lo, hi, out):  # noqa: ANN001, ANN201
 def softmax_rows(scores, mask, m, e, lo, mb, q_b, q_c, bits, offset, out):  # noqa: ANN001, ANN201
     """i-Softmax over the last axis of int32 scores (B, h, S, L) with an int32 additive mask (B, L) -> codes - offset.
 
-    Per row: pass 1 the maximum, pass 2 i-exp and the integer sum, pass 3 i-exp again times floor(2**48 / sum),
+    Per row: pass 1 the maximum, pass 2 i-exp and the integer sum, pass 3 the exponents times floor(2**48 / sum),
     rounded to ``bits`` bits; ``offset`` (128 for 8-bit codes) makes the result an int8 GEMM operand.
     """
     nb_, nh, ns, nl = scores.shape
     shift = SOFTMAX_F - bits
     half = np.int64(1) << (shift - 1)
     cap = (np.int64(1) << bits) - 1
-    for flat in nb.prange(nb_ * nh * ns):
-        b = flat // (nh * ns)
-        h = (flat // ns) % nh
-        s = flat % ns
-        mx = np.int64(scores[b, h, s, 0]) + mask[b, 0]
-        for j in range(1, nl):
-            mx = max(mx, np.int64(scores[b, h, s, j]) + mask[b, j])
-        total = np.int64(0)
-        for j in range(nl):
-            y = _rq(np.int64(scores[b, h, s, j]) + mask[b, j] - mx, m, e, lo, 0)
-            z = (-y) >> mb
-            u = y + (z << mb) + q_b
-            total += (u * u + q_c) >> z
-        factor = (np.int64(1) << SOFTMAX_F) // total
-        for j in range(nl):
-            y = _rq(np.int64(scores[b, h, s, j]) + mask[b, j] - mx, m, e, lo, 0)
-            z = (-y) >> mb
-            u = y + (z << mb) + q_b
-            code = min((((u * u + q_c) >> z) * factor + half) >> shift, cap)
-            out[b, h, s, j] = code - offset
+    for bh in nb.prange(nb_ * nh):
+        b, h = bh // nh, bh % nh
+        ex = np.empty(nl, dtype=np.int64)  # the row's exponents, kept between passes 2 and 3
+        for s in range(ns):
+            row = scores[b, h, s]
+            mx = np.int64(row[0]) + mask[b, 0]
+            for j in range(1, nl):
+                mx = max(mx, np.int64(row[j]) + mask[b, j])
+            total = np.int64(0)
+            for j in range(nl):
+                y = _rq(np.int64(row[j]) + mask[b, j] - mx, m, e, lo, 0)
+                z = (-y) >> mb
+                u = y + (z << mb) + q_b
+                ex[j] = (u * u + q_c) >> z
+                total += ex[j]
+            factor = (np.int64(1) << SOFTMAX_F) // total
+            dst = out[b, h, s]
+            for j in range(nl):
+                dst[j] = min((ex[j] * factor + half) >> shift, cap) - offset
 
 
 @nb.njit(parallel=True, **_JIT)
 def context_merge(acc, v, offset, m, e, lo, hi, out):  # noqa: ANN001, ANN201
-    """int32 (B, h, S, d) digit-times-V accumulators + offset * colsum(V) -> requantized int8 (B, S, H), heads merged."""
+    """int32 (B, h, S, d) digit-times-V accumulators + offset * colsum(V) -> requantized int8 (B, S, H), heads merged.
+
+    ``v`` is int8 (B, L, h, d) (a view of the fused Q/K/V output)."""
     nb_, nh, ns, d = acc.shape
     for bh in nb.prange(nb_ * nh):
         b, h = bh // nh, bh % nh
         col = np.zeros(d, dtype=np.int64)
-        for s in range(v.shape[2]):
+        for s in range(v.shape[1]):
             for j in range(d):
-                col[j] += v[b, h, s, j]
+                col[j] += v[b, s, h, j]
         for s in range(ns):
             for j in range(d):
                 c = h * d + j

@@ -16,10 +16,9 @@ from typing import Any
 import torch
 
 from tstack.errors import TstackError
-from tstack.integer import fast
+from tstack.integer import fast, ops
 from tstack.integer import layer as il
 from tstack.integer import nonlinear as nl
-from tstack.integer import ops
 from tstack.integer.quant import qmax
 
 EMB_BITS = 16  # embedding tables share one 16-bit scale, so their sum is below 2**15 and feeds i-LayerNorm directly
