@@ -17,8 +17,11 @@ that keeps freed heap memory), and ``describe()`` prints it with the figures.
 LLC misses (``--no-llc`` skips them): hardware counters where they work, else callgrind's cache simulation on a
 reduced BERT layer (H=128, h=2, F=512, S=512) with a 1 MiB 16-way LLC: its weights (0.8 MB) fit while the
 baseline's scores and probabilities (2 MB each) do not, the regime of Fig. 12 scaled down so that a simulation
-(one thread, ~50× slower than native) ends in minutes. The memory network's column chunk is ``--memnet-chunk``
-memory slots (Python's per-chunk overhead needs chunks far larger than a layer's 128 keys over 10^5-10^6 slots).
+(one thread, ~50× slower than native) ends in minutes; it runs fixed small blocks (``LLC_BLOCKS``: 1 head, 128 keys,
+4 d_FF blocks), since that layer fits the L2 whole and the L2 rule would not partition it.
+
+Block sizes: ``--chunk``, ``--head-block``, ``--ffn-blocks`` (and ``--memnet-chunk`` for the memory network) as given,
+else sized per case from the shapes and the per-core L2 (docs/kernels.md); each case prints what it runs with.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ MALLOC_POLICY = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD
 CASES = (("bert", (256, 1024)), ("transformer", (256, 1024)), ("memnet", (1 << 18, 1 << 20)))
 QUICK = (("bert", (256,)), ("transformer", (256,)), ("memnet", (1 << 18,)))
 VARIANTS = ["sdpa", "base", "P", "PC", "PCF", "PCF+ZS"]
+LLC_BLOCKS = {"chunk": 128, "head_block": 1, "ffn_blocks": 4}
 
 
 def _controlled_allocator() -> None:
@@ -72,9 +76,10 @@ def llc_study(params) -> None:
     spec = load_model("nlpfast-bert").replace(hidden=128, heads=2, ffn=512)
     case = build_cases("bert", 512, spec=spec)[0]
     llc = LLC(1 << 20, 16, 64)
-    stats = llc_stats(case, ["base", "P", "PC", "PCF"], params, llc)
+    stats = llc_stats(case, ["base", "P", "PC", "PCF"], replace(params, **LLC_BLOCKS), llc)
     how = "simulated (callgrind, 1 thread)" if stats and stats[0].simulated else "hardware counters"
-    print(f"\nLLC misses per variant, BERT layer H=128 h=2 F=512 S=512, {how}, LLC {llc.size} B {llc.ways}-way:")
+    print(f"\nLLC misses per variant, BERT layer H=128 h=2 F=512 S=512, {LLC_BLOCKS}, {how}, LLC {llc.size} B "
+          f"{llc.ways}-way:")
     base = next((s for s in stats if s.variant == "base"), None)
     for s in stats:
         rel = f"{s.mpki / base.mpki:.2f}" if base and base.mpki else "-"
@@ -86,28 +91,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--chunk", type=int, default=128)
-    parser.add_argument("--memnet-chunk", type=int, default=16384)
+    parser.add_argument("--chunk", type=int, default=None, help="keys per column-based chunk (default: sized from the L2)")
+    parser.add_argument("--head-block", type=int, default=None, help="heads per partial-head group (default: sized from the L2)")
+    parser.add_argument("--ffn-blocks", type=int, default=None, help="d_FF blocks (default: sized from the L2)")
+    parser.add_argument("--memnet-chunk", type=int, default=None, help="memory slots per chunk (default: sized from the L2)")
     parser.add_argument("--quick", action="store_true", help="base configs only (no S-4x)")
     parser.add_argument("--no-llc", action="store_true", help="skip the LLC-miss study")
     args = parser.parse_args()
     _controlled_allocator()
     from tstack.kernels.api import Params
-    from tstack.kernels.bench import build_cases, run_case
+    from tstack.kernels.bench import block_sizes, build_cases, run_case
     from tstack.profiler.runtime import RuntimeConfig, controlled, describe
 
     cfg = RuntimeConfig(threads=args.threads)
-    params = Params(chunk=args.chunk, threads=args.threads)
+    params = Params(chunk=args.chunk, threads=args.threads, head_block=args.head_block, ffn_blocks=args.ffn_blocks)
     rows = []
     with controlled(cfg):
         print(describe(cfg))
         print("note: these modules allocate their intermediates on every call (the profiler's preallocation does not "
               "apply to them); what is controlled is glibc's policy, shown above")
-        print(f"batch 1, one layer per case (memnet: 3 hops, n_q=32, chunk={args.memnet_chunk}), {params}")
+        print(f"batch 1, one layer per case (memnet: 3 hops, n_q=32), {params}; None: sized from the L2 per case")
         for model, seqs in QUICK if args.quick else CASES:
             for s in seqs:
                 chunked = replace(params, chunk=args.memnet_chunk) if model == "memnet" else params
                 for case in build_cases(model, s, 1):
+                    print(f"{model} {case.part} S={s}: {block_sizes(case, chunked)}")
                     rows += run_case(case, VARIANTS, chunked, cfg, args.repeats)
                     print(f"  done: {model} {case.part} S={s}", file=sys.stderr, flush=True)
         print_rows(rows)

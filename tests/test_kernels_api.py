@@ -19,7 +19,8 @@ from tstack.kernels import (
     self_attention,
 )
 from tstack.kernels.api import Params
-from tstack.kernels.bench import build_cases, run_case
+from tstack.kernels.bench import block_sizes, build_cases, run_case
+from tstack.kernels.partition import l2_bytes
 from tstack.kernels.reference import dot_attention, padding_mask
 from tstack.models import load_model
 from tstack.profiler.runtime import RuntimeConfig
@@ -174,6 +175,13 @@ def test_params_validation():
         Params.of([("chunk", 4)])
     with pytest.raises(SpecError, match="zero_ratio=2 must be in"):
         Params.of({"zero_ratio": 2})
+    assert Params().chunk is None and Params().plan("PC") == Params().plan("PC")  # None: sized from the L2 per call
+    with pytest.raises(SpecError, match=r"chunk=0 must be an integer ≥ 1, or None"):
+        Params.of({"chunk": 0})
+    with pytest.raises(SpecError, match=r"head_block='4' must be an integer ≥ 1, or None"):
+        Params.of({"head_block": "4"})
+    with pytest.raises(SpecError, match=r"threads=0 must be an integer ≥ 1"):
+        Params.of({"threads": 0})
 
 
 def test_bench_records_every_variant_of_a_small_case():
@@ -187,6 +195,8 @@ def test_bench_records_every_variant_of_a_small_case():
         assert r.peak_bytes >= r.attention_peak_bytes > 0
     base = next(r for r in rows if r.variant == "base")
     assert next(r for r in rows if r.variant == "PC").attention_peak_bytes < base.attention_peak_bytes
+    assert block_sizes(case, Params(chunk=8)) == ("P: 1 of 2 heads per group; PC: 1 heads × 8 of 24 keys per step; "
+                                                  f"F: 32 of 32 d_FF columns per block (L2 {l2_bytes() >> 10} KiB)")
     memnet = build_cases("memnet", 64, spec=load_model("memnet").replace(hidden=8, vocab=10))[0]
     rows = run_case(memnet, ["base", "P", "PC"], Params(chunk=16), RuntimeConfig(threads=1), repeats=1)
     assert rows[1].timing is None and "one head" in rows[1].note

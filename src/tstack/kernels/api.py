@@ -3,8 +3,10 @@
 ``params`` is one dict for every optimization, as the paper's tuple: ``score_threshold``, ``zero_ratio``,
 ``chunk`` and ``threads`` (zero skipping's, passed to ``ZSParams``; ``chunk`` is also the column-based algorithm's
 key chunk), plus ``head_block`` (heads per partial-head group) and ``ffn_blocks`` (feed-forward splitting's
-blocks). A key belongs to an optimization that may be off: flipping ``mp``/``zs`` needs no other change, so keys of
-an optimization that is off are validated and unused. Unknown keys raise a ``SpecError``.
+blocks). ``chunk``, ``head_block`` and ``ffn_blocks`` default to None: the partitioning sizes them from the shapes
+and the L2 per call (``Plan.attention_blocks``, ``ffn_block``), zero skipping uses its own default tile. A key
+belongs to an optimization that may be off: flipping ``mp``/``zs`` needs no other change, so keys of an
+optimization that is off are validated and unused. Unknown keys raise a ``SpecError``.
 
 ``optimize`` swaps modules in place, found by their HF names, in a HF ``BertModel`` (or any module whose layers have
 ``attention.self``, ``attention.output``, ``intermediate`` and ``output``) and in the reference models:
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from tstack.errors import SpecError, TstackError
-from tstack.kernels.partition import AttentionWeights, Plan, lazy_softmax_attention, mha, split_ffn
+from tstack.kernels.partition import AttentionWeights, Plan, check_size, lazy_softmax_attention, mha, split_ffn
 from tstack.kernels.reference import MemoryNetwork, dot_attention
 
 ZS_KEYS = ("score_threshold", "zero_ratio", "chunk", "threads")
@@ -37,14 +39,14 @@ MP_KEYS = ("chunk", "head_block", "ffn_blocks")
 
 @dataclass(frozen=True)
 class Params:
-    """The validated ``params`` dict: zero-skipping thresholds and partition sizes (defaults as ZSParams and Plan)."""
+    """The validated ``params`` dict: zero-skipping thresholds and partition sizes (None: sized per call)."""
 
     score_threshold: float = 0.0
     zero_ratio: float = 1.0
-    chunk: int = 64
+    chunk: int | None = None
     threads: int = 1
-    head_block: int = 1
-    ffn_blocks: int = 4
+    head_block: int | None = None
+    ffn_blocks: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,10 +58,10 @@ class Params:
             problems.append(f"score_threshold={self.score_threshold!r} must be a probability in [0, 1)")
         if not problems and not 0.0 <= self.zero_ratio <= 1.0:
             problems.append(f"zero_ratio={self.zero_ratio!r} must be in [0, 1]")
-        for name in ("chunk", "threads", "head_block", "ffn_blocks"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                problems.append(f"{name}={v!r} must be an integer ≥ 1")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            problems.append(f"threads={self.threads!r} must be an integer ≥ 1")
+        for name in ("chunk", "head_block", "ffn_blocks"):
+            check_size(problems, name, getattr(self, name))
         if problems:
             raise SpecError(problems, "params")
 
@@ -82,7 +84,7 @@ class Params:
         """B's ``ZSParams`` with the zero-skipping keys (validated there)."""
         from tstack.kernels.zeroskip import ZSParams
 
-        return ZSParams(**{k: getattr(self, k) for k in ZS_KEYS})
+        return ZSParams(**{k: getattr(self, k) for k in ZS_KEYS if getattr(self, k) is not None})
 
 
 def _check_eval(module: nn.Module) -> None:
@@ -98,25 +100,35 @@ class PartitionedAttention(nn.Module):
         self.self = attention.self
         self.output = attention.output
         self.plan = plan
+        self._groups: tuple | None = None  # ((group, weight versions), packed groups): no parameters, no state
         self.train(attention.training)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
                 **_: object) -> tuple[torch.Tensor, None]:
-        """HF ``BertAttention``'s call: cross-attention takes K/V from ``encoder_hidden_states`` (masked by its mask)."""
+        """HF ``BertAttention``'s call: cross-attention takes K/V from ``encoder_hidden_states`` (masked by its mask).
+
+        The head groups' packed Q/K/V-Gen weights are kept between calls, rebuilt when the group size or a weight
+        changes (replaced, or updated in place: tensor identity and version)."""
         _check_eval(self)
         w = AttentionWeights.of(self.self, self.output.dense)
-        if w.wk is None and encoder_hidden_states is None:
+        if not w.kv_gen and encoder_hidden_states is None:
             raise SpecError(["encoder_hidden_states=None: encoder-decoder attention needs the encoder output"], "attention")
         mask = attention_mask if encoder_attention_mask is None else encoder_attention_mask
-        z = mha(hidden_states, w, _mask4(mask, hidden_states.dtype), self.plan, encoder_hidden_states)
-        return self.output.LayerNorm(self.output.dropout(z) + hidden_states), None
+        memory = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+        group, _ = self.plan.attention_blocks(w.heads, w.head_size, hidden_states.shape[1], memory.shape[1])
+        key = (group, w.versions())
+        if self._groups is None or self._groups[0] != key:  # packed once, again when a weight changes
+            self._groups = (key, w.grouped(group))
+        z = mha(hidden_states, w, _mask4(mask, hidden_states.dtype), self.plan, encoder_hidden_states, self._groups[1],
+                residual=hidden_states)  # dropout: identity in eval
+        return self.output.LayerNorm(z), None
 
 
 class SplitFeedForward(nn.Module):
-    """Replaces a layer's ``output`` (its ``intermediate`` becomes Identity): split FFN + dropout, residual, LayerNorm."""
+    """Replaces a layer's ``output`` (its ``intermediate`` becomes Identity): split FFN + residual, LayerNorm."""
 
-    def __init__(self, intermediate: nn.Module, output: nn.Module, n_blocks: int) -> None:
+    def __init__(self, intermediate: nn.Module, output: nn.Module, n_blocks: int | None) -> None:
         super().__init__()
         self.fc1 = intermediate
         self.fc2 = output
@@ -124,14 +136,16 @@ class SplitFeedForward(nn.Module):
         self.train(output.training)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        y = split_ffn(hidden_states, self.fc1.dense, self.fc1.intermediate_act_fn, self.fc2.dense, self.n_blocks)
-        return self.fc2.LayerNorm(self.fc2.dropout(y) + input_tensor)
+        _check_eval(self)
+        y = split_ffn(hidden_states, self.fc1.dense, self.fc1.intermediate_act_fn, self.fc2.dense, self.n_blocks,
+                      residual=input_tensor)  # dropout: identity in eval
+        return self.fc2.LayerNorm(y)
 
 
 class PartitionedMemoryAttention(nn.Module):
     """A memory network's attention mechanism, column-based over the memory slots (003 §III-B2)."""
 
-    def __init__(self, chunk: int) -> None:
+    def __init__(self, chunk: int | None) -> None:
         super().__init__()
         self.chunk = chunk
         self.eval()
@@ -230,7 +244,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         raise SpecError([f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} must share their leading dims"],
                         "attention")
     m4 = None if mask is None else mask.expand(*lead, q.shape[-2], k.shape[-2]).reshape(-1, 1, q.shape[-2], k.shape[-2])
-    a = lazy_softmax_attention(q4, lambda s, e: (k4[:, :, s:e], v4[:, :, s:e]), k.shape[-2], p.chunk, m4)
+    _, chunk = Plan(column=True, chunk=p.chunk).attention_blocks(1, q.shape[-1], q.shape[-2], k.shape[-2])
+    a = lazy_softmax_attention(q4, lambda s, e: (k4[:, :, s:e], v4[:, :, s:e]), k.shape[-2], chunk, m4)
     return a.view(*lead, *a.shape[-2:])
 
 

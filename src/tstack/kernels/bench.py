@@ -16,6 +16,7 @@ memory network is the baseline) is recorded with a note instead of a time.
 from __future__ import annotations
 
 import copy
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from tstack.errors import SpecError, TstackError
 from tstack.kernels.api import Params, optimize, partition
-from tstack.kernels.partition import VARIANTS
+from tstack.kernels.partition import VARIANTS, ffn_block, l2_bytes
 from tstack.kernels.reference import DecoderLayer, EncoderLayer, MemoryNetwork, causal_mask
 from tstack.kernels.workingset import peak_intermediate_bytes
 from tstack.models import load_model
@@ -85,6 +86,22 @@ def build_cases(model: str, seq: int, batch: int = 1, seed: int = 0, spec: Model
             Case(model, "decoder layer", seq, batch, DecoderLayer.from_spec(spec, seed + 1), (x, memory))]
 
 
+def block_sizes(case: Case, params: Params) -> str:
+    """The blocks the partitioned variants of ``case`` run with: ``params``' sizes, or the L2 rule's where None."""
+    if isinstance(case.module, MemoryNetwork):
+        u = case.inputs[0]
+        _, chunk = params.plan("PC").attention_blocks(1, u.shape[-1], u.shape[1], case.seq)
+        return f"C: {chunk} of {case.seq} memory slots per chunk"
+    sa, s_q = case.module.attention.self, case.seq
+    heads, d = sa.num_attention_heads, sa.attention_head_size
+    group, _ = params.plan("P").attention_blocks(heads, d, s_q, s_q)
+    pc_group, chunk = params.plan("PC").attention_blocks(heads, d, s_q, s_q)
+    d_ff = case.module.intermediate.dense.out_features
+    width = ffn_block(params.ffn_blocks, case.batch * s_q, d_ff)
+    return (f"P: {group} of {heads} heads per group; PC: {pc_group} heads × {chunk} of {s_q} keys per step; "
+            f"F: {width} of {d_ff} d_FF columns per block (L2 {l2_bytes() >> 10} KiB)")
+
+
 def variant_module(case: Case, variant: str, params: Params) -> nn.Module:
     """A deep copy of the case's module turned into ``variant``; TstackError where the variant does not apply."""
     if variant not in BENCH_VARIANTS:
@@ -119,13 +136,25 @@ def _attention_call(case: Case, module: nn.Module) -> Callable[[], object]:
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], cfg: RuntimeConfig, repeats: int) -> dict[str, Timing]:
-    """Median of ``repeats`` samples per call, taken round-robin so that a load change on a shared machine hits all alike."""
+    """Median of ``repeats`` samples per call, taken round-robin so that a load change on a shared machine hits all alike.
+
+    Python's cyclic garbage collector is off while timing, as in ``timeit``: a full collection of this process's
+    objects (up to ~0.1 s after building and tracking the modules) lands in whichever call happens to trigger it,
+    more often in the variants that make more Python objects per call.
+    """
     for fn in calls.values():
         fn()  # warm-up
     samples: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            samples[name].append(time_callable(fn, cfg, warmup=0, repeats=1).median)
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, fn in calls.items():
+                samples[name].append(time_callable(fn, cfg, warmup=0, repeats=1).median)
+    finally:
+        if enabled:
+            gc.enable()
     return {name: Timing.of(v) for name, v in samples.items()}
 
 
