@@ -59,9 +59,10 @@ def bench(
     batch: int = typer.Option(1, "--batch", "-b", help="batch size"),
     threads: int = typer.Option(1, help="intra-op threads (1: a shared machine stalls multi-thread barriers)"),
     repeats: int = typer.Option(5, help="timed runs per variant, round-robin across variants (median reported)"),
-    chunk: int = typer.Option(128, help="keys per column-based chunk (and zero skipping's tile edge)"),
-    head_block: int = typer.Option(1, help="heads per partial-head group"),
-    ffn_blocks: int = typer.Option(4, help="feed-forward splitting blocks of d_FF"),
+    chunk: int | None = typer.Option(None, help="keys per column-based chunk and zero skipping's tile edge "
+                                     "(default: sized from S and the L2; zero skipping's tile 64)"),
+    head_block: int | None = typer.Option(None, help="heads per partial-head group (default: sized from the L2)"),
+    ffn_blocks: int | None = typer.Option(None, help="feed-forward splitting blocks of d_FF (default: sized from the L2)"),
     score_threshold: float = typer.Option(0.0, help="zero skipping: probabilities under this are skipped"),
     zero_ratio: float = typer.Option(1.0, help="V-Gen skipping: zero share of a key column that skips its V row"),
 ) -> None:
