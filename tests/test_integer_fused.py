@@ -19,10 +19,6 @@ def _ln_p(n: int, seed: int, s_out: float) -> nl.LayerNormParams:
     return nl.layernorm_params(torch.randn(n, generator=g), torch.randn(n, generator=g), s_out, 8)
 
 
-def test_constants_match_the_pytorch_kernels():
-    assert (fused.LN_F, fused.LN_P, fused.SOFTMAX_F) == (nl.LN_F, nl.LN_P, nl.SOFTMAX_F)
-
-
 @FAST
 @given(st.lists(st.integers(-(2**30), 2**30 - 1), min_size=3, max_size=3), st.floats(5e-5, 2e-3),
        st.lists(st.integers(-(2**20), 2**20), min_size=3, max_size=3))
@@ -67,15 +63,6 @@ def test_layernorm_matches_oracle(row, s_out):
     out = np.empty((1, 8), np.int8)
     fused.layernorm(np.array([row], np.int32), *fast._ln(p, 8), out)
     assert out[0].tolist() == oracle.i_layernorm(row, p)
-
-
-def test_layernorm_extremes_match_oracle():
-    h = 2**14  # the widest row allowed: the variance sum reaches its 2**48 bound
-    x = torch.full((2, h), 2**16 - 1, dtype=torch.int32)
-    x[0, ::2] = -(2**16) + 1
-    x[1, 0] = -(2**16) + 1
-    p = nl.layernorm_params(torch.ones(h), torch.zeros(h), 0.05, 8)
-    assert fast.layernorm(x, p).tolist() == [oracle.i_layernorm(r, p) for r in x.tolist()]
 
 
 @FAST

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tstack.errors import TstackError
+from tstack.integer import fast, ops, oracle
 from tstack.integer import nonlinear as nl
-from tstack.integer import ops, oracle
 from tstack.integer.costs import int_op_cost
 from tstack.integer.errors_sweep import sweep
 from tstack.integer.quant import dyadic, requant
@@ -101,13 +101,14 @@ def test_softmax_extremes_do_not_overflow():
     assert int(got[1, 500:].abs().sum()) == 0  # masked keys get probability 0
 
 
-def test_layernorm_extremes_do_not_overflow():
+@pytest.mark.parametrize("layernorm", [nl.i_layernorm, fast.layernorm], ids=["pytorch", "fused"])
+def test_layernorm_extremes_do_not_overflow(layernorm):
     h = 2**14  # the widest row allowed: the variance sum reaches its 2**48 bound
     x = torch.full((2, h), 2**16 - 1, dtype=torch.int32)
     x[0, ::2] = -(2**16) + 1
     x[1, 0] = -(2**16) + 1
     p = nl.layernorm_params(torch.ones(h), torch.zeros(h), 0.05, 8)
-    assert nl.i_layernorm(x, p).tolist() == [oracle.i_layernorm(r, p) for r in x.tolist()]
+    assert layernorm(x, p).tolist() == [oracle.i_layernorm(r, p) for r in x.tolist()]
 
 
 def test_int_gemm_extremes_and_bias_bound():

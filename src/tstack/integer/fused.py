@@ -21,10 +21,10 @@ import numpy as np
 
 from tstack.errors import TstackError
 from tstack.integer.costs import ISQRT_NEWTON_STEPS
+from tstack.integer.nonlinear import LN_F, LN_P, SOFTMAX_F
 
 _JIT = {"nogil": True, "cache": True}
 _FLOAT_IR = re.compile(r"\b(fadd|fsub|fmul|fdiv|frem|fneg|fcmp|sitofp|uitofp|fptosi|fptoui|fpext|fptrunc)\b")
-LN_F, LN_P, SOFTMAX_F = 40, 16, 48  # as in nonlinear.py (checked equal by the tests)
 
 
 @nb.njit(inline="always", **_JIT)

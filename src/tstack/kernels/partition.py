@@ -22,13 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
 from tstack.errors import SpecError
+from tstack.profiler.cachestat import host_caches
 
 VARIANTS = ("base", "P", "C", "F", "PC", "PF", "CF", "PCF")
 L2_FALLBACK = 1 << 20  # byte: the L2 assumed where sysfs does not say
@@ -41,17 +40,10 @@ EXP_FLOOR = -87.0  # exp's input floor: exp(-87) ≈ 1.6e-38 is still normal. Be
 #                   0.09 ms for 4×256×256); what the floor changes is a weight of 1.6e-38 instead of 0.
 
 
-@cache
 def l2_bytes() -> int:
     """The per-core L2 size (byte) from sysfs: the cache a partition's working set is sized for."""
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level, kind, size = ((index / n).read_text().strip() for n in ("level", "type", "size"))
-        except OSError:
-            continue
-        if level == "2" and kind in ("Unified", "Data") and size[:-1].isdigit():
-            return int(size[:-1]) << {"K": 10, "M": 20}.get(size[-1], 0)
-    return L2_FALLBACK
+    l2 = host_caches().get(2)
+    return l2.size if l2 is not None else L2_FALLBACK
 
 
 def check_size(problems: list[str], name: str, v: object) -> None:

@@ -109,9 +109,9 @@ def _parse_size(text: str) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def host_llc() -> CacheGeometry | None:
-    """This machine's last-level cache from /sys/devices/system/cpu/cpu0/cache (None where unreadable)."""
-    best: tuple[int, CacheGeometry] | None = None
+def host_caches() -> dict[int, CacheGeometry]:
+    """This machine's data (or unified) caches by level, from /sys/devices/system/cpu/cpu0/cache (unreadable ones left out)."""
+    caches: dict[int, CacheGeometry] = {}
     for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
         try:
             def read(name: str, index: str = index) -> str:
@@ -124,9 +124,15 @@ def host_llc() -> CacheGeometry | None:
             geom = CacheGeometry(_parse_size(read("size")), int(read("ways_of_associativity")), int(read("coherency_line_size")))
         except (OSError, ValueError):
             continue
-        if geom.assoc > 0 and geom.line > 0 and (best is None or level > best[0]):
-            best = (level, geom)
-    return best[1] if best else None
+        if geom.assoc > 0 and geom.line > 0:
+            caches[level] = geom
+    return caches
+
+
+def host_llc() -> CacheGeometry | None:
+    """This machine's last-level cache (None where sysfs does not say)."""
+    caches = host_caches()
+    return caches[max(caches)] if caches else None
 
 
 # --------------------------------------------------------------------------------------------------
