@@ -27,21 +27,13 @@ else sized per case from the shapes and the per-core L2 (docs/kernels.md); each 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
 
-MALLOC_POLICY = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 CASES = (("bert", (256, 1024)), ("transformer", (256, 1024)), ("memnet", (1 << 18, 1 << 20)))
 QUICK = (("bert", (256,)), ("transformer", (256,)), ("memnet", (1 << 18,)))
 VARIANTS = ["sdpa", "base", "P", "PC", "PCF", "PCF+ZS"]
 LLC_BLOCKS = {"chunk": 128, "head_block": 1, "ffn_blocks": 4}
-
-
-def _controlled_allocator() -> None:
-    """Re-exec with the fixed malloc policy unless it is already in force (glibc reads it at start-up)."""
-    if any(os.environ.get(k) != v for k, v in MALLOC_POLICY.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_POLICY})
 
 
 def _ratio(t, ref) -> str:
@@ -98,10 +90,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="base configs only (no S-4x)")
     parser.add_argument("--no-llc", action="store_true", help="skip the LLC-miss study")
     args = parser.parse_args()
-    _controlled_allocator()
+    from tstack.profiler.runtime import RuntimeConfig, controlled, describe, reexec_with_malloc_policy
+
+    reexec_with_malloc_policy(sys.argv)  # before torch is imported
     from tstack.kernels.api import Params
     from tstack.kernels.bench import block_sizes, build_cases, run_case
-    from tstack.profiler.runtime import RuntimeConfig, controlled, describe
 
     cfg = RuntimeConfig(threads=args.threads)
     params = Params(chunk=args.chunk, threads=args.threads, head_block=args.head_block, ffn_blocks=args.ffn_blocks)

@@ -65,6 +65,9 @@ from tstack.errors import SpecError, TstackError
 DEVICES = ("cpu", "cuda")
 ALLOCATOR_POLICY = "preallocated buffers, out=/in-place kernels, no allocation in the timed loop"
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "MALLOC_TOP_PAD_", "LD_PRELOAD")
+# For benchmarks of modules that allocate per call: the mmap threshold at glibc's 32 MiB maximum turns the dynamic
+# threshold off, and the trim threshold keeps freed heap memory, so a freed block is reused without page faults.
+MALLOC_POLICY = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 # What controlled() last set, innermost last; torch starts with FTZ off and has no getter for it.
 _ftz_stack: list[bool] = [False]
@@ -76,6 +79,14 @@ def _torch():
     except ImportError as e:  # pragma: no cover - exercised only without torch
         raise TstackError("the profiler needs PyTorch: pip install torch (see README)") from e
     return torch
+
+
+def reexec_with_malloc_policy(argv: list[str]) -> None:
+    """Re-execute this Python with ``argv`` under ``MALLOC_POLICY`` unless it is in force (glibc reads it at start-up)."""
+    import sys
+
+    if any(os.environ.get(k) != v for k, v in MALLOC_POLICY.items()):
+        os.execve(sys.executable, [sys.executable, *argv], {**os.environ, **MALLOC_POLICY})
 
 
 def usable_cpus() -> int:
