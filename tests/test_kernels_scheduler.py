@@ -18,6 +18,9 @@ from tstack.kernels.scheduler import (  # noqa: E402
     AttentionWork,
     Interval,
     ScheduleResult,
+    item_durations,
+    median_run,
+    replay,
     run_schedule,
     scheduled_attention,
     static_assignment,
@@ -162,3 +165,124 @@ def test_schedule_command_prints_every_policy():
         assert name in res.output
     bad = CliRunner().invoke(app, ["schedule", "--policies", "fifo"])
     assert bad.exit_code != 0 and "fifo" in str(bad.exception)
+
+
+# Replay: the policies simulated on virtual workers from measured item times.
+EVEN = {(0, 0): 4.0, (0, 1): 1.0, (1, 0): 1.0, (1, 1): 1.0}  # Σ = 7 s
+UNEVEN = EVEN | {(1, 0): 2.0}  # Σ = 8 s
+
+
+@pytest.mark.parametrize("durations,policy,makespan,utilization", [
+    # head-first cuts (0,0) (1,0) | (0,1) (1,1): worker 0 busy 4 + 1 = 5 s, worker 1 1 + 1 = 2 s -> 5 s, 7 / (2·5)
+    (EVEN, "head-first", 5.0, 7 / 10),
+    # chunk-first cuts (0,0) (0,1) | (1,0) (1,1): 4 + 1 = 5 s and 1 + 1 = 2 s -> 5 s, 7 / (2·5)
+    (EVEN, "chunk-first", 5.0, 7 / 10),
+    # dynamic, FIFO (0,0) (0,1) (1,0) (1,1): w0 takes (0,0) at 0 (tie -> lower index), w1 (0,1) at 0, is free at 1 and
+    # takes (1,0), free at 2 takes (1,1), ends at 3; w0 ends at 4 -> 4 s, 7 / (2·4)
+    (EVEN, "dynamic", 4.0, 7 / 8),
+    # with (1,0) = 2 s: head-first 4 + 2 = 6 s vs 1 + 1 = 2 s -> 6 s, 8 / 12
+    (UNEVEN, "head-first", 6.0, 8 / 12),
+    # chunk-first 4 + 1 = 5 s vs 2 + 1 = 3 s -> 5 s, 8 / 10
+    (UNEVEN, "chunk-first", 5.0, 8 / 10),
+    # dynamic: w0 (0,0) 0-4; w1 (0,1) 0-1, (1,0) 1-3, (1,1) 3-4 -> 4 s, 8 / 8
+    (UNEVEN, "dynamic", 4.0, 1.0),
+])
+def test_replay_by_hand(durations, policy, makespan, utilization):
+    r = replay(durations, 2, 2, 2, policy)
+    assert (r.policy, r.threads) == (policy, 2)
+    assert r.makespan == makespan and r.utilization == utilization
+
+
+def test_dynamic_replay_intervals_by_hand():
+    r = replay(UNEVEN, 2, 2, 2, "dynamic")
+    assert r.intervals == (Interval(0, (0, 0), 0.0, 4.0), Interval(1, (0, 1), 0.0, 1.0),
+                           Interval(1, (1, 0), 1.0, 3.0), Interval(1, (1, 1), 3.0, 4.0))
+
+
+def test_replay_of_zero_durations():
+    r = replay(dict.fromkeys(EVEN, 0.0), 2, 2, 3, "dynamic")
+    assert r.makespan == 0.0 and r.utilization == 1.0 and r.busy() == (0.0, 0.0, 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6), st.sampled_from(POLICIES), st.integers(0, 99),
+       st.data())
+def test_replay_bounds(heads, chunks, threads, policy, seed, data):
+    items = [(h, c) for h in range(heads) for c in range(chunks)]
+    times = data.draw(st.lists(st.floats(0.0, 10.0), min_size=len(items), max_size=len(items)))
+    durations = dict(zip(items, times))
+    total, longest = sum(times), max(times)
+    r = replay(durations, heads, chunks, threads, policy, seed)
+    assert sorted(i.item for i in r.intervals) == items
+    assert sum(r.busy()) == pytest.approx(total)
+    assert 0.0 < r.utilization <= 1.0 + 1e-12
+    lower = max(total / threads, longest)
+    assert r.makespan >= lower * (1 - 1e-12)
+    if policy == "dynamic":  # Graham: list scheduling ends by Σ/T + (1 − 1/T)·(the last item) ≤ Σ/T + (1 − 1/T)·max
+        assert r.makespan <= (total / threads + longest * (1 - 1 / threads)) * (1 + 1e-12)
+    else:
+        plan = static_assignment(heads, chunks, threads, policy, seed)
+        assert all([i.item for i in r.intervals if i.worker == w] == plan[w] for w in range(threads))
+
+
+def _run(policy, times):
+    """A fake run of items (0, 0) and (0, 1) on one worker, back to back from 10 s, with the given busy seconds."""
+    return ScheduleResult(policy, 1, (Interval(0, (0, 0), 10.0, 10.0 + times[0]),
+                                      Interval(0, (0, 1), 10.0 + times[0], 10.0 + times[0] + times[1])))
+
+
+def test_item_durations_take_the_median_over_runs():
+    runs = [_run("head-first", (1.0, 3.0)), _run("dynamic", (5.0, 3.0)), _run("random", (2.0, 3.0))]
+    assert item_durations(runs) == {(0, 0): pytest.approx(2.0), (0, 1): pytest.approx(3.0)}
+    assert median_run(runs) is runs[2]  # makespans 4, 8, 5 s
+
+
+def test_item_durations_reject_empty_and_mismatched_runs():
+    with pytest.raises(SpecError, match="empty"):
+        item_durations([])
+    other = ScheduleResult("dynamic", 1, (Interval(0, (0, 0), 0.0, 1.0), Interval(0, (1, 1), 1.0, 2.0)))
+    with pytest.raises(SpecError, match="run 1 .*same items"):
+        item_durations([_run("dynamic", (1.0, 1.0)), other])
+    twice = ScheduleResult("dynamic", 1, (Interval(0, (0, 0), 0.0, 1.0),) * 2)
+    with pytest.raises(SpecError, match="run 0 .*once each"):
+        item_durations([twice])
+
+
+@pytest.mark.parametrize("durations,message", [
+    ({(0, 0): 1.0, (0, 1): 1.0, (1, 0): 1.0}, r"item \(1, 1\) is missing"),
+    (EVEN | {(2, 0): 1.0}, r"item \(2, 0\) is not in 2 heads × 2 chunks"),
+    (EVEN | {(0, 1): -0.5}, r"item \(0, 1\) is -0.5"),
+    (EVEN | {(1, 0): math.inf}, r"item \(1, 0\) is inf"),
+    (EVEN | {(1, 1): math.nan}, r"item \(1, 1\) is nan"),
+])
+def test_replay_rejects_bad_durations(durations, message):
+    with pytest.raises(SpecError, match=message):
+        replay(durations, 2, 2, 2, "dynamic")
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from tstack.cli import app
+
+    return CliRunner().invoke(app, ["opt", "schedule", "--heads", "2", "--chunks", "4", "--chunk-keys", "16",
+                                    "--head-dim", "8", "--repeats", "1", *args])
+
+
+def test_schedule_command_prints_the_replay():
+    res = _cli("--replay-threads", "4")
+    assert res.exit_code == 0, res.output
+    assert "replay of measured item times on 4 simulated threads" in res.output
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in res.output.splitlines() if line.count("│") == 7]
+    assert sorted((r[0], r[2]) for r in rows if r[1] == "4") == sorted((t, p) for t in ("0", "0.001") for p in POLICIES)
+    res = _cli("--replay-threads", "")
+    assert res.exit_code == 0, res.output
+    assert "simulated threads" not in res.output
+
+
+@pytest.mark.parametrize("value", ["0", "4,-2", "4,x", "2.5"])
+def test_schedule_command_rejects_bad_replay_threads(value):
+    res = _cli("--replay-threads", value)
+    assert res.exit_code != 0
+    assert isinstance(res.exception, SpecError) and "--replay-threads" in str(res.exception)
+    assert repr(value) in str(res.exception)

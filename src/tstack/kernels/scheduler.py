@@ -9,16 +9,24 @@ dynamic policy hands items from one FIFO queue to whichever worker is idle (003 
 
 Workers are real threads (PyTorch ops release the GIL), each with one intra-op thread; every item's busy interval is
 recorded with ``time.perf_counter``, and utilization = Σ busy / (threads × makespan).
+
+*Replay* (:func:`replay`): a simulation, not a measurement. Each item's time is the median of its measured busy
+intervals over real runs (:func:`item_durations`); the policies are then played out on any number of virtual workers,
+all starting at t = 0 s. It shows how the policies' imbalance grows with the thread count (003 reports 32 threads) on a
+machine with fewer cores, but it ignores the shared-cache and memory-bandwidth contention that more threads than were
+measured would add: item times do not stretch with the thread count.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import queue
 import random
+import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +40,7 @@ Item = tuple[int, int]  # (head, chunk)
 
 @dataclass(frozen=True)
 class Interval:
-    """One item run by one worker, in seconds of ``time.perf_counter``."""
+    """One item run by one worker, in seconds of ``time.perf_counter`` (in a replay: simulated, from 0)."""
 
     worker: int
     item: Item
@@ -238,12 +246,75 @@ def uneven_work(heads: int, chunks: int, chunk: int, head_dim: int, padding: flo
     return q, k, v, max(1, s - round(padding * s))
 
 
-def compare_repeated(work: AttentionWork, threads: int, policies: Sequence[str], repeats: int,
-                     seed: int = 0) -> dict[str, ScheduleResult]:
-    """Per policy, the run with the median makespan of ``repeats`` runs taken round-robin (after one warm-up run)."""
+def repeated_runs(work: AttentionWork, threads: int, policies: Sequence[str], repeats: int,
+                  seed: int = 0) -> dict[str, list[ScheduleResult]]:
+    """Per policy, ``repeats`` runs taken round-robin (after one warm-up run, which is not returned)."""
     scheduled_attention(work, threads, "dynamic", seed)
     runs: dict[str, list[ScheduleResult]] = {p: [] for p in policies}
     for _ in range(repeats):
         for p in policies:
             runs[p].append(scheduled_attention(work, threads, p, seed)[1])
-    return {p: sorted(r, key=lambda x: x.makespan)[(len(r) - 1) // 2] for p, r in runs.items()}
+    return runs
+
+
+def median_run(runs: Sequence[ScheduleResult]) -> ScheduleResult:
+    """The run with the median makespan (the lower one of the middle two for an even count)."""
+    return sorted(runs, key=lambda x: x.makespan)[(len(runs) - 1) // 2]
+
+
+def compare_repeated(work: AttentionWork, threads: int, policies: Sequence[str], repeats: int,
+                     seed: int = 0) -> dict[str, ScheduleResult]:
+    """Per policy, the run with the median makespan of ``repeats`` runs taken round-robin (after one warm-up run)."""
+    return {p: median_run(r) for p, r in repeated_runs(work, threads, policies, repeats, seed).items()}
+
+
+def item_durations(runs: Sequence[ScheduleResult]) -> dict[Item, float]:
+    """Per item, the median of its measured busy seconds (end − start) over ``runs``, which each run every item once."""
+    if not runs:
+        raise SpecError(["runs is empty: item times need at least one run"], "replay")
+    items = {i.item for i in runs[0].intervals}
+    problems = []
+    for n, r in enumerate(runs):
+        mine = [i.item for i in r.intervals]
+        if not mine or len(set(mine)) != len(mine) or set(mine) != items:
+            problems.append(f"run {n} ({r.policy}): {len(mine)} intervals, {len(set(mine))} distinct items, "
+                            f"{len(set(mine) ^ items)} items in only one of it and run 0; every run must run the same "
+                            "items once each")
+    if problems:
+        raise SpecError(problems, "replay")
+    times: dict[Item, list[float]] = {item: [] for item in sorted(items)}
+    for r in runs:
+        for i in r.intervals:
+            times[i.item].append(i.end - i.start)
+    return {item: statistics.median(t) for item, t in times.items()}
+
+
+def replay(durations: Mapping[Item, float], heads: int, chunks: int, threads: int, policy: str,
+           seed: int = 0) -> ScheduleResult:
+    """Simulate ``policy`` on ``threads`` virtual workers from item times in seconds (all workers start at 0 s).
+
+    Static policies run each worker's share of :func:`static_assignment` back to back; *dynamic* hands the items in
+    :func:`run_schedule`'s FIFO order to the worker that is free first (ties: lowest worker index).
+    """
+    _check(heads, chunks, threads, policy)
+    expected = {(h, c) for h in range(heads) for c in range(chunks)}
+    problems = [f"item {item} is missing from durations" for item in sorted(expected - durations.keys())]
+    problems += [f"item {item} is not in {heads} heads × {chunks} chunks" for item in sorted(set(durations) - expected)]
+    problems += [f"duration of item {item} is {d!r}: must be finite and ≥ 0 s" for item, d in sorted(durations.items())
+                 if item in expected and not (math.isfinite(d) and d >= 0)]
+    if problems:
+        raise SpecError(problems, "replay")
+    intervals: list[Interval] = []
+    if policy == "dynamic":
+        free = [(0.0, w) for w in range(threads)]  # (free from, worker): a min-heap, ties to the lower index
+        for item in ((h, c) for h in range(heads) for c in range(chunks)):
+            t, w = heapq.heappop(free)
+            intervals.append(Interval(w, item, t, t + durations[item]))
+            heapq.heappush(free, (t + durations[item], w))
+    else:
+        for w, share in enumerate(static_assignment(heads, chunks, threads, policy, seed)):
+            t = 0.0
+            for item in share:
+                intervals.append(Interval(w, item, t, t + durations[item]))
+                t += durations[item]
+    return ScheduleResult(policy, threads, tuple(intervals))
