@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from tstack.errors import SpecError  # noqa: E402
-from tstack.kernels.tradeoff import EDGES, StudySetup, _agreement, _histogram, study, zero_skipping  # noqa: E402
+from tstack.errors import SpecError, TstackError  # noqa: E402
+from tstack.kernels.tradeoff import (  # noqa: E402
+    EDGES,
+    ElementSkipSelfAttention,
+    StudySetup,
+    _agreement,
+    _histogram,
+    element_skipping,
+    study,
+    zero_skipping,
+)
 from tstack.kernels.zeroskip import ZSParams, ZSSelfAttention  # noqa: E402
 
 
@@ -29,6 +40,63 @@ def test_agreement_of_neighbour_rankings():
     shuffled = e[torch.randperm(12, generator=torch.Generator().manual_seed(1))]
     top1, topk = _agreement(e, shuffled)
     assert top1 < 1.0 and topk < 1.0
+
+
+def _hf_self_attention(hidden: int = 8, heads: int = 2):
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    config = transformers.BertConfig(hidden_size=hidden, num_attention_heads=heads, attention_probs_dropout_prob=0.0,
+                                     attn_implementation="eager")
+    torch.manual_seed(0)
+    return BertSelfAttention(config).eval()
+
+
+def test_element_skipping_at_threshold_zero_is_eager_attention():
+    hf = _hf_self_attention()
+    x = torch.randn(2, 5, 8)
+    real = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    additive = torch.where(real, 0.0, torch.finfo(torch.float32).min)[:, None, None, :]
+    module = ElementSkipSelfAttention(hf, 0.0)
+    with torch.no_grad():
+        ref = hf(x, attention_mask=additive)[0]
+        out = module(x, attention_mask=additive)[0]
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert module.counts == [(0, 2 * (25 + 9), 0, 2 * (5 + 3))]  # nothing dropped of 2 heads × (5² + 3²) real pairs
+
+
+def test_element_skipping_drops_exactly_the_small_exponents():
+    """One head, d = 1, identity projections: q = k = v = x = (1, -2, -9), scores s_ij = x_i·x_j.
+
+    Row 0: scores (1, -2, -9), m = 1, e^(s-m) = (1, e^-3 = 0.050, e^-10 = 4.5e-5). Threshold 1e-3 drops only the third
+    key: context = (1·1 + e^-3·(-2)) / (1 + e^-3); the other rows are checked against the same rule written densely."""
+    hf = _hf_self_attention(hidden=1, heads=1)
+    with torch.no_grad():
+        for lin, w in ((hf.query, 1.0), (hf.key, 1.0), (hf.value, 1.0)):
+            lin.weight.fill_(w)
+            lin.bias.zero_()
+    x = torch.tensor([[[1.0], [-2.0], [-9.0]]])  # q_i = x_i, k_j = x_j, v_j = x_j
+    scores = x[0, :, 0, None] * x[0, None, :, 0]  # (3, 3)
+    for threshold in (1e-3, 0.2):
+        module = ElementSkipSelfAttention(hf, threshold)
+        with torch.no_grad():
+            out = module(x)[0][0, :, 0]
+        e = (scores - scores.amax(-1, keepdim=True)).exp()
+        e = torch.where(e < threshold, 0.0, e)
+        assert torch.allclose(out, (e @ x[0, :, 0]) / e.sum(-1), atol=1e-6)
+        dead = int((e == 0).all(0).sum())  # key columns that no query keeps
+        assert module.counts == [(int((e == 0).sum()), 9, dead, 3)]
+    assert dead == 1  # at 0.2 only row maxima survive: key 0 (row 0) and key 2 (rows 1, 2, scores 18 and 81)
+    with torch.no_grad():
+        row0 = float(ElementSkipSelfAttention(hf, 1e-3)(x)[0][0, 0, 0])
+    assert abs(row0 - (1.0 - 2.0 * math.exp(-3.0)) / (1.0 + math.exp(-3.0))) < 1e-6
+
+
+def test_element_skipping_validates():
+    with pytest.raises(SpecError, match="score_threshold"):
+        ElementSkipSelfAttention(_hf_self_attention(), 1.5)
+    with pytest.raises(TstackError, match="lacks"):
+        ElementSkipSelfAttention(torch.nn.Linear(2, 2), 1e-3)
 
 
 def test_setup_needs_two_texts():
@@ -67,6 +135,13 @@ def test_skipped_work_and_error_grow_with_threshold(result):
         assert b.element_below >= a.element_below
         assert b.softmax_skipped >= a.softmax_skipped
     assert ladder[-1].softmax_skipped > 0 and ladder[-1].cosine_mean < 1.0
+    for a, b in zip(ladder, ladder[1:]):
+        assert b.element_skipped > a.element_skipped  # per element, every threshold drops more
+    assert ladder[0].element_skipped == 0.0 and ladder[0].element_cosine_min > 0.99999
+    # per element drops far more than whole tiles do, and moves the embeddings more
+    assert ladder[-1].element_skipped > ladder[-1].softmax_skipped
+    assert ladder[-1].element_cosine_mean < ladder[-1].cosine_mean
+    assert points[3].element_skipped == points[2].element_skipped  # the zero ratio does not enter per-element skipping
     assert points[3].vgen_skipped >= points[2].vgen_skipped and points[3].weighted_sum_skipped >= points[2].weighted_sum_skipped
 
 
@@ -85,3 +160,26 @@ def test_zero_skipping_patches_and_restores(minilm):
         assert len(modules) == 6
         raise RuntimeError("inside")
     assert [layer.attention.self for layer in model.encoder.layer] == originals
+    with element_skipping(model, 1e-3) as modules:
+        assert all(isinstance(layer.attention.self, ElementSkipSelfAttention) for layer in model.encoder.layer)
+    assert [layer.attention.self for layer in model.encoder.layer] == originals
+
+
+def test_tradeoff_command_reports_both_granularities(minilm, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tstack.cli import app
+    from tstack.report import units
+
+    out = tmp_path / "study.json"
+    result = CliRunner().invoke(app, ["opt", "tradeoff", "minilm", "--thresholds", "1e-2", "--max-length", "12",
+                                      "--batch", "64", "--chunk", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    points = json.loads(out.read_text())["points"]
+    assert units.percent(points[1]["element_skipped"]) in result.output
+    assert f"{points[1]['element_cosine_min']:.6f}" in result.output
+    assert [p["score_threshold"] for p in points] == [0.0, 1e-2]
+    assert points[0]["element_skipped"] == 0.0 and points[1]["element_skipped"] > points[1]["softmax_skipped"]
+    assert points[1]["element_cosine_min"] < points[0]["element_cosine_min"]

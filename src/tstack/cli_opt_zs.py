@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tstack.cli_common import parse_ints
 from tstack.errors import SpecError
 from tstack.report import files, units
 
@@ -40,6 +41,18 @@ def _policies(text: str) -> list[str]:
     return names
 
 
+def _thread_counts(option: str, text: str) -> list[int]:
+    """Comma-separated thread counts, each ≥ 1; an empty string gives none."""
+    if not text.strip():
+        return []
+    values = parse_ints(option, text)
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise SpecError([f"{option}={text!r}: {', '.join(map(str, bad))} must be ≥ 1 "
+                         "(comma-separated thread counts, or '' for none)"])
+    return values
+
+
 def _distribution_table(dist) -> Table:  # noqa: ANN001
     from tstack.kernels.tradeoff import EDGES
 
@@ -57,14 +70,16 @@ def _distribution_table(dist) -> Table:  # noqa: ANN001
 
 
 def _points_table(points) -> Table:  # noqa: ANN001
-    table = Table(title="skipped work against output change (003 Fig. 7; tile kernel, fractions of real-key work)")
+    table = Table(title="skipped work against output change (003 Fig. 7): the tile kernel (fractions of real-key work), "
+                        "then per-element skipping (share of real scores dropped)")
     for col in ("score thr", "zero ratio", "p < thr (elements)", "softmax skipped", "w-sum skipped", "V-Gen skipped",
-                "cos min", "cos mean", "NN top-1", "NN top-5"):
+                "cos min", "cos mean", "NN top-1", "NN top-5", "elem. dropped", "elem. cos min", "elem. cos mean"):
         table.add_column(col, justify="right")
     for p in points:
         table.add_row(f"{p.score_threshold:g}", f"{p.zero_ratio:g}", units.percent(p.element_below),
                       units.percent(p.softmax_skipped), units.percent(p.weighted_sum_skipped), units.percent(p.vgen_skipped),
-                      f"{p.cosine_min:.6f}", f"{p.cosine_mean:.6f}", units.percent(p.nn_top1), units.percent(p.nn_topk))
+                      f"{p.cosine_min:.6f}", f"{p.cosine_mean:.6f}", units.percent(p.nn_top1), units.percent(p.nn_topk),
+                      units.percent(p.element_skipped), f"{p.element_cosine_min:.6f}", f"{p.element_cosine_mean:.6f}")
     return table
 
 
@@ -118,12 +133,15 @@ def schedule(
     policies: str = typer.Option("head-first,chunk-first,random,dynamic", help="schedulers, comma-separated"),
     repeats: int = typer.Option(3, help="runs per policy, round-robin (median makespan reported)"),
     seed: int = typer.Option(0, help="seed of the synthetic inputs and the random static assignment"),
+    replay_threads: str = typer.Option("8,32", help="simulated thread counts of the replay of the measured item times, "
+                                                    "comma-separated ('' for no replay)"),
 ) -> None:
     """Static head-first / chunk-first / random assignment vs the dynamic scheduler: utilization and makespan."""
-    from tstack.kernels.scheduler import AttentionWork, compare_repeated, uneven_work
+    from tstack.kernels.scheduler import AttentionWork, item_durations, median_run, repeated_runs, replay, uneven_work
     from tstack.profiler.runtime import RuntimeConfig, controlled, describe
 
     names = _policies(policies)
+    simulated = _thread_counts("--replay-threads", replay_threads)
     if repeats < 1:
         raise SpecError([f"--repeats={repeats} must be ≥ 1"])
     q, k, v, real = uneven_work(heads, chunks, chunk_keys, head_dim, padding, seed)
@@ -131,16 +149,33 @@ def schedule(
     table = Table(title=f"{heads} heads × {chunks} chunks of {chunk_keys} keys, d={head_dim}, {threads} threads")
     for col in ("threshold", "policy", "utilization", "makespan (median)", "busy per thread", "vs dynamic"):
         table.add_column(col, justify="left" if col == "policy" else "right")
+    replayed = Table(title=f"replay of measured item times on {', '.join(map(str, simulated))} simulated threads",
+                     caption=f"a simulation, not a run: each item's time is its median over the real {threads}-thread "
+                             "runs of all policies above; it leaves out the shared-cache and memory-bandwidth "
+                             "contention of more threads")
+    for col in ("threshold", "threads", "policy", "utilization", "makespan", "vs dynamic"):
+        replayed.add_column(col, justify="left" if col == "policy" else "right")
     with controlled(cfg):
         for t in sorted({0.0, threshold}):
             work = AttentionWork.build(q, k, v, chunk_keys, t, real)
-            runs = compare_repeated(work, threads, names, repeats, seed)
+            every = repeated_runs(work, threads, names, repeats, seed)
+            runs = {p: median_run(r) for p, r in every.items()}
             dyn = runs.get("dynamic")
             for name in names:
                 r = runs[name]
                 ratio = f"{r.makespan / dyn.makespan:.2f}×" if dyn else "-"
                 table.add_row(f"{t:g}", name, units.percent(r.utilization), units.seconds(r.makespan),
                               " / ".join(units.seconds(b) for b in r.busy()), ratio)
+            durations = item_durations([r for rs in every.values() for r in rs])
+            for n in simulated:
+                sims = {p: replay(durations, heads, chunks, n, p, seed) for p in names}
+                sim_dyn = sims.get("dynamic")
+                for name, r in sims.items():
+                    ratio = f"{r.makespan / sim_dyn.makespan:.2f}×" if sim_dyn and sim_dyn.makespan > 0 else "-"
+                    replayed.add_row(f"{t:g}", str(n), name, units.percent(r.utilization), units.seconds(r.makespan),
+                                     ratio)
         console.print(describe(cfg) + f"; {threads} worker threads with 1 intra-op thread each")
     console.print(f"{real} real keys of {chunks * chunk_keys}; heads from sharp to flat attention (synthetic, seed {seed})")
     console.print(table)
+    if simulated:
+        console.print(replayed)

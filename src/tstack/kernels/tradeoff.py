@@ -3,23 +3,26 @@
 Fig. 6: the distribution of attention probabilities of the exact model, with (real query, real key) pairs apart from
 pairs that touch padding (a padded key's probability is exactly 0, and a padded query's row is never used).
 Fig. 7: per (score threshold, zero ratio), the work that the tile-skipping kernel did not run (its dense fallback off,
-so every skippable tile is skipped) (softmax, weighted sum,
-V-Gen) and the share of real probabilities under the threshold (what a per-element kernel would skip, the paper's
-measure), against the output change: cosine of sentence embeddings to the exact model's, and agreement of the
-nearest-neighbour rankings between the texts.
+so every skippable tile is skipped) (softmax, weighted sum, V-Gen) and the share of real probabilities under the
+threshold (what a per-element kernel would skip, the paper's measure), against the output change: cosine of sentence
+embeddings to the exact model's, and agreement of the nearest-neighbour rankings between the texts. The same output
+change is also measured for per-element skipping (every score under its row maximum plus ln(threshold) dropped, as the
+paper's kernel does): how much a kernel of any granularity may skip before the embeddings move.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-from tstack.errors import SpecError
-from tstack.kernels.zeroskip import SkipStats, ZSParams, ZSSelfAttention
+from tstack.errors import SpecError, TstackError
+from tstack.kernels.zeroskip import SkipStats, ZSParams, ZSSelfAttention, _key_padding
 from tstack.minilm import encode, sentence_embeddings
 
 EDGES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # Fig. 6 bins: exact zeros, then decades
@@ -49,6 +52,9 @@ class TradeoffPoint:
     cosine_mean: float
     nn_top1: float  # share of texts whose nearest neighbour is unchanged
     nn_topk: float  # mean overlap of the top-``TOP_K`` neighbour sets
+    element_skipped: float  # per-element skipping: share of real (query, key) scores dropped, over layers and batches
+    element_cosine_min: float  # its sentence-embedding cosine to the exact model
+    element_cosine_mean: float
 
 
 def _histogram(p: torch.Tensor, kind: torch.Tensor | None = None, kinds: int = 1) -> list[int]:
@@ -86,17 +92,58 @@ def _exact(model: Any, batches: list[dict[str, torch.Tensor]],
     return torch.cat(embeddings), dist, {t: n / max(1, real_pairs) for t, n in below.items()}
 
 
-@contextmanager
-def zero_skipping(model: Any, params: ZSParams, min_skipped: float | None = None) -> Iterator[list[ZSSelfAttention]]:
-    """Swap every encoder layer's ``attention.self`` for a ``ZSSelfAttention`` inside the block; restore it after.
+class ElementSkipSelfAttention(nn.Module):
+    """HF ``BertSelfAttention`` (eager) with the paper's per-element score-threshold skipping, computed densely.
 
-    ``min_skipped`` overrides the kernel's dense fallback (0: every skippable tile is skipped, as the study needs).
+    A score s whose e^(s − m) (m: its row's maximum) is under the threshold, so whose probability is too, gets no
+    exponent and no P·V term; the kept ones are normalized by their own sum, as in a kernel that never computed the
+    others (003 §III-C.1). This is an accuracy model, not a fast path: every exponent still runs here. ``counts``
+    collects, per call, (dropped real pairs, real pairs, dead key columns, real key columns): a dead column is a
+    (head, real key) whose every real query dropped it, so a V-Gen-skipping kernel would not need its V row.
     """
+
+    def __init__(self, self_attention: nn.Module, threshold: float) -> None:
+        super().__init__()
+        missing = [n for n in ("query", "key", "value", "num_attention_heads", "attention_head_size")
+                   if not hasattr(self_attention, n)]
+        if missing:
+            raise TstackError(f"{type(self_attention).__name__} lacks {', '.join(missing)}: "
+                              "ElementSkipSelfAttention needs a HF BertSelfAttention-like module")
+        ZSParams(threshold)  # validates the threshold
+        self.query, self.key, self.value = self_attention.query, self_attention.key, self_attention.value
+        self.heads, self.head_size = int(self_attention.num_attention_heads), int(self_attention.attention_head_size)
+        self.log_threshold = math.log(threshold) if threshold > 0 else -math.inf
+        self.counts: list[tuple[int, int, int, int]] = []
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        """(context (B, S, H), None), as the eager BertSelfAttention returns without probabilities."""
+        b, s, _ = hidden_states.shape
+        h, d = self.heads, self.head_size
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, s, h, d).transpose(1, 2)  # (B, h, S, d)
+
+        q, k, v = heads(self.query(hidden_states)), heads(self.key(hidden_states)), heads(self.value(hidden_states))
+        real = _key_padding(attention_mask, b, s)
+        real = torch.ones(b, s, dtype=torch.bool) if real is None else real
+        scores = (q * d ** -0.5) @ k.transpose(-1, -2)  # (B, h, S, S)
+        scores.masked_fill_(~real[:, None, None, :], -math.inf)
+        e = (scores - scores.amax(-1, keepdim=True)).exp_()
+        dropped = e < math.exp(self.log_threshold)  # e^(s − m) < threshold: no exponent, no P·V term
+        e.masked_fill_(dropped, 0.0)
+        pairs = real[:, None, :, None] & real[:, None, None, :]  # (B, 1, S, S) real query, real key
+        dead = (dropped | ~real[:, None, :, None]).all(2) & real[:, None, :]  # (B, h, S): no real query keeps the key
+        self.counts.append((int((dropped & pairs).sum()), int(pairs.sum()) * h, int(dead.sum()), int(real.sum()) * h))
+        context = (e @ v) / e.sum(-1, keepdim=True)  # the row maximum is always kept: the sum is ≥ 1
+        return context.transpose(1, 2).reshape(b, s, h * d), None
+
+
+@contextmanager
+def _swapped(model: Any, make: Callable[[nn.Module], nn.Module]) -> Iterator[list[nn.Module]]:
+    """Every encoder layer's ``attention.self`` replaced by ``make(original)`` inside the block, restored after."""
     layers = model.encoder.layer
     originals = [layer.attention.self for layer in layers]
-    patched = [ZSSelfAttention.from_hf(o, params) for o in originals]
-    for module in patched if min_skipped is not None else ():
-        module.min_skipped = min_skipped
+    patched = [make(o) for o in originals]
     try:
         for layer, module in zip(layers, patched):
             layer.attention.self = module
@@ -104,6 +151,29 @@ def zero_skipping(model: Any, params: ZSParams, min_skipped: float | None = None
     finally:
         for layer, module in zip(layers, originals):
             layer.attention.self = module
+
+
+@contextmanager
+def zero_skipping(model: Any, params: ZSParams, min_skipped: float | None = None) -> Iterator[list[ZSSelfAttention]]:
+    """Swap every encoder layer's ``attention.self`` for a ``ZSSelfAttention`` inside the block; restore it after.
+
+    ``min_skipped`` overrides the kernel's dense fallback (0: every skippable tile is skipped, as the study needs).
+    """
+    def make(original: nn.Module) -> ZSSelfAttention:
+        module = ZSSelfAttention.from_hf(original, params)
+        if min_skipped is not None:
+            module.min_skipped = min_skipped
+        return module
+
+    with _swapped(model, make) as patched:
+        yield patched
+
+
+@contextmanager
+def element_skipping(model: Any, threshold: float) -> Iterator[list[ElementSkipSelfAttention]]:
+    """Swap every encoder layer's ``attention.self`` for an ``ElementSkipSelfAttention`` inside the block."""
+    with _swapped(model, lambda original: ElementSkipSelfAttention(original, threshold)) as patched:
+        yield patched
 
 
 def _neighbours(e: torch.Tensor, k: int) -> torch.Tensor:
@@ -156,21 +226,32 @@ def study(model: Any, tokenizer: Any, setup: StudySetup,
 
     1. tokenize the texts in batches (padded to each batch's longest, truncated to ``max_length``);
     2. run the exact model: embeddings and the probability distribution;
-    3. per point, swap in zero-skipping attention, run again, compare embeddings and neighbour rankings.
+    3. per point, swap in zero-skipping attention, run again, compare embeddings and neighbour rankings;
+    4. per threshold, the same with per-element skipping (``ElementSkipSelfAttention``).
     """
     texts = list(setup.texts)
     batches = [encode(tokenizer, texts[i:i + setup.batch], setup.max_length) for i in range(0, len(texts), setup.batch)]
     params = [ZSParams(t, r, setup.chunk, setup.threads) for t, r in points]  # validates every point up front
     with torch.no_grad():
         exact, dist, below = _exact(model, batches, [p.score_threshold for p in params])
+
+        def embeddings() -> torch.Tensor:
+            return torch.cat([sentence_embeddings(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])
+
+        element: dict[float, tuple[float, float, float]] = {}  # threshold → (dropped share, cosine min, cosine mean)
+        for t in dict.fromkeys(p.score_threshold for p in params):
+            with element_skipping(model, t) as modules:
+                cos = (embeddings() * exact).sum(-1)
+            dropped, pairs, _, _ = (sum(c) for c in zip(*(n for m in modules for n in m.counts)))
+            element[t] = (dropped / max(1, pairs), float(cos.min()), float(cos.mean()))
         out = []
         for p in params:
             with zero_skipping(model, p, min_skipped=0.0) as modules:
-                e = torch.cat([sentence_embeddings(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])
+                e = embeddings()
             cos = (e * exact).sum(-1)
             top1, topk = _agreement(exact, e)
             skipped = _mean_stats([s for m in modules for s in m.stats])
             out.append(TradeoffPoint(p.score_threshold, p.zero_ratio, below[p.score_threshold], *skipped,
-                                     float(cos.min()), float(cos.mean()), top1, topk))
+                                     float(cos.min()), float(cos.mean()), top1, topk, *element[p.score_threshold]))
     return dist, out
 
