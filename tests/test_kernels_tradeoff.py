@@ -92,11 +92,35 @@ def test_element_skipping_drops_exactly_the_small_exponents():
     assert abs(row0 - (1.0 - 2.0 * math.exp(-3.0)) / (1.0 + math.exp(-3.0))) < 1e-6
 
 
+def test_probability_criterion_drops_by_the_probability_and_keeps_the_maximum():
+    """Row 0 of the example above: e^(s-m) = (1, e^-3, e^-10), probabilities e^(s-m) / (1 + e^-3 + e^-10).
+
+    At 0.049, e^-3 = 0.0498 passes the bound test but its probability 0.0474 does not: "probability" drops key 1 too,
+    leaving row 0 the value of key 0 alone. With x = (0.3, 0.2, 0.1) every row's scores are 0.3·x_i·(3, 2, 1)/0.3,
+    probabilities about (0.34, 0.33, 0.32), all under 0.4: only each row's maximum (key 0, v = 0.3) stays."""
+    hf = _hf_self_attention(hidden=1, heads=1)
+    with torch.no_grad():
+        for lin in (hf.query, hf.key, hf.value):
+            lin.weight.fill_(1.0)
+            lin.bias.zero_()
+        x = torch.tensor([[[1.0], [-2.0], [-9.0]]])
+        bound = ElementSkipSelfAttention(hf, 0.049, "bound")(x)[0][0, 0, 0]
+        prob = ElementSkipSelfAttention(hf, 0.049, "probability")(x)[0][0, 0, 0]
+        flat = ElementSkipSelfAttention(hf, 0.4, "probability")
+        out = flat(torch.tensor([[[0.3], [0.2], [0.1]]]))[0]
+    e3 = math.exp(-3.0)
+    assert abs(float(bound) - (1.0 - 2.0 * e3) / (1.0 + e3)) < 1e-6
+    assert float(prob) == 1.0  # v of key 0
+    assert torch.allclose(out, torch.full((1, 3, 1), 0.3)) and flat.counts == [(6, 9, 2, 3)]
+
+
 def test_element_skipping_validates():
     with pytest.raises(SpecError, match="score_threshold"):
         ElementSkipSelfAttention(_hf_self_attention(), 1.5)
     with pytest.raises(TstackError, match="lacks"):
         ElementSkipSelfAttention(torch.nn.Linear(2, 2), 1e-3)
+    with pytest.raises(SpecError, match="criterion='exact'"):
+        ElementSkipSelfAttention(_hf_self_attention(), 1e-3, "exact")
 
 
 def test_setup_needs_two_texts():

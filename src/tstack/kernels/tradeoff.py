@@ -27,6 +27,7 @@ from tstack.minilm import encode, sentence_embeddings
 
 EDGES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # Fig. 6 bins: exact zeros, then decades
 TOP_K = 5
+CRITERIA = ("bound", "probability")  # per-element skipping: e^(s − m) < threshold, or the probability itself
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,20 @@ def _exact(model: Any, batches: list[dict[str, torch.Tensor]],
 class ElementSkipSelfAttention(nn.Module):
     """HF ``BertSelfAttention`` (eager) with the paper's per-element score-threshold skipping, computed densely.
 
-    A score s whose e^(s − m) (m: its row's maximum) is under the threshold, so whose probability is too, gets no
-    exponent and no P·V term; the kept ones are normalized by their own sum, as in a kernel that never computed the
-    others (003 §III-C.1). This is an accuracy model, not a fast path: every exponent still runs here. ``counts``
+    A dropped score gets no exponent and no P·V term; the kept ones are normalized by their own sum, as in a kernel
+    that never computed the others (003 §III-C.1). ``criterion`` says which scores drop:
+
+    - ``"bound"``: e^(s − m) < threshold (m: the row's maximum), so the probability is under it too. A kernel can
+      decide this from the scores and the row maximum alone; the tile kernel uses the same test per tile.
+    - ``"probability"``: the probability itself (e^(s − m) / Σ over the row) < threshold, the paper's definition. It
+      needs every exponent of the row first, so no kernel saves work this way: it is an oracle, and drops more.
+
+    This is an accuracy model, not a fast path: every exponent still runs here. ``counts``
     collects, per call, (dropped real pairs, real pairs, dead key columns, real key columns): a dead column is a
     (head, real key) whose every real query dropped it, so a V-Gen-skipping kernel would not need its V row.
     """
 
-    def __init__(self, self_attention: nn.Module, threshold: float) -> None:
+    def __init__(self, self_attention: nn.Module, threshold: float, criterion: str = "bound") -> None:
         super().__init__()
         missing = [n for n in ("query", "key", "value", "num_attention_heads", "attention_head_size")
                    if not hasattr(self_attention, n)]
@@ -110,9 +117,12 @@ class ElementSkipSelfAttention(nn.Module):
             raise TstackError(f"{type(self_attention).__name__} lacks {', '.join(missing)}: "
                               "ElementSkipSelfAttention needs a HF BertSelfAttention-like module")
         ZSParams(threshold)  # validates the threshold
+        if criterion not in CRITERIA:
+            raise SpecError([f"criterion={criterion!r} is not one of {', '.join(CRITERIA)}"], "per-element skipping")
+        self.criterion = criterion
         self.query, self.key, self.value = self_attention.query, self_attention.key, self_attention.value
         self.heads, self.head_size = int(self_attention.num_attention_heads), int(self_attention.attention_head_size)
-        self.log_threshold = math.log(threshold) if threshold > 0 else -math.inf
+        self.threshold = threshold
         self.counts: list[tuple[int, int, int, int]] = []
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
@@ -129,12 +139,13 @@ class ElementSkipSelfAttention(nn.Module):
         scores = (q * d ** -0.5) @ k.transpose(-1, -2)  # (B, h, S, S)
         scores.masked_fill_(~real[:, None, None, :], -math.inf)
         e = (scores - scores.amax(-1, keepdim=True)).exp_()
-        dropped = e < math.exp(self.log_threshold)  # e^(s − m) < threshold: no exponent, no P·V term
+        dropped = (e if self.criterion == "bound" else e / e.sum(-1, keepdim=True)) < self.threshold
+        dropped &= e < 1.0  # the row maximum always stays (a flat row's probabilities may all be under the threshold)
         e.masked_fill_(dropped, 0.0)
         pairs = real[:, None, :, None] & real[:, None, None, :]  # (B, 1, S, S) real query, real key
         dead = (dropped | ~real[:, None, :, None]).all(2) & real[:, None, :]  # (B, h, S): no real query keeps the key
         self.counts.append((int((dropped & pairs).sum()), int(pairs.sum()) * h, int(dead.sum()), int(real.sum()) * h))
-        context = (e @ v) / e.sum(-1, keepdim=True)  # the row maximum is always kept: the sum is ≥ 1
+        context = (e @ v) / e.sum(-1, keepdim=True)  # the row maximum is kept: the sum is ≥ 1
         return context.transpose(1, 2).reshape(b, s, h * d), None
 
 
@@ -170,9 +181,9 @@ def zero_skipping(model: Any, params: ZSParams, min_skipped: float | None = None
 
 
 @contextmanager
-def element_skipping(model: Any, threshold: float) -> Iterator[list[ElementSkipSelfAttention]]:
+def element_skipping(model: Any, threshold: float, criterion: str = "bound") -> Iterator[list[ElementSkipSelfAttention]]:
     """Swap every encoder layer's ``attention.self`` for an ``ElementSkipSelfAttention`` inside the block."""
-    with _swapped(model, lambda original: ElementSkipSelfAttention(original, threshold)) as patched:
+    with _swapped(model, lambda original: ElementSkipSelfAttention(original, threshold, criterion)) as patched:
         yield patched
 
 
