@@ -6,8 +6,9 @@ Fig. 7: per (score threshold, zero ratio), the work that the tile-skipping kerne
 so every skippable tile is skipped) (softmax, weighted sum, V-Gen) and the share of real probabilities under the
 threshold (what a per-element kernel would skip, the paper's measure), against the output change: cosine of sentence
 embeddings to the exact model's, and agreement of the nearest-neighbour rankings between the texts. The same output
-change is also measured for per-element skipping (every score under its row maximum plus ln(threshold) dropped, as the
-paper's kernel does): how much a kernel of any granularity may skip before the embeddings move.
+change is also measured for per-element skipping (every score under its row maximum plus ln(threshold) dropped, the
+test a kernel can make element by element): how much a kernel of the finest granularity may skip before the
+embeddings move.
 """
 
 from __future__ import annotations
