@@ -33,7 +33,7 @@ from tstack.data import documents
 from tstack.kernels.scheduler import POLICIES, AttentionWork, item_durations, median_run, repeated_runs, replay, uneven_work
 from tstack.kernels.tradeoff import CRITERIA, element_skipping, zero_skipping
 from tstack.kernels.zeroskip import EXP_FLOOR, SPARSE_MIN_SKIPPED, ZSParams, zs_attention
-from tstack.minilm import encode, load_minilm, sentence_embeddings
+from tstack.minilm import embed_batches, encode, load_minilm
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe, reexec_with_malloc_policy
 from tstack.profiler.timing import time_callable
 from tstack.report import units
@@ -156,12 +156,12 @@ def bound_section(cfg: RuntimeConfig, repeats: int) -> None:
     batches = [encode(tokenizer, [t], 512) for t in documents()]
     element = {}
     with torch.no_grad():
-        exact = torch.cat([sentence_embeddings(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])
+        exact = embed_batches(model, batches)
         layers = capture_layers(model, batches[0])
         for criterion in CRITERIA:
             for t in ELEMENT_THRESHOLDS:
                 with element_skipping(model, t, criterion) as modules:
-                    e = torch.cat([sentence_embeddings(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])
+                    e = embed_batches(model, batches)
                 dropped, pairs, dead, columns = (sum(c) for c in zip(*(n for m in modules for n in m.counts)))
                 element[criterion, t] = (dropped / pairs, dead / columns, float((e * exact).sum(-1).min()))
         parts, heads = components(layers)
@@ -190,11 +190,11 @@ def minilm_section(cfg: RuntimeConfig, docs: int, repeats: int, chunks: tuple[in
     batches = [encode(tokenizer, [t], 512) for t in texts]
     params = [ZSParams(t, 1.0, c, cfg.threads) for c in chunks for t in THRESHOLDS]
     with torch.no_grad():
-        exact = torch.cat([sentence_embeddings(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])
+        exact = embed_batches(model, batches)
         cosines = {}
         for p in params:
             with zero_skipping(model, p, min_skipped=0.0):
-                e = torch.cat([sentence_embeddings(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])
+                e = embed_batches(model, batches)
             cosines[f"zs t={p.score_threshold:g} c={p.chunk}"] = float((e * exact).sum(-1).min())
         for i, batch in enumerate(batches):
             layers = capture_layers(model, batch)

@@ -56,3 +56,10 @@ def sentence_embeddings(last_hidden: Any, attention_mask: Any) -> Any:
     mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
     mean = (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
     return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def embed_batches(model: Any, batches: list[dict[str, Any]]) -> Any:
+    """Sentence embeddings (N, H) of ``model`` over encoded ``batches``, in order (gradients as the caller's mode)."""
+    import torch
+
+    return torch.cat([sentence_embeddings(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tstack.errors import SpecError, TstackError
-from tstack.kernels.zeroskip import SkipStats, ZSParams, ZSSelfAttention, _key_padding
-from tstack.minilm import encode, sentence_embeddings
+from tstack.errors import SpecError
+from tstack.kernels.zeroskip import SkipStats, ZSParams, ZSSelfAttention, _key_padding, check_hf_self_attention
+from tstack.minilm import embed_batches, encode, sentence_embeddings
 
 EDGES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # Fig. 6 bins: exact zeros, then decades
 TOP_K = 5
@@ -112,11 +112,7 @@ class ElementSkipSelfAttention(nn.Module):
 
     def __init__(self, self_attention: nn.Module, threshold: float, criterion: str = "bound") -> None:
         super().__init__()
-        missing = [n for n in ("query", "key", "value", "num_attention_heads", "attention_head_size")
-                   if not hasattr(self_attention, n)]
-        if missing:
-            raise TstackError(f"{type(self_attention).__name__} lacks {', '.join(missing)}: "
-                              "ElementSkipSelfAttention needs a HF BertSelfAttention-like module")
+        check_hf_self_attention(self_attention, "ElementSkipSelfAttention")
         ZSParams(threshold)  # validates the threshold
         if criterion not in CRITERIA:
             raise SpecError([f"criterion={criterion!r} is not one of {', '.join(CRITERIA)}"], "per-element skipping")
@@ -247,19 +243,16 @@ def study(model: Any, tokenizer: Any, setup: StudySetup,
     with torch.no_grad():
         exact, dist, below = _exact(model, batches, [p.score_threshold for p in params])
 
-        def embeddings() -> torch.Tensor:
-            return torch.cat([sentence_embeddings(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])
-
         element: dict[float, tuple[float, float, float]] = {}  # threshold → (dropped share, cosine min, cosine mean)
         for t in dict.fromkeys(p.score_threshold for p in params):
             with element_skipping(model, t) as modules:
-                cos = (embeddings() * exact).sum(-1)
+                cos = (embed_batches(model, batches) * exact).sum(-1)
             dropped, pairs, _, _ = (sum(c) for c in zip(*(n for m in modules for n in m.counts)))
             element[t] = (dropped / max(1, pairs), float(cos.min()), float(cos.mean()))
         out = []
         for p in params:
             with zero_skipping(model, p, min_skipped=0.0) as modules:
-                e = embeddings()
+                e = embed_batches(model, batches)
             cos = (e * exact).sum(-1)
             top1, topk = _agreement(exact, e)
             skipped = _mean_stats([s for m in modules for s in m.stats])

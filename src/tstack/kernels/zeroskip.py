@@ -267,6 +267,14 @@ def _key_padding(attention_mask: torch.Tensor | None, b: int, s_k: int) -> torch
     return real[:, 0]
 
 
+def check_hf_self_attention(module: object, who: str) -> None:
+    """Raise a TstackError naming what ``module`` lacks to stand for a HF ``BertSelfAttention`` in ``who``."""
+    missing = [n for n in ("query", "key", "value", "num_attention_heads", "attention_head_size") if not hasattr(module, n)]
+    if missing:
+        raise TstackError(f"{type(module).__name__} lacks {', '.join(missing)}: {who} needs a HF BertSelfAttention-like "
+                          "module")
+
+
 class ZSSelfAttention(nn.Module):
     """A drop-in for HF ``BertSelfAttention`` (eager) that runs ``zs_attention`` and records its ``SkipStats``."""
 
@@ -282,11 +290,7 @@ class ZSSelfAttention(nn.Module):
     @classmethod
     def from_hf(cls, self_attention: nn.Module, params: ZSParams) -> ZSSelfAttention:
         """Wrap the (shared, not copied) Q/K/V projections of a HF ``BertSelfAttention``-like module."""
-        missing = [n for n in ("query", "key", "value", "num_attention_heads", "attention_head_size")
-                   if not hasattr(self_attention, n)]
-        if missing:
-            raise TstackError(f"{type(self_attention).__name__} lacks {', '.join(missing)}: "
-                              "ZSSelfAttention.from_hf needs a HF BertSelfAttention-like module")
+        check_hf_self_attention(self_attention, "ZSSelfAttention.from_hf")
         if not isinstance(params, ZSParams):
             raise TstackError(f"params is {type(params).__name__}: ZSSelfAttention.from_hf needs a ZSParams")
         heads = int(self_attention.num_attention_heads)
