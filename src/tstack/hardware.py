@@ -6,10 +6,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tstack.calibration import Calibration
 from tstack.errors import SpecError, UnknownNameError
+from tstack.loader import check_name, label, read_document, resolve_argument, show, unknown_fields
 from tstack.spec import preset_dir
 
 UNITS = ("matrix", "vector")
@@ -52,7 +51,7 @@ def _number(problems: list[str], name: str, v: Any, lo: float, hi: float, intege
     ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok_type or not lo <= v <= hi:
         kind = "an integer" if integer else "a number"
-        problems.append(f"{name}={v!r} must be {kind} in [{lo:g}, {hi:g}]")
+        problems.append(f"{name}={show(v)} must be {kind} in [{lo:g}, {hi:g}]")
 
 
 @dataclass(frozen=True)
@@ -74,36 +73,36 @@ class DeviceSpec:
     def __post_init__(self) -> None:
         problems: list[str] = []
         if not isinstance(self.name, str) or not self.name:
-            problems.append(f"name={self.name!r} must be a non-empty string")
-        if self.kind not in ("gpu", "cpu"):
-            problems.append(f"kind={self.kind!r} is not one of gpu, cpu")
+            problems.append(f"name={show(self.name)} must be a non-empty string")
+        if not isinstance(self.kind, str) or self.kind not in ("gpu", "cpu"):
+            problems.append(f"kind={show(self.kind)} is not one of gpu, cpu")
         _number(problems, "compute_units", self.compute_units, 1, 1_000_000, integer=True)
         self._check_peaks(problems)
         _number(problems, "memory_bandwidth", self.memory_bandwidth, 1e6, 1e15)
         _number(problems, "memory_capacity", self.memory_capacity, 1e6, 1e15)
         _number(problems, "launch_overhead", self.launch_overhead, 0.0, 1.0)
         if not isinstance(self.description, str):
-            problems.append(f"description={self.description!r} must be a string")
+            problems.append(f"description={show(self.description)} must be a string")
         if not isinstance(self.sources, tuple) or not all(isinstance(x, str) for x in self.sources):
             problems.append("sources must be a list of strings")
         if not isinstance(self.efficiency, Efficiency):
             problems.append("efficiency must be a mapping of efficiency terms")
         if problems:
-            raise SpecError(problems, f"device {self.name!r}")
+            raise SpecError(problems, f"device {show(self.name, 40)}")
 
     def _check_peaks(self, problems: list[str]) -> None:
         if not isinstance(self.peak_flops, dict):
             problems.append("peak_flops must be a mapping of unit (matrix, vector) to dtype rates")
             return
         for unit, rates in self.peak_flops.items():
-            if unit not in UNITS:
-                problems.append(f"peak_flops.{unit} is not one of {', '.join(UNITS)}")
+            if not isinstance(unit, str) or unit not in UNITS:
+                problems.append(f"peak_flops.{label(unit)} is not one of {', '.join(UNITS)}")
             elif not isinstance(rates, dict):
-                problems.append(f"peak_flops.{unit}={rates!r} must be a mapping of dtype to FLOP/s")
+                problems.append(f"peak_flops.{unit}={show(rates)} must be a mapping of dtype to FLOP/s")
             else:
                 for dt, v in rates.items():
-                    if dt not in DTYPES:
-                        problems.append(f"peak_flops.{unit}.{dt} is not one of {', '.join(DTYPES)}")
+                    if not isinstance(dt, str) or dt not in DTYPES:
+                        problems.append(f"peak_flops.{unit}.{label(dt)} is not one of {', '.join(DTYPES)}")
                     else:
                         _number(problems, f"peak_flops.{unit}.{dt}", v, 1e6, 1e18)
         vector = self.peak_flops.get("vector")
@@ -117,7 +116,8 @@ class DeviceSpec:
             rates = self.peak_flops["vector"]  # no matrix engine for this dtype: the vector units do GEMMs
         if dtype not in rates:
             have = sorted(set(self.peak_flops.get("matrix", {})) | set(self.peak_flops["vector"]))
-            raise SpecError([f"precision {dtype} is not supported (device has: {', '.join(have)})"], f"device {self.name!r}")
+            raise SpecError([f"precision {dtype} is not supported (device has: {', '.join(have)})"],
+                            f"device {show(self.name, 40)}")
         return float(rates[dtype])
 
 
@@ -125,7 +125,7 @@ def device_from_dict(data: Any, where: str) -> DeviceSpec:
     if not isinstance(data, dict):
         raise SpecError([f"expected a mapping of device fields, got {type(data).__name__}"], where)
     known = {f.name for f in fields(DeviceSpec)}
-    problems = [f"unknown field {k!r} (allowed: {', '.join(sorted(known))})" for k in data if k not in known]
+    problems = unknown_fields(data, known, lambda k: show(k, 40))
     problems += [f"missing field {k!r}" for k in ("name", "kind", "compute_units", "peak_flops", "memory_bandwidth",
                                                    "memory_capacity", "launch_overhead") if k not in data]
     eff = data.get("efficiency", {})
@@ -133,7 +133,7 @@ def device_from_dict(data: Any, where: str) -> DeviceSpec:
     if not isinstance(eff, dict):
         problems.append("efficiency must be a mapping")
         eff = {}
-    problems += [f"unknown field efficiency.{k!r} (allowed: {', '.join(sorted(eff_known))})" for k in eff if k not in eff_known]
+    problems += unknown_fields(eff, eff_known, lambda k: f"efficiency.{show(k, 40)}")
     if problems:
         raise SpecError(problems, where)
     try:
@@ -156,18 +156,16 @@ def load_device(name_or_path: str | Path | DeviceSpec) -> DeviceSpec:
     """A device by preset name or from a YAML file (e.g. one written by `tstack calibrate`)."""
     if isinstance(name_or_path, DeviceSpec):
         return name_or_path
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = preset_dir("devices") / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise UnknownNameError(f"unknown device {str(name_or_path)!r} (presets: {', '.join(device_presets())})")
-    elif not path.exists():
-        raise UnknownNameError(f"device file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
-        raise SpecError([f"not valid YAML ({type(e).__name__})"], f"device file {str(path)!r}") from None
-    return device_from_dict(data, f"device file {str(path)!r}")
+    presets = device_presets()
+    path = resolve_argument(name_or_path, "device", presets, preset_dir("devices"))
+    if path is None:
+        raise UnknownNameError(f"unknown device {show(str(name_or_path), 40)} (presets: {', '.join(presets)}; "
+                               "or give a path to a device .yaml file)")
+    data = read_document(path, "device")
+    where = f"device file {show(str(path), 200)}"
+    if "name" in data:
+        check_name("name", data["name"], where)
+    return device_from_dict(data, where)
 
 
 def device_to_dict(dev: DeviceSpec) -> dict[str, Any]:

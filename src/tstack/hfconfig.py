@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tstack.errors import SpecError
+from tstack.loader import show
 from tstack.spec import ModelSpec
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh", "gelu_fast": "gelu-tanh",
@@ -21,14 +22,36 @@ class _Reader:
     def int(self, key: str, default: int | None = None) -> int:
         v = self.data.get(key, default)
         if v is None or isinstance(v, bool) or not isinstance(v, int):
-            self.problems.append(f"{key}={v!r} must be an integer" if key in self.data else f"missing field {key!r}")
+            self.problems.append(f"{key}={show(v)} must be an integer" if key in self.data else f"missing field {key!r}")
             return 1
         return v
+
+    def flag(self, key: str, default: bool) -> bool:
+        """A true/false field; absent or null means ``default``."""
+        v = self.data.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            self.problems.append(f"{key}={show(v)} must be true or false")
+            return default
+        return v
+
+    def kv_heads(self, heads_key: str) -> int:
+        """num_key_value_heads: absent or null means multi-head (one K/V head per query head); else ≥ 1 and
+        dividing the query heads (0 must not silently mean multi-head)."""
+        heads, raw = self.data.get(heads_key), self.data.get("num_key_value_heads")
+        if raw is None:
+            return 0  # ModelSpec: kv_heads 0 means "same as heads"
+        kv = self.int("num_key_value_heads")  # a problem unless an integer
+        if type(raw) is int and (kv < 1 or (type(heads) is int and heads >= 1 and heads % kv)):
+            self.problems.append(f"num_key_value_heads={show(kv)} must be a positive integer dividing "
+                                 f"{heads_key}={show(heads)}")
+        return kv
 
     def act(self, key: str, default: str) -> str:
         v = self.data.get(key, default)
         if not isinstance(v, str) or v not in _ACT:
-            self.problems.append(f"{key}={v!r} is not one of {', '.join(_ACT)}")
+            self.problems.append(f"{key}={show(v)} is not one of {', '.join(_ACT)}")
             return "gelu"
         return _ACT[v]
 
@@ -63,24 +86,23 @@ def _opt(r: _Reader, name: str) -> ModelSpec:
     fields = dict(layers=r.int("num_hidden_layers"), hidden=r.int("hidden_size"), heads=r.int("num_attention_heads"),
                   ffn=r.int("ffn_dim"), vocab=r.int("vocab_size"),
                   max_positions=r.int("max_position_embeddings", 2048), activation=r.act("activation_function", "relu"))
+    pre, tie = r.flag("do_layer_norm_before", True), r.flag("tie_word_embeddings", True)
     r.done()
-    pre = r.data.get("do_layer_norm_before", True) is not False
     return ModelSpec(name=name, arch="decoder", norm="layernorm", norm_position="pre" if pre else "post",
-                     position="learned", head="lm", tie_embeddings=r.data.get("tie_word_embeddings", True) is not False,
+                     position="learned", head="lm", tie_embeddings=tie,
                      default_seq=min(2048, fields["max_positions"]), **fields)
 
 
 def _llama(r: _Reader, name: str) -> ModelSpec:
     heads = r.int("num_attention_heads")
-    kv = r.data.get("num_key_value_heads")
     fields = dict(layers=r.int("num_hidden_layers"), hidden=r.int("hidden_size"), heads=heads,
-                  kv_heads=r.int("num_key_value_heads") if kv is not None else heads,
+                  kv_heads=r.kv_heads("num_attention_heads"),
                   ffn=r.int("intermediate_size"), vocab=r.int("vocab_size"),
                   max_positions=r.int("max_position_embeddings", 4096), activation=r.act("hidden_act", "silu"))
+    bias, tie = r.flag("attention_bias", False), r.flag("tie_word_embeddings", False)
     r.done()
     return ModelSpec(name=name, arch="decoder", norm="rmsnorm", norm_position="pre", position="rotary", head="lm",
-                     gated_ffn=True, bias=bool(r.data.get("attention_bias", False)),
-                     tie_embeddings=r.data.get("tie_word_embeddings", False) is True,
+                     gated_ffn=True, bias=bias, tie_embeddings=tie,
                      default_seq=min(2048, fields["max_positions"]), **fields)
 
 
@@ -94,7 +116,7 @@ def from_hf_config(data: dict[str, Any], name: str, where: str) -> ModelSpec:
     """ModelSpec of a HuggingFace config dict (no network, no transformers import)."""
     mt = data.get("model_type")
     if not isinstance(mt, str) or mt not in _TYPES:
-        raise SpecError([f"model_type={mt!r} is not supported (supported: {', '.join(_TYPES)})"], where)
+        raise SpecError([f"model_type={show(mt)} is not supported (supported: {', '.join(_TYPES)})"], where)
     spec = _TYPES[mt](_Reader(data, where), name)
     if mt in ("roberta", "xlm-roberta"):
         # RoBERTa's position table holds pad_token_id + 1 offset rows beyond the usable positions.

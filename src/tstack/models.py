@@ -1,14 +1,12 @@
-"""Model presets (packaged YAML files), tstack YAML files and HuggingFace config.json files."""
+"""Model presets (packaged YAML files), tstack YAML files, HuggingFace config.json files and cached hub ids."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
-from tstack.errors import SpecError, UnknownNameError
+from tstack.errors import UnknownNameError
 from tstack.hfconfig import from_hf_config
+from tstack.loader import check_name, hub_config, hub_id_of, is_hub_id, read_document, resolve_argument, show
 from tstack.spec import ModelSpec, model_from_dict, preset_dir
 
 
@@ -16,34 +14,30 @@ def model_presets() -> list[str]:
     return sorted(p.stem for p in preset_dir("models").glob("*.yaml"))
 
 
-def _read(path: Path) -> object:
-    where = f"model file {str(path)!r}"
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError([f"cannot be read ({type(e).__name__})"], where) from None
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, RecursionError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
-        line = getattr(e, "lineno", None) or getattr(getattr(e, "problem_mark", None), "line", None)
-        at = f" near line {line}" if line else ""
-        raise SpecError([f"is not valid {'JSON' if path.suffix == '.json' else 'YAML'}{at}"], where) from None
-
-
 def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
-    """A ModelSpec by preset name, from a tstack YAML file, or from a HuggingFace config.json."""
+    """A ModelSpec by preset name, from a tstack YAML file, a HuggingFace config.json (or the folder holding
+    it), or a Hugging Face id ``org/name`` found in the local hub cache (never the network)."""
     if isinstance(name_or_path, ModelSpec):
         return name_or_path
-    path = Path(name_or_path)
-    if path.suffix not in (".json", ".yaml", ".yml"):
-        preset = preset_dir("models") / f"{name_or_path}.yaml"
-        if not preset.exists():
-            raise UnknownNameError(f"unknown model {str(name_or_path)!r} (presets: {', '.join(model_presets())}; "
-                                   "or give a path to a config.json or .yaml file)")
-        path = preset
-    elif not path.exists():
-        raise UnknownNameError(f"model file {str(path)!r} does not exist")
-    data = _read(path)
-    if isinstance(data, dict) and "model_type" in data:
-        return from_hf_config(data, name=path.parent.name or path.stem, where=f"config {str(path)!r}")
-    return model_from_dict(data, f"model file {str(path)!r}")
+    presets = model_presets()
+    path = resolve_argument(name_or_path, "model", presets, preset_dir("models"))
+    hub_id = None
+    if path is None:
+        text = str(name_or_path)
+        if not is_hub_id(text):
+            raise UnknownNameError(f"unknown model {show(text, 40)} (presets: {', '.join(presets)}; or give a path "
+                                   "to a config.json, its folder or a .yaml file, or a Hugging Face id org/name)")
+        path, hub_id = hub_config(text), text
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnknownNameError(f"model folder {show(str(path), 200)} holds no config.json")
+        path = path / "config.json"
+    data = read_document(path, "model")
+    if "model_type" in data:
+        where = f"config {show(str(path), 200)}"
+        name = hub_id or hub_id_of(path) or path.absolute().parent.name or path.stem  # the folder names it
+        return from_hf_config(data, name=check_name("name", name, where), where=where)
+    where = f"model file {show(str(path), 200)}"
+    if "name" in data:
+        check_name("name", data["name"], where)
+    return model_from_dict(data, where)

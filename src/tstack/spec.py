@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tstack.errors import SpecError
+from tstack.loader import show, unknown_fields
 
 ARCHS = ("encoder", "decoder", "enc-dec", "memnet")
 ACTIVATIONS = ("gelu", "gelu-tanh", "relu", "silu")
@@ -39,19 +40,19 @@ MAX_SEQ = 1 << 31  # a memory network's "sequence" is its memory size (10^8 slot
 
 def _bounded(problems: list[str], name: str, value: Any, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(f"{name}={value!r} must be an integer in [{lo}, {hi}]")
+        problems.append(f"{name}={show(value)} must be an integer in [{lo}, {hi}]")
     elif not lo <= value <= hi:
         problems.append(f"{name}={value} is outside [{lo}, {hi}]")
 
 
 def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        problems.append(f"{name}={value!r} is not one of {', '.join(allowed)}")
+    if not isinstance(value, str) or value not in allowed:
+        problems.append(f"{name}={show(value)} is not one of {', '.join(allowed)}")
 
 
 def _flag(problems: list[str], name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        problems.append(f"{name}={value!r} must be true or false")
+        problems.append(f"{name}={show(value)} must be true or false")
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,12 @@ class ModelSpec:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if self.kv_heads == 0 and isinstance(self.heads, int):
+        if type(self.kv_heads) is int and self.kv_heads == 0 and isinstance(self.heads, int):  # not False, not 0.0
             object.__setattr__(self, "kv_heads", self.heads)
         problems: list[str] = []
+        for name in ("name", "description", "source"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{name}={show(getattr(self, name))} must be a string")
         _choice(problems, "arch", self.arch, ARCHS)
         _bounded(problems, "layers", self.layers, 1, MAX_LAYERS)
         _bounded(problems, "hidden", self.hidden, 1, MAX_HIDDEN)
@@ -106,21 +110,19 @@ class ModelSpec:
         if not problems:
             self._check_relations(problems)
         if problems:
-            raise SpecError(problems, f"model {self.name!r}")
+            raise SpecError(problems, f"model {show(self.name, 40)}")
 
     def _check_relations(self, problems: list[str]) -> None:
         if self.hidden % self.heads:
             problems.append(f"heads={self.heads} must divide hidden={self.hidden}")
         if self.heads % self.kv_heads:
             problems.append(f"kv_heads={self.kv_heads} must divide heads={self.heads}")
-        if self.arch == "enc-dec":
-            _bounded(problems, "decoder_layers", self.decoder_layers, 1, MAX_LAYERS)
-        elif self.decoder_layers:
-            problems.append(f"decoder_layers={self.decoder_layers} is only allowed for arch enc-dec")
-        if self.arch == "memnet":
-            _bounded(problems, "hops", self.hops, 1, MAX_LAYERS)
-        elif self.hops:
-            problems.append(f"hops={self.hops} is only allowed for arch memnet")
+        for name, arch in (("decoder_layers", "enc-dec"), ("hops", "memnet")):
+            value = getattr(self, name)
+            if self.arch == arch or isinstance(value, bool) or not isinstance(value, int):
+                _bounded(problems, name, value, 1 if self.arch == arch else 0, MAX_LAYERS)
+            elif value:
+                problems.append(f"{name}={value} is only allowed for arch {arch}")
 
     @property
     def head_dim(self) -> int:
@@ -154,7 +156,7 @@ class RunSpec:
     kv_len: int = 0  # decode: tokens already in the KV cache
 
     def __post_init__(self) -> None:
-        if self.tgt_seq == 0 and isinstance(self.seq, int):
+        if type(self.tgt_seq) is int and self.tgt_seq == 0 and isinstance(self.seq, int):  # not False, not 0.0
             object.__setattr__(self, "tgt_seq", self.seq)
         problems: list[str] = []
         _choice(problems, "mode", self.mode, MODES)
@@ -166,8 +168,8 @@ class RunSpec:
         _choice(problems, "phase", self.phase, PHASES)
         _flag(problems, "dropout", self.dropout)
         _bounded(problems, "kv_len", self.kv_len, 0, MAX_SEQ)
-        if not isinstance(self.checkpoint, str) or not _CHECKPOINT_RE.match(self.checkpoint):
-            problems.append(f"checkpoint={self.checkpoint!r} is not one of none, sqrt, every-K (K ≥ 1)")
+        if not isinstance(self.checkpoint, str) or not _CHECKPOINT_RE.fullmatch(self.checkpoint):
+            problems.append(f"checkpoint={show(self.checkpoint)} is not one of none, sqrt, every-K (K ≥ 1)")
         if not problems:
             if self.mode == "train" and self.precision == "int8":
                 problems.append("precision='int8' is inference-only; training allows fp32, fp16-mixed, bf16-mixed")
@@ -202,7 +204,7 @@ def model_from_dict(data: Any, where: str) -> ModelSpec:
     if not isinstance(data, dict):
         raise SpecError([f"expected a mapping of model fields, got {type(data).__name__}"], where)
     known = {f.name for f in dataclasses.fields(ModelSpec)}
-    problems = [f"unknown field {k!r} (allowed: {', '.join(sorted(known))})" for k in data if k not in known]
+    problems = unknown_fields(data, known, lambda k: show(k, 40))
     required = [f.name for f in dataclasses.fields(ModelSpec) if f.default is dataclasses.MISSING]
     problems += [f"missing field {k!r}" for k in required if k not in data]
     if problems:

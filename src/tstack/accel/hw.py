@@ -11,9 +11,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from tstack.errors import SpecError, UnknownNameError
+from tstack.loader import check_name, label, read_document, resolve_argument, show, unknown_fields
 from tstack.spec import preset_dir
 
 DATAFLOWS = ("WS", "OS")
@@ -31,6 +30,7 @@ class Mesh:
     weight_double_buffer: bool = True  # Gemmini PEs hold two weights, so the next preload overlaps compute
     RANGES: ClassVar = {"rows": (1, 1024, True), "cols": (1, 1024, True)}
     CHOICES: ClassVar = {"dataflow": DATAFLOWS}
+    FLAGS: ClassVar = ("weight_double_buffer",)
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ class Host:
     RANGES: ClassVar = {"clock_hz": (1e6, 1e11, False), "op_cycles": (0.01, 1e3, False),
                         "divide_cycles": (0.01, 1e4, False), "transcendental_cycles": (0.01, 1e5, False),
                         "memory_bandwidth": (1e6, 1e13, False)}
+    TEXTS: ClassVar = ("name",)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class AccelSpec:
     def __post_init__(self) -> None:
         problems = check(self)
         if problems:
-            raise SpecError(problems, f"accelerator {self.name!r}")
+            raise SpecError(problems, f"accelerator {show(self.name, 40)}")
 
     @property
     def dim(self) -> int:
@@ -171,23 +172,36 @@ class AccelSpec:
 
 
 def _check_section(obj: Any, prefix: str, problems: list[str]) -> None:
+    """Ranges (integers are never booleans, numbers never strings), choices, flags and text fields of a section."""
     for name, (lo, hi, integer) in obj.RANGES.items():
         v = getattr(obj, name)
         ok = isinstance(v, int) if integer else isinstance(v, (int, float))
         if isinstance(v, bool) or not ok or not lo <= v <= hi:
-            problems.append(f"{prefix}.{name}={v!r} must be {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}]")
+            problems.append(f"{prefix}.{name}={show(v)} must be {'an integer' if integer else 'a number'} "
+                            f"in [{lo:g}, {hi:g}]")
     for name, allowed in getattr(obj, "CHOICES", {}).items():
-        if getattr(obj, name) not in allowed:
-            problems.append(f"{prefix}.{name}={getattr(obj, name)!r} is not one of {', '.join(allowed)}")
+        v = getattr(obj, name)
+        if not isinstance(v, str) or v not in allowed:
+            problems.append(f"{prefix}.{name}={show(v)} is not one of {', '.join(allowed)}")
+    for name in getattr(obj, "FLAGS", ()):
+        if not isinstance(getattr(obj, name), bool):
+            problems.append(f"{prefix}.{name}={show(getattr(obj, name))} must be true or false")
+    for name in getattr(obj, "TEXTS", ()):
+        if not isinstance(getattr(obj, name), str):
+            problems.append(f"{prefix}.{name}={show(getattr(obj, name))} must be a string")
 
 
 def check(hw: AccelSpec) -> list[str]:
     """Every problem of a configuration: ranges per section, then how the sections must fit together."""
     problems: list[str] = []
     if not isinstance(hw.name, str) or not hw.name:
-        problems.append(f"name={hw.name!r} must be a non-empty string")
+        problems.append(f"name={show(hw.name)} must be a non-empty string")
     if isinstance(hw.clock_hz, bool) or not isinstance(hw.clock_hz, (int, float)) or not 1e6 <= hw.clock_hz <= 1e11:
-        problems.append(f"clock_hz={hw.clock_hz!r} must be a number in [1e+06, 1e+11]")
+        problems.append(f"clock_hz={show(hw.clock_hz)} must be a number in [1e+06, 1e+11]")
+    if not isinstance(hw.description, str):
+        problems.append(f"description={show(hw.description)} must be a string")
+    if not isinstance(hw.sources, tuple) or not all(isinstance(x, str) for x in hw.sources):
+        problems.append("sources must be a list of strings")
     for key, cls in SECTIONS.items():
         section = getattr(hw, key)
         if not isinstance(section, cls):
@@ -216,10 +230,10 @@ def check(hw: AccelSpec) -> list[str]:
 def _section(cls: type, data: Any, key: str, problems: list[str]) -> Any:
     """Build one section from its mapping; unknown fields and wrong types become problems, not exceptions."""
     if not isinstance(data, dict):
-        problems.append(f"{key}={data!r} must be a mapping")
+        problems.append(f"{key}={show(data)} must be a mapping")
         return cls()
     known = {f.name for f in fields(cls)}
-    problems += [f"unknown field {key}.{k} (allowed: {', '.join(sorted(known))})" for k in data if k not in known]
+    problems += unknown_fields(data, known, lambda k: f"{key}.{label(k)}")
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -228,7 +242,7 @@ def accel_from_dict(data: Any, where: str) -> AccelSpec:
     if not isinstance(data, dict):
         raise SpecError([f"expected a mapping of accelerator fields, got {type(data).__name__}"], where)
     top = {f.name for f in fields(AccelSpec)}
-    problems = [f"unknown field {k!r} (allowed: {', '.join(sorted(top))})" for k in data if k not in top]
+    problems = unknown_fields(data, top, lambda k: show(k, 40))
     problems += [f"missing field {k!r}" for k in ("name", "clock_hz", *SECTIONS) if k not in data]
     if problems:
         raise SpecError(problems, where)
@@ -240,7 +254,7 @@ def accel_from_dict(data: Any, where: str) -> AccelSpec:
     if problems:
         raise SpecError(problems, where)
     try:
-        return AccelSpec(name=data["name"], clock_hz=data["clock_hz"], description=str(data.get("description", "")),
+        return AccelSpec(name=data["name"], clock_hz=data["clock_hz"], description=data.get("description", ""),
                          sources=tuple(sources), **parts)
     except SpecError as e:
         raise SpecError(list(e.problems), where) from None
@@ -264,15 +278,16 @@ def load_accel(name_or_path: str | Path | AccelSpec) -> AccelSpec:
     """An accelerator by preset name or from a YAML file."""
     if isinstance(name_or_path, AccelSpec):
         return name_or_path
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = preset_dir("accelerators") / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise UnknownNameError(f"unknown accelerator {str(name_or_path)!r} (presets: {', '.join(accel_presets())})")
-    elif not path.exists():
-        raise UnknownNameError(f"accelerator file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:
-        raise SpecError([f"not valid YAML ({type(e).__name__})"], f"accelerator file {str(path)!r}") from None
-    return accel_from_dict(data, f"accelerator file {str(path)!r}")
+    presets = accel_presets()
+    path = resolve_argument(name_or_path, "accelerator", presets, preset_dir("accelerators"))
+    if path is None:
+        raise UnknownNameError(f"unknown accelerator {show(str(name_or_path), 40)} (presets: {', '.join(presets)}; "
+                               "or give a path to an accelerator .yaml file)")
+    data = read_document(path, "accelerator")
+    where = f"accelerator file {show(str(path), 200)}"
+    if "name" in data:
+        check_name("name", data["name"], where)
+    host = data.get("host")
+    if isinstance(host, dict) and "name" in host:
+        check_name("host.name", host["name"], where)
+    return accel_from_dict(data, where)
