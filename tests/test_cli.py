@@ -17,7 +17,7 @@ import tstack
 from conftest import HF_CONFIGS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-OP_COLUMNS = ["M", "N", "K", "batch", "flops", "bytes", "intensity", "seconds", "bound"]
+OP_COLUMNS = ["M", "N", "K", "gemm_batch", "flops", "bytes", "intensity_flop_per_byte", "seconds", "bound"]
 BERT_LARGE_TRAIN = ["analyze", "bert-large", "--mode", "train", "--batch", "32", "--seq", "128", "--precision", "fp32",
                     "--device", "mi100"]
 
@@ -73,7 +73,7 @@ def test_analyze_json_and_csv_have_one_row_per_op(bert_large_train):
     run = tstack.RunSpec(mode="train", batch=32, seq=128, precision="fp32")
     n_ops = len(tstack.build(spec, run))
     doc = json.loads((cwd / "out.json").read_text())
-    ops = pd.DataFrame.from_records(doc["ops"])
+    ops = pd.DataFrame.from_records(doc["records"])
     csv = pd.read_csv(cwd / "out.csv")
     for table in (ops, csv):
         assert len(table) == n_ops
@@ -86,7 +86,7 @@ def test_analyze_json_and_csv_have_one_row_per_op(bert_large_train):
     assert csv["seconds"].sum() == pytest.approx(doc["summary"]["seconds"], rel=1e-9)
     gemms = csv[csv["kind"] == "gemm"]
     # every GEMM's FLOPs are 2·M·N·K per batch entry (a multiply-add is 2 FLOPs) times its count
-    assert (gemms["flops"] == 2 * gemms["M"] * gemms["N"] * gemms["K"] * gemms["batch"] * gemms["count"]).all()
+    assert (gemms["flops"] == 2 * gemms["M"] * gemms["N"] * gemms["K"] * gemms["gemm_batch"] * gemms["count"]).all()
     assert doc["summary"]["model"] == "bert-large" and doc["summary"]["device"] == "mi100"
 
 
@@ -106,7 +106,7 @@ def test_analyze_hf_config_json(tmp_path):
 
 def test_sweep_writes_table_and_plot(tmp_path):
     res = tstack_cli("sweep", "bert-large", "--mode", "train", "--batch", "4,8", "--seq", "128,512", "--device", "mi100",
-                     "--out", "s.csv", "--plot", "s.png", "--workers", "2", cwd=tmp_path)
+                     "--csv", "s.csv", "--plot", "s.png", "--workers", "2", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     df = pd.read_csv(tmp_path / "s.csv")
     configs = set(zip(df["batch"], df["seq"]))
@@ -150,19 +150,20 @@ BAD_INPUT = [
     # a later output failing must not leave an earlier one behind
     (["analyze", "bert-base", "--json", "o.json", "--csv", "missing-folder/o.csv"], ["o.json"], ["missing-folder"]),
     (["analyze", "bert-base", "--json", "o.json", "--plot", "o.bogus"], ["o.json", "o.bogus"], ["bogus"]),
-    (["sweep", "bert-base", "--batch", "x,y", "--out", "s.csv", "--plot", "s.png"], ["s.csv", "s.png"],
+    (["sweep", "bert-base", "--batch", "x,y", "--csv", "s.csv", "--plot", "s.png"], ["s.csv", "s.png"],
      ["--batch='x,y'"]),
-    (["sweep", "bert-base", "--batch", "1,2", "--seq", "128,1024", "--out", "s.csv", "--plot", "s.png"],
+    (["sweep", "bert-base", "--batch", "1,2", "--seq", "128,1024", "--csv", "s.csv", "--plot", "s.png"],
      ["s.csv", "s.png"], ["seq=1024"]),
     # the same failure inside a Ray worker must still end as one line
-    (["sweep", "bert-base", "--batch", "1,2", "--seq", "128,1024", "--executor", "ray", "--workers", "2", "--out",
+    (["sweep", "bert-base", "--batch", "1,2", "--seq", "128,1024", "--executor", "ray", "--workers", "2", "--csv",
       "s.csv"], ["s.csv"], ["seq=1024"]),
-    (["sweep", "bert-base", "--mode", "train", "--precision", "bf16-mixed", "--device", "v100", "--out", "s.csv",
+    (["sweep", "bert-base", "--mode", "train", "--precision", "bf16-mixed", "--device", "v100", "--csv", "s.csv",
       "--plot", "s.png"], ["s.csv", "s.png"], ["bf16", "v100"]),
-    (["sweep", "bert-base", "--batch", "1", "--heads", "5", "--out", "s.json"], ["s.json"], ["heads=5"]),
-    (["sweep", "bert-base", "--batch", "1", "--out", "s.txt"], ["s.txt"], ["s.txt", ".csv"]),
-    (["sweep", "bert-base", "--batch", "1", "--executor", "threads", "--out", "s.csv"], ["s.csv"], ["'threads'"]),
-    (["sweep", "bert-base", "--batch", "1,2", "--out", "s.csv", "--plot", "s.bogus"], ["s.csv", "s.bogus"], ["bogus"]),
+    (["sweep", "bert-base", "--batch", "1", "--heads", "5", "--json", "s.json"], ["s.json"], ["heads=5"]),
+    (["sweep", "bert-base", "--batch", "1", "--csv", "s.csv", "--json", "s.csv"], ["s.csv"], ["same file"]),
+    (["sweep", "bert-base", "--batch", "1", "--csv", "-", "--json", "-"], [], ["standard output"]),
+    (["sweep", "bert-base", "--batch", "1", "--executor", "threads", "--csv", "s.csv"], ["s.csv"], ["'threads'"]),
+    (["sweep", "bert-base", "--batch", "1,2", "--csv", "s.csv", "--plot", "s.bogus"], ["s.csv", "s.bogus"], ["bogus"]),
 ]
 
 
@@ -188,7 +189,9 @@ def test_bad_input_is_one_error_line_and_no_output(tmp_path, args, outputs, frag
                                   ["analyze", "bert-base", "--no-such-option", "--json", "o.json"]])
 def test_option_type_errors_are_usage_errors(tmp_path, args):
     res = tstack_cli(*args, cwd=tmp_path)
-    assert res.returncode == 2  # click's usage-error exit code
+    assert res.returncode == 2  # the usage-error exit code
     assert "Traceback" not in res.stderr
-    assert "Usage:" in res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "tstack analyze --help" in lines[0]
+    assert args[2] in lines[0]  # the option is named
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.csv").exists()

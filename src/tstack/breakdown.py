@@ -1,10 +1,9 @@
-"""Breakdown: Ops with their Costs, regrouped by any label; exported as records, pandas, JSON, CSV."""
+"""Breakdown: Ops with their Costs, regrouped by any label; exported as records and pandas (JSON: report.output)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tstack.costmodel.cost import Cost
@@ -72,9 +71,9 @@ class Breakdown:
             M, N, K, batch = op.gemm_shape
             yield {
                 "kind": op.kind, "name": op.name, **{k: op.label(k) for k in LABEL_KEYS},
-                "dtype": op.dtype, "M": M, "N": N, "K": K, "batch": batch,
+                "dtype": op.dtype, "M": M, "N": N, "K": K, "gemm_batch": batch,
                 "rows": op.dim("rows"), "cols": op.dim("cols"), "count": op.count,
-                "flops": op.flops * op.count, "bytes": op.bytes * op.count, "intensity": op.intensity,
+                "flops": op.flops * op.count, "bytes": op.bytes * op.count, "intensity_flop_per_byte": op.intensity,
                 "seconds": c.seconds, "bound": c.bound, "utilization": c.utilization,
             }
 
@@ -85,9 +84,5 @@ class Breakdown:
 
     def summary(self) -> dict[str, Any]:
         t = self.total
-        return {"model": self.model.name, "device": self.device, "mode": self.run.mode, "batch": self.run.batch,
-                "seq": self.run.seq, "precision": self.run.precision, "seconds": t.seconds, "flops": t.flops,
-                "bytes": t.bytes, "kernels": t.kernels, "utilization": t.utilization}
-
-    def to_json(self) -> str:
-        return json.dumps({"summary": self.summary(), "ops": list(self.records())}, indent=1)
+        return {"model": self.model.name, "device": self.device, **asdict(self.run), "seconds": t.seconds,
+                "flops": t.flops, "bytes": t.bytes, "kernels": t.kernels, "utilization": t.utilization}

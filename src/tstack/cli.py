@@ -1,65 +1,116 @@
-"""The `tstack` command. Every TstackError ends as one line on stderr and exit code 2."""
+"""The `tstack` command: parse, call the API, hand records to report/ (docs/output.md has the output contract).
+
+Exit codes: 0 success; 1 an internal error (a bug: please report it; -v shows the traceback); 2 a usage error
+or invalid input (one line on stderr naming the option or field, the value and what is allowed); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM). An interrupted or failed command leaves no partial output file behind.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
-from tstack.cli_common import parse_ints, progress_bar
+from tstack.cli_common import (
+    CSV_OPT,
+    JSON_OPT,
+    STATE,
+    Outputs,
+    check_int,
+    console,
+    parse_ints,
+    parse_names,
+    progress,
+    worker_count,
+)
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_presets, load_device
 from tstack.models import load_model, model_presets
-from tstack.report import files, table, units
+from tstack.report import output, table, units
 from tstack.report.repro_table import print_repro_table, summary_line
 from tstack.repro import reproduce_002
-from tstack.spec import RunSpec
+from tstack.spec import PRECISIONS, RunSpec
 from tstack.sweep import COLUMNS
 from tstack.sweep import sweep as run_sweep
 from tstack.workload.params import param_count
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+EXIT_CODES = ("Exit codes: 0 success; 1 internal error (a bug; -v shows the traceback); 2 usage error or invalid "
+              "input; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).")
+app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True, epilog=EXIT_CODES,
                   help="tstack: what a Transformer costs, what it really costs, and how to make it cheaper.")
-console = Console()
+out = console()
 
-MODEL_ARG = typer.Argument(..., help="preset name, a tstack model .yaml, or a HuggingFace config.json")
+MODEL_ARG = typer.Argument(..., help="preset name, a tstack model .yaml, a HuggingFace config.json or folder, or a "
+                                     "HuggingFace id (org/name) in the local cache")
 DEVICE_OPT = typer.Option("a100", "--device", "-d", help="device preset or device .yaml file")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"tstack {output.tstack_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress and no notes on stderr; results and errors only"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="more detail; the traceback of an internal error"),
+) -> None:
+    """tstack: what a Transformer costs, what it really costs, and how to make it cheaper."""
+    if quiet and verbose:
+        raise SpecError(["--quiet and --verbose exclude each other"])
+    STATE["verbosity"] = -1 if quiet else 1 if verbose else 0
 
 
 def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: int, precision: str,
               optimizer: str, checkpoint: str, dropout: bool, phase: str, kv_len: int) -> RunSpec:
-    return RunSpec(mode=mode, batch=batch, seq=seq or model_seq, tgt_seq=tgt_seq, precision=precision,
+    """The run; without --seq a decode step has 1 new token and a prefill the model's default length."""
+    if seq is None:
+        seq = 1 if phase == "decode" else model_seq
+    return RunSpec(mode=mode, batch=batch, seq=seq, tgt_seq=tgt_seq, precision=precision,
                    optimizer=optimizer, checkpoint=checkpoint, dropout=dropout, phase=phase, kv_len=kv_len)
 
 
 @app.command()
-def presets() -> None:
+def presets(json_out: Path | None = JSON_OPT, csv_out: Path | None = CSV_OPT) -> None:
     """List the model and device presets tstack knows."""
-    wide = Console(width=max(console.width, 130))
+    outputs = Outputs(json=json_out, csv=csv_out)
+    models = [load_model(name) for name in model_presets()]
+    devices = [load_device(name) for name in device_presets()]
+    records = [{"type": "model", "name": m.name, "arch": m.arch, "layers": m.layers, "decoder_layers": m.decoder_layers,
+                "hidden": m.hidden, "heads": m.heads, "ffn": m.ffn, "params": param_count(m),
+                "description": m.description} for m in models]
+    records += [{"type": "device", "name": d.name, "kind": d.kind, "fp32_vector_flop_per_second": d.peak("vector", "fp32"),
+                 "fp16_matrix_flop_per_second": _fp16(d), "memory_bytes_per_second": d.memory_bandwidth,
+                 "description": d.description} for d in devices]
+    outputs.write(output.document("presets", {}, records))
+    if outputs.stdout_taken:
+        return
     t = Table(title="models", title_justify="left", show_edge=False)
-    for col in ("name", "arch", "N", "H", "h", "F", "params"):
-        t.add_column(col, no_wrap=True, min_width=len(col))
-    t.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
-    for name in model_presets():
-        m = load_model(name)
+    for col in ("name", "arch", "N", "H", "h", "F", "params", "description"):
+        t.add_column(col, no_wrap=True)
+    for m in models:
         layers = f"{m.layers}+{m.decoder_layers}" if m.decoder_layers else str(m.layers)
-        t.add_row(name, m.arch, layers, str(m.hidden), str(m.heads), str(m.ffn), units.si(param_count(m), ""),
+        t.add_row(m.name, m.arch, layers, str(m.hidden), str(m.heads), str(m.ffn), units.si(param_count(m), ""),
                   m.description)
-    wide.print(t)
+    out.print(t)
     d = Table(title="devices", title_justify="left", show_edge=False)
-    for col in ("name", "kind", "fp32 FLOP/s", "fp16 matrix FLOP/s", "bandwidth"):
-        d.add_column(col, no_wrap=True, min_width=len(col))
-    d.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
-    for name in device_presets():
-        dev = load_device(name)
-        fp16 = dev.peak_flops.get("matrix", {}).get("fp16") or dev.peak_flops["vector"].get("fp16")
-        d.add_row(name, dev.kind, units.si(dev.peak("vector", "fp32"), "FLOP/s"),
+    for col in ("name", "kind", "fp32 FLOP/s", "fp16 matrix FLOP/s", "bandwidth", "description"):
+        d.add_column(col, no_wrap=True)
+    for dev in devices:
+        fp16 = _fp16(dev)
+        d.add_row(dev.name, dev.kind, units.si(dev.peak("vector", "fp32"), "FLOP/s"),
                   units.si(fp16, "FLOP/s") if fp16 else "-", units.si(dev.memory_bandwidth, "B/s"), dev.description)
-    wide.print(d)
+    out.print(d)
+
+
+def _fp16(dev) -> float | None:  # noqa: ANN001
+    return dev.peak_flops.get("matrix", {}).get("fp16") or dev.peak_flops["vector"].get("fp16")
 
 
 @app.command()
@@ -67,7 +118,8 @@ def analyze(
     model: str = MODEL_ARG,
     mode: str = typer.Option("infer", help="infer | train"),
     batch: int = typer.Option(1, "--batch", "-b"),
-    seq: int | None = typer.Option(None, "--seq", "-s", help="sequence length (default: the model's)"),
+    seq: int | None = typer.Option(None, "--seq", "-s", help="sequence length (default: the model's; decode: 1 new "
+                                                            "token)"),
     tgt_seq: int = typer.Option(0, help="target length of an enc-dec model (default: --seq)"),
     precision: str = typer.Option("fp32", help="fp32 | fp16-mixed | bf16-mixed | int8"),
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
@@ -77,38 +129,28 @@ def analyze(
     kv_len: int = typer.Option(0, help="tokens already in the KV cache (decode)"),
     device: str = DEVICE_OPT,
     group_by: str | None = typer.Option(None, help="layer, block, pass, kind, group (002), nlpfast-op, dtype, name"),
-    json_out: Path | None = typer.Option(None, "--json", help="write every op as JSON ('-' for stdout)"),
-    csv_out: Path | None = typer.Option(None, "--csv", help="write every op as CSV ('-' for stdout)"),
-    plot: Path | None = typer.Option(None, help="write a roofline plot (.png, .svg, .pdf)"),
+    json_out: Path | None = JSON_OPT,
+    csv_out: Path | None = CSV_OPT,
+    plot: Path | None = typer.Option(None, "--plot", help="write a roofline plot (.png, .svg, .pdf)"),
 ) -> None:
     """Predict one iteration and print the Demystifying-BERT hierarchy (or a --group-by table)."""
+    outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
+    check_int("--seq", seq)
     spec = load_model(model)
     dev = load_device(device)
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len)
-    if plot:
-        files.check_figure_format("--plot", plot)
     b = analyze_config(spec, run, dev)
     if group_by:
         b.group_by(group_by)  # validate the key before anything is written
-    with files.all_or_nothing([json_out, csv_out, plot]) as tmp:
-        if json_out:
-            _emit(json_out, tmp, b.to_json())
-        if csv_out:
-            _emit(csv_out, tmp, b.to_pandas().to_csv(index=False))
-        if plot:
-            from tstack.report import plots  # matplotlib only when a figure is asked for
 
-            plots.roofline_plot(b, dev, tmp[plot], dtype=b.ops[0].dtype, fmt=plot.suffix.lstrip(".").lower())
-    if str(json_out) != "-" and str(csv_out) != "-":
-        table.print_breakdown(b, group_by, console)
+    def figure(path: Path) -> None:
+        from tstack.report import plots  # matplotlib only when a figure is asked for
 
+        plots.roofline_plot(b, dev, path, dtype=b.ops[0].dtype, fmt=outputs.plot_format)
 
-def _emit(path: Path, tmp: dict[Path, Path], text: str) -> None:
-    """Standard output for '-', else the temporary file that all_or_nothing moves into place."""
-    if str(path) == "-":
-        sys.stdout.write(text)
-    else:
-        tmp[path].write_text(text)
+    outputs.write(output.breakdown_document("analyze", b, group_by=group_by), figure=figure)
+    if not outputs.stdout_taken:
+        table.print_breakdown(b, group_by, out)
 
 
 @app.command()
@@ -125,12 +167,15 @@ def sweep(
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
     checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
     device: str = DEVICE_OPT,
-    out: Path | None = typer.Option(None, help="write the tidy table (.csv or .json)"),
-    plot: Path | None = typer.Option(None, help="write stacked breakdown bars per configuration"),
+    json_out: Path | None = JSON_OPT,
+    csv_out: Path | None = CSV_OPT,
+    plot: Path | None = typer.Option(None, "--plot", help="write stacked breakdown bars per configuration"),
     executor: str = typer.Option("process", help="process | ray | serial"),
-    workers: int | None = typer.Option(None, help="worker count (default: all cores)"),
+    workers: int | None = typer.Option(None, help="worker count (default: the cores available)"),
 ) -> None:
     """Cartesian sweep; prints the share of each 002 group per configuration."""
+    outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
+    workers = worker_count("--workers", workers)
     spec = load_model(model)
     dev = load_device(device)
     axes: dict[str, list] = {"batch": parse_ints("--batch", batch)}
@@ -138,28 +183,27 @@ def sweep(
     for name, text in (("layers", layers), ("hidden", hidden), ("ffn", ffn), ("heads", heads)):
         if text:
             axes[name] = parse_ints(f"--{name}", text)
-    axes["precision"] = [p.strip() for p in precision.split(",") if p.strip()]
+    axes["precision"] = parse_names("--precision", precision, PRECISIONS)
     run = RunSpec(mode=mode, seq=axes["seq"][0], optimizer=optimizer, checkpoint=checkpoint)
     n = 1
     for v in axes.values():
         n *= len(v)
-    if out and out.suffix not in (".csv", ".json"):
-        raise SpecError([f"--out={str(out)!r} must end in .csv or .json"])
-    if plot:
-        files.check_figure_format("--plot", plot)
-    with progress_bar() as bar:
-        task = bar.add_task("sweep", total=n)
-        df = run_sweep(spec, axes, dev, run=run, executor=executor, workers=workers,
-                       progress=lambda k: bar.advance(task, k))
+    if n > MAX_SWEEP_POINTS:
+        raise SpecError([f"the sweep has {n} configurations; at most {MAX_SWEEP_POINTS} are allowed in one run"])
+    with progress("sweep", total=n, unit="configurations") as advance:
+        df = run_sweep(spec, axes, dev, run=run, executor=executor, workers=workers, progress=advance)
     varying = [c for c in COLUMNS if df[c].nunique() > 1] or ["model"]
-    with files.all_or_nothing([out, plot]) as tmp:
-        if out:
-            _emit(out, tmp, df.to_csv(index=False) if out.suffix == ".csv" else df.to_json(orient="records", indent=1))
-        if plot:
-            from tstack.report import plots  # matplotlib only when a figure is asked for
+    doc = output.document("sweep", output.run_description(spec, run, device=dev.name, axes=axes, executor=executor),
+                          df.to_dict(orient="records"))
 
-            plots.stacked_bars(df, tmp[plot], varying, title=f"{spec.name} {mode} on {dev.name}",
-                               fmt=plot.suffix.lstrip(".").lower())
+    def figure(path: Path) -> None:
+        from tstack.report import plots  # matplotlib only when a figure is asked for
+
+        plots.stacked_bars(df, path, varying, title=f"{spec.name} {mode} on {dev.name}", fmt=outputs.plot_format)
+
+    outputs.write(doc, figure=figure)
+    if outputs.stdout_taken:
+        return
     wide = df.pivot_table(index=varying, columns="group", values="share", aggfunc="sum", sort=False).fillna(0.0)
     totals = df.groupby(varying, sort=False)["seconds"].sum()
     t = Table(show_edge=False)
@@ -169,7 +213,10 @@ def sweep(
         key = key if isinstance(key, tuple) else (key,)
         t.add_row(*map(str, key), units.seconds(totals[key if len(key) > 1 else key[0]]),
                   *(units.percent(v) for v in row))
-    console.print(t)
+    out.print(t)
+
+
+MAX_SWEEP_POINTS = 100_000
 
 
 @app.command()
@@ -177,14 +224,24 @@ def repro(
     paper: str = typer.Argument(..., help="002 (Demystifying BERT)"),
     device: str = typer.Option("mi100", "--device", "-d", help="device preset or device .yaml file"),
     notes: bool = typer.Option(True, help="show the note explaining each gap"),
+    json_out: Path | None = JSON_OPT,
+    csv_out: Path | None = CSV_OPT,
 ) -> None:
     """Print a paper's reported proportions next to tstack's predictions, with the gaps."""
+    outputs = Outputs(json=json_out, csv=csv_out)
     if paper != "002":
-        raise SpecError([f"paper={paper!r} is not one of 002"])
-    rows = reproduce_002(device)
-    wide = Console(width=max(console.width, 160))
-    print_repro_table(rows, wide, title=f"Demystifying BERT (002) vs tstack on {device}", notes=notes)
-    wide.print(summary_line(rows))
+        raise SpecError([f"paper={paper[:40]!r} is not one of 002"])
+    dev = load_device(device)
+    rows = reproduce_002(dev)
+    records = [{"key": r.key, "claim": r.claim, "paper": r.paper, "tstack": r.tstack, "unit": r.unit,
+                "target_low": r.target[0] if r.target else None, "target_high": r.target[1] if r.target else None,
+                "gap": r.gap, "note": r.note} for r in rows]
+    outputs.write(output.document("repro", {"paper": paper, "device": dev.name}, records,
+                                  summary={"line": summary_line(rows)}))
+    if outputs.stdout_taken:
+        return
+    print_repro_table(rows, out, title=f"Demystifying BERT (002) vs tstack on {dev.name}", notes=notes)
+    out.print(summary_line(rows))
 
 
 def _register_commands() -> None:
@@ -201,15 +258,66 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every cleanup (temporary files, worker processes) runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: sys.argv[1:]); return the exit code (see the module docstring)."""
+    from tstack.cli_common import note
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app()
+        code = app(args=argv, prog_name="tstack", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except TstackError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    except typer.Abort:
+        print("interrupted: nothing partial was written", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: nothing partial was written", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except Terminated:
+        print("terminated: nothing partial was written", file=sys.stderr)
+        return 143
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+        if isinstance(e, NoArgsIsHelpError):
+            e.show()
+            return 2
+        if isinstance(e, ClickException):
+            print(f"error: {e.format_message()} (see '{_command_path(argv)} --help')", file=sys.stderr)
+            return e.exit_code
+        if isinstance(e, MemoryError):
+            print("error: out of memory: try smaller sizes", file=sys.stderr)
+            return 1
+        if STATE["verbosity"] > 0:
+            import traceback
+
+            traceback.print_exc()
+        else:
+            note("(-v shows the traceback)")
+        print(f"internal error: {type(e).__name__}: {str(e)[:300]} — please report it", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _command_path(argv: list[str] | None) -> str:
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")][:2]
+    groups = {"opt", "int", "accel"}
+    return "tstack " + (" ".join(words[:2]) if words and words[0] in groups else (words[0] if words else "")).strip()
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

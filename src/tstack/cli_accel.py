@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -31,7 +30,7 @@ from tstack.report.repro_table import print_repro_table, summary_line
 class _DefaultRun(TyperGroup):
     """A group whose unknown first word is the model of the `run` command, so `tstack accel bert-base` works."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             args = ["run", *args]
         return super().parse_args(ctx, args)

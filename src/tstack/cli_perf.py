@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
-from tstack.cli_common import parse_ints, progress_bar
+from tstack.cli_common import parse_ints, progress
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_to_dict, load_device
 from tstack.models import load_model
@@ -89,8 +89,7 @@ def profile(
     if profile_mode != "default":
         console.print(counters.describe_support())
     measured = []
-    with progress_bar() as bar:
-        task = bar.add_task("profile", total=len(runs))
+    with progress("profile", total=len(runs), unit="configurations") as advance:
         for model, run in runs:
             ops = build(model, run)
             memory.guard(memory.per_op_peak(ops), cfg.device)
@@ -99,7 +98,7 @@ def profile(
             if writer:
                 writer.append(_rows(b, extra))
             measured.append(b)
-            bar.advance(task)
+            advance(1)
     for b in measured:
         table.print_breakdown(b, group_by, console)
     if trace:
@@ -195,10 +194,8 @@ def calibrate(
     cfg = _runtime(device, threads)
     grid = Grid.quick() if quick else Grid()
     with files.all_or_nothing([out]) as tmp:  # checks the folder first; an interrupted run writes nothing
-        with progress_bar() as bar:
-            task = bar.add_task("calibrate", total=rounds * grid_size(grid))
-            dev = run_calibration(cfg, grid, name=name, repeats=repeats, rounds=rounds,
-                                  progress=lambda k: bar.advance(task, k))
+        with progress("calibrate", total=rounds * grid_size(grid), unit="grid points") as advance:
+            dev = run_calibration(cfg, grid, name=name, repeats=repeats, rounds=rounds, progress=advance)
         tmp[out].write_text(yaml.safe_dump(device_to_dict(dev), sort_keys=False, width=120))
     console.print(f"wrote {out}: matrix fp32 {units.si(dev.peak('matrix', 'fp32'), 'FLOP/s')}, "
                   f"vector fp32 {units.si(dev.peak('vector', 'fp32'), 'FLOP/s')}, "

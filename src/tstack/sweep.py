@@ -16,7 +16,7 @@ from tstack.hardware import DeviceSpec, load_device
 from tstack.models import load_model
 from tstack.parallel import pmap
 from tstack.spec import ModelSpec, RunSpec
-from tstack.workload.build import build
+from tstack.workload.build import build, check_pair
 
 # Sweep axis -> (spec, field). Paper symbols are accepted beside the field names.
 AXES = {
@@ -87,5 +87,7 @@ def sweep(model: str | Path | ModelSpec, axes: dict[str, Sequence[Any]], device:
     points = configs(spec, base, axes)
     if not points:
         raise TstackError("the sweep has no configurations: every axis needs at least one value")
+    for p in points:  # every pair is checked before any work starts
+        check_pair(p.model, p.run)
     rows = pmap(partial(evaluate, device=dev), points, executor=executor, workers=workers, progress=progress)
     return pd.DataFrame.from_records([row for rs in rows for row in rs])

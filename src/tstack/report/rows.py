@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,38 @@ class RowWriter:
 
     The file starts empty at the first append; a batch is either all there or not at all
     for .json, and whole lines for .csv/.jsonl (a crash mid-line can cut only the last line).
+    One writer per file: the writer holds an exclusive lock on a hidden ``.NAME.lock`` beside the file from
+    construction to ``close()``, and a second writer (another process) is refused at once.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, option: str = "--out") -> None:
         if path.suffix not in SUFFIXES:
-            raise SpecError([f"--out={str(path)!r} must end in {', '.join(SUFFIXES)}"])
+            raise SpecError([f"{option}={str(path)!r} must end in {', '.join(SUFFIXES)}"])
         if not path.parent.exists():
             raise TstackError(f"output folder {str(path.parent)!r} does not exist")
         self.path = path
         self.rows: list[dict[str, Any]] = []
         self.columns: list[str] | None = None
+        self.lock_path = path.parent / f".{path.name}.lock"
+        self._lock = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise TstackError(f"{option}={str(path)!r} is being written by another tstack run; give another file") from None
+
+    def close(self) -> None:
+        """Release the lock (and remove its file)."""
+        if self._lock is not None:
+            self.lock_path.unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         if not rows:

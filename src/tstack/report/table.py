@@ -27,7 +27,7 @@ def print_breakdown(b: Breakdown, group_by: str | None, console: Console) -> Non
     t = b.total
     r = b.run
     shape = f"decode kv={r.kv_len}" if r.phase == "decode" else f"S={r.seq}"
-    console.print(f"[bold]{b.model.name}[/] {r.mode} B={r.batch} {shape} {r.precision} on {b.device}: "
+    console.print(f"{b.model.name} {r.mode} B={r.batch} {shape} {r.precision} on {b.device}: "
                   f"{units.seconds(t.seconds)} per iteration, {units.si(t.flops, 'FLOP')}, {units.si(t.bytes, 'B')}, "
                   f"{t.kernels} kernels" + (f", {units.percent(t.utilization)} of peak" if t.ideal_s else " (measured)"))
     levels = [(f"by {group_by}", b.group_by(group_by))] if group_by else b.hierarchy()
