@@ -506,3 +506,315 @@ def test_fuzz_mutated_device_presets(fuzz_dir, base, changes, peak_changes, eff_
     path = fuzz_dir / "device-mutated.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     _loads_or_tstack_error(load_device, path, DeviceSpec)
+
+
+# --- one bounded reader: size, aliases, long integers, encodings, top level -------------------------------
+
+from tstack.accel.hw import AccelSpec, accel_to_dict, load_accel  # noqa: E402
+from tstack.loader import MAX_BYTES, check_name, read_document  # noqa: E402
+
+LOADERS = [(load_model, "model", ModelSpec), (load_device, "device", DeviceSpec), (load_accel, "accelerator", AccelSpec)]
+LOADER_IDS = [what for _, what, _ in LOADERS]
+
+
+def _accel_dict(name: str = "gemmini-baseline") -> dict:
+    import copy
+
+    return copy.deepcopy(_ACCEL_DICTS.setdefault(name, accel_to_dict(load_accel(name))))
+
+
+_ACCEL_DICTS: dict[str, dict] = {}
+
+
+def _one_line_error(load, path) -> str:
+    with pytest.raises(tstack.TstackError) as info:
+        load(path)
+    msg = str(info.value)
+    assert "\n" not in msg and len(msg) < 2000
+    return msg
+
+
+@pytest.mark.parametrize(("load", "what", "kind"), LOADERS, ids=LOADER_IDS)
+def test_files_over_the_size_limit_are_refused_unread(tmp_path, load, what, kind):
+    path = tmp_path / "big.yaml"
+    path.write_text("# padding\n" * (MAX_BYTES // 10 + 1), encoding="utf-8")
+    msg = _one_line_error(load, path)
+    assert f"{what} file" in msg and "big.yaml" in msg
+    assert str(path.stat().st_size) in msg and str(MAX_BYTES) in msg
+
+
+BILLION_LAUGHS = "".join(
+    [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" if i else "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+     for i in range(9)]) + "name: *l8\n"
+
+
+@pytest.mark.parametrize(("load", "what", "kind"), LOADERS, ids=LOADER_IDS)
+def test_yaml_aliases_are_refused(tmp_path, load, what, kind):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BILLION_LAUGHS, encoding="utf-8")
+    start = time.perf_counter()
+    msg = _one_line_error(load, path)
+    assert time.perf_counter() - start < 1.0
+    assert "alias" in msg and "bomb.yaml" in msg and "YAML" in msg
+
+
+def test_even_a_harmless_alias_is_refused(tmp_path):
+    data = _preset_dict()
+    text = yaml.safe_dump(data).replace("hidden: 768", "hidden: &h 768").replace("type_vocab: 2", "type_vocab: *h")
+    msg = _one_line_error(load_model, _write_yaml(tmp_path, text))
+    assert "alias *h" in msg and "line" in msg
+
+
+@pytest.mark.parametrize("text", ["layers: 1" + ":1" * 200_000, "layers: 0x" + "f" * 20_000, "layers: 0b" + "1" * 5000])
+def test_over_long_integers_are_refused_fast(tmp_path, text):
+    import time
+
+    start = time.perf_counter()
+    msg = _one_line_error(load_model, _write_yaml(tmp_path, text))
+    assert time.perf_counter() - start < 2.0  # base-60 integers convert in quadratic time: minutes at 1 MiB
+    assert "too long" in msg
+
+
+def test_a_huge_value_is_shown_cut(tmp_path):
+    data = _preset_dict()
+    data["hidden"] = int("f" * 100, 16)  # 121 digits
+    data["vocab"] = "v" * 10_000
+    msg = _one_line_error(load_model, _write_yaml(tmp_path, data))
+    assert "hidden=<400-bit integer>" in msg and "vocab='vvvv" in msg and "(10000 characters)" in msg
+    assert len(msg) < 500
+
+
+def test_many_unknown_fields_are_counted_not_listed(tmp_path):
+    data = {**_preset_dict(), **{f"extra{i}": i for i in range(10_000)}}
+    msg = _one_line_error(load_model, _write_yaml(tmp_path, data))
+    assert "unknown field 'extra0'" in msg and "and 9995 more unknown fields" in msg
+
+
+@pytest.mark.parametrize(("load", "what", "kind"), LOADERS, ids=LOADER_IDS)
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00n\x00a", b"name: \xc3\x28\n", b"\x00\x01\x02"])
+def test_bad_bytes_name_the_file(tmp_path, load, what, kind, content):
+    path = tmp_path / "bytes.yaml"
+    path.write_bytes(content)
+    msg = _one_line_error(load, path)
+    assert f"{what} file" in msg and "bytes.yaml" in msg
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(_preset_dict()).encode())
+    assert load_model(path) == load_model("bert-base")
+
+
+@pytest.mark.parametrize(("load", "what", "kind"), LOADERS, ids=LOADER_IDS)
+@pytest.mark.parametrize("text", ["- 1\n", "42\n", "", "null\n", "just text\n"])
+def test_top_level_must_be_a_mapping(tmp_path, load, what, kind, text):
+    msg = _one_line_error(load, _write_yaml(tmp_path, text, "top.yaml"))
+    assert f"expected a mapping of {what} fields" in msg and "top.yaml" in msg
+
+
+def test_read_document_json_and_yaml(tmp_path):
+    (tmp_path / "a.json").write_text('{"x": [1, 2]}', encoding="utf-8")
+    (tmp_path / "a.yaml").write_text("x: [1, 2]\n", encoding="utf-8")
+    assert read_document(tmp_path / "a.json", "model") == read_document(tmp_path / "a.yaml", "model") == {"x": [1, 2]}
+    with pytest.raises(tstack.SpecError, match="is not a regular file"):
+        read_document(tmp_path, "model")
+    with pytest.raises(tstack.SpecError, match="does not exist"):
+        read_document(tmp_path / "nope.yaml", "model")
+
+
+def test_a_device_file_that_is_not_a_regular_file(tmp_path):
+    if not Path("/dev/null").exists():
+        pytest.skip("no /dev/null")
+    link = tmp_path / "null.yaml"
+    link.symlink_to("/dev/null")
+    assert "not a regular file" in _one_line_error(load_device, link)
+
+
+# --- names ------------------------------------------------------------------------------------------------
+
+BAD_NAMES = ["[bold red]boom[/]", "a]", "tab\there", "new\nline", "x" * 201, "", 5, None, ["bert"], True,
+             "a/b/c", "\x1b[31mred"]
+
+
+@pytest.mark.parametrize("value", BAD_NAMES, ids=[repr(v)[:20] for v in BAD_NAMES])
+@pytest.mark.parametrize(("load", "what", "kind"), LOADERS, ids=LOADER_IDS)
+def test_bad_names_in_files_are_refused(tmp_path, load, what, kind, value):
+    data = {"model": _preset_dict, "device": _device_dict, "accelerator": _accel_dict}[what]()
+    data["name"] = value
+    msg = _one_line_error(load, _write_yaml(tmp_path, data, "named.yaml"))
+    assert "name=" in msg and "printable" in msg and "200" in msg and "named.yaml" in msg
+    assert len(msg) < 400  # the value is cut
+
+
+def test_accelerator_host_name_is_checked(tmp_path):
+    data = _accel_dict()
+    data["host"]["name"] = "[link=x]rocket"
+    assert "host.name='[link=x]rocket'" in _one_line_error(load_accel, _write_yaml(tmp_path, data, "a.yaml"))
+    data["host"]["name"] = 7
+    assert "host.name=7" in _one_line_error(load_accel, _write_yaml(tmp_path, data, "a.yaml"))
+
+
+def test_hf_folder_names_are_checked(hf_config, write_hf_config):
+    path = write_hf_config(hf_config("gpt2"), "gpt2 [copy]")
+    assert "name='gpt2 [copy]'" in _one_line_error(load_model, path)
+
+
+def test_check_name_cuts_the_value():
+    with pytest.raises(tstack.SpecError) as info:
+        check_name("name", "[" * 100_000)
+    assert len(str(info.value)) < 300 and "100000 characters" in str(info.value)
+    assert check_name("name", "bert-base") == "bert-base"
+    assert check_name("name", "x" * 200) == "x" * 200
+
+
+# --- arguments that are neither a preset, a file nor an id: one line, at once ------------------------------
+
+@pytest.mark.parametrize(("load", "what", "kind"), LOADERS, ids=LOADER_IDS)
+@pytest.mark.parametrize("arg", ["a" * 100_000, "a/" * 50_000, "x\x00y", "", "../" * 2000 + "etc/passwd", "[red]x"])
+def test_odd_arguments_fail_fast_in_one_line(load, what, kind, arg):
+    import time
+
+    start = time.perf_counter()
+    msg = _one_line_error(load, arg)
+    assert time.perf_counter() - start < 0.5
+    assert len(msg) < 1200 and what in msg
+
+
+@pytest.mark.parametrize(("load", "what", "kind"), LOADERS, ids=LOADER_IDS)
+@pytest.mark.parametrize("arg", [5, None, 1.5, b"bert-base", ["bert-base"]])
+def test_arguments_of_the_wrong_type(load, what, kind, arg):
+    assert what in _one_line_error(load, arg)
+
+
+# --- strict numbers: booleans are not integers, strings are not numbers -----------------------------------
+
+ACCEL_BAD = [
+    (("mesh", "weight_double_buffer", "16"), "mesh.weight_double_buffer='16' must be true or false"),
+    (("mesh", "weight_double_buffer", 16), "mesh.weight_double_buffer=16 must be true or false"),
+    (("mesh", "weight_double_buffer", None), "mesh.weight_double_buffer=None"),
+    (("mesh", "rows", True), "mesh.rows=True must be an integer"),
+    (("mesh", "rows", "16"), "mesh.rows='16' must be an integer"),
+    (("mesh", "rows", 16.0), "mesh.rows=16.0 must be an integer"),
+    (("mesh", "dataflow", ["WS"]), "mesh.dataflow=['WS'] is not one of WS, OS"),
+    (("dram", "bandwidth", "16e9"), "dram.bandwidth='16e9' must be a number"),
+    (("dram", "latency_s", False), "dram.latency_s=False must be a number"),
+    (("units", "nonlinear", None), "units.nonlinear=None is not one of host, accelerator"),
+    ((None, "clock_hz", "1e9"), "clock_hz='1e9' must be a number"),
+    ((None, "clock_hz", True), "clock_hz=True must be a number"),
+    ((None, "description", {"a": 1}), "description={'a': 1} must be a string"),
+    ((None, "sources", "paper"), "sources must be a list of strings"),
+    ((None, "mesh", 16), "mesh=16 must be a mapping"),
+]
+
+
+@pytest.mark.parametrize(("edit", "named"), ACCEL_BAD, ids=[n for _, n in ACCEL_BAD])
+def test_accelerator_fields_are_strictly_typed(tmp_path, edit, named):
+    section, key, value = edit
+    data = _accel_dict()
+    (data[section] if section else data)[key] = value
+    msg = _one_line_error(load_accel, _write_yaml(tmp_path, data, "acc.yaml"))
+    assert named in msg and "acc.yaml" in msg
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    ("kind", ["gpu"], "kind=['gpu']"), ("compute_units", True, "compute_units=True"),
+    ("launch_overhead", "1e-6", "launch_overhead='1e-06'"), ("description", 5, "description=5"),
+])
+def test_device_fields_are_strictly_typed(tmp_path, key, value, named):
+    data = _device_dict()
+    data[key] = value
+    msg = _one_line_error(load_device, _write_yaml(tmp_path, data, "dev.yaml"))
+    assert named.replace("'1e-06'", "'1e-6'") in msg
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    ("kv_heads", False, "kv_heads=False"), ("name", 5, "name=5"), ("arch", ["encoder"], "arch=['encoder']"),
+    ("decoder_layers", False, "decoder_layers=False"), ("hops", "2", "hops='2'"), ("description", 1, "description=1"),
+])
+def test_model_file_fields_are_strictly_typed(tmp_path, key, value, named):
+    data = _preset_dict()
+    data[key] = value
+    assert named in _one_line_error(load_model, _write_yaml(tmp_path, data))
+
+
+# --- fuzzing the reader: random bytes, YAML-ish text, nested JSON; each a spec or a TstackError, fast --------
+
+YAML_TOKENS = ["name", "layers", "hidden", "mesh", "rows", "peak_flops", "kind", ":", ": ", " ", "  ", "\n", "\t", "- ",
+               "&a ", "*a", "&b ", "*b", "<<: ", "[", "]", "{", "}", ",", "'", '"', "#", "---\n", "...\n", "? ", "|\n",
+               ">-\n", "!!int ", "!!str ", "!!float ", "!!binary ", "!!set ", "!!python/object:os.system ", "!foo ",
+               "%YAML 1.1\n", "%TAG ! tag:x,2000:\n", "1:2:3", "0x1F", "0o17", "1e400", "-.inf", ".nan", "true",
+               "null", "~", "2020-13-45", "12", "-7", "3.5", "\ufeff", "\x85", "\u2028", "\\", "%", "@", "`", "=",
+               "é", "\U0001f600"]
+YAMLISH = st.lists(st.one_of(st.sampled_from(YAML_TOKENS), SAFE_TEXT), max_size=60).map("".join)
+NESTED_JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=5)
+                           | st.dictionaries(st.one_of(st.sampled_from(["name", "mesh", "layers", "peak_flops",
+                                                                        "model_type", "host", "efficiency"]),
+                                                       SAFE_TEXT), inner, max_size=5), max_leaves=30)
+LOADER_KINDS = st.sampled_from(LOADERS)
+
+
+def _fast_outcome(load, path: Path, kind: type) -> None:
+    import time
+
+    start = time.perf_counter()
+    _loads_or_tstack_error(load, path, kind)
+    assert time.perf_counter() - start < 5.0
+
+
+@given(loader=LOADER_KINDS, content=st.binary(max_size=400), suffix=st.sampled_from([".json", ".yaml"]))
+@example(loader=LOADERS[2], content=b"\xff\xfe\x00", suffix=".yaml")
+@example(loader=LOADERS[0], content=BILLION_LAUGHS.encode(), suffix=".yaml")
+def test_fuzz_random_bytes_every_loader(fuzz_dir, loader, content, suffix):
+    load, what, kind = loader
+    path = fuzz_dir / f"bytes-{what}{suffix}"
+    path.write_bytes(content)
+    _fast_outcome(load, path, kind)
+
+
+@given(loader=LOADER_KINDS, text=YAMLISH)
+@example(loader=LOADERS[1], text="a: &a [1]\nb: *a\n")
+@example(loader=LOADERS[0], text="layers: 1:2:3:4:5:6:7:8:9:10")
+@example(loader=LOADERS[2], text="<<: {name: x}\n")
+@example(loader=LOADERS[0], text="? [a]\n: 1\n")
+def test_fuzz_yamlish_text_every_loader(fuzz_dir, loader, text):
+    load, what, kind = loader
+    path = fuzz_dir / f"yamlish-{what}.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    _fast_outcome(load, path, kind)
+
+
+@given(loader=LOADER_KINDS, data=NESTED_JSON, suffix=st.sampled_from([".json", ".yaml"]))
+def test_fuzz_nested_json_every_loader(fuzz_dir, loader, data, suffix):
+    load, what, kind = loader
+    path = fuzz_dir / f"nested-{what}{suffix}"
+    path.write_text(json.dumps(data) if suffix == ".json" else yaml.safe_dump(data), encoding="utf-8")
+    _fast_outcome(load, path, kind)
+
+
+@given(base=st.sampled_from(["gemmini-baseline", "gemmini-ibert", "gemmini-transformer"]),
+       section=st.sampled_from(["mesh", "scratchpad", "accumulator", "dma", "dram", "overheads", "host", "units",
+                                "energy"]),
+       changes=st.dictionaries(st.sampled_from(["rows", "cols", "dataflow", "weight_double_buffer", "bytes", "banks",
+                                                "ports", "bandwidth", "latency_s", "name", "clock_hz", "nonlinear",
+                                                "activation_units", "mac_int8", "extra"]), JSON_VALUES, max_size=3),
+       top=st.dictionaries(st.sampled_from(["name", "clock_hz", "description", "sources", "mesh", "extra"]),
+                           JSON_VALUES, max_size=2))
+def test_fuzz_mutated_accelerator_presets(fuzz_dir, base, section, changes, top):
+    data = _accel_dict(base)
+    data[section].update(changes)
+    data.update(top)
+    path = fuzz_dir / "accel-mutated.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    _fast_outcome(load_accel, path, AccelSpec)
+
+
+@given(arg=st.one_of(st.text(max_size=300), st.text(alphabet="ab/.-_[]\x00 ", max_size=50)))
+def test_fuzz_arguments_every_loader(arg):
+    for load, _, kind in LOADERS:
+        try:
+            result = load(arg)
+        except tstack.TstackError:
+            continue
+        assert isinstance(result, kind)

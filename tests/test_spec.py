@@ -268,3 +268,38 @@ def test_layers_accepts_exactly_integers_in_range(value):
         assert f"layers={value!r}" in str(e)
     else:
         assert ok and m.layers == value
+
+
+# --- strict types: booleans are not integers, a zero-like value never means "default" ----------------------
+
+STRICT_MODELS = [
+    ({"kv_heads": False}, "kv_heads=False"),  # False == 0 must not mean "same as heads"
+    ({"kv_heads": 0.0}, "kv_heads=0.0"),
+    ({"decoder_layers": False}, "decoder_layers=False"),
+    ({"hops": "0"}, "hops='0'"),
+    ({"name": 5}, "name=5 must be a string"),
+    ({"description": ["x"]}, "description=['x'] must be a string"),
+    ({"arch": ["encoder"]}, "arch=['encoder'] is not one of"),
+    ({"hidden": 1 << 20_000}, "hidden=<20001-bit integer>"),  # repr would exceed Python's int-to-str limit
+]
+
+
+@pytest.mark.parametrize(("changes", "named"), STRICT_MODELS, ids=[n for _, n in STRICT_MODELS])
+def test_model_fields_are_strictly_typed(changes, named):
+    msg = spec_error(lambda: model(**changes))
+    assert named in msg and "\n" not in msg and len(msg) < 500
+
+
+STRICT_RUNS = [
+    ({"tgt_seq": False}, "tgt_seq=False"),
+    ({"tgt_seq": 0.0}, "tgt_seq=0.0"),
+    ({"checkpoint": "every-3\n"}, "checkpoint='every-3\\n'"),
+    ({"mode": ["train"]}, "mode=['train']"),
+    ({"seq": "x" * 10_000}, "(10000 characters)"),
+]
+
+
+@pytest.mark.parametrize(("changes", "named"), STRICT_RUNS, ids=[n for _, n in STRICT_RUNS])
+def test_run_fields_are_strictly_typed(changes, named):
+    msg = spec_error(lambda: RunSpec(**changes))
+    assert named in msg and "\n" not in msg and len(msg) < 500

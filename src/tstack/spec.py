@@ -42,7 +42,7 @@ def _bounded(problems: list[str], name: str, value: Any, lo: int, hi: int) -> No
     if isinstance(value, bool) or not isinstance(value, int):
         problems.append(f"{name}={show(value)} must be an integer in [{lo}, {hi}]")
     elif not lo <= value <= hi:
-        problems.append(f"{name}={value} is outside [{lo}, {hi}]")
+        problems.append(f"{name}={show(value)} is outside [{lo}, {hi}]")
 
 
 def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
