@@ -244,6 +244,19 @@ def repro(
     out.print(summary_line(rows))
 
 
+@app.command("schema")
+def schema_cmd(command: str = typer.Argument(..., help="a command name as the JSON documents give it, e.g. analyze, "
+                                                        "'accel run', 'opt bench'")) -> None:
+    """Print the JSON Schema of a command's --json document (docs/output.md)."""
+    import json
+
+    from tstack.report.schema import COMMANDS, schema
+
+    if command not in COMMANDS:
+        raise SpecError([f"command={command[:40]!r} is not one of {', '.join(COMMANDS)}"])
+    print(json.dumps(schema(command), indent=1))
+
+
 def _register_commands() -> None:
     from tstack import cli_accel, cli_int, cli_opt, cli_perf
 
