@@ -27,7 +27,7 @@ def resolve_key(key: str) -> str:
     k = KEY_ALIASES.get(key, key)
     if k not in GROUP_KEYS:
         allowed = ", ".join(GROUP_KEYS + tuple(KEY_ALIASES))
-        raise UnknownNameError(f"--group-by {key!r} is not a label (allowed: {allowed})")
+        raise UnknownNameError(f"--group-by {key[:40]!r} is not a label (allowed: {allowed})")
     return k
 
 

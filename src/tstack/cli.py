@@ -7,6 +7,7 @@ or invalid input (one line on stderr naming the option or field, the value and w
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from pathlib import Path
@@ -140,7 +141,7 @@ def analyze(
     dev = load_device(device)
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len)
     b = analyze_config(spec, run, dev)
-    if group_by:
+    if group_by is not None:
         b.group_by(group_by)  # validate the key before anything is written
 
     def figure(path: Path) -> None:
@@ -179,9 +180,9 @@ def sweep(
     spec = load_model(model)
     dev = load_device(device)
     axes: dict[str, list] = {"batch": parse_ints("--batch", batch)}
-    axes["seq"] = parse_ints("--seq", seq) if seq else [spec.default_seq]
+    axes["seq"] = parse_ints("--seq", seq) if seq is not None else [spec.default_seq]
     for name, text in (("layers", layers), ("hidden", hidden), ("ffn", ffn), ("heads", heads)):
-        if text:
+        if text is not None:
             axes[name] = parse_ints(f"--{name}", text)
     axes["precision"] = parse_names("--precision", precision, PRECISIONS)
     run = RunSpec(mode=mode, seq=axes["seq"][0], optimizer=optimizer, checkpoint=checkpoint)
@@ -288,7 +289,7 @@ def run(argv: list[str] | None = None) -> int:
         code = app(args=argv, prog_name="tstack", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except TstackError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_shortened(str(e))}", file=sys.stderr)
         return 2
     except typer.Abort:
         print("interrupted: nothing partial was written", file=sys.stderr)
@@ -306,7 +307,7 @@ def run(argv: list[str] | None = None) -> int:
             e.show()
             return 2
         if isinstance(e, ClickException):
-            print(f"error: {e.format_message()} (see '{_command_path(argv)} --help')", file=sys.stderr)
+            print(f"error: {_shortened(e.format_message())} (see '{_command_path(argv)} --help')", file=sys.stderr)
             return e.exit_code
         if isinstance(e, MemoryError):
             print("error: out of memory: try smaller sizes", file=sys.stderr)
@@ -321,6 +322,12 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _shortened(message: str) -> str:
+    """One line, with any over-long word (a pasted value) cut: a message never repeats a 100,000-character input."""
+    message = " ".join(message.split())
+    return re.sub(r"\S{120,}", lambda m: f"{m.group()[:60]}…({len(m.group())} characters)", message)
 
 
 def _command_path(argv: list[str] | None) -> str:

@@ -88,7 +88,7 @@ def pmap(fn: Callable[[T], R], items: Sequence[T], executor: str = "process", wo
     ``fn`` must be picklable (a module-level function or a functools.partial of one).
     """
     if executor not in EXECUTORS:
-        raise TstackError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+        raise TstackError(f"--executor {executor[:40]!r} is not one of {', '.join(EXECUTORS)}")
     workers = workers or os.cpu_count() or 1
     size = max(1, min(256, len(items) // (workers * 4) or 1))
     chunks = _chunks(list(items), size)

@@ -30,7 +30,7 @@ def print_breakdown(b: Breakdown, group_by: str | None, console: Console) -> Non
     console.print(f"{b.model.name} {r.mode} B={r.batch} {shape} {r.precision} on {b.device}: "
                   f"{units.seconds(t.seconds)} per iteration, {units.si(t.flops, 'FLOP')}, {units.si(t.bytes, 'B')}, "
                   f"{t.kernels} kernels" + (f", {units.percent(t.utilization)} of peak" if t.ideal_s else " (measured)"))
-    levels = [(f"by {group_by}", b.group_by(group_by))] if group_by else b.hierarchy()
+    levels = [(f"by {group_by}", b.group_by(group_by))] if group_by is not None else b.hierarchy()
     names = {"optimizer": f"optimizer ({OPTIMIZER_GROUP[r.optimizer]})"}  # 002 Fig. 3 calls it LAMB
     for title, groups in levels:
         console.print(_group_table(title, groups, t.seconds, names))
