@@ -276,25 +276,26 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that every cleanup (temporary files, worker processes) runs."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C); not a KeyboardInterrupt, which typer would turn into a silent exit."""
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise Terminated() if signum == signal.SIGTERM else Interrupted()
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: sys.argv[1:]); return the exit code (see the module docstring)."""
     from tstack.cli_common import note
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = app(args=argv, prog_name="tstack", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except TstackError as e:
         print(f"error: {_shortened(str(e))}", file=sys.stderr)
         return 2
-    except typer.Abort:
-        print("interrupted: nothing partial was written", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt, Interrupted):
         print("interrupted: nothing partial was written", file=sys.stderr)
         return 130
     except Terminated:
@@ -321,7 +322,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(e).__name__}: {str(e)[:300]} — please report it", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _shortened(message: str) -> str:
