@@ -110,3 +110,137 @@ def test_timing_accounts_for_every_byte_and_mac():
     assert t.load_bytes == 512 * 768 * 10 + 768 * 768 * 7
     assert t.ideal_cycles == 512 * 768 * 768 / 256
     assert t.cycles > t.mesh_cycles  # prologue, fill/drain and call overhead are never free
+
+
+# ---------------------------------------------------------------- the bounded best-mapping search
+
+
+def _fold_sizes(n: int) -> list[int]:
+    """Every distinct tile count's even tile: ceil(n/q) for q = 1..n (the search tstack had before the grid)."""
+    return sorted({-(-n // q) for q in range(1, n + 1)})
+
+
+def _exhaustive(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> dict[str, float]:
+    """The reference: the best score per objective over every tile count of every dimension, both loop orders."""
+    bI, bJ, bK = shape.blocks(hw.dim)
+    try:
+        pool = [mp.heuristic(hw, shape, full_rows)]
+    except mp.Infeasible:
+        pool = []
+    pool += [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti in _fold_sizes(bI)
+             for tj in ([bJ] if full_rows else _fold_sizes(bJ)) for tk in _fold_sizes(bK) for order in mp.ORDERS]
+    best = dict.fromkeys(mp.OBJECTIVES, math.inf)
+    for m in pool:
+        try:
+            mp.check(hw, shape, m)
+        except mp.Infeasible:
+            continue
+        t = gemm_timing(hw, shape, m)
+        for o in mp.OBJECTIVES:
+            best[o] = min(best[o], mp.score(hw, t, o))
+    return best
+
+
+def _bert_gemm_shapes() -> list[GemmShape]:
+    from tstack.accel.model import gemm_shape
+    from tstack.models import load_model
+    from tstack.spec import RunSpec
+    from tstack.workload import build
+
+    shapes = set()
+    for model in ("bert-base", "bert-large"):
+        for seq in (128, 512):
+            ops = build(load_model(model), RunSpec(mode="infer", precision="int8", batch=1, seq=seq), collapse=True)
+            shapes |= {gemm_shape(op) for op in ops if op.kind in ("gemm", "bgemm")}
+    return sorted(shapes, key=lambda s: (s.I, s.J, s.K, s.batch))
+
+
+@pytest.mark.parametrize("preset", ["gemmini-baseline", "gemmini-transformer", "gemmini-ibert"])
+def test_bounded_search_matches_the_exhaustive_search_on_bert(preset):
+    """On every BERT-base/large GEMM the grid search is within 0.1% of every-tile-count search, on each objective."""
+    hw = load_accel(preset)
+    shapes = _bert_gemm_shapes()
+    assert len(shapes) >= 15
+    for shape in shapes:
+        ref = _exhaustive(hw, shape)
+        for objective in mp.OBJECTIVES:
+            _, t = mp.best(hw, shape, objective)
+            assert mp.score(hw, t, objective) <= 1.001 * ref[objective], (shape, objective)
+    # the fused pairs' whole-row tiles (000 §III), where they fit
+    for shape in (GemmShape(512, 512, 64, 12), GemmShape(128, 768, 3072), GemmShape(512, 1024, 4096)):
+        ref = _exhaustive(hw, shape, full_rows=True)
+        if math.isinf(ref["latency"]):
+            with pytest.raises(mp.Infeasible):
+                mp.best(hw, shape, "latency", full_rows=True)
+            continue
+        _, t = mp.best(hw, shape, "latency", full_rows=True)
+        assert t.cycles <= 1.001 * ref["latency"]
+
+
+HUGE_SRAM = AccelSpec(name="huge").changed(mesh={"rows": 1, "cols": 1}, scratchpad={"bytes": 1 << 30},
+                                           accumulator={"bytes": 1 << 30})
+
+
+@pytest.mark.parametrize("hw", [BASE, TRANSFORMER, load_accel("gemmini-ibert"), HUGE_SRAM], ids=lambda h: h.name)
+@pytest.mark.parametrize("shape", [GemmShape(10**12, 64, 64), GemmShape(64, 10**12, 64), GemmShape(64, 64, 10**12),
+                                   GemmShape(2**40, 2**40, 2**40, 2**40), GemmShape(3001, 5003, 7001)],
+                         ids=lambda s: f"{s.I}x{s.J}x{s.K}")
+def test_best_times_a_bounded_number_of_candidates_for_any_shape(hw, shape, monkeypatch):
+    """The search's cost is the timings it makes: counted, not clocked, and bounded whatever the shape."""
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return gemm_timing(*args, **kwargs)
+
+    monkeypatch.setattr(mp, "gemm_timing", counting)
+    m, t = mp.best(hw, shape, "edp")
+    _assert_legal(hw, shape, m)
+    assert 0 < len(calls) <= 2 * mp.SEARCH_BUDGET + 1 <= 5000
+    assert len(mp.candidates(hw, shape)) <= 2 * mp.SEARCH_BUDGET
+
+
+def _heuristic_unit_steps(hw: AccelSpec, shape: GemmShape, full_rows: bool) -> Mapping:
+    """tiled_matmul_auto's growth one block at a time (the reference for the jumping loop in mapping.heuristic)."""
+    D = hw.dim
+    bI, bJ, bK = shape.blocks(D)
+    spad, acc = mp.limits(hw)
+    partition_rows = hw.spad_rows // 2 // (2 if mp.double_buffered(hw) else 1)
+    ij = max(1, math.isqrt(acc // D))
+    ti, tj, tk = (1, bJ, 1) if full_rows else (min(bI, ij), min(bJ, ij), min(bK, max(1, (partition_rows // D) // ij)))
+
+    def fits(i, j, k):
+        return (i * k + k * j) * D <= spad and i * j * D <= acc
+
+    while not full_rows and not fits(ti, tj, tk) and max(ti, tj) > 1:
+        ti, tj = (ti - 1, tj) if ti >= tj else (ti, tj - 1)
+    while True:
+        grown = False
+        if tj + 1 <= bJ and fits(ti, tj + 1, tk):
+            tj, grown = tj + 1, True
+        if ti + 1 <= bI and fits(ti + 1, tj, tk):
+            ti, grown = ti + 1, True
+        if tk + 1 <= bK and fits(ti, tj, tk + 1):
+            tk, grown = tk + 1, True
+        if not grown:
+            return Mapping(ti, tj, tk)
+
+
+@settings(max_examples=80)
+@given(hw=configs, shape=shapes, full_rows=st.booleans())
+def test_heuristic_jumps_to_the_same_tiles_as_growing_one_block_at_a_time(hw, shape, full_rows):
+    try:
+        m = mp.heuristic(hw, shape, full_rows)
+    except mp.Infeasible:
+        return
+    assert m == _heuristic_unit_steps(hw, shape, full_rows)
+
+
+@given(n=st.integers(1, 10**13), cap=st.integers(1, 10**6))
+def test_tile_sizes_are_even_tiles_within_the_cap(n, cap):
+    sizes = mp.tile_sizes(n, cap)
+    top = min(n, cap)
+    assert sizes == sorted(set(sizes)) and 1 <= sizes[0] and sizes[-1] <= top
+    assert all(-(-n // -(-n // t)) == t for t in sizes)  # each the smallest tile of its tile count
+    assert -(-n // -(-n // top)) in sizes  # the largest tiles that fit are always tried
+    assert len(sizes) <= 400

@@ -8,6 +8,7 @@ The points are costed with tstack's parallel map; the Pareto set is over (latenc
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -16,9 +17,13 @@ from tstack.accel.mapping import OBJECTIVES, Infeasible
 from tstack.accel.model import run
 from tstack.errors import SpecError, TstackError
 from tstack.parallel import pmap
+from tstack.spec import ModelSpec
 
-_SIZE = re.compile(r"^\s*([0-9]+)\s*(B|KiB|MiB|kB|KB)?\s*$")
-_UNIT = {None: 1, "B": 1, "KiB": KiB, "kB": KiB, "KB": KiB, "MiB": KiB * KiB}
+_SIZE = re.compile(r"^\s*([0-9]{1,12})\s*(B|KiB|MiB|GiB|kB|KB|MB|GB)?\s*$")
+_SPLIT = re.compile(r"^\s*([0-9]{1,9})\s*:\s*([0-9]{1,9})\s*$")
+_UNIT = {None: 1, "B": 1, "KiB": KiB, "kB": KiB, "KB": KiB, "MiB": KiB**2, "MB": KiB**2, "GiB": KiB**3, "GB": KiB**3}
+MAX_SRAM_BYTES = 2 * KiB**3  # scratchpad + accumulator: each may have at most 1 GiB (tstack.accel.hw)
+MAX_SPLITS = 1024
 
 
 @dataclass(frozen=True)
@@ -59,21 +64,27 @@ class Outcome:
         return {"latency": self.latency_s, "energy": self.joules, "edp": self.edp}[name]
 
 
-def parse_size(option: str, text: str) -> int:
-    """'320KiB' -> 327680 bytes (kB and KB read as KiB, as 000 writes them)."""
+def parse_size(option: str, text: str, lo: int = 2 * KiB, hi: int = MAX_SRAM_BYTES) -> int:
+    """'320KiB' -> 327680 bytes (kB and KB read as KiB, as 000 writes them), in [lo, hi]."""
     m = _SIZE.match(text)
     if not m:
-        raise SpecError([f"{option}={text!r} must be a size such as 320KiB, 64kB or 1MiB"])
-    return int(m.group(1)) * _UNIT[m.group(2)]
+        raise SpecError([f"{option}={text[:40]!r} must be a size such as 320KiB, 64kB or 1MiB"])
+    n = int(m.group(1)) * _UNIT[m.group(2)]
+    if not lo <= n <= hi:
+        raise SpecError([f"{option}={text[:40]!r} is {n} bytes; it must be in [{lo}, {hi}] bytes"])
+    return n
 
 
 def parse_splits(text: str, total: int) -> list[tuple[int, int]]:
     """'64:256,128:192' (KiB) -> [(scratchpad bytes, accumulator bytes)], each pair summing to ``total``."""
+    parts = text.split(",")
+    if len(parts) > MAX_SPLITS:
+        raise SpecError([f"--split has {len(parts)} entries; at most {MAX_SPLITS} are allowed"])
     out = []
-    for part in text.split(","):
-        m = re.match(r"^\s*([0-9]+)\s*:\s*([0-9]+)\s*$", part)
+    for part in parts:
+        m = _SPLIT.match(part)
         if not m:
-            raise SpecError([f"--split entry {part!r} must be SPAD:ACC in KiB, e.g. 64:256"])
+            raise SpecError([f"--split entry {part[:40]!r} must be SPAD:ACC in KiB, e.g. 64:256"])
         spad, acc = int(m.group(1)) * KiB, int(m.group(2)) * KiB
         if spad + acc != total:
             raise SpecError([f"--split {part.strip()} sums to {(spad + acc) // KiB} KiB; --sram-total is {total // KiB} KiB"])
@@ -91,7 +102,7 @@ def configure(base: AccelSpec, p: Point) -> AccelSpec:
                         mesh={"rows": p.dim, "cols": p.dim}, dma={"bus_bytes_per_cycle": p.dma_bytes})
 
 
-def evaluate(p: Point, base: AccelSpec, model: str, seq: int, schedule: str) -> Outcome:
+def evaluate(p: Point, base: AccelSpec, model: str | ModelSpec, seq: int, schedule: str) -> Outcome:
     """Cost one design point; rule breaks and infeasible mappings become an infeasible Outcome."""
     try:
         r = run(model, seq, configure(base, p), schedule)
@@ -100,10 +111,12 @@ def evaluate(p: Point, base: AccelSpec, model: str, seq: int, schedule: str) -> 
     return Outcome(p, r.seconds, r.joules, r.by_category()["matmul"])
 
 
-def explore(base: AccelSpec, model: str, seq: int, points: list[Point], schedule: str = "non-fused",
-            executor: str = "process") -> list[Outcome]:
-    """Every point costed, in order, over tstack's parallel map."""
-    return pmap(partial(evaluate, base=base, model=model, seq=seq, schedule=schedule), points, executor=executor)
+def explore(base: AccelSpec, model: str | ModelSpec, seq: int, points: list[Point], schedule: str = "non-fused",
+            executor: str = "process", workers: int | None = None,
+            progress: Callable[[int], None] | None = None) -> list[Outcome]:
+    """Every point costed, in order, over tstack's parallel map; ``progress(n)`` as points finish."""
+    return pmap(partial(evaluate, base=base, model=model, seq=seq, schedule=schedule), points, executor=executor,
+                workers=workers, progress=progress)
 
 
 def pareto(outcomes: list[Outcome]) -> list[bool]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tstack.accel.dse import Outcome
+from tstack.accel.energy import COMPONENTS
 from tstack.accel.model import CATEGORIES, Result
 
 
@@ -18,7 +20,12 @@ def _plt():  # noqa: ANN202 - matplotlib's pyplot module
     return plt
 
 
-def breakdown(runs: Sequence[tuple[str, Result]], path: str | Path, title: str = "") -> None:
+def _save(fig, path: str | Path, fmt: str | None) -> None:  # noqa: ANN001 - a matplotlib Figure
+    fig.tight_layout()
+    fig.savefig(path, format=fmt or Path(path).suffix.lstrip(".").lower())
+
+
+def breakdown(runs: Sequence[tuple[str, Result]], path: str | Path, title: str = "", fmt: str | None = None) -> None:
     """One bar per run, stacked by category share of its time (like 000 Fig. 2)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(runs) + 2.5), 4.5))
@@ -32,12 +39,12 @@ def breakdown(runs: Sequence[tuple[str, Result]], path: str | Path, title: str =
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, format=Path(path).suffix.lstrip(".").lower())
+    _save(fig, path, fmt)
     plt.close(fig)
 
 
-def pareto(outcomes: Sequence[Outcome], front: Sequence[bool], path: str | Path, title: str = "") -> None:
+def pareto(outcomes: Sequence[Outcome], front: Sequence[bool], path: str | Path, title: str = "",
+           fmt: str | None = None) -> None:
     """Latency against energy of the feasible design points, the Pareto set highlighted."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -48,6 +55,25 @@ def pareto(outcomes: Sequence[Outcome], front: Sequence[bool], path: str | Path,
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("energy (mJ)")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, format=Path(path).suffix.lstrip(".").lower())
+    _save(fig, path, fmt)
+    plt.close(fig)
+
+
+def gemm_mappings(records: Sequence[Mapping[str, Any]], path: str | Path, title: str = "", fmt: str | None = None) -> None:
+    """Latency and energy by component of each mapping (records of `tstack accel gemm`)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(7.0, 1.6 * len(records) + 4), 4.5))
+    names = [f"{r['hardware']}\n{r['mapping']}" for r in records]
+    left.bar(names, [r["seconds"] * 1e6 for r in records], color="tab:blue")
+    left.set_ylabel("latency (µs)")
+    bottoms = [0.0] * len(records)
+    for i, c in enumerate(COMPONENTS):
+        values = [r[f"{c}_joules"] * 1e6 for r in records]
+        if any(values):
+            right.bar(names, values, bottom=bottoms, label=c, color=plt.get_cmap("tab10")(i))
+            bottoms = [b + v for b, v in zip(bottoms, values)]
+    right.set_ylabel("energy (µJ)")
+    right.legend(fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path, fmt)
     plt.close(fig)

@@ -8,8 +8,9 @@ A candidate that breaks a limit raises Infeasible, which the search skips.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from tstack.accel.energy import gemm_energy
 from tstack.accel.hw import AccelSpec
@@ -72,31 +73,144 @@ def heuristic(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> Mappi
         ti, tj = (ti - 1, tj) if ti >= tj else (ti, tj - 1)
     check(hw, shape, Mapping(ti, tj, tk))
 
+    # Grow J, I, K by one block per round while they fit (gemmini.h). `fits` only gets harder as tiles grow, so once
+    # a round grows the set G and the state after one more round of G still fits, every later round grows G alike:
+    # jump over those rounds (a bisection) instead of taking them one by one. Same result, bounded time.
+    def ok(i: int, j: int, kk: int) -> bool:
+        return i <= bI and j <= bJ and kk <= bK and fits(i, j, kk)
+
     while True:
-        grown = False
-        if tj + 1 <= bJ and fits(ti, tj + 1, tk):
-            tj, grown = tj + 1, True
-        if ti + 1 <= bI and fits(ti + 1, tj, tk):
-            ti, grown = ti + 1, True
-        if tk + 1 <= bK and fits(ti, tj, tk + 1):
-            tk, grown = tk + 1, True
-        if not grown:
+        grow = [0, 0, 0]  # i, j, k
+        if ok(ti, tj + 1, tk):
+            tj, grow[1] = tj + 1, 1
+        if ok(ti + 1, tj, tk):
+            ti, grow[0] = ti + 1, 1
+        if ok(ti, tj, tk + 1):
+            tk, grow[2] = tk + 1, 1
+        if not any(grow):
             return Mapping(ti, tj, tk)
+        lo, hi = 0, 1  # rounds more that still fit: lo fits, hi does not
+        while ok(ti + hi * grow[0], tj + hi * grow[1], tk + hi * grow[2]):
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(ti + mid * grow[0], tj + mid * grow[1], tk + mid * grow[2]) else (lo, mid)
+        ti, tj, tk = ti + lo * grow[0], tj + lo * grow[1], tk + lo * grow[2]
 
 
-def _fold_sizes(n: int) -> list[int]:
-    """Tile factors that give distinct tile counts: ceil(n/q) for q = 1..n (about 2·sqrt(n) values)."""
-    return sorted({-(-n // q) for q in range(1, n + 1)})
+# The best-mapping search tries tile factors on a grid, not every tile count (a 10^12-row GEMM has 10^11 of them).
+# Along a dimension of n blocks, with at most `top` blocks fitting: sizes 1, 2, 3, ... in steps of GRID_RATIO and
+# the powers of 2; tile counts q on the same geometric grid from the fewest that fit; the few tile counts just above
+# the fewest (the largest tiles that fit); the largest divisors of n (no remainder tile); every size taken as the
+# even tile of its count, ceil(n/q), as the exhaustive search did. The lists are capped by what the memories hold,
+# so every triple tried is legal. A space with more than SEARCH_BUDGET triples is searched on a coarser grid, and
+# the coarsest is sampled down to the budget: at most 2·SEARCH_BUDGET + 1 timings (two loop orders and the
+# heuristic's mapping) for any shape. On the BERT-base/large GEMMs it finds the exhaustive search's optimum
+# (tests/test_accel_mapping.py keeps that search as the reference).
+GRID_RATIO = 1.25
+SEARCH_BUDGET = 2048
+DIVISOR_SCAN = 4096  # divisors of a dimension are looked for among 1..DIVISOR_SCAN, with their cofactors
+DIVISORS_KEPT = 8  # the largest divisors that fit are tried
+# (ratio, tile counts tried above the fewest, powers of 2) from the finest grid to the coarsest
+LEVELS = ((GRID_RATIO, 8, True), (1.5, 4, True), (2.0, 2, True), (4.0, 1, False))
+_COARSEST_LIMIT = 64 * SEARCH_BUDGET  # triples listed on the coarsest grid before sampling
 
 
-def candidates(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> Iterator[Mapping]:
-    """Every mapping of the search space (legal or not); full-row tiles only when ``full_rows``."""
-    bI, bJ, bK = shape.blocks(hw.dim)
-    for ti in _fold_sizes(bI):
-        for tj in [bJ] if full_rows else _fold_sizes(bJ):
-            for tk in _fold_sizes(bK):
-                for order in ORDERS:
-                    yield Mapping(ti, tj, tk, order, reuse=tk == bK)
+def _even(n: int, t: int) -> int:
+    """The smallest tile with the same tile count as ``t`` along ``n`` blocks: ceil(n / ceil(n / t))."""
+    return -(-n // -(-n // t))
+
+
+def _divisors(n: int) -> list[int]:
+    """Divisors of ``n`` among 1..DIVISOR_SCAN, with their cofactors, ascending."""
+    out = set()
+    for d in range(1, min(math.isqrt(n), DIVISOR_SCAN) + 1):
+        if n % d == 0:
+            out.update((d, n // d))
+    return sorted(out)
+
+
+def _grid(n: int, top: int, ratio: float, powers: bool) -> list[int]:
+    """Sizes and tile counts on the geometric grid along ``n`` blocks, sizes at most ``top``, as even tiles."""
+    sizes = {1, top}
+    t = 1.0
+    while t <= top:
+        sizes.add(int(t))
+        t = max(t * ratio, t + 1)
+    p = 1
+    while powers and p <= top:
+        sizes.add(p)
+        p *= 2
+    q = float(-(-n // top))  # the fewest tiles that fit: ceil(n/q) <= top for every q from here on
+    while q <= n:
+        sizes.add(-(-n // int(q)))
+        q = max(q * ratio, q + 1)
+    return sorted({_even(n, t) for t in sizes})
+
+
+class _Axis:
+    """Tile sizes along one dimension for any cap: the grid of the largest cap, cut, plus the cap's own largest tiles."""
+
+    def __init__(self, n: int, cap: int, ratio: float, near: int, powers: bool) -> None:
+        self.n, self.near = n, near
+        self.grid = _grid(n, min(n, cap), ratio, powers) if cap >= 1 else []
+        self.divisors = _divisors(n)
+        self.memo: dict[int, list[int]] = {}
+
+    def sizes(self, cap: int) -> list[int]:
+        top = min(self.n, cap)
+        if top < 1:
+            return []
+        if top not in self.memo:
+            n = self.n
+            fewest = -(-n // top)
+            out = set(self.grid[:bisect.bisect_right(self.grid, top)])
+            out.update(-(-n // q) for q in range(fewest, min(n, fewest + self.near - 1) + 1))
+            out.update(self.divisors[:bisect.bisect_right(self.divisors, top)][-DIVISORS_KEPT:])
+            self.memo[top] = sorted(out)
+        return self.memo[top]
+
+
+def tile_sizes(n: int, cap: int, ratio: float = GRID_RATIO, near: int = 8, powers: bool = True) -> list[int]:
+    """Tile factors the search tries along a dimension of ``n`` blocks when at most ``cap`` blocks fit (ascending)."""
+    return _Axis(n, cap, ratio, near, powers).sizes(cap)
+
+
+def _triples(hw: AccelSpec, shape: GemmShape, full_rows: bool, ratio: float, near: int, powers: bool,
+             limit: int) -> list[tuple[int, int, int]]:
+    """The (ti, tj, tk) of the grid that the scratchpad and accumulator can hold; stops after ``limit`` + 1."""
+    D = hw.dim
+    bI, bJ, bK = shape.blocks(D)
+    spad, acc = limits(hw)
+    spad_b, acc_b = spad // D, acc // D  # legal: (ti + tj)·tk <= spad_b and ti·tj <= acc_b
+    cap_ij = min(acc_b, spad_b - 1)
+    axis_i, axis_j = _Axis(bI, cap_ij, ratio, near, powers), _Axis(bJ, cap_ij, ratio, near, powers)
+    axis_k = _Axis(bK, spad_b // 2, ratio, near, powers)
+    out: list[tuple[int, int, int]] = []
+    for ti in axis_i.sizes(cap_ij):
+        if full_rows:
+            tjs = [bJ] if bJ * ti <= acc_b and ti + bJ <= spad_b else []
+        else:
+            tjs = axis_j.sizes(min(acc_b // ti, spad_b - ti))
+        for tj in tjs:
+            out.extend((ti, tj, tk) for tk in axis_k.sizes(spad_b // (ti + tj)))
+            if len(out) > limit:
+                return out
+    return out
+
+
+def candidates(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> list[Mapping]:
+    """The mappings the best-mapping search times: all legal, at most 2·SEARCH_BUDGET; whole rows when ``full_rows``."""
+    bK = shape.blocks(hw.dim)[2]
+    for level, (ratio, near, powers) in enumerate(LEVELS):
+        last = level == len(LEVELS) - 1
+        triples = _triples(hw, shape, full_rows, ratio, near, powers, _COARSEST_LIMIT if last else SEARCH_BUDGET)
+        if len(triples) <= SEARCH_BUDGET:
+            break
+    else:  # even the coarsest grid is too large (a huge memory on a tiny mesh): an even sample of it
+        step = len(triples) / SEARCH_BUDGET
+        triples = [triples[int(i * step)] for i in range(SEARCH_BUDGET)]
+    return [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti, tj, tk in triples for order in ORDERS]
 
 
 def score(hw: AccelSpec, timing: GemmTiming, objective: str) -> float:
