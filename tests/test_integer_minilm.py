@@ -50,7 +50,7 @@ def test_cli_accuracy_and_errors(minilm, tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "cosine mean" in res.output and "12 texts" in res.output
-    res = runner.invoke(app, ["int", "errors", "--op", "gelu,exp", "--out", str(tmp_path / "e.png")])
+    res = runner.invoke(app, ["int", "errors", "--op", "gelu,exp", "--plot", str(tmp_path / "e.png")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "e.png").stat().st_size > 1000
     res = runner.invoke(app, ["int", "errors", "--op", "tanh"])

@@ -229,4 +229,4 @@ def test_cli_opt_bench_prints_ratios_and_rejects_bad_variants(tmp_path):
     assert "÷ base" in res.stdout and "threads" in res.stdout
     assert [line.split("│")[4].strip() for line in res.stdout.splitlines() if "│ bert" in line] == ["sdpa", "base", "PC", "PCF"]
     bad = subprocess.run([*run, "--variants", "PQ"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert bad.returncode == 2 and "--variants='PQ': PQ not in sdpa, base" in bad.stderr
+    assert bad.returncode == 2 and "--variants='PQ': 'PQ' not in sdpa, base" in bad.stderr

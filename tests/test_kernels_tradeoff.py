@@ -199,9 +199,9 @@ def test_tradeoff_command_reports_both_granularities(minilm, tmp_path):
 
     out = tmp_path / "study.json"
     result = CliRunner().invoke(app, ["opt", "tradeoff", "minilm", "--thresholds", "1e-2", "--max-length", "12",
-                                      "--batch", "64", "--chunk", "4", "--out", str(out)])
+                                      "--batch", "64", "--chunk", "4", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    points = json.loads(out.read_text())["points"]
+    points = json.loads(out.read_text())["records"]
     assert units.percent(points[1]["element_skipped"]) in result.output
     assert f"{points[1]['element_cosine_min']:.6f}" in result.output
     assert [p["score_threshold"] for p in points] == [0.0, 1e-2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,9 @@ from tstack.integer.model import IntModel, dequantize, int_forward
 from tstack.minilm import encode, sentence_embeddings
 
 TOP_K = 5
+MAX_TEXT_BYTES = 16 << 20  # a texts file larger than this is refused (the shipped sentences are 40 kB)
+MAX_TEXTS = 100_000
+COMPARE_BYTES_PER_PAIR = 48  # compare(): similarity matrices, masks, ranks of the upper triangle
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,9 @@ class Accuracy:
 
 
 def embeddings(model: Any, imodel: IntModel | None, tokenizer: Any, texts: Sequence[str], max_length: int,
-               batch: int = 64) -> torch.Tensor:
-    """Sentence embeddings (n, H) of the float model (``imodel`` None) or of the integer model."""
+               batch: int = 64, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Sentence embeddings (n, H) of the float model (``imodel`` None) or of the integer model; ``progress(1)`` per
+    batch."""
     out = []
     for i in range(0, len(texts), batch):
         enc = encode(tokenizer, list(texts[i:i + batch]), max_length)
@@ -39,7 +43,14 @@ def embeddings(model: Any, imodel: IntModel | None, tokenizer: Any, texts: Seque
         else:
             hidden = dequantize(imodel, int_forward(imodel, enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")))
         out.append(sentence_embeddings(hidden, enc["attention_mask"]))
+        if progress is not None:
+            progress(1)
     return torch.cat(out)
+
+
+def compare_bytes(n: int) -> float:
+    """Peak bytes of ``compare`` on ``n`` texts: it holds several n × n matrices at once."""
+    return float(COMPARE_BYTES_PER_PAIR) * n * n
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -72,13 +83,26 @@ def split_sentences() -> tuple[list[str], list[str]]:
     return texts[0::2], texts[1::2]
 
 
-def read_texts(path: str) -> list[str]:
-    """Texts from a file, one per non-empty line; a TstackError for a missing, unreadable or empty file."""
+def read_texts(path: str, option: str = "--texts") -> list[str]:
+    """Texts from a UTF-8 file, one per non-empty line; a one-line TstackError naming ``option`` for a missing,
+    unreadable, binary, empty or too large file."""
+    where = f"{option}={str(path)[:200]!r}"
     try:
-        with open(path, encoding="utf-8") as f:
-            texts = [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise TstackError(f"--calibrate/--texts file {path!r} cannot be read: {e}") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TEXT_BYTES + 1)
+    except OSError as e:
+        raise TstackError(f"{where} cannot be read: {e.strerror or type(e).__name__}") from None
+    if len(raw) > MAX_TEXT_BYTES:
+        raise TstackError(f"{where} is larger than {MAX_TEXT_BYTES >> 20} MiB; give at most that much text")
+    if b"\0" in raw:
+        raise TstackError(f"{where} is a binary file (it holds NUL bytes); give UTF-8 text, one text per line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TstackError(f"{where} is not UTF-8 text (byte {e.start}); give UTF-8 text, one text per line") from None
+    texts = [line.strip() for line in text.splitlines() if line.strip()]
     if not texts:
-        raise TstackError(f"text file {path!r} holds no non-empty lines")
+        raise TstackError(f"{where} holds no non-empty lines")
+    if len(texts) > MAX_TEXTS:
+        raise TstackError(f"{where} holds {len(texts)} texts; at most {MAX_TEXTS} are allowed")
     return texts

@@ -29,8 +29,10 @@ from tstack.kernels.partition import VARIANTS, ffn_block, l2_bytes
 from tstack.kernels.reference import DecoderLayer, EncoderLayer, MemoryNetwork, causal_mask
 from tstack.kernels.workingset import peak_intermediate_bytes
 from tstack.models import load_model
+from tstack.profiler.memory import MemoryEstimate
 from tstack.profiler.runtime import RuntimeConfig
 from tstack.profiler.timing import Timing, time_callable
+from tstack.report import units
 from tstack.spec import ModelSpec
 
 MODELS = {"bert": "nlpfast-bert", "transformer": "nlpfast-transformer", "memnet": "memnet"}
@@ -65,6 +67,33 @@ class Row:
     attention_peak_bytes: int | None
     max_abs_err: float | None
     note: str = ""
+
+
+def case_count(model: str) -> int:
+    """Cases ``build_cases`` makes for ``model``: the Transformer's encoder and decoder layers, one layer otherwise."""
+    return 2 if model == "transformer" else 1
+
+
+def memory_estimate(model: str, seq: int, batch: int, variants: int, spec: ModelSpec | None = None) -> MemoryEstimate:
+    """Peak bytes of ``run_case`` on the cases of ``model`` at (batch, seq), before anything is allocated.
+
+    fp32 throughout: ``variants`` + 1 copies of the weights (every variant is a deep copy of the case's module),
+    the inputs and the base output, and one call's intermediates of the reference, whose attention holds the whole
+    (B, h, S, S) score and probability tensors (a decoder's cross attention as well).
+    """
+    spec = spec or load_model(MODELS[model])
+    h, f = spec.hidden, spec.ffn
+    if model == "memnet":
+        weights = h * h + h * spec.vocab
+        acts = 3 * batch * seq * h + 3 * batch * MEMNET_QUERIES * (seq + h + spec.vocab)
+    else:
+        attention = 2 * batch * spec.heads * seq * seq + 5 * batch * seq * h  # scores, probabilities; q, k, v, ctx, out
+        cases = case_count(model)
+        weights = cases * (4 * h * h + 2 * h * f) + (4 * h * h if model == "transformer" else 0)  # + cross attention
+        acts = 3 * batch * seq * h + cases * attention + 2 * batch * seq * f
+    peak = 4.0 * (weights * (variants + 1) + acts)
+    return MemoryEstimate(peak, f"{variants + 1} copies of {units.si(4.0 * weights, 'B')} of weights and "
+                                f"{units.si(4.0 * acts, 'B')} of inputs and intermediates at batch {batch}, S={seq}")
 
 
 def build_cases(model: str, seq: int, batch: int = 1, seed: int = 0, spec: ModelSpec | None = None) -> list[Case]:
@@ -135,12 +164,13 @@ def _attention_call(case: Case, module: nn.Module) -> Callable[[], object]:
     return lambda: module.attention(x, mask)
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], cfg: RuntimeConfig, repeats: int) -> dict[str, Timing]:
+def time_interleaved(calls: dict[str, Callable[[], object]], cfg: RuntimeConfig, repeats: int,
+                     progress: Callable[[int], None] | None = None) -> dict[str, Timing]:
     """Median of ``repeats`` samples per call, taken round-robin so that a load change on a shared machine hits all alike.
 
     Python's cyclic garbage collector is off while timing, as in ``timeit``: a full collection of this process's
     objects (up to ~0.1 s after building and tracking the modules) lands in whichever call happens to trigger it,
-    more often in the variants that make more Python objects per call.
+    more often in the variants that make more Python objects per call. ``progress(1)`` follows every sample.
     """
     for fn in calls.values():
         fn()  # warm-up
@@ -152,16 +182,20 @@ def time_interleaved(calls: dict[str, Callable[[], object]], cfg: RuntimeConfig,
         for _ in range(repeats):
             for name, fn in calls.items():
                 samples[name].append(time_callable(fn, cfg, warmup=0, repeats=1).median)
+                if progress is not None:
+                    progress(1)
     finally:
         if enabled:
             gc.enable()
     return {name: Timing.of(v) for name, v in samples.items()}
 
 
-def run_case(case: Case, variants: list[str], params: Params, cfg: RuntimeConfig, repeats: int = 5) -> list[Row]:
+def run_case(case: Case, variants: list[str], params: Params, cfg: RuntimeConfig, repeats: int = 5,
+             progress: Callable[[int], None] | None = None) -> list[Row]:
     """Time the variants of ``case`` round-robin (median of ``repeats``), with peak intermediate bytes and error vs base.
 
-    The caller applies ``controlled(cfg)``.
+    The caller applies ``controlled(cfg)``. ``progress(n)`` counts timed samples: ``repeats`` per variant (a variant
+    that does not apply counts its ``repeats`` at once).
     """
     with torch.no_grad():
         expected = case.module(*case.inputs)
@@ -172,10 +206,29 @@ def run_case(case: Case, variants: list[str], params: Params, cfg: RuntimeConfig
                 modules[variant] = variant_module(case, variant, params)
             except TstackError as e:
                 notes[variant] = str(e)
+        if progress is not None and notes:
+            progress(repeats * len(notes))
         calls = {v: (lambda m=m: m(*case.inputs)) for v, m in modules.items()}
         errors = {v: float((fn() - expected).abs().max()) for v, fn in calls.items()}
         peaks = {v: (peak_intermediate_bytes(fn).peak, peak_intermediate_bytes(_attention_call(case, modules[v])).peak)
                  for v, fn in calls.items()}
-        timings = time_interleaved(calls, cfg, repeats)
+        timings = time_interleaved(calls, cfg, repeats, progress)
     return [Row(case.model, case.part, case.seq, case.batch, v, timings.get(v), *peaks.get(v, (None, None)),
                 errors.get(v), notes.get(v, "")) for v in variants]
+
+
+def record(row: Row, rows: list[Row]) -> dict[str, object]:
+    """``row`` as an output record: unit-named fields, and its median over the base's and SDPA's of the same case."""
+    refs = {r.variant: r.timing for r in rows if (r.model, r.part, r.seq, r.batch) == (row.model, row.part, row.seq,
+                                                                                          row.batch)}
+    t = row.timing
+
+    def ratio(ref: str) -> float | None:
+        base = refs.get(ref)
+        return t.median / base.median if t is not None and base is not None and base.median > 0 else None
+
+    return {"model": row.model, "part": row.part, "seq": row.seq, "batch": row.batch, "variant": row.variant,
+            "median_seconds": t.median if t else None, "p10_seconds": t.p10 if t else None,
+            "p90_seconds": t.p90 if t else None, "repeats": t.repeats if t else None,
+            "ratio_to_base": ratio("base"), "ratio_to_sdpa": ratio("sdpa"), "peak_bytes": row.peak_bytes,
+            "attention_peak_bytes": row.attention_peak_bytes, "max_abs_error": row.max_abs_err, "note": row.note}

@@ -71,8 +71,8 @@ def _histogram(p: torch.Tensor, kind: torch.Tensor | None = None, kinds: int = 1
     return torch.bincount(idx.flatten(), minlength=bins * kinds).tolist()
 
 
-def _exact(model: Any, batches: list[dict[str, torch.Tensor]],
-           thresholds: Sequence[float]) -> tuple[torch.Tensor, Distribution, dict[float, float]]:
+def _exact(model: Any, batches: list[dict[str, torch.Tensor]], thresholds: Sequence[float],
+           progress: Callable[[int], None] = lambda n=1: None) -> tuple[torch.Tensor, Distribution, dict[float, float]]:
     """The exact model's embeddings, its probability distribution (003 Fig. 6) and the real share under each threshold."""
     bins = len(EDGES) - 1
     counts = [0] * (3 * bins)
@@ -90,6 +90,7 @@ def _exact(model: Any, batches: list[dict[str, torch.Tensor]],
             counts = [a + b for a, b in zip(counts, _histogram(probs, kind, 3))]
             real_pairs += int(real.sum()) * probs.shape[1]
             below.update({t: n + int((real & (probs < t)).sum()) for t, n in below.items()})
+        progress(1)
     dist = Distribution(tuple(counts[:bins]), tuple(counts[bins:2 * bins]), tuple(counts[2 * bins:]))
     return torch.cat(embeddings), dist, {t: n / max(1, real_pairs) for t, n in below.items()}
 
@@ -228,31 +229,48 @@ class StudySetup:
             raise SpecError(problems, "trade-off study")
 
 
-def study(model: Any, tokenizer: Any, setup: StudySetup,
-          points: Sequence[tuple[float, float]]) -> tuple[Distribution, list[TradeoffPoint]]:
+def _embed(model: Any, batches: list[dict[str, torch.Tensor]], progress: Callable[[int], None]) -> torch.Tensor:
+    """``embed_batches`` one batch at a time, calling ``progress(1)`` after each."""
+    out = []
+    for b in batches:
+        out.append(embed_batches(model, [b]))
+        progress(1)
+    return torch.cat(out)
+
+
+def study_batches(setup: StudySetup, points: Sequence[tuple[float, float]]) -> int:
+    """Batch runs of the model ``study`` makes: the exact one, one per distinct threshold and one per point."""
+    batches = -(-len(setup.texts) // setup.batch)
+    return batches * (1 + len(dict.fromkeys(t for t, _ in points)) + len(points))
+
+
+def study(model: Any, tokenizer: Any, setup: StudySetup, points: Sequence[tuple[float, float]],
+          progress: Callable[[int], None] = lambda n=1: None) -> tuple[Distribution, list[TradeoffPoint]]:
     """The Fig. 6 distribution of the exact model, and one Fig. 7 point per (score threshold, zero ratio).
 
     1. tokenize the texts in batches (padded to each batch's longest, truncated to ``max_length``);
     2. run the exact model: embeddings and the probability distribution;
     3. per point, swap in zero-skipping attention, run again, compare embeddings and neighbour rankings;
     4. per threshold, the same with per-element skipping (``ElementSkipSelfAttention``).
+
+    ``progress(1)`` follows every batch run of the model (``study_batches`` of them).
     """
     texts = list(setup.texts)
     batches = [encode(tokenizer, texts[i:i + setup.batch], setup.max_length) for i in range(0, len(texts), setup.batch)]
     params = [ZSParams(t, r, setup.chunk, setup.threads) for t, r in points]  # validates every point up front
     with torch.no_grad():
-        exact, dist, below = _exact(model, batches, [p.score_threshold for p in params])
+        exact, dist, below = _exact(model, batches, [p.score_threshold for p in params], progress)
 
         element: dict[float, tuple[float, float, float]] = {}  # threshold → (dropped share, cosine min, cosine mean)
         for t in dict.fromkeys(p.score_threshold for p in params):
             with element_skipping(model, t) as modules:
-                cos = (embed_batches(model, batches) * exact).sum(-1)
+                cos = (_embed(model, batches, progress) * exact).sum(-1)
             dropped, pairs, _, _ = (sum(c) for c in zip(*(n for m in modules for n in m.counts)))
             element[t] = (dropped / max(1, pairs), float(cos.min()), float(cos.mean()))
         out = []
         for p in params:
             with zero_skipping(model, p, min_skipped=0.0) as modules:
-                e = embed_batches(model, batches)
+                e = _embed(model, batches, progress)
             cos = (e * exact).sum(-1)
             top1, topk = _agreement(exact, e)
             skipped = _mean_stats([s for m in modules for s in m.stats])
