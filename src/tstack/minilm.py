@@ -33,12 +33,15 @@ def load_minilm() -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     path = model_dir()
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
+    hf_logging.disable_progress_bar()  # a local file loads in milliseconds; tstack's own progress is enough
     try:
         model = BertModel.from_pretrained(path, attn_implementation="eager", add_pooling_layer=False)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 

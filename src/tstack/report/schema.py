@@ -16,6 +16,7 @@ INT = {"type": "integer"}
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
 OPT_STR = {"type": ["string", "null"]}
+LIST = {"type": "array"}
 
 RUN_SPEC = {"type": "object", "required": ["mode", "batch", "seq", "tgt_seq", "precision", "optimizer", "checkpoint",
                                            "dropout", "phase", "kv_len"],
@@ -26,6 +27,9 @@ OP_RECORD = {"kind": STR, "name": STR, "part": STR, "layer": STR, "block": STR, 
              "pass": STR, "dtype": STR, "M": INT, "N": INT, "K": INT, "gemm_batch": INT, "count": INT, "flops": NUM,
              "bytes": NUM, "intensity_flop_per_byte": NUM, "seconds": NUM, "bound": STR, "utilization": NUM}
 
+REPRO_RECORD = {"key": STR, "claim": STR, "paper": STR, "unit": STR, "note": STR,
+                "tstack": {"type": ["number", "string", "null"]}, "gap": NUM}
+
 # command -> (required fields of `run`, required fields of each record with their types)
 COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "analyze": ({"model": STR, "model_spec": {"type": "object"}, "spec": RUN_SPEC, "device": STR,
@@ -35,8 +39,42 @@ COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                "ffn": INT, "heads": INT, "precision": STR, "group": STR, "seconds": NUM, "share": NUM, "flops": NUM,
                "bytes": NUM, "kernels": INT}),
     "presets": ({}, {"type": STR, "name": STR, "description": STR}),
-    "repro": ({"paper": STR, "device": STR}, {"key": STR, "claim": STR, "paper": STR, "unit": STR, "note": STR,
-                                               "tstack": {"type": ["number", "string", "null"]}, "gap": NUM}),
+    "repro": ({"paper": STR, "device": STR}, REPRO_RECORD),
+    "accel run": ({"model": STR, "spec": RUN_SPEC, "seq": INT, "hw": LIST, "accelerators": {"type": "object"},
+                   "schedule": LIST, "mapping": STR, "objective": STR},
+                  {"hardware": STR, "schedule": STR, "seconds": NUM, "cycles": NUM, "joules": NUM, "joule_seconds": NUM,
+                   "utilization": NUM, "matmul_seconds": NUM, "softmax_seconds": NUM, "layernorm_seconds": NUM,
+                   "gelu_seconds": NUM, "quant_seconds": NUM, "other_seconds": NUM}),
+    "accel gemm": ({"m": INT, "n": INT, "k": INT, "gemm_batch": INT, "hw": LIST, "mapping": LIST, "objective": STR},
+                   {"hardware": STR, "mapping": STR, "m": INT, "n": INT, "k": INT, "gemm_batch": INT, "tile_m": INT,
+                    "tile_n": INT, "tile_k": INT, "cycles": NUM, "mesh_cycles": NUM, "dma_cycles": NUM,
+                    "ideal_cycles": NUM, "load_bytes": NUM, "store_bytes": NUM, "seconds": NUM, "utilization": NUM,
+                    "joules": NUM, "joule_seconds": NUM}),
+    "accel dse": ({"model": STR, "seq": INT, "hw": STR, "sram_total_bytes": INT, "split": {}, "dims": {},
+                   "dma_bytes_per_cycle": {}, "objective": {}, "schedule": STR},
+                  {"design": STR, "spad_bytes": INT, "acc_bytes": INT, "dim": INT, "dma_bytes_per_cycle": INT,
+                   "feasible": BOOL, "reason": OPT_STR, "latency_seconds": NUM, "matmul_seconds": NUM, "joules": NUM,
+                   "joule_seconds": NUM, "pareto": BOOL}),
+    "accel repro": ({"model": STR, "seq": INT, "paper": STR}, REPRO_RECORD),
+    "opt bench": ({"models": {}, "seq": {}, "variants": {}, "batch": INT, "threads": INT, "repeats": INT,
+                   "runtime": {}},
+                  {"model": STR, "part": STR, "seq": INT, "variant": STR, "median_seconds": NUM, "p10_seconds": NUM,
+                   "p90_seconds": NUM, "peak_bytes": NUM, "max_abs_error": NUM}),
+    "opt tradeoff": ({"model": STR, "thresholds": {}, "zero_ratios": {}, "texts": STR, "max_length": INT, "batch": INT,
+                      "chunk": INT, "threads": INT},
+                     {"score_threshold": NUM, "zero_ratio": NUM, "softmax_skipped": NUM, "weighted_sum_skipped": NUM,
+                      "vgen_skipped": NUM, "cosine_min": NUM, "cosine_mean": NUM, "element_skipped": NUM}),
+    "opt schedule": ({"heads": INT, "chunks": INT, "chunk_keys": INT, "head_dim": INT, "threads": INT,
+                      "threshold": NUM, "policies": {}, "repeats": INT, "seed": INT},
+                     {"kind": STR, "threshold": NUM, "threads": INT, "policy": STR, "utilization": NUM,
+                      "makespan_seconds": NUM}),
+    "int convert": ({"source": STR, "out": STR, "act_bits": INT, "softmax_bits": INT, "max_length": INT},
+                    {"model": STR, "layers": INT, "calibration_texts": INT, "act_bits": INT, "softmax_bits": INT}),
+    "int accuracy": ({"path": STR, "model": STR, "max_length": INT},
+                     {"model": STR, "texts": INT, "cosine_mean": NUM, "cosine_min": NUM, "top1_agreement": NUM,
+                      "top5_overlap": NUM, "spearman": NUM}),
+    "int errors": ({"op": {}, "softmax_bits": INT},
+                   {"op": STR, "domain": STR, "max_abs_error": NUM, "rms_error": NUM}),
 }
 
 
