@@ -109,3 +109,38 @@ def test_analyze_uses_the_calibrated_model_of_a_calibrated_device(tmp_path):
     b = tstack.analyze("bert-base", tstack.RunSpec(seq=128), path)
     q = next(c for op, c in zip(b.ops, b.costs) if op.name == "attn.q_proj")
     assert q.seconds == pytest.approx(1e-12 * 768 * 128 * 768, rel=1e-9)
+
+
+def test_calibration_provenance_round_trips_and_says_quick(tmp_path):
+    made = {"grid": "quick", "rounds": 1, "repeats": 2, "threads": 1, "host": "h", "cpu_model": "c",
+            "probe_before": {"reference_seconds": 1e-3, "load_1min": 0.5}}
+    cal = Calibration(1, {"gemm.fp32": Table(((1.0, 2.0),), (1e-3, 2e-3))}, "env", made)
+    back = Calibration.from_dict(yaml.safe_load(yaml.safe_dump(cal.to_dict())), "t")
+    assert back.provenance == made and back.quick
+    assert not Calibration.from_dict({"threads": 1, "tables": {}}, "t").quick  # files from before provenance
+    with pytest.raises(SpecError, match="provenance"):
+        Calibration.from_dict({"threads": 1, "tables": {}, "provenance": ["x"]}, "t")
+    with pytest.raises(SpecError, match="provenance"):
+        Calibration.from_dict({"threads": 1, "tables": {}, "provenance": {"a": {"b": {"c": {"d": 1}}}}}, "t")
+
+
+def test_large_batched_gemm_points_time_fewer_entries():
+    from tstack.profiler.calibrate import BGEMM_BATCHES, BGEMM_MAX_FLOPS, Grid, bgemm_entries, grid_ops
+
+    assert bgemm_entries(64, 64, 64, 128, BGEMM_BATCHES) == 128  # small entries: the batch itself
+    n = bgemm_entries(1024, 1024, 1024, 128, BGEMM_BATCHES)
+    assert n == min(BGEMM_BATCHES) and n % min(BGEMM_BATCHES) == 0
+    for op in grid_ops(Grid())["bgemm.fp32"][1]:
+        M, N, K, batch = op.gemm_shape
+        assert batch >= min(BGEMM_BATCHES) and (batch in BGEMM_BATCHES or batch % min(BGEMM_BATCHES) == 0)
+        assert op.flops <= BGEMM_MAX_FLOPS or batch == min(BGEMM_BATCHES)
+
+
+def test_calibration_time_estimate_grows_with_the_grid_and_rounds():
+    from tstack.profiler.calibrate import Grid, estimate_seconds
+    from tstack.profiler.runtime import RuntimeConfig
+
+    cfg = RuntimeConfig(threads=2)
+    quick, full = estimate_seconds(Grid.quick(), cfg, 1, 5, 2e11), estimate_seconds(Grid(), cfg, 1, 5, 2e11)
+    assert 0 < quick < 30 < full < 15 * 60  # the default grid is sized to finish within 15 minutes on 2 cores
+    assert estimate_seconds(Grid(), cfg, 2, 5, 2e11) == pytest.approx(2 * full)

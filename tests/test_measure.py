@@ -196,7 +196,7 @@ def test_calibration_rounds_keep_each_grid_points_fastest_time(monkeypatch: pyte
     # tables must hold 2 (the second round's) and 1 (the first round's) respectively.
     seen: dict[Op, int] = {}
 
-    def fake_seconds(op, cfg, repeats):  # noqa: ANN001, ANN202
+    def fake_seconds(op, cfg, repeats, draw=None):  # noqa: ANN001, ANN202
         r = seen.get(op, 0)
         seen[op] = r + 1
         return float(3 - r if op.flops % 2 == 0 else 1 + r)

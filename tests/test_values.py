@@ -125,3 +125,38 @@ def test_fp16_draws_have_no_subnormal_inputs() -> None:
     p = prepare(Op("copy", "master-to-model", (("params", N),), "fp32", 0, 0, ()), ONE)
     p.run()
     assert check_finite_normal(p.output()).ok  # fp32 masters whose fp16 copy would be subnormal are drawn as 0
+
+
+def test_pooled_draws_keep_the_calibrated_distributions_and_outputs_normal() -> None:
+    """The calibration's pooled draws: same scales as Draw, no subnormal input or output (FTZ off), fresh slices."""
+    from tstack.profiler.values import Pool, PooledDraw
+
+    pool = Pool(1 << 20, seed=1)
+    draw = PooledDraw(0, "cpu", pool=pool)
+    a = draw.gemm_a((256, 1024), torch.float32, 1024)
+    assert abs(float(a.std()) - 1 / 32) < 2e-3 and check_finite_normal(a).ok
+    b, c = draw.activation((512, 512), torch.float32), draw.activation((512, 512), torch.float32)
+    assert abs(float(b.std()) - 1) < 0.02 and not torch.equal(b, c)  # each tensor its own slice
+    h = draw.normal((1 << 16,), torch.float16)
+    assert check_finite_normal(h).ok  # small values zeroed for the narrow format, as Draw does
+    ops = [gemm(64, 32, 4096, "fp32"), pointwise("softmax-bwd", 16, 4096), pointwise("layernorm", 64, 1024),
+           pointwise("layernorm-bwd", 64, 1024), pointwise("dropout", 64, 512)]
+    ops += [Op("elementwise", n, (("params", N),), "fp32", 0, 0, ()) for n in ("lamb-stage1", "adam")]
+    ops.append(Op("copy", "grad-to-master", (("params", N),), "fp16", N, 6 * N, ()))
+    for op in ops:
+        p = prepare(op, ONE, draw=PooledDraw(0, "cpu", pool=pool))
+        with controlled(ONE):
+            p.run()
+        found = sum((check_finite_normal(t) for t in (*p.inputs.values(), *p.outputs.values())
+                     if t.dtype != torch.float16), Problems())
+        assert found.ok, op.name
+
+
+def test_pooled_draws_fall_back_beyond_the_pool_and_for_tiny_scales() -> None:
+    from tstack.profiler.values import Pool, PooledDraw
+
+    draw = PooledDraw(0, "cpu", pool=Pool(1024))
+    big = draw.activation((64, 64), torch.float32)  # 4096 values > 1024: drawn by Draw
+    assert big.shape == (64, 64) and abs(float(big.std()) - 1) < 0.1
+    tiny = PooledDraw(0, "cpu", Values(scale=1e-30), pool=Pool(1 << 12)).activation((32, 32), torch.float32)
+    assert float(tiny.abs().max()) < 1e-28  # the uncalibrated scale is kept

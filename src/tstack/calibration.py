@@ -100,16 +100,27 @@ class Calibration:
     Names: ``gemm.<dtype>`` (M, N, K) and ``bgemm.<dtype>`` (seconds per batch entry over M, N, K and the
     batch), a registered kernel name
     (``softmax``, ``layernorm-bwd``, ...) for rows×cols kernels, and ``<name>`` of optimizer
-    stages, copies and gathers over their element count.
+    stages, copies and gathers over their element count. ``provenance`` says how the tables were made: grid
+    (``full`` or ``quick``), rounds, repeats, threads, host, CPU model, date and the host probes before and
+    after (``profiler.probe``).
     """
 
     threads: int
     tables: dict[str, Table] = field(default_factory=dict)
     environment: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quick(self) -> bool:
+        """True for a file made by ``tstack calibrate --quick`` (a smoke-test grid, not accurate)."""
+        return self.provenance.get("grid") == "quick"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threads": self.threads, "environment": self.environment,
-                "tables": {k: t.to_dict() for k, t in self.tables.items()}}
+        out: dict[str, Any] = {"threads": self.threads, "environment": self.environment}
+        if self.provenance:
+            out["provenance"] = self.provenance
+        out["tables"] = {k: t.to_dict() for k, t in self.tables.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Calibration:
@@ -122,5 +133,16 @@ class Calibration:
         if not isinstance(tables, dict):
             raise SpecError(["calibration.tables must be a mapping of name to table"], where)
         env = data.get("environment", "")
+        provenance = data.get("provenance") or {}
+        if not isinstance(provenance, dict) or not all(_plain(v) for v in provenance.values()):
+            raise SpecError(["calibration.provenance must be a mapping of names to numbers, strings or mappings of "
+                             "them (how `tstack calibrate` made the file)"], where)
         return cls(threads, {str(k): Table.from_dict(v, f"{where}: calibration.tables.{k}") for k, v in tables.items()},
-                   env if isinstance(env, str) else str(env))
+                   env if isinstance(env, str) else str(env), {str(k): v for k, v in provenance.items()})
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """A scalar, or (two levels at most) a mapping of scalars: what a provenance entry may hold."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return depth < 2 and isinstance(value, dict) and all(_plain(v, depth + 1) for v in value.values())

@@ -8,7 +8,8 @@ The JSON object holds ``ops`` (see ``op_to_json``), ``device``, ``flush_denormal
 - ``"plain"``: every op is prepared and run ``warmup`` + ``runs`` times (a smoke test, or a
   run to wrap in an outside tool).
 - ``"callgrind"``: the process runs under ``valgrind --tool=callgrind --instr-atstart=no``.
-  For every op, two copies are prepared (``twin`` and ``p``, separate buffers, same values) and
+  For every op, two copies are prepared (``twin`` and ``p``, separate buffers, same values, drawn from one
+  ``values.Pool`` made once: drawing under valgrind is slow) and
   warmed up with instrumentation off (Python start-up, the torch import and the op's setup are
   neither simulated nor counted). Then ``START_INSTRUMENTATION`` (callgrind empties its
   simulated caches), one run of ``twin`` (code, interpreter and PyTorch dispatcher data enter
@@ -111,6 +112,7 @@ def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Prepare and run every op of ``spec`` (see the module docstring); returns one summary per op."""
     from tstack.profiler.opexec import prepare
     from tstack.profiler.runtime import RuntimeConfig, controlled
+    from tstack.profiler.values import Pool, PooledDraw, pool_size
 
     mode = spec.get("mode", "plain")
     if mode not in ("plain", "callgrind"):
@@ -123,9 +125,10 @@ def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
     cfg = RuntimeConfig(device=spec.get("device", "cpu"), threads=1, flush_denormal=bool(spec.get("flush_denormal", True)))
     seed, warmup, runs = int(spec.get("seed", 0)), int(spec.get("warmup", 2)), int(spec.get("runs", 1))
     out = []
+    ops = [op_from_json(d) for d in spec["ops"]]
     with controlled(cfg):  # sets torch.set_num_threads(1) for the block
-        for i, d in enumerate(spec["ops"]):
-            op = op_from_json(d)
+        pool = Pool(pool_size(ops), seed) if cr is not None else None
+        for i, op in enumerate(ops):
             if cr is None:
                 p = prepare(op, cfg, seed)
                 for _ in range(warmup + runs):
@@ -134,7 +137,8 @@ def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
                 # Two copies: `twin` warms the code, the interpreter's and PyTorch's own data in the
                 # simulated caches; `p`'s buffers were written while instrumentation was off, so the
                 # simulator has never seen them and its first run is cold for the op's data only.
-                twin, p = prepare(op, cfg, seed), prepare(op, cfg, seed)
+                twin = prepare(op, cfg, seed, draw=PooledDraw(seed, "cpu", pool=pool))
+                p = prepare(op, cfg, seed, draw=PooledDraw(seed, "cpu", pool=pool))
                 for _ in range(warmup):
                     twin.run()
                     p.run()

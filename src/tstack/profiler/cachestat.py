@@ -357,12 +357,19 @@ def _read_dump(path: str) -> tuple[str | None, dict[str, int], str]:
 def _cachestat_simulated(ops: list[Op], cfg: RuntimeConfig, llc: CacheGeometry | None, budget: Budget,
                          seed: int) -> list[CacheStat]:
     from tstack.profiler import _runop
+    from tstack.profiler.opexec import implementation_key
 
     reduced = [reduce_op(op, budget) for op in ops]
+    # Ops that reduce to the same kernel at the same shape (e.g. Q/K/V projections, layers) are simulated once.
+    keys = [(r.kind, implementation_key(r), r.dims, r.dtype) for r, _, _ in reduced]
+    unique: dict[tuple, Op] = {}
+    for k, (r, _, _) in zip(keys, reduced):
+        unique.setdefault(k, r)
+    index = {k: i for i, k in enumerate(unique)}
     host = host_llc()
     geom = (llc or host).for_valgrind() if (llc or host) else None
-    spec = {"mode": "callgrind", "ops": [_runop.op_to_json(r[0]) for r in reduced], "device": "cpu",
-            "flush_denormal": cfg.flush_denormal, "seed": seed, "warmup": 2}
+    spec = {"mode": "callgrind", "ops": [_runop.op_to_json(r) for r in unique.values()], "device": "cpu",
+            "flush_denormal": cfg.flush_denormal, "seed": seed, "warmup": 1}
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="tstack-cachestat-") as tmp:
         out = os.path.join(tmp, "callgrind.out")
@@ -372,9 +379,11 @@ def _cachestat_simulated(ops: list[Op], cfg: RuntimeConfig, llc: CacheGeometry |
             cmd.append(f"--LL={geom.size},{geom.assoc},{geom.line}")
         cmd += [sys.executable, "-m", "tstack.profiler._runop", json.dumps(spec)]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(600, 120 * len(ops)))
+            # On any exception (Ctrl-C, SIGTERM raised as an exception by the CLI, a timeout) subprocess.run kills
+            # valgrind and waits for it before re-raising; the temporary folder goes with the with-block.
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(600, 120 * len(unique)))
         except subprocess.TimeoutExpired:
-            raise TstackError(f"cachestat simulation of {len(ops)} op(s) did not finish in time") from None
+            raise TstackError(f"cachestat simulation of {len(unique)} op(s) did not finish in time") from None
         if r.returncode != 0:
             lines = [x for x in (r.stderr or "").splitlines() if x.strip()]
             raise TstackError(f"cachestat simulation failed: {lines[-1] if lines else f'valgrind exit status {r.returncode}'}")
@@ -389,7 +398,8 @@ def _cachestat_simulated(ops: list[Op], cfg: RuntimeConfig, llc: CacheGeometry |
     note = f"callgrind cache simulation, LL {ll_text}{host_text}, valgrind's AVX2 code path, 1 thread"
     stats = []
     for i, (_, changed, scale) in enumerate(reduced):
-        cold, warm = dumps.get(f"{_runop.DUMP_PREFIX}{i}-cold"), dumps.get(f"{_runop.DUMP_PREFIX}{i}-warm")
+        j = index[keys[i]]
+        cold, warm = dumps.get(f"{_runop.DUMP_PREFIX}{j}-cold"), dumps.get(f"{_runop.DUMP_PREFIX}{j}-warm")
         if cold is None or warm is None:
             raise TstackError(f"cachestat simulation: no callgrind dump for op {ops[i].name!r}")
         stats.append(CacheStat(cold["DLmr"] + cold["DLmw"], cold["Ir"], warm["DLmr"] + warm["DLmw"], True,

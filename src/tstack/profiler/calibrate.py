@@ -26,7 +26,8 @@ from tstack.costmodel.roofline import roofline
 from tstack.hardware import DeviceSpec, Efficiency
 from tstack.profiler.opexec import prepare
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe
-from tstack.profiler.timing import time_callable
+from tstack.profiler.timing import MIN_SAMPLE_S, time_callable
+from tstack.profiler.values import Draw, Pool, PooledDraw, pool_size
 from tstack.workload import formulas as F
 from tstack.workload.op import Op
 
@@ -43,6 +44,7 @@ KERNEL_COLS = tuple(1 << i for i in range(6, 13))  # rows of 64 … 4096
 PARAM_ELEMS = tuple(1 << i for i in range(12, 27))
 QUICK = {"GEMM_DIMS": (64, 512), "BGEMM_DIMS": (32, 256), "BGEMM_BATCHES": (2, 8), "KERNEL_ELEMS": (1 << 10, 1 << 14),
          "KERNEL_COLS": (64, 512), "PARAM_ELEMS": (1 << 10, 1 << 14)}
+BGEMM_MAX_FLOPS = 8 * 10**9  # one batched-GEMM call at most (about 30 ms at 300 GFLOP/s); see bgemm_entries
 _LABELS = (("part", "calibrate"), ("layer", "-"), ("block", "-"), ("group", "-"), ("nlpfast", "-"), ("pass", "fwd"))
 
 
@@ -61,6 +63,22 @@ class Grid:
     def quick(cls) -> Grid:
         return cls(QUICK["GEMM_DIMS"], QUICK["BGEMM_DIMS"], QUICK["BGEMM_BATCHES"], QUICK["KERNEL_ELEMS"], QUICK["KERNEL_COLS"],
                    QUICK["PARAM_ELEMS"])
+
+
+def bgemm_entries(M: int, N: int, K: int, batch: int, batches: tuple[int, ...]) -> int:
+    """Entries timed for the batched-GEMM grid point (M, N, K, batch): the batch itself, or fewer where one call
+    would exceed ``BGEMM_MAX_FLOPS`` (at least the grid's smallest batch, in multiples of it).
+
+    The table holds seconds per entry. Per-entry time falls with the batch only while entries are small
+    (threads share them out, per-call overhead spreads); entries this large already fill every thread, so the
+    per-entry time of the smaller batch is that of the larger, and timing 128 entries of 1024³ (0.3 TFLOP,
+    1.5 GB of operands) would cost seconds per point for nothing.
+    """
+    per_entry = 2 * M * N * K
+    if per_entry * batch <= BGEMM_MAX_FLOPS:
+        return batch
+    step = min(batches)
+    return min(batch, max(step, step * int(BGEMM_MAX_FLOPS // (per_entry * step))))
 
 
 def _gemm_op(kind: str, M: int, N: int, K: int, batch: int) -> Op:
@@ -95,7 +113,8 @@ def grid_ops(grid: Grid) -> dict[str, tuple[tuple[tuple[int, ...], ...], list[Op
     out["gemm.fp32"] = ((g, g, g), [_gemm_op("gemm", M, N, K, 1) for M in g for N in g for K in g])
     b = grid.bgemm
     out["bgemm.fp32"] = ((b, b, b, grid.batches),
-                         [_gemm_op("bgemm", M, N, K, n) for M in b for N in b for K in b for n in grid.batches])
+                         [_gemm_op("bgemm", M, N, K, bgemm_entries(M, N, K, n, grid.batches))
+                          for M in b for N in b for K in b for n in grid.batches])
     for name in F.KERNELS:
         out[name] = ((grid.elems, grid.cols), [_pointwise_op(name, max(1, e // c), c) for e in grid.elems for c in grid.cols])
     gathers = []
@@ -114,12 +133,25 @@ def grid_ops(grid: Grid) -> dict[str, tuple[tuple[tuple[int, ...], ...], list[Op
 
 
 BIG_FLOPS = 2e9  # GEMMs above this run long enough that fewer repeats give a stable median
+BIG_BYTES = 256 << 20  # so do memory-bound kernels that move more than this
+POOL_MAX = (1 << 26) + (1 << 22)  # fp32 values per pool: the largest grid tensor (2^26 parameters) fits
 
 
-def _seconds(op: Op, cfg: RuntimeConfig, repeats: int) -> float:
-    prepared = prepare(op, cfg)
-    n = min(repeats, 3) if op.flops > BIG_FLOPS else repeats
-    return time_callable(prepared.run, cfg, warmup=1 if op.flops > BIG_FLOPS else 2, repeats=n).median
+def is_big(op: Op) -> bool:
+    return op.flops > BIG_FLOPS or op.bytes > BIG_BYTES
+
+
+def _seconds(op: Op, cfg: RuntimeConfig, repeats: int, draw: Draw | None = None) -> float:
+    """Median seconds of one grid point. Big ops (``is_big``) take no separate warm-up: ``time_callable``'s
+    first, untimed call that sizes the sample batch warms them (touches the output pages), and at most
+    3 samples; small ops get 2 warm-up calls and ``repeats`` samples."""
+    prepared = prepare(op, cfg, draw=draw)
+    big = is_big(op)
+    return time_callable(prepared.run, cfg, warmup=0 if big else 2, repeats=min(repeats, 3) if big else repeats).median
+
+
+def _pool_size(grids: dict) -> int:
+    return pool_size((op for _, ops in grids.values() for op in ops), POOL_MAX)
 
 
 def measure_tables(grid: Grid, cfg: RuntimeConfig, repeats: int = 5, rounds: int = 1,
@@ -137,15 +169,36 @@ def measure_tables(grid: Grid, cfg: RuntimeConfig, repeats: int = 5, rounds: int
     points = [(name, i) for name, (_, ops) in grids.items() for i in range(len(ops))]
     seconds: dict[str, list[float]] = {name: [math.inf] * len(ops) for name, (_, ops) in grids.items()}
     with controlled(cfg):
+        pool = Pool(_pool_size(grids), seed) if cfg.device == "cpu" else None
+        draw = PooledDraw(seed, "cpu", pool=pool) if pool is not None else None
         for r in range(rounds):
             for name, i in random.Random(seed + r).sample(points, len(points)):
                 op = grids[name][1][i]
-                t = _seconds(op, cfg, repeats)
+                t = _seconds(op, cfg, repeats, draw)
                 seconds[name][i] = min(seconds[name][i], t / op.dim("batch", 1) if op.kind == "bgemm" else t)
                 if progress:
                     progress(1)
     return {name: Table(tuple(tuple(float(v) for v in a) for a in axes), tuple(seconds[name]))
             for name, (axes, _) in grids.items()}
+
+
+# Rough costs for the up-front estimate of a calibration's duration (estimate_seconds); fitted by eye to runs on the
+# 2-core VM this was developed on, where they came within ±30% of the measured time.
+POINT_OVERHEAD_S = 1.5e-3  # Python, the executor and a few small samples per grid point
+PREPARE_S_PER_BYTE = 0.4e-9  # drawing the inputs from the pool and allocating the outputs
+ASSUMED_BYTES_PER_SECOND = 10e9  # memory-bound kernels (the calibration measures the real figure)
+
+
+def estimate_seconds(grid: Grid, cfg: RuntimeConfig, rounds: int, repeats: int, flop_per_second: float) -> float:
+    """Expected wall time of ``calibrate`` on ``grid``: per point, an overhead, the inputs' preparation and the
+    calls ``_seconds`` makes, each at ``flop_per_second`` (a probe's GEMM rate) or the assumed bandwidth."""
+    total = 0.0
+    for _, ops in grid_ops(grid).values():
+        for op in ops:
+            t = max(op.flops / max(flop_per_second, 1.0), op.bytes / ASSUMED_BYTES_PER_SECOND)
+            calls = 4 * t if is_big(op) else 3 * t + repeats * max(t, MIN_SAMPLE_S)
+            total += POINT_OVERHEAD_S + PREPARE_S_PER_BYTE * op.bytes + calls
+    return rounds * total
 
 
 def grid_size(grid: Grid) -> int:

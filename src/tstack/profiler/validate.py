@@ -24,11 +24,12 @@ class Validation:
     @property
     def op_errors(self) -> list[float]:
         """|predicted − measured| / measured per op."""
-        return [abs(p.seconds - m.seconds) / m.seconds for p, m in zip(self.predicted.costs, self.measured.costs)]
+        return [abs(p.seconds - m.seconds) / m.seconds if m.seconds > 0 else float("nan")
+                for p, m in zip(self.predicted.costs, self.measured.costs)]
 
     @property
     def median_op_error(self) -> float:
-        return statistics.median(self.op_errors)
+        return statistics.median([e for e in self.op_errors if e == e] or [float("nan")])
 
     @property
     def end_to_end_error(self) -> float:
@@ -37,20 +38,21 @@ class Validation:
         return (self.predicted.total.seconds - m) / m
 
     def records(self) -> list[dict[str, Any]]:
+        """One record per op; a GEMM's batch is ``gemm_batch`` (the run's batch is the caller's ``batch``)."""
         out = []
         for op, p, m, e in zip(self.predicted.ops, self.predicted.costs, self.measured.costs, self.op_errors):
-            M, N, K, batch = op.gemm_shape
+            M, N, K, gemm_batch = op.gemm_shape
             out.append({"kind": op.kind, "name": op.name, **{k: op.label(k) for k in LABEL_KEYS}, "M": M, "N": N,
-                        "K": K, "batch": batch, "rows": op.dim("rows"), "cols": op.dim("cols"),
-                        "params": op.dim("params"), "count": op.count, "predicted_s": p.seconds,
-                        "measured_s": m.seconds, "error": e})
+                        "K": K, "gemm_batch": gemm_batch, "rows": op.dim("rows"), "cols": op.dim("cols"),
+                        "params": op.dim("params"), "count": op.count, "predicted_seconds": p.seconds,
+                        "measured_seconds": m.seconds, "relative_error": e})
         return out
 
     def summary(self) -> dict[str, Any]:
         r = self.predicted.run
         return {"model": self.predicted.model.name, "mode": r.mode, "batch": r.batch, "seq": r.seq,
                 "precision": r.precision, "device": self.predicted.device, "ops": len(self.predicted.ops),
-                "predicted_s": self.predicted.total.seconds, "measured_s": self.measured.total.seconds,
+                "predicted_seconds": self.predicted.total.seconds, "measured_seconds": self.measured.total.seconds,
                 "end_to_end_error": self.end_to_end_error, "median_op_error": self.median_op_error}
 
     def group_errors(self, key: str) -> dict[str, tuple[float, float]]:

@@ -185,3 +185,92 @@ class Draw:
     def probabilities(self, rows: int, cols: int, dtype):
         scores = self.torch.randn((rows, cols), generator=self.gen, dtype=self.torch.float64)
         return self._to(self.torch.softmax(scores, dim=-1), dtype)
+
+
+class Pool:
+    """Pre-drawn fp32 samples (N(0, 1) and U[0, 1)) that ``PooledDraw`` hands out as scaled slices.
+
+    Drawing a large tensor element by element in float64 (``Draw``) costs ~25 ns per value, more than
+    timing most kernels; the calibration grid prepares thousands of ops, so it draws once and reuses.
+    N(0, 1) samples smaller than ``FLOOR`` in magnitude are set to 0 (so ``x·std`` stays normal for
+    any std ≥ ``MIN_STD``); uniform samples are multiples of 2⁻²⁴, so affine maps of them stay normal.
+    """
+
+    FLOOR = 1e-20
+    MIN_STD = 1e-17
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        torch = _torch()
+        gen = torch.Generator().manual_seed(seed)
+        self.size = int(size)
+        normal = torch.randn(self.size, generator=gen, dtype=torch.float32)
+        self.normal = normal.masked_fill_(normal.abs() < self.FLOOR, 0.0)
+        self.uniform = torch.rand(self.size, generator=gen, dtype=torch.float32)
+
+
+def pool_size(ops, limit: int = (1 << 26) + (1 << 22)) -> int:
+    """Pool values for ``ops``: their largest tensor (GEMM operands, rows × cols, parameters) and a margin, at most
+    ``limit`` (larger tensors fall back to ``Draw``)."""
+    need = 1
+    for op in ops:
+        M, N, K, batch = op.gemm_shape
+        need = max(need, batch * max(M * K, K * N, M * N), op.dim("rows", 0) * op.dim("cols", 0), op.dim("params", 0),
+                   op.dim("table", 0) * op.dim("cols", 0))
+    return min(limit, need + max(need // 16, 1024))
+
+
+class PooledDraw(Draw):
+    """``Draw`` with the same calibrated distributions, served from a ``Pool`` (CPU, fp32 pool; tensors up
+    to the pool's size): each tensor is a randomly placed slice of the pool, scaled and shifted into a new
+    tensor. Tensors larger than the pool, other devices and tiny scales fall back to ``Draw``. Used by
+    ``tstack calibrate``; a kernel's speed does not depend on which normal values it reads."""
+
+    def __init__(self, seed: int, device, values: Values | None = None, pool: Pool | None = None) -> None:
+        super().__init__(seed, device, values)
+        self.pool = pool
+
+    def _slice(self, kind: str, shape):
+        n = int(math.prod(shape)) if shape else 1
+        if self.pool is None or n > self.pool.size or self.torch.device(self.device).type != "cpu":
+            return None
+        off = int(self.torch.randint(0, self.pool.size - n + 1, (1,), generator=self.gen))
+        return getattr(self.pool, kind)[off:off + n].view(shape)
+
+    def _finish(self, t, dtype, normal_in=None):
+        if dtype != self.torch.float32 or normal_in is not None:
+            return self._to(t, dtype, normal_in)
+        return t.to(self.device)
+
+    def normal(self, shape, dtype, std: float = 1.0, mean: float = 0.0, data: bool = True, normal_in=None):
+        scale = std * (self.values.scale if data else 1.0)
+        base = self._slice("normal", shape) if abs(scale) >= Pool.MIN_STD and abs(scale) < 1e30 else None
+        if base is None:
+            return super().normal(shape, dtype, std, mean, data, normal_in)
+        t = base * scale
+        if mean:
+            t += mean
+        return self._finish(t, dtype, normal_in)
+
+    def uniform(self, shape, dtype, lo: float, hi: float, data: bool = False):
+        base = self._slice("uniform", shape) if self.values.scale == 1.0 else None
+        if base is None:
+            return super().uniform(shape, dtype, lo, hi, data)
+        return self._finish(base * (hi - lo) + lo, dtype)
+
+    def bernoulli(self, shape, keep: float):
+        base = self._slice("uniform", shape)
+        return super().bernoulli(shape, keep) if base is None else (base < keep).to(self.device)
+
+    def norm_input(self, rows: int, cols: int, dtype):
+        base = self._slice("normal", (rows, cols)) if self.values.scale == 1.0 else None
+        if base is None:
+            return super().norm_input(rows, cols, dtype)
+        spread = self.uniform((rows, 1), self.torch.float32, 0.5, 2.0)
+        offset = self.uniform((rows, 1), self.torch.float32, -1.0, 1.0)
+        return self._finish(base * spread + offset, dtype)
+
+    def probabilities(self, rows: int, cols: int, dtype):
+        base = self._slice("normal", (rows, cols))
+        if base is None:
+            return super().probabilities(rows, cols, dtype)
+        return self._to(self.torch.softmax(base, dim=-1), dtype)

@@ -94,8 +94,12 @@ def has_implementation(name: str) -> bool:
     return name in BUILDERS
 
 
-def prepare(op: Op, cfg: RuntimeConfig, seed: int = 0, values: Values | None = None) -> PreparedOp:
-    """Allocate calibrated inputs, outputs and scratch for ``op`` on ``cfg.device``; nothing runs yet."""
+def prepare(op: Op, cfg: RuntimeConfig, seed: int = 0, values: Values | None = None,
+            draw: Draw | None = None) -> PreparedOp:
+    """Allocate calibrated inputs, outputs and scratch for ``op`` on ``cfg.device``; nothing runs yet.
+
+    ``draw`` (default: a fresh ``Draw(seed, device, values)``) supplies the random inputs.
+    """
     torch = _torch()
     key = implementation_key(op)
     builder = BUILDERS.get(key)
@@ -108,7 +112,7 @@ def prepare(op: Op, cfg: RuntimeConfig, seed: int = 0, values: Values | None = N
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise TstackError("device='cuda' but torch.cuda.is_available() is false")
     device = torch.device(cfg.device)
-    ctx = _Ctx(op, torch, device, getattr(torch, DTYPES[op.dtype]), Draw(seed, device, values))
+    ctx = _Ctx(op, torch, device, getattr(torch, DTYPES[op.dtype]), draw or Draw(seed, device, values))
     return builder(ctx)
 
 
