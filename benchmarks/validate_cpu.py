@@ -73,8 +73,8 @@ def main() -> None:
         speed = host_speed(dev, cfg)
         v = Validation(tstack.analyze(model, run, dev), measure(model, run, cfg, Plan(repeats=args.repeats, rounds=args.rounds)))
         s = v.summary()
-        table.add_row(f"{mode} B={batch} S={seq}", str(s["ops"]), f"{s['measured_s'] * 1e3:.1f} ms",
-                      f"{s['predicted_s'] * 1e3:.1f} ms", f"{100 * s['end_to_end_error']:+.1f}%",
+        table.add_row(f"{mode} B={batch} S={seq}", str(s["ops"]), f"{s['measured_seconds'] * 1e3:.1f} ms",
+                      f"{s['predicted_seconds'] * 1e3:.1f} ms", f"{100 * s['end_to_end_error']:+.1f}%",
                       f"{100 * s['median_op_error']:.1f}%", "≤ 5% / ≤ 10%", speed)
     console.print(table)
     console.print(f"load average after: {os.getloadavg()}")

@@ -125,3 +125,8 @@ def test_readme_integer_commands_run_in_order(tmp_path):
         assert proc.returncode == 0, proc.stderr
         _check_outputs(command, tmp_path)
     assert "cosine" in proc.stdout
+
+
+def test_shipped_example_config_is_the_published_one():
+    shipped = json.loads((ROOT / "examples" / "bert-base-uncased" / "config.json").read_text())
+    assert shipped == HF_CONFIGS["bert-base-uncased"]

@@ -173,7 +173,7 @@ def _put(path: Path, tmp: dict[Path, Path], text: str) -> None:
 
 # ---------------------------------------------------------------- progress
 
-def _duration(s: float) -> str:
+def duration(s: float) -> str:
     s = max(0, int(round(s)))
     if s < 60:
         return f"{s} s"
@@ -204,13 +204,13 @@ class _PlainProgress:
             self.last = now
             elapsed = now - self.start
             left = elapsed * (self.total - self.done) / self.done if self.done else math.inf
-            eta = f", about {_duration(left)} left" if math.isfinite(left) else ""
+            eta = f", about {duration(left)} left" if math.isfinite(left) else ""
             print(f"{self.description}: {self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.1f}%), "
-                  f"{_duration(elapsed)} elapsed{eta}", file=sys.stderr, flush=True)
+                  f"{duration(elapsed)} elapsed{eta}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.printed:
-            elapsed = _duration(time.monotonic() - self.start)
+            elapsed = duration(time.monotonic() - self.start)
             print(f"{self.description}: {self.done}/{self.total} {self.unit} in {elapsed}", file=sys.stderr, flush=True)
 
 

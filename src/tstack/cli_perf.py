@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
-from tstack.cli_common import CSV_OPT, JSON_OPT, Outputs, _duration, check_int, console, note, parse_ints, parse_names, progress
+from tstack.cli_common import CSV_OPT, JSON_OPT, Outputs, duration, check_int, console, note, parse_ints, parse_names, progress
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_to_dict, load_device
 from tstack.models import load_model
@@ -378,7 +378,7 @@ def calibrate(
     expected = estimate_seconds(grid, cfg, rounds, repeats, before["reference_flop_per_second"])
     note(f"calibrate: {points} grid points × {rounds} round{'s' if rounds > 1 else ''} = {points * rounds} "
          f"measurements on {cfg.threads} thread{'s' if cfg.threads > 1 else ''}; expected "
-         f"{'about ' + _duration(expected) if expected >= 1 else 'under a second'} on this host (reference GEMM at "
+         f"{'about ' + duration(expected) if expected >= 1 else 'under a second'} on this host (reference GEMM at "
          f"{units.si(before['reference_flop_per_second'], 'FLOP/s')}, load average {before['load_1min']:.1f})")
     with progress("calibrate", total=rounds * points, unit="grid points") as advance:
         dev = run_calibration(cfg, grid, name=name, repeats=repeats, rounds=rounds, progress=advance)

@@ -18,7 +18,8 @@ def _group_table(title: str, groups: dict[str, Cost], total_s: float, names: dic
         t.add_column(col, justify=justify)
     for name, c in sorted(groups.items(), key=lambda kv: -kv[1].seconds):
         t.add_row(names.get(name, name), units.seconds(c.seconds), units.percent(c.seconds / total_s), units.si(c.flops, ""),
-                  units.si(c.bytes, "B"), f"{c.intensity:.1f}", units.percent(c.utilization), c.bound, str(c.kernels))
+                  units.si(c.bytes, "B"), f"{c.intensity:.1f}",
+                  units.percent(c.utilization) if c.ideal_s > 0 else "-", c.bound, str(c.kernels))
     return t
 
 
