@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
-from tstack.cli_common import CSV_OPT, JSON_OPT, Outputs, duration, check_int, console, note, parse_ints, parse_names, progress
+from tstack.cli_common import CSV_OPT, JSON_OPT, Outputs, check_int, console, duration, note, parse_ints, parse_names, progress
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_to_dict, load_device
 from tstack.models import load_model
