@@ -16,6 +16,7 @@ Every case runs in-process through ``tstack.cli.run`` under an alarm (a case tha
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import signal
@@ -63,6 +64,7 @@ class Hang(BaseException):
     """The alarm went off: the case did not end within CASE_LIMIT_S."""
 
 
+@functools.lru_cache(maxsize=1)
 def _commands():
     """(path, click command) for every leaf command of the tstack CLI."""
     import typer.main
@@ -88,7 +90,8 @@ def _kind(param) -> str:
     types = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
     if getattr(param, "is_flag", False) or bool in types:
         return "flag"
-    if name in OUTPUTS or name.endswith("_out"):
+    flag = param.opts[0].lstrip("-").replace("-", "_") if param.opts else ""
+    if name in OUTPUTS or flag in OUTPUTS or name.endswith("_out"):
         return "out"
     if Path in types:
         return "in"
@@ -108,6 +111,11 @@ BAD = {
 }
 
 
+def _outputs(path) -> list[str]:
+    cmd = dict(_commands())[path]
+    return [p.opts[0] for p in cmd.params if p.opts and p.opts[0].startswith("--") and _kind(p) == "out"]
+
+
 def _cases():
     cases = []
     for path, cmd in _commands():
@@ -120,7 +128,7 @@ def _cases():
                 continue
             flag = param.opts[0] if param.opts and param.opts[0].startswith("-") else None
             for value in BAD[kind]:
-                if (path, flag, value) in VALID_EXCEPTIONS:
+                if (path, flag, value) in VALID_EXCEPTIONS or (value == "<same>" and len(_outputs(path)) < 2):
                     continue
                 cases.append((path, flag or param.name, kind, value))
     return cases
@@ -156,7 +164,8 @@ def _argv(path, option, kind, value, cwd: Path) -> list[str]:
     value = _materialize(value, kind, cwd)
     if option.startswith("-"):
         if value == "<same>":  # the same file for this output and another one
-            other = "--csv" if option != "--csv" else "--json"
+            other = next(o for o in _outputs(path) if o != option)
+            base = [a for i, a in enumerate(base) if a != other and (i == 0 or base[i - 1] != other)]
             return [*path, *base, option, "same.out", other, "same.out"]
         if option in base:  # replace the base's value
             i = base.index(option)
@@ -202,6 +211,7 @@ def run_case(argv: list[str], cwd: Path) -> tuple[int, str, str]:
 
 def check_bad_input(path, option, kind, value, cwd: Path) -> None:
     argv = _argv(path, option, kind, value, cwd)
+    value = _materialize(value, kind, cwd)
     before = _files(cwd)
     code, _, err = run_case(argv, cwd)
     shown = f"{' '.join(a[:40] for a in argv)!r}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tstack.api import analyze as analyze_config
 from tstack.cli_common import CSV_OPT, JSON_OPT, Outputs, check_int, console, duration, note, parse_ints, parse_names, progress
 from tstack.errors import SpecError, TstackError
 from tstack.hardware import device_to_dict, load_device
+from tstack.loader import check_name
 from tstack.models import load_model
 from tstack.report import output, units
 from tstack.report.rows import SUFFIXES, RowWriter
@@ -30,7 +32,6 @@ from tstack.spec import PRECISIONS, RunSpec
 out = console()
 PROFILE_MODES = ("default", "cachestat", "custom")
 MAX_THREADS = 4096
-MAX_NAME = 100
 
 
 def _need_torch() -> None:
@@ -131,7 +132,10 @@ def profile(
         raise SpecError([f"--profile-mode={profile_mode[:40]!r} is not one of {', '.join(PROFILE_MODES)}"])
     if profile_mode == "custom" and not events:
         raise SpecError(["--profile-mode custom needs --events (e.g. cycles,instructions,cache-misses)"])
-    if group_by:
+    if events is not None:
+        _check_events(events, profile_mode)
+    shape = _shape(input_shape)
+    if group_by is not None:
         from tstack.breakdown import resolve_key
 
         resolve_key(group_by)
@@ -140,14 +144,14 @@ def profile(
     options = {"device": device, "threads": cfg.threads, "warmup": plan.warmup, "repeats": plan.repeats,
                "rounds": plan.rounds, "profile_mode": profile_mode, "events": events, "group_by": group_by}
     if ".py:" in target:
-        _profile_module(target, input_shape, cfg, plan, group_by, outputs, out, trace, options)
+        _profile_module(target, shape, cfg, plan, group_by, outputs, out, trace, options)
         return
     from tstack.workload.build import build
 
     models = [load_model(t) for t in target.split(",") if t.strip()]
     if not models:
         raise SpecError([f"target={target[:40]!r} names no model"])
-    seqs = parse_ints("--seq", seq) if seq else None
+    seqs = parse_ints("--seq", seq) if seq is not None else None
     precisions = parse_names("--precision", precision, PRECISIONS)
     runs = [(m, RunSpec(mode=mode, batch=b, seq=s, precision=p, optimizer=optimizer))
             for m in models for b in parse_ints("--batch", batch) for s in (seqs or [m.default_seq]) for p in precisions]
@@ -289,13 +293,12 @@ def print_measured(b, group_by: str | None, header: str | None = None) -> None: 
         out.print(g)
 
 
-def _profile_module(target: str, input_shape: str, cfg, plan, group_by: str | None, outputs: Outputs,  # noqa: ANN001
+def _profile_module(target: str, shape: tuple[int, ...], cfg, plan, group_by: str | None, outputs: Outputs,  # noqa: ANN001
                     rows_path: Path | None, trace: Path | None, options: dict) -> None:
     from tstack.profiler.hfmodels import load_builder, random_inputs
     from tstack.profiler.module import profile_module
     from tstack.profiler.trace import profile_trace
 
-    shape = _shape(input_shape)
     module = load_builder(target)
     writer = RowWriter(rows_path) if rows_path else None
     try:
@@ -334,6 +337,20 @@ def _profile_module(target: str, input_shape: str, cfg, plan, group_by: str | No
     print_measured(b, group_by)
 
 
+EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:/=,-]{1,64}$")
+
+
+def _check_events(events: str, profile_mode: str) -> None:
+    """--events: perf event names, and only with --profile-mode custom."""
+    if profile_mode != "custom":
+        raise SpecError([f"--events applies to --profile-mode custom only (got --profile-mode {profile_mode})"])
+    names = [e.strip() for e in events.split(",") if e.strip()]
+    bad = [e for e in names if not EVENT_NAME.match(e)]
+    if not names or bad:
+        raise SpecError([f"--events={events[:60]!r}: give comma-separated perf event names such as "
+                         "cycles,instructions,cache-misses"])
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in text.lower().split("x"))
@@ -360,8 +377,7 @@ def calibrate(
     outputs = Outputs(json=json_out, out=out_path)
     if out_path.suffix not in (".yaml", ".yml"):
         raise SpecError([f"--out={str(out_path)!r} must end in .yaml"])
-    if not name.strip() or len(name) > MAX_NAME or not name.isprintable():
-        raise SpecError([f"--name={name[:40]!r} must be 1 to {MAX_NAME} printable characters"])
+    check_name("--name", name)
     check_int("--threads", threads, 1, MAX_THREADS)
     check_int("--repeats", repeats, 1, 10_000)
     check_int("--rounds", rounds, 1, 100)
@@ -429,18 +445,18 @@ def validate(
     plan = _plan(warmup, repeats, rounds)
     spec, dev = load_model(model), load_device(device)
     configs = [RunSpec(mode=mode, batch=b, seq=s) for b in parse_ints("--batch", batch)
-               for s in (parse_ints("--seq", seq) if seq else [spec.default_seq])]
+               for s in (parse_ints("--seq", seq) if seq is not None else [spec.default_seq])]
     predictions = [analyze_config(spec, run, dev) for run in configs]  # every configuration checked first
     _need_torch()
+    cal = dev.calibration
+    cal_threads = cal.threads if cal else None
+    cfg = _runtime("cuda" if dev.kind == "gpu" else "cpu", threads or cal_threads)
     from tstack.profiler import memory
     from tstack.profiler.probe import calibration_reference
     from tstack.profiler.validate import Validation
 
     for p in predictions:
-        memory.guard(memory.per_op_peak(p.ops), "cuda" if dev.kind == "gpu" else "cpu")
-    cal = dev.calibration
-    cal_threads = cal.threads if cal else None
-    cfg = _runtime("cuda" if dev.kind == "gpu" else "cpu", threads or cal_threads)
+        memory.guard(memory.per_op_peak(p.ops), cfg.device)
     if cal is not None and cal.quick:
         note(f"warning: {device[:80]} was made by `tstack calibrate --quick` (a smoke-test grid): its predictions are "
              "not accurate; calibrate without --quick to validate")
