@@ -30,6 +30,9 @@ OP_RECORD = {"kind": STR, "name": STR, "part": STR, "layer": STR, "block": STR, 
 REPRO_RECORD = {"key": STR, "claim": STR, "paper": STR, "unit": STR, "note": STR,
                 "tstack": {"type": ["number", "string", "null"]}, "gap": NUM}
 
+MEASURED_RECORD = {**{k: v for k, v in OP_RECORD.items() if k not in ("intensity_flop_per_byte", "utilization")},
+                   "model": STR, "mode": STR, "batch": INT, "seq": INT, "precision": STR, "bound": OPT_STR}
+
 # command -> (required fields of `run`, required fields of each record with their types)
 COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "analyze": ({"model": STR, "model_spec": {"type": "object"}, "spec": RUN_SPEC, "device": STR,
@@ -73,6 +76,16 @@ COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "int accuracy": ({"path": STR, "model": STR, "max_length": INT},
                      {"model": STR, "texts": INT, "cosine_mean": NUM, "cosine_min": NUM, "top1_agreement": NUM,
                       "top5_overlap": NUM, "spearman": NUM}),
+    "profile": ({"configurations": {"type": "array", "items": {"type": "object", "required": ["model", "spec"],
+                                                                "properties": {"spec": RUN_SPEC}}},
+                 "threads": INT, "warmup": INT, "repeats": INT, "rounds": INT, "profile_mode": STR, "host": {}},
+                {**MEASURED_RECORD, "call_seconds": NUM, "call_p10_seconds": NUM, "call_p90_seconds": NUM}),
+    "validate": ({"model": STR, "device": STR, "configurations": {"type": "array"}, "threads": INT, "warmup": INT,
+                  "repeats": INT, "rounds": INT, "host": {}},
+                 {**{k: v for k, v in MEASURED_RECORD.items() if k not in ("bound", "bytes", "flops", "dtype", "seconds")},
+                  "measured_seconds": NUM, "predicted_seconds": NUM, "relative_error": NUM}),
+    "calibrate": ({"out": STR, "name": STR, "threads": INT, "repeats": INT, "rounds": INT, "quick": BOOL, "host": {}},
+                  {"table": STR, "points": INT, "min_seconds": NUM, "max_seconds": NUM}),
     "int errors": ({"op": {}, "softmax_bits": INT},
                    {"op": STR, "domain": STR, "max_abs_error": NUM, "rms_error": NUM}),
 }
