@@ -19,12 +19,11 @@ from tstack.breakdown import Breakdown
 from tstack.hardware import DeviceSpec, load_device
 from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
+from tstack.workload.labels import ATTENTION_OPS, ATTN_BGEMM, DR_RC_LN, GELU, LAMB, LINEAR_FC, LINEAR_GEMM, MASTER_COPY
+from tstack.workload.op import GEMM_KINDS
 
 # Units of Row.tstack: a fraction of the iteration time, a relative increase, or text.
 SHARE, INCREASE, TEXT = "share", "increase", "text"
-GEMM_KINDS = ("gemm", "bgemm")
-ATTENTION_OPS = ("Attn B-GEMM", "Scale+Mask+DR+SM")
-LINEAR_FC = ("Linear GEMM", "FC GEMM")
 # The configurations 002 §3.2.1 names in its discussion of Fig. 3: (phase, batch, precision).
 FIG3 = ((1, 4, "fp32"), (1, 32, "fp32"), (2, 4, "fp32"), (1, 32, "fp16-mixed"), (2, 4, "fp16-mixed"))
 PHASE_SEQ = {1: 128, 2: 512}
@@ -92,14 +91,14 @@ def share_of(b: Breakdown, key: str, values: tuple[str, ...], where: dict[str, s
 
 
 def update_share(b: Breakdown) -> float:
-    """The weight-update phase (002 plots it as 'LAMB'): LAMB kernels plus mixed-precision master copies."""
+    """The weight-update phase (002 plots it as LAMB): LAMB kernels plus mixed-precision master copies."""
     return b.shares("part").get("optimizer", 0.0)
 
 
 def _update_note(b: Breakdown) -> str:
     g = b.shares("group")
-    if "Master copy" in g:
-        return f"update phase = LAMB kernels {g.get('LAMB', 0):.1%} + fp16↔fp32 master copies {g['Master copy']:.1%}"
+    if MASTER_COPY in g:
+        return f"update phase = LAMB kernels {g.get(LAMB, 0):.1%} + fp16↔fp32 master copies {g[MASTER_COPY]:.1%}"
     return "update phase = LAMB kernels (global norm, stage 1, stage 2, trust-ratio norms)"
 
 
@@ -151,15 +150,15 @@ def _fig4_rows(runs: _Runs) -> list[Row]:
                 share_of(b, "group", LINEAR_FC), "groups Linear GEMM + FC GEMM (FWD, BWD-act, BWD-weight, bias grads)",
                 SHARE, _pct(paper["linear_fc"][i])),
             Row(f"linear.{suffix}", f"Attention Linear GEMM share, Ph1-B32-{tag}", f"{paper['linear'][i]}%",
-                share_of(b, "group", ("Linear GEMM",)), "Q/K/V projections and output projection", SHARE,
+                share_of(b, "group", (LINEAR_GEMM,)), "Q/K/V projections and output projection", SHARE,
                 _pct(paper["linear"][i])),
             Row(f"attention.{suffix}", f"Attention ops share (B-GEMM + Scale+Mask+DR+SM), Ph1-B32-{tag}",
                 f"{paper['attention'][i]}%", share_of(b, "group", ATTENTION_OPS),
-                f"of which Attn B-GEMM {share_of(b, 'group', ('Attn B-GEMM',)):.1%}", SHARE, _pct(paper["attention"][i])),
+                f"of which Attn B-GEMM {share_of(b, 'group', (ATTN_BGEMM,)):.1%}", SHARE, _pct(paper["attention"][i])),
             Row(f"drrcln.{suffix}", f"DR+RC+LN share, Ph1-B32-{tag}", f"{paper['drrcln'][i]}%",
-                share_of(b, "group", ("DR+RC+LN",)), "dropout, residual add, LayerNorm after each sublayer (FWD+BWD)",
+                share_of(b, "group", (DR_RC_LN,)), "dropout, residual add, LayerNorm after each sublayer (FWD+BWD)",
                 SHARE, _pct(paper["drrcln"][i])),
-            Row(f"gelu.{suffix}", f"GeLU share, Ph1-B32-{tag}", f"{paper['gelu'][i]}%", share_of(b, "group", ("GeLU",)),
+            Row(f"gelu.{suffix}", f"GeLU share, Ph1-B32-{tag}", f"{paper['gelu'][i]}%", share_of(b, "group", (GELU,)),
                 "one fused bias+GeLU kernel forward, gelu-bwd + bias-grad backward", SHARE, _pct(paper["gelu"][i])),
         ]
     return rows
@@ -167,7 +166,7 @@ def _fig4_rows(runs: _Runs) -> list[Row]:
 
 def _fig8_rows(runs: _Runs) -> list[Row]:
     short, long_ = runs.get(16, 128), runs.get(4, 512)
-    bg = ("Attn B-GEMM",)
+    bg = (ATTN_BGEMM,)
     return [
         Row("attention.n128-b16", "Attention ops share, n=128 B=16 FP32 (Fig. 8)", "7%", share_of(short, "group", ATTENTION_OPS),
             "Attn B-GEMM + Scale+Mask+DR+SM", SHARE, _pct(7)),

@@ -59,7 +59,7 @@ from tstack.errors import TstackError
 from tstack.profiler import counters
 from tstack.profiler.runtime import RuntimeConfig
 from tstack.workload import formulas as F
-from tstack.workload.op import DTYPE_BYTES, Op
+from tstack.workload.op import DTYPE_BYTES, GEMM_KINDS, Op
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ _CUT_DEFAULT = ("rows", "params", "table", "cols")
 
 
 def _work(kind: str, dims: dict[str, int]) -> int:
-    if kind in ("gemm", "bgemm"):
+    if kind in GEMM_KINDS:
         return 2 * dims.get("M", 1) * dims.get("N", 1) * dims.get("K", 1) * dims.get("batch", 1)
     if "params" in dims:
         return dims["params"]
@@ -194,7 +194,7 @@ def reduce_op(op: Op, budget: Budget | None = None) -> tuple[Op, tuple[tuple[str
     the work otherwise.
     """
     budget = budget or Budget()
-    gemm = op.kind in ("gemm", "bgemm")
+    gemm = op.is_gemm
     limit = budget.gemm_flops if gemm else budget.elements
     dims = dict(op.dims)
     full = _work(op.kind, dims)
@@ -212,7 +212,7 @@ def reduce_op(op: Op, budget: Budget | None = None) -> tuple[Op, tuple[tuple[str
     if not changed:
         return op, (), 1.0
     new_dims = tuple((k, dims[k]) for k, _ in op.dims)
-    if op.kind in ("gemm", "bgemm"):
+    if op.is_gemm:
         M, N, K, batch = (dims.get(k, 1) for k in ("M", "N", "K", "batch"))
         M0, N0, K0, b0 = op.gemm_shape
         ib = DTYPE_BYTES.get(op.dtype, 4)

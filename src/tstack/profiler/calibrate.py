@@ -29,7 +29,7 @@ from tstack.profiler.runtime import RuntimeConfig, controlled, describe
 from tstack.profiler.timing import MIN_SAMPLE_S, time_callable
 from tstack.profiler.values import Draw, Pool, PooledDraw, pool_size
 from tstack.workload import formulas as F
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 # Generic sizes, no model's shapes (interpolation covers the rest). GEMMs: powers of two up to 128 (M = 8: a pooler or
 # a classifier over a small batch), then √2 apart rounded to a multiple of 64 (the step of the GEMM kernels' blocking):
@@ -97,12 +97,12 @@ def _param_op(kind: str, name: str, params: int, flops: int, traffic: int) -> Op
 
 def _param_ops(params: int) -> list[Op]:
     """Optimizer stages, LAMB norms, mixed-precision copies (fp16 model copy) over ``params`` elements."""
-    ops = [_param_op("elementwise", stage, params, cost.flops * params, 4 * params * (cost.reads + cost.writes))
+    ops = [_param_op(OpKind.ELEMENTWISE, stage, params, cost.flops * params, 4 * params * (cost.reads + cost.writes))
            for stages in F.OPTIMIZER_STAGES.values() for stage, cost in stages]
-    ops.append(_param_op("reduction", "lamb-norms", params, 4 * params, 8 * params))
-    ops.append(_param_op("reduction", "lamb-global-norm", params, 2 * params, 4 * params))
-    ops.append(Op("copy", "grad-to-master", (("params", params),), "fp16", params, 6 * params, _LABELS))
-    ops.append(Op("copy", "master-to-model", (("params", params),), "fp16", 0, 6 * params, _LABELS))
+    ops.append(_param_op(OpKind.REDUCTION, "lamb-norms", params, 4 * params, 8 * params))
+    ops.append(_param_op(OpKind.REDUCTION, "lamb-global-norm", params, 2 * params, 4 * params))
+    ops.append(Op(OpKind.COPY, "grad-to-master", (("params", params),), "fp16", params, 6 * params, _LABELS))
+    ops.append(Op(OpKind.COPY, "master-to-model", (("params", params),), "fp16", 0, 6 * params, _LABELS))
     return ops
 
 
@@ -110,10 +110,10 @@ def grid_ops(grid: Grid) -> dict[str, tuple[tuple[tuple[int, ...], ...], list[Op
     """Table name -> (axes, Ops in row-major grid order)."""
     out: dict[str, tuple[tuple[tuple[int, ...], ...], list[Op]]] = {}
     g = grid.gemm
-    out["gemm.fp32"] = ((g, g, g), [_gemm_op("gemm", M, N, K, 1) for M in g for N in g for K in g])
+    out["gemm.fp32"] = ((g, g, g), [_gemm_op(OpKind.GEMM, M, N, K, 1) for M in g for N in g for K in g])
     b = grid.bgemm
     out["bgemm.fp32"] = ((b, b, b, grid.batches),
-                         [_gemm_op("bgemm", M, N, K, bgemm_entries(M, N, K, n, grid.batches))
+                         [_gemm_op(OpKind.BGEMM, M, N, K, bgemm_entries(M, N, K, n, grid.batches))
                           for M in b for N in b for K in b for n in grid.batches])
     for name in F.KERNELS:
         out[name] = ((grid.elems, grid.cols), [_pointwise_op(name, max(1, e // c), c) for e in grid.elems for c in grid.cols])
@@ -121,7 +121,7 @@ def grid_ops(grid: Grid) -> dict[str, tuple[tuple[tuple[int, ...], ...], list[Op
     for e in grid.elems:
         for c in grid.cols:
             counts = F.gather(max(1, e // c), c, 4)
-            gathers.append(Op("gather", "gather", counts.dims, "fp32", 0, counts.bytes, _LABELS))
+            gathers.append(Op(OpKind.GATHER, "gather", counts.dims, "fp32", 0, counts.bytes, _LABELS))
     out["gather"] = ((grid.elems, grid.cols), gathers)
     per_param: dict[str, list[Op]] = {}
     for p in grid.params:
@@ -175,7 +175,7 @@ def measure_tables(grid: Grid, cfg: RuntimeConfig, repeats: int = 5, rounds: int
             for name, i in random.Random(seed + r).sample(points, len(points)):
                 op = grids[name][1][i]
                 t = _seconds(op, cfg, repeats, draw)
-                seconds[name][i] = min(seconds[name][i], t / op.dim("batch", 1) if op.kind == "bgemm" else t)
+                seconds[name][i] = min(seconds[name][i], t / op.dim("batch", 1) if op.kind == OpKind.BGEMM else t)
                 if progress:
                     progress(1)
     return {name: Table(tuple(tuple(float(v) for v in a) for a in axes), tuple(seconds[name]))

@@ -13,14 +13,14 @@ from typing import Any
 from tstack.errors import TstackError
 from tstack.profiler.scopes import SCOPE, STEP, Attribution, Kernel, Labeler, Scope, fallback_attribution
 from tstack.workload import formulas as F
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 _EVAL_FN = "autograd::engine::evaluate_function: "
 _DTYPES = {"float": ("fp32", 4), "c10::Half": ("fp16", 2), "c10::BFloat16": ("bf16", 2), "double": ("fp64", 8),
            "long int": ("int64", 8), "int": ("int32", 4), "bool": ("bool", 1), "signed char": ("int8", 1),
            "unsigned char": ("uint8", 1)}
-_GEMMS = {"aten::mm": "gemm", "aten::addmm": "gemm", "aten::_addmm_activation": "gemm", "aten::bmm": "bgemm",
-          "aten::baddbmm": "bgemm"}
+_GEMMS = {"aten::mm": OpKind.GEMM, "aten::addmm": OpKind.GEMM, "aten::_addmm_activation": OpKind.GEMM,
+          "aten::bmm": OpKind.BGEMM, "aten::baddbmm": OpKind.BGEMM}
 _GATHERS = {"aten::embedding", "aten::index_select", "aten::gather", "aten::index", "aten::take",
             "aten::embedding_backward", "aten::embedding_dense_backward"}
 _REDUCTIONS = {"aten::sum", "aten::mean", "aten::softmax", "aten::_softmax", "aten::log_softmax", "aten::_log_softmax",
@@ -95,10 +95,10 @@ def classify(ev: Any) -> tuple[str, tuple[tuple[str, int], ...], str, int, int]:
     if name in _GATHERS and len(tensors) >= 2:
         table, index = tensors[0], tensors[-1]
         rows, cols = math.prod(index[0]), table[0][-1] if table[0] else 1
-        return "gather", (("rows", rows), ("cols", cols)), table[1], 0, F.gather(rows, cols, table[2]).bytes
+        return OpKind.GATHER, (("rows", rows), ("cols", cols)), table[1], 0, F.gather(rows, cols, table[2]).bytes
     if _LAYOUT.match(name):
         copies = any(e.name in _COPIES for e in _subtree(ev))  # a real copy reads and writes the tensor; a view is free
-        return "copy", (("rows", rows), ("cols", cols)), dtype, 0, 2 * elems * big[2] if copies else 0
+        return OpKind.COPY, (("rows", rows), ("cols", cols)), dtype, 0, 2 * elems * big[2] if copies else 0
     reads = sum(math.prod(t[0]) * t[2] for t in tensors)
     writes = 0 if name in _SMALL_OUT else elems * big[2]
     kind = "reduction" if name in _REDUCTIONS else "elementwise"
@@ -114,7 +114,7 @@ def _sdpa(tensors: list[tuple[tuple[int, ...], str, int]]) -> tuple[str, tuple[t
     Sq, d, Skv, dv, batch = q[-2], q[-1], k[-2], v[-1], math.prod(q[:-2])
     flops = 2 * batch * Sq * Skv * (d + dv)
     traffic = size * (math.prod(q) + math.prod(k) + math.prod(v) + batch * Sq * dv)
-    return "bgemm", (("M", Skv), ("N", Sq), ("K", d), ("batch", batch), ("gemms", 2)), dtype, flops, traffic
+    return OpKind.BGEMM, (("M", Skv), ("N", Sq), ("K", d), ("batch", batch), ("gemms", 2)), dtype, flops, traffic
 
 
 def _is_kernel(ev: Any) -> bool:
@@ -225,7 +225,7 @@ def label_kernels(parse: StepParse, labeler: Labeler) -> list[tuple[tuple[Attrib
                 out.append(((fallback_attribution(node, "backward"),), pass_, 0))
                 continue
             order = gemms_in_node.get(k.node_seq, 0)
-            if k.kind in ("gemm", "bgemm"):
+            if k.is_gemm:
                 gemms_in_node[k.node_seq] = order + 1
             out.append((fwd.get(id(origin), (fallback_attribution("Outside modules"),)), _bwd_pass(k, origin, order),
                         dict(origin.dims).get("M", 0)))
@@ -233,27 +233,27 @@ def label_kernels(parse: StepParse, labeler: Labeler) -> list[tuple[tuple[Attrib
 
 
 def _bwd_pass(k: Kernel, origin: Kernel, order: int) -> str:
-    if k.kind == "gemm" and origin.kind == "gemm":
+    if k.kind == OpKind.GEMM and origin.kind == OpKind.GEMM:
         K, fM, fN = dict(k.dims)["K"], dict(origin.dims)["M"], dict(origin.dims)["N"]
         if fM != fN and K in (fM, fN):
             return "bwd-weight" if K == fN else "bwd-act"
-    if k.kind in ("gemm", "bgemm"):  # autograd computes the first operand's gradient first
+    if k.is_gemm:  # autograd computes the first operand's gradient first
         return "bwd-act" if order == 0 else "bwd-weight"
-    if k.kind == "gather":  # the embedding table's gradient
+    if k.kind == OpKind.GATHER:  # the embedding table's gradient
         return "bwd-weight"
-    return "bwd-weight" if k.aten == "aten::sum" and origin.kind == "gemm" else "bwd-act"
+    return "bwd-weight" if k.aten == "aten::sum" and origin.kind == OpKind.GEMM else "bwd-act"
 
 
 def kernel_op(k: Kernel, a: Attribution, pass_: str, width: int = 0) -> Op:
     """The Op of a kernel's attribution; a fused GEMM's share has its fused dimension (``width``, the forward's M:
     M again in grad-weight, K in grad-act) divided by the split."""
     n, dims = a.split, k.dims
-    if n > 1 and k.kind in ("gemm", "bgemm"):
+    if n > 1 and k.is_gemm:
         fused = next((d for d in ("M", "K", "N") if dict(dims).get(d) == (width or dict(dims)["M"])), "M")
         dims = tuple((d, v // n if d == fused else v) for d, v in dims)
     keys = ("part", "layer", "block", "group", "nlpfast")
     labels = tuple((key, a.labels.get(key, "-")) for key in keys) + (("pass", pass_),)
-    name = a.name if a.name and k.kind in ("gemm", "bgemm", "gather") else k.aten
+    name = a.name if a.name and (k.is_gemm or k.kind == OpKind.GATHER) else k.aten
     return Op(k.kind, name, dims, k.dtype, k.flops // n, k.bytes // n, labels)
 
 

@@ -17,6 +17,18 @@ import torch
 from tstack.errors import TstackError
 from tstack.profiler.scopes import Attribution, Kernel, Labeler, Scope, generic_labels
 from tstack.spec import ModelSpec
+from tstack.workload.labels import (
+    ATTN_BGEMM,
+    ATTN_CONTEXT,
+    ATTN_SCORE,
+    DR_RC_LN,
+    EMBEDDING,
+    FC_GEMM,
+    GELU,
+    LINEAR_GEMM,
+    SCALE_MASK_SM,
+)
+from tstack.workload.op import OpKind
 
 _BERT_ACT = {"gelu": "gelu", "gelu-tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 _GPT2_ACT = {"gelu": "gelu", "gelu-tanh": "gelu_new", "relu": "relu", "silu": "silu"}
@@ -163,14 +175,14 @@ def _l(block: str, group: str, nlp: str, part: str = "transformer") -> dict[str,
     return {"part": part, "block": block, "group": group, "nlpfast": nlp}
 
 
-QGEN, KVGEN = _l("attention", "Linear GEMM", "Q-Gen"), _l("attention", "Linear GEMM", "K/V-Gen")
-ATTN_FC = _l("attention", "Linear GEMM", "attention FC")
-SCORE, CONTEXT = _l("attention", "Attn B-GEMM", "dot product"), _l("attention", "Attn B-GEMM", "weighted sum")
-SM = _l("attention", "Scale+Mask+DR+SM", "softmax")
+QGEN, KVGEN = _l("attention", LINEAR_GEMM, "Q-Gen"), _l("attention", LINEAR_GEMM, "K/V-Gen")
+ATTN_FC = _l("attention", LINEAR_GEMM, "attention FC")
+SCORE, CONTEXT = _l("attention", ATTN_BGEMM, "dot product"), _l("attention", ATTN_BGEMM, "weighted sum")
+SM = _l("attention", SCALE_MASK_SM, "softmax")
 FUSED = _l("attention", "Fused attention", "dot product+softmax+weighted sum")
-FC1, FC2 = _l("fc", "FC GEMM", "linear trans-1"), _l("fc", "FC GEMM", "linear trans-2")
-ADDNORM = _l("DR+RC+LN", "DR+RC+LN", "layernorm/residual")
-EMBEDDING = _l("embedding", "Embedding", "embedding", "embedding")
+FC1, FC2 = _l("fc", FC_GEMM, "linear trans-1"), _l("fc", FC_GEMM, "linear trans-2")
+ADDNORM = _l(DR_RC_LN, DR_RC_LN, "layernorm/residual")
+EMBEDDING = _l("embedding", EMBEDDING, "embedding", "embedding")
 OUTPUT = _l("output", "Output", "output", "output")
 SETUP = _l("other", "Setup", "other", "other")
 
@@ -220,7 +232,7 @@ def _act_labels(module: torch.nn.Module) -> dict[str, str]:
     """GeLU, ReLU or SiLU activation labels from the model's config (002 groups them by function)."""
     cfg = getattr(module, "config", None)
     act = str(getattr(cfg, "hidden_act", None) or getattr(cfg, "activation_function", None) or "gelu").lower()
-    group = "SiLU" if ("silu" in act or "swish" in act) else "ReLU" if "relu" in act else "GeLU"
+    group = "SiLU" if ("silu" in act or "swish" in act) else "ReLU" if "relu" in act else GELU
     return _l("fc", group, "activation")
 
 
@@ -266,9 +278,9 @@ def _layout(block: str) -> dict[str, str]:
 def _attention(scope: Scope, items: Sequence[Kernel | Scope], act: dict[str, str]) -> list[tuple[Attribution, ...]]:
     """Score and context B-GEMMs by order; Scale+Mask+DR+SM between them; RoPE (Q then K) before; reshapes as Layout."""
     kernels = [k for k in items if isinstance(k, Kernel)]
-    gemm_at = [i for i, k in enumerate(kernels) if k.kind in ("gemm", "bgemm")]
+    gemm_at = [i for i, k in enumerate(kernels) if k.is_gemm]
     first = gemm_at[0] if gemm_at else len(kernels)
-    rope = [i for i in range(first) if kernels[i].kind == "elementwise"]
+    rope = [i for i in range(first) if kernels[i].kind == OpKind.ELEMENTWISE]
     adds = [i for i in rope if kernels[i].aten == "aten::add"]
     q_end = adds[0] if adds else (rope[-1] if rope else -1)
     k_end = adds[1] if len(adds) > 1 else q_end
@@ -278,12 +290,12 @@ def _attention(scope: Scope, items: Sequence[Kernel | Scope], act: dict[str, str
         if k.aten.startswith(("aten::scaled_dot_product", "aten::_scaled_dot_product")):  # one fused kernel: Q·Kᵀ, softmax, P·V
             out.append((_attr(scope, FUSED, "attn.sdpa", k),))
         elif i in gemm_at and n <= 2:
-            out.append((_attr(scope, SCORE if n == 1 else CONTEXT, "attn.score" if n == 1 else "attn.context", k),))
+            out.append((_attr(scope, SCORE if n == 1 else CONTEXT, ATTN_SCORE if n == 1 else ATTN_CONTEXT, k),))
         elif i in gemm_at:
             out.append(generic_labels(scope, [k])[0])
         elif rope and rope[0] <= i <= k_end:
             out.append((_attr(scope, _l("attention", "RoPE", "Q-Gen" if i <= q_end else "K/V-Gen"), "", k),))
-        elif n == 1 and (k.kind != "copy" or k.aten == "aten::to"):  # between the two: scale, mask, softmax, dropout
+        elif n == 1 and (k.kind != OpKind.COPY or k.aten == "aten::to"):  # between the two: scale, mask, softmax, dropout
             out.append((_attr(scope, SM, "", k),))
         else:
             out.append((_attr(scope, _layout("attention"), "", k),))
@@ -293,7 +305,7 @@ def _attention(scope: Scope, items: Sequence[Kernel | Scope], act: dict[str, str
 def _fused_qkv(scope: Scope, items: Sequence[Kernel | Scope], act: dict[str, str]) -> list[tuple[Attribution, ...]]:
     """GPT-2's c_attn computes Q, K and V in one GEMM of width 3H: one third of its work to each."""
     parts = ((QGEN, "attn.q_proj"), (KVGEN, "attn.k_proj"), (KVGEN, "attn.v_proj"))
-    return [tuple(_attr(scope, lab, name, k, 3) for lab, name in parts) if k.kind == "gemm"
+    return [tuple(_attr(scope, lab, name, k, 3) for lab, name in parts) if k.kind == OpKind.GEMM
             else (_attr(scope, _layout("attention"), "", k),) for k in items if isinstance(k, Kernel)]
 
 
@@ -303,13 +315,13 @@ def _activation(scope: Scope, items: Sequence[Kernel | Scope], act: dict[str, st
 
 def _body(scope: Scope, items: Sequence[Kernel | Scope], act: dict[str, str]) -> list[tuple[Attribution, ...]]:
     """Ops of a layer (or attention block) itself: the residual adds; reshapes as Layout."""
-    return [(_attr(scope, ADDNORM if k.kind != "copy" else _layout("DR+RC+LN"), "", k),)
+    return [(_attr(scope, ADDNORM if k.kind != OpKind.COPY else _layout(DR_RC_LN), "", k),)
             for k in items if isinstance(k, Kernel)]
 
 
 def _gate(scope: Scope, items: Sequence[Kernel | Scope], act: dict[str, str]) -> list[tuple[Attribution, ...]]:
     """Ops of an MLP block itself: the act(gate)·up product of a gated FFN belongs to the activation."""
-    return [(_attr(scope, act if k.kind != "copy" else _layout("fc"), "", k),) for k in items if isinstance(k, Kernel)]
+    return [(_attr(scope, act if k.kind != OpKind.COPY else _layout("fc"), "", k),) for k in items if isinstance(k, Kernel)]
 
 
 _HANDLERS: dict[str, Callable[[Scope, Sequence[Kernel | Scope], dict[str, str]], list[tuple[Attribution, ...]]]] = {

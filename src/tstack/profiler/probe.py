@@ -23,7 +23,7 @@ from typing import Any
 from tstack.profiler.runtime import RuntimeConfig, controlled
 from tstack.profiler.timing import time_callable
 from tstack.workload import formulas as F
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 REFERENCE = (512, 512, 512)
 REFERENCE_NAME = "gemm 512x512x512 fp32"
@@ -33,7 +33,7 @@ SLOW = 1.25
 def reference_op() -> Op:
     M, N, K = REFERENCE
     c = F.gemm(M, N, K, 1, 4, 4)
-    return Op("gemm", "gemm", c.dims, "fp32", c.flops, c.bytes, (("part", "probe"),))
+    return Op(OpKind.GEMM, "gemm", c.dims, "fp32", c.flops, c.bytes, (("part", "probe"),))
 
 
 def cpu_model() -> str:

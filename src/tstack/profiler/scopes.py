@@ -12,6 +12,8 @@ import torch
 
 from tstack.breakdown import Breakdown
 from tstack.spec import ModelSpec, RunSpec
+from tstack.workload.labels import DR_RC_LN
+from tstack.workload.op import GEMM_KINDS
 
 SCOPE = "tstack.module::"
 STEP = "tstack.step"
@@ -46,6 +48,10 @@ class Kernel:
     node: str = ""  # backward: the autograd node it runs in; update: the optimizer
     node_seq: int = -1
     thread: int = 0
+
+    @property
+    def is_gemm(self) -> bool:
+        return self.kind in GEMM_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +122,7 @@ class Setup:
 
 _BLOCK_WORDS = (("attention", ("attn", "attention")), ("fc", ("mlp", "ffn", "feed_forward", "feedforward",
                                                              "intermediate", "fc")),
-                ("DR+RC+LN", ("norm", "ln", "dropout")), ("embedding", ("embed", "wte", "wpe")),
+                (DR_RC_LN, ("norm", "ln", "dropout")), ("embedding", ("embed", "wte", "wpe")),
                 ("output", ("head", "pooler", "classifier", "lm_head")))
 
 

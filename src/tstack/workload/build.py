@@ -21,11 +21,12 @@ from tstack.workload import emit, layers
 from tstack.workload import formulas as F
 from tstack.workload import params as P
 from tstack.workload.emit import Ctx, Step
+from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, EMBEDDING, LAMB, MASTER_COPY, SCALE_MASK_SM
 from tstack.workload.layers import AttnShape
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 Workload = tuple[Op, ...]
-OPTIMIZER_GROUP = {"lamb": "LAMB", "adam": "Adam", "sgd": "SGD"}  # the 002 group name of each optimizer
+OPTIMIZER_GROUP = {"lamb": LAMB, "adam": "Adam", "sgd": "SGD"}  # the 002 group name of each optimizer
 MLM_FRACTION = 0.15  # BERT masks 15% of tokens; its MLM head runs on those positions only
 
 
@@ -43,7 +44,7 @@ def check_pair(model: ModelSpec, run: RunSpec) -> None:
         raise SpecError(problems, "run")
 
 
-def _emb_labels(group: str = "Embedding") -> dict[str, str]:
+def _emb_labels(group: str = EMBEDDING) -> dict[str, str]:
     return layers.labels("-", "embedding", group, "embedding", part="embedding")
 
 
@@ -125,10 +126,10 @@ def memnet_hop(ctx: Ctx, layer: str) -> list[Step]:
         return layers.labels(layer, block, group, nlp, part="memory hops")
 
     return [
-        emit.gemm(ctx, "hop.score", (S, B, d), 0, L("Attn B-GEMM", "dot product"), False),
-        emit.pointwise(ctx, "softmax", B, S, L("Scale+Mask+DR+SM", "softmax")),
-        emit.gemm(ctx, "hop.context", (d, B, S), 0, L("Attn B-GEMM", "weighted sum"), False),
-        emit.pointwise(ctx, "residual", B, d, L("DR+RC+LN", "layernorm/residual", "DR+RC+LN")),
+        emit.gemm(ctx, "hop.score", (S, B, d), 0, L(ATTN_BGEMM, "dot product"), False),
+        emit.pointwise(ctx, "softmax", B, S, L(SCALE_MASK_SM, "softmax")),
+        emit.gemm(ctx, "hop.context", (d, B, S), 0, L(ATTN_BGEMM, "weighted sum"), False),
+        emit.pointwise(ctx, "residual", B, d, L(DR_RC_LN, "layernorm/residual", DR_RC_LN)),
     ]
 
 
@@ -195,22 +196,23 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, int, int]]) -> list[Op]:
     def op(kind: str, kname: str, params: int, flops: int, traffic: int, layer: str, group: str, count: int) -> Op:
         labels = (("part", "optimizer"), ("layer", layer), ("block", "optimizer"), ("group", group),
                   ("nlpfast", "optimizer"), ("pass", "update"))
-        dtype = ctx.gemm_dtype if kind == "copy" else "fp32"  # copies convert to/from the model's half dtype
+        dtype = ctx.gemm_dtype if kind == OpKind.COPY else "fp32"  # copies convert to/from the model's half dtype
         return Op(kind, kname, (("params", params),), dtype, flops, traffic, labels, count)
 
     half = emit.DTYPE_BYTES[ctx.gemm_dtype]
     for layer, p, c in groups:
         if mixed:  # fp16/bf16 gradients → fp32 master gradients, unscaled (1 FLOP each)
-            ops.append(op("copy", "grad-to-master", p, p, p * (half + 4), layer, "Master copy", c))
+            ops.append(op(OpKind.COPY, "grad-to-master", p, p, p * (half + 4), layer, MASTER_COPY, c))
     if name == "lamb":  # LAMB needs ‖g‖ over the whole model before any update (002 §3.2.3)
-        ops.append(op("reduction", "lamb-global-norm", total, 2 * total, 4 * total, "-", group_label, 1))
+        ops.append(op(OpKind.REDUCTION, "lamb-global-norm", total, 2 * total, 4 * total, "-", group_label, 1))
     for layer, p, c in groups:
         for stage, cost in F.OPTIMIZER_STAGES[name]:
-            ops.append(op("elementwise", stage, p, cost.flops * p, 4 * p * (cost.reads + cost.writes), layer, group_label, c))
+            traffic = 4 * p * (cost.reads + cost.writes)
+            ops.append(op(OpKind.ELEMENTWISE, stage, p, cost.flops * p, traffic, layer, group_label, c))
         if name == "lamb":  # per-tensor ‖w‖ and ‖u‖ for the trust ratio
-            ops.append(op("reduction", "lamb-norms", p, 4 * p, 8 * p, layer, group_label, c))
+            ops.append(op(OpKind.REDUCTION, "lamb-norms", p, 4 * p, 8 * p, layer, group_label, c))
         if mixed:
-            ops.append(op("copy", "master-to-model", p, 0, p * (4 + half), layer, "Master copy", c))
+            ops.append(op(OpKind.COPY, "master-to-model", p, 0, p * (4 + half), layer, MASTER_COPY, c))
     return ops
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload import formulas as F
-from tstack.workload.op import DTYPE_BYTES, Op
+from tstack.workload.op import DTYPE_BYTES, Op, OpKind
 
 # Activation storage dtype per precision; int8 inference keeps GEMM operands in int8 and
 # the non-GEMM kernels in fp32 (dequantize → op → requantize, as in I-BERT's baseline).
@@ -65,7 +65,7 @@ def gemm(ctx: Ctx, name: str, mnk: tuple[int, int, int], batch: int, labels: dic
     Attention B-GEMMs pass their batch count (B·h, which may be 1); Linears pass 0.
     """
     M, N, K = mnk
-    kind = "bgemm" if batch else "gemm"
+    kind = OpKind.BGEMM if batch else OpKind.GEMM
     batch = max(batch, 1)
     ib, ob = DTYPE_BYTES[ctx.gemm_dtype], ctx.gemm_out_bytes
     fwd = _op(ctx, kind, name, F.gemm(M, N, K, batch, ib, ob), ctx.gemm_dtype, labels)
@@ -78,7 +78,7 @@ def gemm(ctx: Ctx, name: str, mnk: tuple[int, int, int], batch: int, labels: dic
     ]
     if bias:
         bias_grad = F.pointwise("bias-grad", N, M, ctx.act_bytes, 4)
-        bwd.append(_op(ctx, "reduction", "bias-grad", bias_grad, ctx.act, _bwd_labels(labels, "bwd-weight")))
+        bwd.append(_op(ctx, OpKind.REDUCTION, "bias-grad", bias_grad, ctx.act, _bwd_labels(labels, "bwd-weight")))
     return Step(fwd, tuple(bwd))
 
 
@@ -101,14 +101,15 @@ def embedding_lookup(ctx: Ctx, name: str, tokens: int, table_rows: int, labels: 
     """Gather `tokens` rows of an embedding table; backward zero-fills and scatter-adds the table gradient."""
     H = ctx.model.hidden
     lookup = F.gather(tokens, H, ctx.act_bytes)
-    fwd = _op(ctx, "gather", name, F.Counts(lookup.flops, lookup.bytes, lookup.dims + (("table", table_rows),)), ctx.act, labels)
+    fwd = _op(ctx, OpKind.GATHER, name, F.Counts(lookup.flops, lookup.bytes, lookup.dims + (("table", table_rows),)),
+              ctx.act, labels)
     if not ctx.run.training:
         return Step(fwd)
     pb = ctx.param_bytes
     # embedding_dense_backward: zero the table gradient, then read dy and add into T rows.
     counts = F.Counts(tokens * H, table_rows * H * pb + tokens * H * (ctx.act_bytes + 2 * pb) + tokens * 8,
                       (("rows", tokens), ("cols", H), ("table", table_rows)))
-    return Step(fwd, (_op(ctx, "gather", name, counts, ctx.act, _bwd_labels(labels, "bwd-weight")),))
+    return Step(fwd, (_op(ctx, OpKind.GATHER, name, counts, ctx.act, _bwd_labels(labels, "bwd-weight")),))
 
 
 def with_pass(op: Op, pass_: str) -> Op:

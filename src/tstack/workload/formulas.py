@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tstack.errors import UnknownNameError
+from tstack.workload.op import OpKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ def kernel(name: str) -> Kernel:
         raise UnknownNameError(f"kernel {name!r} is not registered (known: {', '.join(sorted(KERNELS))})") from None
 
 
-EW, RED = "elementwise", "reduction"
+EW, RED = OpKind.ELEMENTWISE, OpKind.REDUCTION
 # Derivations of FLOPs per element, one line each:
 register("scale", Kernel(EW, 1, 1, 1), ("scale",))  # x·c
 register("mask", Kernel(EW, 1, 1, 1))  # x + mask (broadcast [B,1,1,S] mask read is 1/(h·S) of x: ignored); grad passes through
@@ -127,8 +128,8 @@ def bgemm_backward(M: int, N: int, K: int) -> tuple[tuple[int, int, int], tuple[
 
 
 GEMM_BACKWARD: dict[str, Callable[[int, int, int], tuple[tuple[int, int, int], tuple[int, int, int]]]] = {
-    "gemm": linear_backward,
-    "bgemm": bgemm_backward,
+    OpKind.GEMM: linear_backward,
+    OpKind.BGEMM: bgemm_backward,
 }
 
 

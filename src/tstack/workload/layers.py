@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from tstack.workload import emit
 from tstack.workload.emit import Ctx, Step
+from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, FC_GEMM, GELU, LINEAR_GEMM, SCALE_MASK_SM
 
-ACT_GROUP = {"gelu": "GeLU", "gelu-tanh": "GeLU", "relu": "ReLU", "silu": "SiLU"}
+ACT_GROUP = {"gelu": GELU, "gelu-tanh": GELU, "relu": "ReLU", "silu": "SiLU"}
 ACT_KERNEL = {"gelu": "bias-gelu", "gelu-tanh": "bias-gelu-tanh", "relu": "bias-relu", "silu": "bias-silu"}
 GATED_KERNEL = {"gelu": "gelu-mul", "gelu-tanh": "gelu-mul", "relu": "relu-mul", "silu": "silu-mul"}
 
@@ -39,10 +40,10 @@ def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> l
     def L(group: str, nlp: str) -> dict[str, str]:
         return labels(layer, "attention", group, nlp)
 
-    steps = [emit.gemm(ctx, f"{prefix}.q_proj", (H, T, H), 0, L("Linear GEMM", "Q-Gen"), m.bias)]
+    steps = [emit.gemm(ctx, f"{prefix}.q_proj", (H, T, H), 0, L(LINEAR_GEMM, "Q-Gen"), m.bias)]
     if shape.Skv_new:
         for name in ("k_proj", "v_proj"):
-            steps.append(emit.gemm(ctx, f"{prefix}.{name}", (m.kv_hidden, Tkv, H), 0, L("Linear GEMM", "K/V-Gen"), m.bias))
+            steps.append(emit.gemm(ctx, f"{prefix}.{name}", (m.kv_hidden, Tkv, H), 0, L(LINEAR_GEMM, "K/V-Gen"), m.bias))
     if m.position == "rotary":
         steps.append(emit.pointwise(ctx, "rope", T, H, L("RoPE", "Q-Gen")))
         if shape.Skv_new:
@@ -50,22 +51,22 @@ def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> l
     # Scores: the queries of a KV group share its keys, so one B-GEMM per (sequence, KV head).
     score_rows = B * m.heads * shape.Sq
     steps.append(emit.gemm(ctx, f"{prefix}.score", (shape.Skv, shape.Sq * group_size, dh), B * hk,
-                           L("Attn B-GEMM", "dot product")))
-    sm = L("Scale+Mask+DR+SM", "softmax")
+                           L(ATTN_BGEMM, "dot product")))
+    sm = L(SCALE_MASK_SM, "softmax")
     steps.append(emit.pointwise(ctx, "scale", score_rows, shape.Skv, sm))
     steps.append(emit.pointwise(ctx, "mask", score_rows, shape.Skv, sm))
     steps.append(emit.pointwise(ctx, "softmax", score_rows, shape.Skv, sm))
     if ctx.run.training and ctx.run.dropout:
         steps.append(emit.pointwise(ctx, "dropout", score_rows, shape.Skv, sm))
     steps.append(emit.gemm(ctx, f"{prefix}.context", (dh, shape.Sq * group_size, shape.Skv), B * hk,
-                           L("Attn B-GEMM", "weighted sum")))
-    steps.append(emit.gemm(ctx, f"{prefix}.out_proj", (H, T, H), 0, L("Linear GEMM", "attention FC"), m.bias))
+                           L(ATTN_BGEMM, "weighted sum")))
+    steps.append(emit.gemm(ctx, f"{prefix}.out_proj", (H, T, H), 0, L(LINEAR_GEMM, "attention FC"), m.bias))
     return steps
 
 
 def add_norm(ctx: Ctx, layer: str, tokens: int, part: str = "transformer") -> list[Step]:
     """Dropout, residual add and the normalization that follow (post-LN) or precede (pre-LN) a sublayer."""
-    L = labels(layer, "DR+RC+LN", "DR+RC+LN", "layernorm/residual", part)
+    L = labels(layer, DR_RC_LN, DR_RC_LN, "layernorm/residual", part)
     H = ctx.model.hidden
     steps = []
     if ctx.run.training and ctx.run.dropout:
@@ -85,14 +86,14 @@ def ffn(ctx: Ctx, layer: str, tokens: int) -> list[Step]:
         return labels(layer, "fc", group, nlp)
 
     if m.gated_ffn:
-        steps = [emit.gemm(ctx, f"ffn.{n}", (Fd, tokens, H), 0, L("FC GEMM", "linear trans-1"), m.bias)
+        steps = [emit.gemm(ctx, f"ffn.{n}", (Fd, tokens, H), 0, L(FC_GEMM, "linear trans-1"), m.bias)
                  for n in ("gate_proj", "up_proj")]
         steps.append(emit.pointwise(ctx, GATED_KERNEL[m.activation], tokens, Fd, L(act_group, "activation")))
     else:
         # The FC-1 bias is added inside the fused bias+activation kernel (002 "bias+GeLU").
-        steps = [emit.gemm(ctx, "ffn.fc1", (Fd, tokens, H), 0, L("FC GEMM", "linear trans-1"), False),
+        steps = [emit.gemm(ctx, "ffn.fc1", (Fd, tokens, H), 0, L(FC_GEMM, "linear trans-1"), False),
                  emit.pointwise(ctx, ACT_KERNEL[m.activation], tokens, Fd, L(act_group, "activation"))]
-    steps.append(emit.gemm(ctx, "ffn.fc2", (H, tokens, Fd), 0, L("FC GEMM", "linear trans-2"), m.bias))
+    steps.append(emit.gemm(ctx, "ffn.fc2", (H, tokens, Fd), 0, L(FC_GEMM, "linear trans-2"), m.bias))
     return steps
 
 

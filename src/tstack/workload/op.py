@@ -13,8 +13,25 @@ written once, at the storage dtype's width (no cache reuse across kernels).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
 
-KINDS = ("gemm", "bgemm", "elementwise", "reduction", "gather", "copy")
+
+class OpKind(str, Enum):
+    """What a kernel does. A str: ``OpKind.GEMM == "gemm"``, and records, JSON and tables show the value."""
+
+    GEMM = "gemm"  # C[M×N] = A[M×K]·B[K×N] (a Linear layer; dims M, N, K)
+    BGEMM = "bgemm"  # ``batch`` independent GEMMs of one shape (attention scores and context)
+    ELEMENTWISE = "elementwise"
+    REDUCTION = "reduction"
+    GATHER = "gather"  # a table lookup (embeddings) and, backward, its scatter-add
+    COPY = "copy"  # a copy or cast
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+KINDS = tuple(k.value for k in OpKind)
+GEMM_KINDS = frozenset({OpKind.GEMM, OpKind.BGEMM})
 # Every Op carries these labels, in this order (builders create them in this order).
 LABEL_KEYS = ("part", "layer", "block", "group", "nlpfast", "pass")
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int32": 4, "int64": 8, "bool": 1}
@@ -54,6 +71,11 @@ class Op:
             if k == key:
                 return v
         return "-"
+
+    @property
+    def is_gemm(self) -> bool:
+        """A GEMM or a batched GEMM."""
+        return self.kind in GEMM_KINDS
 
     @property
     def intensity(self) -> float:

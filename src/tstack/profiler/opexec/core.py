@@ -9,7 +9,7 @@ from typing import Any
 from tstack.errors import TstackError
 from tstack.profiler.runtime import RuntimeConfig, _torch
 from tstack.profiler.values import Draw, Values
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 SCALE = 0.125  # attention scale 1/√d_h for d_h = 64
 DROPOUT_P = 0.1
@@ -83,9 +83,9 @@ def implements(*names: str, ref: Reference | None = None) -> Callable[[Builder],
 
 def implementation_key(op: Op) -> str:
     """The key of the implementation that runs an Op: its kind for GEMMs and gathers, else its name."""
-    if op.kind in ("gemm", "bgemm"):
+    if op.is_gemm:
         return op.kind
-    if op.kind == "gather":  # a lookup is 0 FLOPs (op.py); its backward adds each row into the table gradient
+    if op.kind == OpKind.GATHER:  # a lookup is 0 FLOPs (op.py); its backward adds each row into the table gradient
         return "gather-bwd" if op.flops else "gather"
     return op.name
 
@@ -107,7 +107,7 @@ def prepare(op: Op, cfg: RuntimeConfig, seed: int = 0, values: Values | None = N
         raise TstackError(f"kernel {op.name!r} (kind {op.kind}) has no PyTorch implementation in tstack.profiler.opexec")
     if op.dtype not in DTYPES:
         raise TstackError(f"op {op.name!r}: dtype {op.dtype!r} is not one of {', '.join(DTYPES)}")
-    if op.dtype == "int8" and op.kind not in ("gemm", "bgemm"):
+    if op.dtype == "int8" and not op.is_gemm:
         raise TstackError(f"op {op.name!r}: int8 is only implemented for GEMMs (kind {op.kind})")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise TstackError("device='cuda' but torch.cuda.is_available() is false")

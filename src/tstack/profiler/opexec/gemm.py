@@ -7,7 +7,7 @@ from typing import Any
 
 from tstack.errors import TstackError
 from tstack.profiler.opexec.core import PreparedOp, _Ctx, implements
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 
 def _check_int_mm(ctx: _Ctx, M: int, N: int, K: int) -> None:
@@ -21,7 +21,7 @@ def _ref_gemm(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
     return {"C": a @ b}
 
 
-@implements("gemm", ref=_ref_gemm)
+@implements(OpKind.GEMM, ref=_ref_gemm)
 def _gemm(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     M, N, K, _ = ctx.op.gemm_shape
@@ -41,7 +41,7 @@ def _gemm(ctx: _Ctx) -> PreparedOp:
     return PreparedOp(ctx.op, run, {"A": a, "B": b}, {"C": c}, "C")
 
 
-@implements("bgemm", ref=_ref_gemm)
+@implements(OpKind.BGEMM, ref=_ref_gemm)
 def _bgemm(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     M, N, K, batch = ctx.op.gemm_shape

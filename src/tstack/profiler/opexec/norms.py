@@ -7,7 +7,7 @@ from typing import Any
 
 from tstack.profiler.opexec.core import EPS, PreparedOp, _Ctx, implements
 from tstack.profiler.runtime import _torch
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 
 # --- normalization --------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def _rope(ctx: _Ctx) -> PreparedOp:
     return PreparedOp(ctx.op, run, {"x": x, "cos": cos, "sin": sin}, {"y": y}, "y")
 
 
-@implements("gather", ref=lambda op, t: {"y": t["table"][t["index"]]})
+@implements(OpKind.GATHER, ref=lambda op, t: {"y": t["table"][t["index"]]})
 def _gather(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     R, C = ctx.rc

@@ -1,0 +1,24 @@
+"""Label values, spelled once: the 002 groups (Demystifying BERT Fig. 3/4) and the op names the workload emits.
+
+The workload builder, the profiler's event mapping, the accelerator, the studies and the reports use these
+names, so a group or an op is written the same way everywhere.
+"""
+
+from __future__ import annotations
+
+# 002 groups (label key "group")
+LINEAR_GEMM = "Linear GEMM"  # Q/K/V and output projections
+FC_GEMM = "FC GEMM"  # the feed-forward GEMMs
+ATTN_BGEMM = "Attn B-GEMM"  # QKᵀ scores and P·V context
+SCALE_MASK_SM = "Scale+Mask+DR+SM"  # scale, mask, dropout, softmax between them
+DR_RC_LN = "DR+RC+LN"  # dropout, residual add, LayerNorm after a sublayer
+GELU = "GeLU"
+LAMB = "LAMB"
+MASTER_COPY = "Master copy"
+EMBEDDING = "Embedding"
+ATTENTION_OPS = (ATTN_BGEMM, SCALE_MASK_SM)
+LINEAR_FC = (LINEAR_GEMM, FC_GEMM)
+
+# op names (attention)
+ATTN_SCORE = "attn.score"
+ATTN_CONTEXT = "attn.context"
