@@ -43,7 +43,8 @@ class Breakdown:
 
     @property
     def total(self) -> Cost:
-        return sum(self.costs, Cost())
+        """The sum of the costs; ``joules`` is None unless every op's energy is known."""
+        return Cost.total(self.costs)
 
     def group_by(self, key: str, where: dict[str, str] | None = None) -> dict[str, Cost]:
         """Total Cost per value of a label, in order of first appearance, optionally filtered."""
@@ -74,7 +75,7 @@ class Breakdown:
                 "dtype": op.dtype, "M": M, "N": N, "K": K, "gemm_batch": batch,
                 "rows": op.dim("rows"), "cols": op.dim("cols"), "count": op.count,
                 "flops": op.flops * op.count, "bytes": op.bytes * op.count, "intensity_flop_per_byte": op.intensity,
-                "seconds": c.seconds, "bound": c.bound, "utilization": c.utilization,
+                "seconds": c.seconds, "bound": c.bound, "utilization": c.utilization, "joules": c.joules,
             }
 
     def to_pandas(self):  # noqa: ANN201 - pandas is imported lazily
@@ -85,4 +86,5 @@ class Breakdown:
     def summary(self) -> dict[str, Any]:
         t = self.total
         return {"model": self.model.name, "device": self.device, **asdict(self.run), "seconds": t.seconds,
-                "flops": t.flops, "bytes": t.bytes, "kernels": t.kernels, "utilization": t.utilization}
+                "flops": t.flops, "bytes": t.bytes, "kernels": t.kernels, "utilization": t.utilization,
+                "joules": t.joules}
