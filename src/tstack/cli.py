@@ -310,9 +310,10 @@ def run(argv: list[str] | None = None) -> int:
         if isinstance(e, ClickException):
             print(f"error: {_shortened(e.format_message())} (see '{_command_path(argv)} --help')", file=sys.stderr)
             return e.exit_code
-        if isinstance(e, MemoryError):
-            print("error: out of memory: try smaller sizes", file=sys.stderr)
-            return 1
+        if isinstance(e, MemoryError) or _out_of_memory(e):
+            print(f"error: out of memory ({_shortened(str(e))[:160]}): the sizes asked for do not fit this machine; "
+                  "try smaller ones", file=sys.stderr)
+            return 2
         if STATE["verbosity"] > 0:
             import traceback
 
@@ -324,6 +325,12 @@ def run(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _out_of_memory(e: Exception) -> bool:
+    """PyTorch's allocators raise RuntimeError subclasses (torch.OutOfMemoryError among them) when memory runs out."""
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def _shortened(message: str) -> str:

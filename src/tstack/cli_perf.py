@@ -10,6 +10,7 @@ is said in one warning line. Progress counts kernels (profile, validate) or grid
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, replace
@@ -351,6 +352,9 @@ def _check_events(events: str, profile_mode: str) -> None:
                          "cycles,instructions,cache-misses"])
 
 
+MAX_INPUT_ELEMENTS = 1 << 24
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in text.lower().split("x"))
@@ -358,6 +362,10 @@ def _shape(text: str) -> tuple[int, ...]:
         raise SpecError([f"--input-shape={text[:40]!r} must look like 1x128"]) from None
     if not dims or min(dims) < 1 or len(dims) > 4 or max(dims) > 1 << 20:
         raise SpecError([f"--input-shape={text[:40]!r} needs 1 to 4 sizes in [1, {1 << 20}]"])
+    if math.prod(dims) > MAX_INPUT_ELEMENTS:
+        raise SpecError([f"--input-shape={text[:40]!r} has {math.prod(dims):,} elements; at most {MAX_INPUT_ELEMENTS:,} "
+                         "(a module's activations grow with them; a run that still does not fit ends in one "
+                         "out-of-memory line)"])
     return dims
 
 
