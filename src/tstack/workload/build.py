@@ -117,7 +117,8 @@ def _with_count(ctx: Ctx, n: int, collapse: bool) -> Ctx:
 def memnet_hop(ctx: Ctx, layer: str) -> list[Step]:
     """One hop of an end-to-end memory network (003 Fig. 2a): u·Mᵀ, softmax, p·C, u + o.
 
-    The B queries attend over one shared memory of S = ns slots, so each product is one GEMM.
+    The B queries attend over one shared memory of S = ns slots, so each product is one GEMM
+    (kind gemm, a Linear's backward rule: the memory is a weight-like operand shared by the batch).
     """
     m, B, S = ctx.model, ctx.run.batch, ctx.run.seq
     d = m.hidden
@@ -126,9 +127,9 @@ def memnet_hop(ctx: Ctx, layer: str) -> list[Step]:
         return layers.labels(layer, block, group, nlp, part="memory hops")
 
     return [
-        emit.gemm(ctx, "hop.score", (S, B, d), 0, L(ATTN_BGEMM, "dot product"), False),
+        emit.linear(ctx, "hop.score", (S, B, d), L(ATTN_BGEMM, "dot product"), False),
         emit.pointwise(ctx, "softmax", B, S, L(SCALE_MASK_SM, "softmax")),
-        emit.gemm(ctx, "hop.context", (d, B, S), 0, L(ATTN_BGEMM, "weighted sum"), False),
+        emit.linear(ctx, "hop.context", (d, B, S), L(ATTN_BGEMM, "weighted sum"), False),
         emit.pointwise(ctx, "residual", B, d, L(DR_RC_LN, "layernorm/residual", DR_RC_LN)),
     ]
 
@@ -143,25 +144,25 @@ def head(ctx: Ctx) -> list[Step]:
     if m.head == "none":
         return []
     if m.head == "memnet-answer":
-        return [emit.gemm(ctx, "answer", (V, B, H), 0, L(), False), emit.pointwise(ctx, "softmax", B, V, L())]
+        return [emit.linear(ctx, "answer", (V, B, H), L(), False), emit.pointwise(ctx, "softmax", B, V, L())]
     if m.head == "lm":
         # Training scores every target token; inference only the last one per sequence.
         S = r.tgt_seq if m.arch == "enc-dec" else r.seq
         T = B * S if r.training else B
         steps = [emit.pointwise(ctx, m.norm, B * (1 if r.phase == "decode" else S), H, L())] if m.norm_position == "pre" else []
-        steps.append(emit.gemm(ctx, "lm_head", (V, T, H), 0, L(), False))
+        steps.append(emit.linear(ctx, "lm_head", (V, T, H), L(), False))
         if r.training:
             steps.append(emit.pointwise(ctx, "softmax", T, V, L()))  # log-softmax of the cross-entropy loss
         return steps
-    steps = [emit.gemm(ctx, "pooler", (H, B, H), 0, L(), m.bias)]  # bert-pretrain: [CLS] pooler (+ tanh, folded)
+    steps = [emit.linear(ctx, "pooler", (H, B, H), L(), m.bias)]  # bert-pretrain: [CLS] pooler (+ tanh, folded)
     if r.training:
         Tm = B * math.ceil(MLM_FRACTION * r.seq)
         steps += [
-            emit.gemm(ctx, "nsp", (2, B, H), 0, L(), m.bias),
-            emit.gemm(ctx, "mlm.dense", (H, Tm, H), 0, L(), False),
+            emit.linear(ctx, "nsp", (2, B, H), L(), m.bias),
+            emit.linear(ctx, "mlm.dense", (H, Tm, H), L(), False),
             emit.pointwise(ctx, layers.ACT_KERNEL[m.activation], Tm, H, L()),
             emit.pointwise(ctx, m.norm, Tm, H, L()),
-            emit.gemm(ctx, "mlm.decoder", (V, Tm, H), 0, L(), m.bias),
+            emit.linear(ctx, "mlm.decoder", (V, Tm, H), L(), m.bias),
             emit.pointwise(ctx, "softmax", Tm, V, L()),
         ]
     return steps

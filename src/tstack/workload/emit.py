@@ -52,21 +52,29 @@ class Ctx:
 
 
 def _op(ctx: Ctx, kind: str, name: str, counts: F.Counts, dtype: str, labels: dict[str, str]) -> Op:
-    return Op(kind, name, counts.dims, dtype, counts.flops, counts.bytes, tuple(labels.items()), ctx.count)
+    return Op(kind=kind, name=name, dims=counts.dims, dtype=dtype, flops=counts.flops, bytes=counts.bytes,
+              labels=tuple(labels.items()), count=ctx.count)
 
 
 def _bwd_labels(labels: dict[str, str], pass_: str) -> dict[str, str]:
     return {**labels, "pass": pass_}
 
 
-def gemm(ctx: Ctx, name: str, mnk: tuple[int, int, int], batch: int, labels: dict[str, str], bias: bool = False) -> Step:
-    """A GEMM with its 002 Table 2b backward: kind bgemm (attention rule) when ``batch`` > 0, else a Linear.
+def linear(ctx: Ctx, name: str, mnk: tuple[int, int, int], labels: dict[str, str], bias: bool = False) -> Step:
+    """A Linear layer's GEMM (kind gemm) with its 002 Table 2b backward; ``bias`` adds the bias-gradient reduction."""
+    return _gemm(ctx, OpKind.GEMM, name, mnk, 1, labels, bias)
 
-    Attention B-GEMMs pass their batch count (B·h, which may be 1); Linears pass 0.
-    """
+
+def bgemm(ctx: Ctx, name: str, mnk: tuple[int, int, int], batch: int, labels: dict[str, str]) -> Step:
+    """``batch`` independent GEMMs of one shape (kind bgemm, attention's backward rule); ``batch`` >= 1 (B·h may be 1)."""
+    if batch < 1:
+        raise ValueError(f"bgemm {name!r}: batch must be >= 1, got {batch}")
+    return _gemm(ctx, OpKind.BGEMM, name, mnk, batch, labels, False)
+
+
+def _gemm(ctx: Ctx, kind: OpKind, name: str, mnk: tuple[int, int, int], batch: int, labels: dict[str, str],
+          bias: bool) -> Step:
     M, N, K = mnk
-    kind = OpKind.BGEMM if batch else OpKind.GEMM
-    batch = max(batch, 1)
     ib, ob = DTYPE_BYTES[ctx.gemm_dtype], ctx.gemm_out_bytes
     fwd = _op(ctx, kind, name, F.gemm(M, N, K, batch, ib, ob), ctx.gemm_dtype, labels)
     if not ctx.run.training:

@@ -40,27 +40,27 @@ def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> l
     def L(group: str, nlp: str) -> dict[str, str]:
         return labels(layer, "attention", group, nlp)
 
-    steps = [emit.gemm(ctx, f"{prefix}.q_proj", (H, T, H), 0, L(LINEAR_GEMM, "Q-Gen"), m.bias)]
+    steps = [emit.linear(ctx, f"{prefix}.q_proj", (H, T, H), L(LINEAR_GEMM, "Q-Gen"), m.bias)]
     if shape.Skv_new:
         for name in ("k_proj", "v_proj"):
-            steps.append(emit.gemm(ctx, f"{prefix}.{name}", (m.kv_hidden, Tkv, H), 0, L(LINEAR_GEMM, "K/V-Gen"), m.bias))
+            steps.append(emit.linear(ctx, f"{prefix}.{name}", (m.kv_hidden, Tkv, H), L(LINEAR_GEMM, "K/V-Gen"), m.bias))
     if m.position == "rotary":
         steps.append(emit.pointwise(ctx, "rope", T, H, L("RoPE", "Q-Gen")))
         if shape.Skv_new:
             steps.append(emit.pointwise(ctx, "rope", Tkv, m.kv_hidden, L("RoPE", "K/V-Gen")))
     # Scores: the queries of a KV group share its keys, so one B-GEMM per (sequence, KV head).
     score_rows = B * m.heads * shape.Sq
-    steps.append(emit.gemm(ctx, f"{prefix}.score", (shape.Skv, shape.Sq * group_size, dh), B * hk,
-                           L(ATTN_BGEMM, "dot product")))
+    steps.append(emit.bgemm(ctx, f"{prefix}.score", (shape.Skv, shape.Sq * group_size, dh), B * hk,
+                            L(ATTN_BGEMM, "dot product")))
     sm = L(SCALE_MASK_SM, "softmax")
     steps.append(emit.pointwise(ctx, "scale", score_rows, shape.Skv, sm))
     steps.append(emit.pointwise(ctx, "mask", score_rows, shape.Skv, sm))
     steps.append(emit.pointwise(ctx, "softmax", score_rows, shape.Skv, sm))
     if ctx.run.training and ctx.run.dropout:
         steps.append(emit.pointwise(ctx, "dropout", score_rows, shape.Skv, sm))
-    steps.append(emit.gemm(ctx, f"{prefix}.context", (dh, shape.Sq * group_size, shape.Skv), B * hk,
-                           L(ATTN_BGEMM, "weighted sum")))
-    steps.append(emit.gemm(ctx, f"{prefix}.out_proj", (H, T, H), 0, L(LINEAR_GEMM, "attention FC"), m.bias))
+    steps.append(emit.bgemm(ctx, f"{prefix}.context", (dh, shape.Sq * group_size, shape.Skv), B * hk,
+                            L(ATTN_BGEMM, "weighted sum")))
+    steps.append(emit.linear(ctx, f"{prefix}.out_proj", (H, T, H), L(LINEAR_GEMM, "attention FC"), m.bias))
     return steps
 
 
@@ -86,14 +86,14 @@ def ffn(ctx: Ctx, layer: str, tokens: int) -> list[Step]:
         return labels(layer, "fc", group, nlp)
 
     if m.gated_ffn:
-        steps = [emit.gemm(ctx, f"ffn.{n}", (Fd, tokens, H), 0, L(FC_GEMM, "linear trans-1"), m.bias)
+        steps = [emit.linear(ctx, f"ffn.{n}", (Fd, tokens, H), L(FC_GEMM, "linear trans-1"), m.bias)
                  for n in ("gate_proj", "up_proj")]
         steps.append(emit.pointwise(ctx, GATED_KERNEL[m.activation], tokens, Fd, L(act_group, "activation")))
     else:
         # The FC-1 bias is added inside the fused bias+activation kernel (002 "bias+GeLU").
-        steps = [emit.gemm(ctx, "ffn.fc1", (Fd, tokens, H), 0, L(FC_GEMM, "linear trans-1"), False),
+        steps = [emit.linear(ctx, "ffn.fc1", (Fd, tokens, H), L(FC_GEMM, "linear trans-1"), False),
                  emit.pointwise(ctx, ACT_KERNEL[m.activation], tokens, Fd, L(act_group, "activation"))]
-    steps.append(emit.gemm(ctx, "ffn.fc2", (H, tokens, Fd), 0, L(FC_GEMM, "linear trans-2"), m.bias))
+    steps.append(emit.linear(ctx, "ffn.fc2", (H, tokens, Fd), L(FC_GEMM, "linear trans-2"), m.bias))
     return steps
 
 
