@@ -61,8 +61,9 @@ def op_to_json(op: Op) -> dict[str, Any]:
 
 
 def op_from_json(d: dict[str, Any]) -> Op:
-    return Op(d["kind"], d["name"], tuple((str(k), int(v)) for k, v in d["dims"]), d["dtype"], int(d["flops"]),
-              int(d["bytes"]), tuple((str(k), str(v)) for k, v in d["labels"]), int(d.get("count", 1)))
+    return Op(kind=d["kind"], name=d["name"], dims=tuple((str(k), int(v)) for k, v in d["dims"]), dtype=d["dtype"],
+              flops=int(d["flops"]), bytes=int(d["bytes"]),
+              labels=tuple((str(k), str(v)) for k, v in d["labels"]), count=int(d.get("count", 1)))
 
 
 class ClientRequests:

@@ -83,16 +83,16 @@ def bgemm_entries(M: int, N: int, K: int, batch: int, batches: tuple[int, ...]) 
 
 def _gemm_op(kind: str, M: int, N: int, K: int, batch: int) -> Op:
     c = F.gemm(M, N, K, batch, 4, 4)
-    return Op(kind, kind, c.dims, "fp32", c.flops, c.bytes, _LABELS)
+    return Op(kind=kind, name=kind, dims=c.dims, dtype="fp32", flops=c.flops, bytes=c.bytes, labels=_LABELS)
 
 
 def _pointwise_op(name: str, rows: int, cols: int) -> Op:
     c = F.pointwise(name, rows, cols, 4)
-    return Op(F.kernel(name).kind, name, c.dims, "fp32", c.flops, c.bytes, _LABELS)
+    return Op(kind=F.kernel(name).kind, name=name, dims=c.dims, dtype="fp32", flops=c.flops, bytes=c.bytes, labels=_LABELS)
 
 
 def _param_op(kind: str, name: str, params: int, flops: int, traffic: int) -> Op:
-    return Op(kind, name, (("params", params),), "fp32", flops, traffic, _LABELS)
+    return Op(kind=kind, name=name, dims=(("params", params),), dtype="fp32", flops=flops, bytes=traffic, labels=_LABELS)
 
 
 def _param_ops(params: int) -> list[Op]:
@@ -101,8 +101,10 @@ def _param_ops(params: int) -> list[Op]:
            for stages in F.OPTIMIZER_STAGES.values() for stage, cost in stages]
     ops.append(_param_op(OpKind.REDUCTION, "lamb-norms", params, 4 * params, 8 * params))
     ops.append(_param_op(OpKind.REDUCTION, "lamb-global-norm", params, 2 * params, 4 * params))
-    ops.append(Op(OpKind.COPY, "grad-to-master", (("params", params),), "fp16", params, 6 * params, _LABELS))
-    ops.append(Op(OpKind.COPY, "master-to-model", (("params", params),), "fp16", 0, 6 * params, _LABELS))
+    ops.append(Op(kind=OpKind.COPY, name="grad-to-master", dims=(("params", params),), dtype="fp16", flops=params,
+                   bytes=6 * params, labels=_LABELS))
+    ops.append(Op(kind=OpKind.COPY, name="master-to-model", dims=(("params", params),), dtype="fp16", flops=0,
+                   bytes=6 * params, labels=_LABELS))
     return ops
 
 
@@ -121,7 +123,8 @@ def grid_ops(grid: Grid) -> dict[str, tuple[tuple[tuple[int, ...], ...], list[Op
     for e in grid.elems:
         for c in grid.cols:
             counts = F.gather(max(1, e // c), c, 4)
-            gathers.append(Op(OpKind.GATHER, "gather", counts.dims, "fp32", 0, counts.bytes, _LABELS))
+            gathers.append(Op(kind=OpKind.GATHER, name="gather", dims=counts.dims, dtype="fp32", flops=0,
+                               bytes=counts.bytes, labels=_LABELS))
     out["gather"] = ((grid.elems, grid.cols), gathers)
     per_param: dict[str, list[Op]] = {}
     for p in grid.params:

@@ -254,7 +254,7 @@ def kernel_op(k: Kernel, a: Attribution, pass_: str, width: int = 0) -> Op:
     keys = ("part", "layer", "block", "group", "nlpfast")
     labels = tuple((key, a.labels.get(key, "-")) for key in keys) + (("pass", pass_),)
     name = a.name if a.name and (k.is_gemm or k.kind == OpKind.GATHER) else k.aten
-    return Op(k.kind, name, dims, k.dtype, k.flops // n, k.bytes // n, labels)
+    return Op(kind=k.kind, name=name, dims=dims, dtype=k.dtype, flops=k.flops // n, bytes=k.bytes // n, labels=labels)
 
 
 def reference_step(parses: list[StepParse]) -> tuple[StepParse, list[float], str | None]:

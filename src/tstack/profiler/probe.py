@@ -33,7 +33,7 @@ SLOW = 1.25
 def reference_op() -> Op:
     M, N, K = REFERENCE
     c = F.gemm(M, N, K, 1, 4, 4)
-    return Op(OpKind.GEMM, "gemm", c.dims, "fp32", c.flops, c.bytes, (("part", "probe"),))
+    return Op(kind=OpKind.GEMM, name="gemm", dims=c.dims, dtype="fp32", flops=c.flops, bytes=c.bytes, labels=(("part", "probe"),))
 
 
 def cpu_model() -> str:

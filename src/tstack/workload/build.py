@@ -198,7 +198,8 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, int, int]]) -> list[Op]:
         labels = (("part", "optimizer"), ("layer", layer), ("block", "optimizer"), ("group", group),
                   ("nlpfast", "optimizer"), ("pass", "update"))
         dtype = ctx.gemm_dtype if kind == OpKind.COPY else "fp32"  # copies convert to/from the model's half dtype
-        return Op(kind, kname, (("params", params),), dtype, flops, traffic, labels, count)
+        return Op(kind=kind, name=kname, dims=(("params", params),), dtype=dtype, flops=flops, bytes=traffic,
+                  labels=labels, count=count)
 
     half = emit.DTYPE_BYTES[ctx.gemm_dtype]
     for layer, p, c in groups:
