@@ -9,9 +9,10 @@ from tstack.accel.dse import Outcome, Point, design_points, explore, pareto, par
 from tstack.accel.fusion import pair_cost
 from tstack.accel.hw import KiB, load_accel
 from tstack.accel.mapping import Infeasible
-from tstack.accel.model import CATEGORIES, accel_cost, run
+from tstack.accel.model import CATEGORIES, run
 from tstack.accel.repro import reproduce_000
 from tstack.accel.timing import GemmShape
+from tstack.costmodel import systolic as accel_cost
 from tstack.errors import SpecError, TstackError
 from tstack.models import load_model
 from tstack.spec import RunSpec

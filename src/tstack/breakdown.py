@@ -7,13 +7,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tstack.costmodel.cost import Cost
+from tstack.costmodel.systolic import ACCEL  # the 000 Fig. 2 category an accelerator gives each op
 from tstack.errors import UnknownNameError
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.op import LABEL_KEYS, Op
 
-GROUP_KEYS = LABEL_KEYS + ("kind", "dtype", "name")
+GROUP_KEYS = LABEL_KEYS + ("kind", "dtype", "name", ACCEL)
 # Aliases users type for the label keys.
-KEY_ALIASES = {"nlpfast-op": "nlpfast", "002": "group", "demystifying": "group", "op": "name"}
+KEY_ALIASES = {"nlpfast-op": "nlpfast", "002": "group", "demystifying": "group", "op": "name", "000": ACCEL}
 # 002 Fig. 3 (top level) and Fig. 4 (inside a Transformer layer) as (title, group-by key, filter).
 HIERARCHY = (
     ("Iteration", "part", {}),
@@ -72,6 +73,7 @@ class Breakdown:
             M, N, K, batch = op.gemm_shape
             yield {
                 "kind": op.kind, "name": op.name, **{k: op.label(k) for k in LABEL_KEYS},
+                **{k: v for k, v in op.labels if k not in LABEL_KEYS},  # a backend's own labels (accel)
                 "dtype": op.dtype, "M": M, "N": N, "K": K, "gemm_batch": batch,
                 "rows": op.dim("rows"), "cols": op.dim("cols"), "count": op.count,
                 "flops": op.flops * op.count, "bytes": op.bytes * op.count, "intensity_flop_per_byte": op.intensity,

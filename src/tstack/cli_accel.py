@@ -28,10 +28,10 @@ from tstack.accel.dse import (
     parse_size,
     parse_splits,
 )
-from tstack.accel.energy import COMPONENTS, Energy, gemm_energy
+from tstack.accel.energy import COMPONENTS, ComponentEnergy, gemm_energy
 from tstack.accel.fusion import SCHEDULES
 from tstack.accel.hw import AccelSpec, Dma, Mesh, accel_presets, accel_to_dict, load_accel
-from tstack.accel.model import CATEGORIES, OpRecord, Result, gemm_shape
+from tstack.accel.model import CATEGORIES, Result, gemm_shape
 from tstack.accel.model import run as run_model
 from tstack.accel.repro import PRESETS, reproduce_000
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping, double_buffered
@@ -46,6 +46,7 @@ from tstack.cli_common import (
     progress,
     worker_count,
 )
+from tstack.costmodel.systolic import AccelOp
 from tstack.errors import SpecError
 from tstack.models import load_model
 from tstack.parallel import EXECUTORS
@@ -84,7 +85,7 @@ def _key(category: str) -> str:
     return "quant" if category == "(de)quant" else category
 
 
-def _energy_fields(e: Energy, suffix: str = "_joules") -> dict[str, float]:
+def _energy_fields(e: ComponentEnergy, suffix: str = "_joules") -> dict[str, float]:
     return {f"{c}{suffix}": getattr(e, c) for c in COMPONENTS}
 
 
@@ -116,7 +117,7 @@ def _mapping_fields(hw: AccelSpec, m: Mapping | None, t: GemmTiming | None) -> d
             "load_bytes": t.load_bytes, "store_bytes": t.store_bytes}
 
 
-def op_record(r: Result, rec: OpRecord) -> dict[str, Any]:
+def op_record(r: Result, rec: AccelOp) -> dict[str, Any]:
     """One op of a run, per instance (``count`` instances in the run; ``total_*`` are × count)."""
     op = rec.op
     out: dict[str, Any] = {"hardware": r.hw.name, "schedule": r.schedule, "op": op.name, "kind": op.kind,
@@ -124,9 +125,9 @@ def op_record(r: Result, rec: OpRecord) -> dict[str, Any]:
                            "total_seconds": rec.seconds * op.count, "joules": rec.energy.total,
                            "total_joules": rec.energy.total * op.count, "ideal_seconds": rec.ideal_s,
                            "utilization": rec.ideal_s / rec.seconds if rec.seconds else None}
-    for cat, s in rec.parts:
-        key = f"{_key(cat)}_seconds"
-        out[key] = out.get(key, 0.0) + s
+    for part in rec.parts:
+        key = f"{_key(part.category)}_seconds"
+        out[key] = out.get(key, 0.0) + part.seconds
     if rec.timing is not None:
         shape = gemm_shape(op)
         out.update({"m": shape.I, "n": shape.J, "k": shape.K, "gemm_batch": shape.batch})

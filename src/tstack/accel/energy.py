@@ -1,4 +1,5 @@
-"""Energy in joules by component: action counts × the per-action energies of the hardware description (AccelSpec.energy)."""
+"""Energy in joules by component (ComponentEnergy): action counts × the per-action energies of the hardware
+description (AccelSpec.energy, an ActionEnergy)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ COMPONENTS = ("mac", "register", "scratchpad", "accumulator", "dram", "host", "u
 
 
 @dataclass(frozen=True, slots=True)
-class Energy:
-    """Joules per component; adding Energies adds each component."""
+class ComponentEnergy:
+    """Joules per component; adding them adds each component."""
 
     mac: float = 0.0
     register: float = 0.0
@@ -23,18 +24,18 @@ class Energy:
     host: float = 0.0
     units: float = 0.0
 
-    def __add__(self, other: Energy) -> Energy:
-        if not isinstance(other, Energy):
+    def __add__(self, other: ComponentEnergy) -> ComponentEnergy:
+        if not isinstance(other, ComponentEnergy):
             return NotImplemented
-        return Energy(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return ComponentEnergy(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
-    def __radd__(self, other: object) -> Energy:
+    def __radd__(self, other: object) -> ComponentEnergy:
         if other == 0:
             return self
         return NotImplemented
 
-    def __mul__(self, n: float) -> Energy:
-        return Energy(*(getattr(self, f.name) * n for f in fields(self)))
+    def __mul__(self, n: float) -> ComponentEnergy:
+        return ComponentEnergy(*(getattr(self, f.name) * n for f in fields(self)))
 
     __rmul__ = __mul__
 
@@ -51,10 +52,10 @@ def acc_byte(hw: AccelSpec) -> float:
     return hw.energy.sram_byte(hw.accumulator.bytes / hw.accumulator.banks)
 
 
-def gemm_energy(hw: AccelSpec, t: GemmTiming) -> Energy:
+def gemm_energy(hw: AccelSpec, t: GemmTiming) -> ComponentEnergy:
     """MACs on the array (padding included), two register hops per MAC (input right, partial sum down), SRAM and DRAM bytes."""
     e = hw.energy
-    return Energy(mac=t.array_macs * e.mac_int8, register=2 * t.array_macs * e.register_byte,
+    return ComponentEnergy(mac=t.array_macs * e.mac_int8, register=2 * t.array_macs * e.register_byte,
                   scratchpad=(t.spad_read_bytes + t.spad_write_bytes) * spad_byte(hw),
                   accumulator=t.acc_bytes * acc_byte(hw), dram=(t.load_bytes + t.store_bytes) * e.dram_byte)
 
@@ -65,7 +66,7 @@ def int_ops_energy(hw: AccelSpec, c: IntCounts) -> float:
     return c.mul * e.int_mul + (c.add + c.shift + c.cmp) * e.int_add + c.div * hw.units.divide_cycles * e.int_add
 
 
-def transfer_energy(hw: AccelSpec, dram_bytes: float, spad_bytes: float = 0.0, acc_bytes: float = 0.0) -> Energy:
+def transfer_energy(hw: AccelSpec, dram_bytes: float, spad_bytes: float = 0.0, acc_bytes: float = 0.0) -> ComponentEnergy:
     """Bytes moved through DRAM and the local memories."""
-    return Energy(dram=dram_bytes * hw.energy.dram_byte, scratchpad=spad_bytes * spad_byte(hw),
+    return ComponentEnergy(dram=dram_bytes * hw.energy.dram_byte, scratchpad=spad_bytes * spad_byte(hw),
                   accumulator=acc_bytes * acc_byte(hw))

@@ -1,7 +1,7 @@
 """Fusion-aware scheduling of a matmul and the LayerNorm/Softmax that follows it (000 §III, Fig. 3).
 
 non-fused: Gemmini's default greedy mapping; the matmul writes int32 results out, then the nonlinear op moves them
-           back into the accumulator and runs on its own (nonlinear.accel_cost). Latency = the sum.
+           back into the accumulator and runs on its own (nonlinear.standalone_cost). Latency = the sum.
 fused:     the output tile spans whole rows (tile_I rows × the full J), so once a tile's last K step is done the
            normalization unit works on it while the mesh computes the next tile (double-buffered accumulator).
            For n tiles of matmul time g and unit time u the two-stage pipeline takes n·max(g, u) + min(g, u).
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tstack.accel.hw import AccelSpec
 from tstack.accel.mapping import Mapper, auto
-from tstack.accel.nonlinear import accel_cost, unit_cycles
+from tstack.accel.nonlinear import standalone_cost, unit_cycles
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping
 from tstack.errors import TstackError
 
@@ -48,7 +48,7 @@ def pair_cost(hw: AccelSpec, shape: GemmShape, name: str, schedule: str, mapper:
     rows, cols = shape.I * shape.batch, shape.J
     if schedule == "non-fused":
         m, t = mapper(hw, shape, False, 4)  # int32 results out, for the normalization unit to read back
-        nl = accel_cost(hw, name, rows, cols)
+        nl = standalone_cost(hw, name, rows, cols)
         return PairCost(schedule, hw.seconds(t.cycles), nl.seconds, m, t)
     m, t = mapper(hw, shape, True, 1)  # int8 leaves through the activation units
     units = unit_cycles(hw, name, rows, cols)

@@ -100,7 +100,7 @@ class Units:
 
 
 @dataclass(frozen=True)
-class Energy:
+class ActionEnergy:
     """Per-action energies in joules (sources in the preset files and docs/accelerator.md)."""
 
     mac_int8: float = 0.3e-12
@@ -119,7 +119,7 @@ class Energy:
 
 
 SECTIONS: dict[str, type] = {"mesh": Mesh, "scratchpad": Sram, "accumulator": Sram, "dma": Dma, "dram": Dram,
-                             "overheads": Overheads, "host": Host, "units": Units, "energy": Energy}
+                             "overheads": Overheads, "host": Host, "units": Units, "energy": ActionEnergy}
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class AccelSpec:
     overheads: Overheads = field(default_factory=Overheads)
     host: Host = field(default_factory=Host)
     units: Units = field(default_factory=Units)
-    energy: Energy = field(default_factory=Energy)
+    energy: ActionEnergy = field(default_factory=ActionEnergy)
     description: str = ""
     sources: tuple[str, ...] = ()
 

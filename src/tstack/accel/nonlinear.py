@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tstack.accel.energy import Energy, acc_byte, int_ops_energy, transfer_energy
+from tstack.accel.energy import ComponentEnergy, acc_byte, int_ops_energy, transfer_energy
 from tstack.accel.hw import AccelSpec
 from tstack.accel.mapping import Infeasible
 from tstack.accel.timing import transfer_cycles
@@ -49,12 +49,20 @@ INT_KERNEL = {"softmax": "softmax", "layernorm": "layernorm", "gelu": "gelu"}
 
 @dataclass(frozen=True)
 class NlCost:
-    """Seconds of one nonlinear op, the (de)quantization share of them, the accelerator-side unit cycles, and energy."""
+    """Seconds of one nonlinear op, the (de)quantization share of them, the accelerator-side unit cycles, and energy.
+
+    ``op_energy`` is the op's own energy and ``quant_energy`` that of the (de)quantization around it (host only).
+    """
 
     seconds: float
     quant_seconds: float
-    energy: Energy
+    op_energy: ComponentEnergy
     unit_cycles: float = 0.0
+    quant_energy: ComponentEnergy = ComponentEnergy()
+
+    @property
+    def energy(self) -> ComponentEnergy:
+        return self.op_energy + self.quant_energy
 
 
 def host_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
@@ -69,8 +77,9 @@ def host_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
     nbytes = 2 * n if w.traffic else 0  # int8 in, int8 out through the shared L2/DRAM
     busy = compute + quant
     seconds = busy / h.clock_hz + nbytes / h.memory_bandwidth
-    energy = Energy(host=busy * hw.energy.host_instruction) + transfer_energy(hw, nbytes)
-    return NlCost(seconds, quant / h.clock_hz, energy)
+    e = hw.energy.host_instruction
+    op_energy = ComponentEnergy(host=compute * e) + transfer_energy(hw, nbytes)
+    return NlCost(seconds, quant / h.clock_hz, op_energy, quant_energy=ComponentEnergy(host=quant * e))
 
 
 def _check_row(hw: AccelSpec, name: str, cols: int) -> int:
@@ -97,14 +106,14 @@ def unit_cycles(hw: AccelSpec, name: str, rows: int, cols: int) -> float:
     return (c.passes - 1) * row_reads + final + rows * per_row
 
 
-def unit_energy(hw: AccelSpec, name: str, rows: int, cols: int) -> Energy:
+def unit_energy(hw: AccelSpec, name: str, rows: int, cols: int) -> ComponentEnergy:
     """Integer ops of the I-BERT kernel plus one int32 accumulator read per element and pass."""
     c = int_op_cost(INT_KERNEL[name])
     counts: IntCounts = c.counts(rows, cols)
-    return Energy(units=int_ops_energy(hw, counts), accumulator=4 * rows * cols * c.passes * acc_byte(hw))
+    return ComponentEnergy(units=int_ops_energy(hw, counts), accumulator=4 * rows * cols * c.passes * acc_byte(hw))
 
 
-def accel_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
+def standalone_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
     """A stand-alone (non-fused) op on I-BERT units: int32 rows moved into the accumulator, processed, int8 moved out."""
     units = unit_cycles(hw, name, rows, cols)
     need = -(-cols // hw.dim) * hw.dim if int_op_cost(INT_KERNEL[name]).passes > 1 else hw.dim
@@ -121,4 +130,4 @@ def accel_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
 def folded_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
     """Attention scale and mask with I-BERT: scale folded into the requantization factor, mask an add in the exp pass."""
     adds = rows * cols if name == "mask" else 0
-    return NlCost(0.0, 0.0, Energy(units=adds * hw.energy.int_add))
+    return NlCost(0.0, 0.0, ComponentEnergy(units=adds * hw.energy.int_add))

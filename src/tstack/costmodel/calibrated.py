@@ -11,22 +11,22 @@ from tstack.calibration import Calibration
 from tstack.costmodel.cost import Cost
 from tstack.costmodel.roofline import roofline
 from tstack.hardware import DeviceSpec
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 
 def table_lookup(op: Op, cal: Calibration) -> float | None:
     """Seconds of one instance from the calibration tables, or None when no table covers the op."""
-    if op.kind in ("gemm", "bgemm"):
+    if op.is_gemm:
         M, N, K, batch = op.gemm_shape
         table = cal.tables.get(f"{op.kind}.{op.dtype}")
         if table is None:
             return None
-        if op.kind == "gemm":
+        if op.kind == OpKind.GEMM:
             return table(M, N, K)
         return table(*(M, N, K, batch)[: len(table.axes)]) * batch  # per batch entry; older files have no batch axis
-    if op.dtype != "fp32" and op.kind != "copy":
+    if op.dtype != "fp32" and op.kind != OpKind.COPY:
         return None  # kernel tables are measured in fp32
-    table = cal.tables.get("gather" if op.kind == "gather" and op.label("pass") == "fwd" else op.name)
+    table = cal.tables.get("gather" if op.kind == OpKind.GATHER and op.label("pass") == "fwd" else op.name)
     if table is None:
         return None
     if len(table.axes) == 2:  # (elements, row length)
@@ -46,6 +46,8 @@ def calibrated(op: Op, dev: DeviceSpec) -> Cost:
                 base.ideal_s, base.kernels)
 
 
-def for_device(dev: DeviceSpec):  # noqa: ANN201 - returns a cost model function
-    """The best cost model for a device: calibrated when it carries measured tables, else roofline."""
-    return calibrated if dev.calibration is not None else roofline
+def for_device(target):  # noqa: ANN001, ANN201 - a target; returns a cost model function
+    """tstack.costmodel.for_device, kept here until sweep.py imports it from tstack.costmodel."""
+    from tstack.costmodel.backend import for_device as dispatch
+
+    return dispatch(target)

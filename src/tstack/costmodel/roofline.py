@@ -11,7 +11,7 @@ import math
 
 from tstack.costmodel.cost import Cost
 from tstack.hardware import DeviceSpec
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 # Storage dtypes that compute on the vector units in fp32 (int32 accumulators, casts).
 _VECTOR_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "fp32", "int32": "fp32"}
@@ -51,12 +51,12 @@ def memory_efficiency(nbytes: float, dev: DeviceSpec) -> float:
 
 def roofline(op: Op, dev: DeviceSpec) -> Cost:
     """Cost of all ``op.count`` instances of an Op on a device."""
-    if op.kind in ("gemm", "bgemm"):
+    if op.is_gemm:
         peak = dev.peak("matrix", op.dtype)
         eff = gemm_efficiency(*op.gemm_shape, dev)
     else:
         # Copies convert between the model dtype and fp32 master tensors: fp32 arithmetic.
-        peak = dev.peak("vector", "fp32" if op.kind == "copy" else _VECTOR_DTYPE.get(op.dtype, "fp32"))
+        peak = dev.peak("vector", "fp32" if op.kind == OpKind.COPY else _VECTOR_DTYPE.get(op.dtype, "fp32"))
         eff = dev.efficiency.vector_max
     n = op.count
     compute_s = op.flops / (peak * eff) if op.flops else 0.0
