@@ -28,8 +28,9 @@ from tstack.cli_common import (
     progress,
     worker_count,
 )
+from tstack.costmodel.backend import default_precision, load_target
 from tstack.errors import SpecError, TstackError
-from tstack.hardware import device_presets, load_device
+from tstack.hardware import DeviceSpec, device_presets, load_device
 from tstack.models import load_model, model_presets
 from tstack.report import output, table, units
 from tstack.report.repro_table import print_repro_table, summary_line
@@ -122,23 +123,34 @@ def analyze(
     seq: int | None = typer.Option(None, "--seq", "-s", help="sequence length (default: the model's; decode: 1 new "
                                                             "token)"),
     tgt_seq: int = typer.Option(0, help="target length of an enc-dec model (default: --seq)"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16-mixed | bf16-mixed | int8"),
+    precision: str | None = typer.Option(None, help="fp32 | fp16-mixed | bf16-mixed | int8 (default: fp32; int8 on "
+                                                     "an accelerator)"),
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
     checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
     dropout: bool = typer.Option(True, help="dropout kernels in training"),
     phase: str = typer.Option("prefill", help="prefill | decode (decoders)"),
     kv_len: int = typer.Option(0, help="tokens already in the KV cache (decode)"),
-    device: str = DEVICE_OPT,
-    group_by: str | None = typer.Option(None, help="layer, block, pass, kind, group (002), nlpfast-op, dtype, name"),
+    device: str = typer.Option("a100", "--device", "-d", help="device or accelerator preset (e.g. a100, "
+                                                              "gemmini-ibert), or a device or accelerator .yaml file"),
+    group_by: str | None = typer.Option(None, help="layer, block, pass, kind, group (002), nlpfast-op, dtype, name, "
+                                                   "accel (000 categories, on an accelerator)"),
     json_out: Path | None = JSON_OPT,
     csv_out: Path | None = CSV_OPT,
     plot: Path | None = typer.Option(None, "--plot", help="write a roofline plot (.png, .svg, .pdf)"),
 ) -> None:
-    """Predict one iteration and print the Demystifying-BERT hierarchy (or a --group-by table)."""
+    """Predict one iteration and print the Demystifying-BERT hierarchy (or a --group-by table).
+
+    On an accelerator (gemmini-*) the run is an int8 inference and every op carries its joules."""
     outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
     check_int("--seq", seq)
     spec = load_model(model)
-    dev = load_device(device)
+    dev = load_target(device)
+    if plot is not None and not isinstance(dev, DeviceSpec):
+        raise SpecError([f"--plot draws a roofline, which needs a device with peak rates; {dev.name} is an "
+                         "accelerator (tstack accel run --plot draws its time breakdown)"])
+    if not isinstance(dev, DeviceSpec) and mode != "infer":
+        raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
+    precision = default_precision(dev) if precision is None else precision
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len)
     b = analyze_config(spec, run, dev)
     if group_by is not None:
@@ -152,6 +164,8 @@ def analyze(
     outputs.write(output.breakdown_document("analyze", b, group_by=group_by), figure=figure)
     if not outputs.stdout_taken:
         table.print_breakdown(b, group_by, out)
+        if b.total.joules is not None:
+            out.print(f"energy {units.si(b.total.joules, 'J')} per iteration")
 
 
 @app.command()
