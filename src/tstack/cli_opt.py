@@ -95,7 +95,8 @@ def bench(
     from tstack.kernels.bench import build_cases, record, run_case
     from tstack.profiler.runtime import RuntimeConfig, controlled, describe
 
-    params = Params(score_threshold, zero_ratio, chunk, threads, head_block, ffn_blocks)
+    params = Params(score_threshold=score_threshold, zero_ratio=zero_ratio, chunk=chunk, threads=threads,
+                    head_block=head_block, ffn_blocks=ffn_blocks)
     cfg = RuntimeConfig(threads=threads)
     rows = []
     total = sum(case_count(m) for m in names) * len(seqs) * len(order) * repeats

@@ -163,7 +163,7 @@ def tradeoff(
     corpus = data.sentences() if texts == "sentences" else data.documents()
     corpus = corpus[:max_texts] if max_texts else corpus
     points = [(0.0, 1.0)] + [(t, r) for r in ratios for t in levels if t > 0]  # threshold 0: the exact reference point
-    setup = StudySetup(tuple(corpus), max_length, batch, chunk, threads)
+    setup = StudySetup(texts=tuple(corpus), max_length=max_length, batch=batch, chunk=chunk, threads=threads)
     cfg = RuntimeConfig(threads=threads)
     with controlled(cfg):
         net, tokenizer = load_minilm()

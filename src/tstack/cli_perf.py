@@ -91,7 +91,7 @@ def _measure(spec, run, cfg, plan, advance):  # noqa: ANN001, ANN202
     ops = build(spec, run)
     memory.guard(memory.per_op_peak(ops), cfg.device)
     m = measure_ops(ops, cfg, plan, progress=lambda done, total, op: advance(1))
-    return Breakdown(spec, run, cfg.short_name, m.ops, m.costs), m.timings
+    return Breakdown(model=spec, run=run, device=cfg.short_name, ops=m.ops, costs=m.costs), m.timings
 
 
 def _kernels(ops) -> int:  # noqa: ANN001

@@ -71,8 +71,9 @@ def compare(ref: torch.Tensor, test: torch.Tensor) -> Accuracy:
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
     rr, rt = _ranks(sim_r[upper]), _ranks(sim_t[upper])
     spearman = float(torch.corrcoef(torch.stack([rr, rt]))[0, 1])
-    return Accuracy(n, float(cos.mean()), float(cos.min()), float((top_r[:, 0] == top_t[:, 0]).double().mean()),
-                    overlap, spearman)
+    top1 = float((top_r[:, 0] == top_t[:, 0]).double().mean())
+    return Accuracy(n=n, cos_mean=float(cos.mean()), cos_min=float(cos.min()), top1=top1, topk_overlap=overlap,
+                    spearman=spearman)
 
 
 def split_sentences() -> tuple[list[str], list[str]]:

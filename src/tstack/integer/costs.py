@@ -28,11 +28,11 @@ class IntCounts:
     div: int = 0
 
     def __add__(self, other: IntCounts) -> IntCounts:
-        return IntCounts(self.mul + other.mul, self.add + other.add, self.shift + other.shift, self.cmp + other.cmp,
-                         self.div + other.div)
+        return IntCounts(mul=self.mul + other.mul, add=self.add + other.add, shift=self.shift + other.shift,
+                         cmp=self.cmp + other.cmp, div=self.div + other.div)
 
     def scaled(self, k: int) -> IntCounts:
-        return IntCounts(self.mul * k, self.add * k, self.shift * k, self.cmp * k, self.div * k)
+        return IntCounts(mul=self.mul * k, add=self.add * k, shift=self.shift * k, cmp=self.cmp * k, div=self.div * k)
 
     @property
     def total(self) -> int:

@@ -84,7 +84,8 @@ def _layernorm(rows: int) -> OpError:
 
 
 def _record(op: str, domain: str, x: torch.Tensor, err: torch.Tensor, poly: float | None) -> OpError:
-    return OpError(op, domain, float(err.abs().max()), float(err.square().mean().sqrt()), poly, x, err)
+    return OpError(op=op, domain=domain, max_abs=float(err.abs().max()), rms=float(err.square().mean().sqrt()), poly_max=poly,
+                   x=x, err=err)
 
 
 def sweep(ops: list[str], points: int = 4001, softmax_bits: int = 8) -> list[OpError]:

@@ -129,5 +129,5 @@ def convert_layer(layer: Any, s_x: torch.Tensor | float, amax: dict[str, Any], c
     res2 = (dyadic(s2 / s_r2, ACC_BITS, WIDE_BITS, f"{where}.residual2"),
             dyadic(a8["h1"] / s_r2, cfg.act_bits, WIDE_BITS, f"{where}.residual2"))
     ln2 = nl.layernorm_params(layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, a8["out"], cfg.act_bits)
-    return IntLayer(h, cfg.softmax_bits, wq, wk, wv, wo, w1, w2, qkv_out, softmax, ctx_out, res1, ln1, gelu, res2,
-                    ln2), a8["out"]
+    return IntLayer(heads=h, softmax_bits=cfg.softmax_bits, q=wq, k=wk, v=wv, o=wo, fc1=w1, fc2=w2, qkv_out=qkv_out,
+                    softmax=softmax, ctx_out=ctx_out, res1=res1, ln1=ln1, gelu=gelu, res2=res2, ln2=ln2), a8["out"]

@@ -172,4 +172,4 @@ def convert(model: Any, batches: Iterable[dict[str, torch.Tensor]], cfg: il.Quan
         ranges = {p: amax[f"layer.{i}.{p}"] for p in (*il.POINTS_8, *il.POINTS_16)}
         converted, s_x = il.convert_layer(layer, s_x, ranges, cfg, f"encoder.layer.{i}")
         layers.append(converted)
-    return IntModel(name, cfg, embeddings, tuple(layers), s_x)
+    return IntModel(name=name, config=cfg, embeddings=embeddings, layers=tuple(layers), out_scale=s_x)

@@ -53,7 +53,7 @@ def gelu_params(acc_ratio: torch.Tensor, s_in: float, s_out: float, out_bits: in
     q_1 = math.floor(1.0 / s_erf)
     k2 = max(0, (abs(q_c) + abs(q_1)).bit_length() - SIGMOID_BITS)
     out = dyadic(s_in * s_erf * 2**k2 / 2.0 / s_out, 30, out_bits, "gelu output")
-    return GeluParams(dyadic(acc_ratio, 31, 16, "gelu input"), k, q_b, q_c, q_1, k2, out)
+    return GeluParams(inp=dyadic(acc_ratio, 31, 16, "gelu input"), k=k, q_b=q_b, q_c=q_c, q_1=q_1, k2=k2, out=out)
 
 
 def i_gelu(acc: torch.Tensor, p: GeluParams) -> torch.Tensor:
@@ -87,8 +87,9 @@ def softmax_params(score_scale: float, exp_bits: int = 10, out_bits: int = 8) ->
         raise TstackError(f"softmax_bits={out_bits} is outside 2..16")
     s_w = LN2 / 2**exp_bits
     inp = dyadic(score_scale / s_w, 31, 32, "softmax input")
-    inp = Dyadic(inp.m, inp.e, -EXP_CLAMP * 2**exp_bits, 0, 31)  # x <= 0; exponents below -30 ln 2 saturate
-    return SoftmaxParams(inp, exp_bits, math.floor(EXP_B / s_w), math.floor(EXP_C / (EXP_A * s_w**2)), out_bits)
+    inp = Dyadic(m=inp.m, e=inp.e, lo=-EXP_CLAMP * 2**exp_bits, hi=0, in_bits=31)  # x <= 0; exponents below -30 ln 2 saturate
+    return SoftmaxParams(inp=inp, m=exp_bits, q_b=math.floor(EXP_B / s_w), q_c=math.floor(EXP_C / (EXP_A * s_w**2)),
+                         bits=out_bits)
 
 
 def i_exp(x: torch.Tensor, p: SoftmaxParams) -> torch.Tensor:

@@ -89,7 +89,8 @@ def dyadic(ratio: torch.Tensor | float, in_bits: int, out_bits: int, where: str)
     if bad:
         raise TstackError(f"{where}: requantization ratio needs shift {bad[0]}; allowed shifts are 1..62")
     m = torch.tensor([fixed_bits(v, e) for v, e in zip(flat, shifts, strict=True)], dtype=torch.int64).reshape(r.shape)
-    return Dyadic(m, torch.tensor(shifts, dtype=torch.int64).reshape(r.shape), -qmax(out_bits), qmax(out_bits), in_bits)
+    return Dyadic(m=m, e=torch.tensor(shifts, dtype=torch.int64).reshape(r.shape), lo=-qmax(out_bits), hi=qmax(out_bits),
+                  in_bits=in_bits)
 
 
 def requant(x: torch.Tensor, d: Dyadic) -> torch.Tensor:

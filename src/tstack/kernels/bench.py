@@ -106,13 +106,17 @@ def build_cases(model: str, seq: int, batch: int = 1, seed: int = 0, spec: Model
         net = MemoryNetwork.from_spec(spec, seed)
         u = torch.randn(batch, MEMNET_QUERIES, spec.hidden, generator=g)
         mem_in, mem_out = (torch.randn(batch, seq, spec.hidden, generator=g) for _ in range(2))
-        return [Case(model, f"{spec.hops} hops, n_q={MEMNET_QUERIES}", seq, batch, net, (u, mem_in, mem_out))]
+        return [Case(model=model, part=f"{spec.hops} hops, n_q={MEMNET_QUERIES}", seq=seq, batch=batch, module=net,
+                     inputs=(u, mem_in, mem_out))]
     x = torch.randn(batch, seq, spec.hidden, generator=g)
     if model == "bert":
-        return [Case(model, "encoder layer", seq, batch, EncoderLayer.from_spec(spec, seed), (x,))]
+        return [Case(model=model, part="encoder layer", seq=seq, batch=batch, module=EncoderLayer.from_spec(spec, seed),
+                     inputs=(x,))]
     memory = torch.randn(batch, seq, spec.hidden, generator=g)
-    return [Case(model, "encoder layer", seq, batch, EncoderLayer.from_spec(spec, seed), (x,)),
-            Case(model, "decoder layer", seq, batch, DecoderLayer.from_spec(spec, seed + 1), (x, memory))]
+    return [Case(model=model, part="encoder layer", seq=seq, batch=batch, module=EncoderLayer.from_spec(spec, seed),
+                 inputs=(x,)),
+            Case(model=model, part="decoder layer", seq=seq, batch=batch, module=DecoderLayer.from_spec(spec, seed + 1),
+                 inputs=(x, memory))]
 
 
 def block_sizes(case: Case, params: Params) -> str:

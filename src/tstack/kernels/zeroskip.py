@@ -123,7 +123,8 @@ def _scores(q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | N
         scores.masked_fill_(~real_keys[:, None, None, :], -math.inf)
     rows = torch.ones(b, s, dtype=torch.bool) if key_padding_mask is None or s != real.shape[1] else real
     m = scores.amax(-1) if row_max else None
-    return _Scores(scores, m, real_keys.view(b, nc, c), _pad_to(rows, 1, nq * c).view(b, nq, c), s, c)
+    return _Scores(s=scores, m=m, real_keys=real_keys.view(b, nc, c), real_rows=_pad_to(rows, 1, nq * c).view(b, nq, c),
+                   seq=s, chunk=c)
 
 
 def _decide(t: _Scores, p: ZSParams) -> tuple[torch.Tensor, torch.Tensor]:

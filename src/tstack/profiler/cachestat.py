@@ -327,8 +327,9 @@ def _cachestat_counters(op: Op, cfg: RuntimeConfig, seed: int, repeats: int) -> 
 
         cold = counters.count_events(p.run, [*misses, "instructions"], repeats, between=evict_then_twin)
         warm = counters.count_events(p.run, [*misses, "instructions"], repeats)
-    return CacheStat(sum(cold[m] for m in misses), cold["instructions"], sum(warm[m] for m in misses), False,
-                     f"perf_event_open: {' + '.join(misses)}, mean of {repeats} runs, {cfg.threads} threads")
+    return CacheStat(llc_misses=sum(cold[m] for m in misses), instructions=cold["instructions"],
+                     warm_llc_misses=sum(warm[m] for m in misses), simulated=False,
+                     method=f"perf_event_open: {' + '.join(misses)}, mean of {repeats} runs, {cfg.threads} threads")
 
 
 _DESC_LL = re.compile(r"desc: LL cache:\s*(\d+) B, (\d+) B, (\d+)-way")
@@ -402,7 +403,9 @@ def _cachestat_simulated(ops: list[Op], cfg: RuntimeConfig, llc: CacheGeometry |
         cold, warm = dumps.get(f"{_runop.DUMP_PREFIX}{j}-cold"), dumps.get(f"{_runop.DUMP_PREFIX}{j}-warm")
         if cold is None or warm is None:
             raise TstackError(f"cachestat simulation: no callgrind dump for op {ops[i].name!r}")
-        stats.append(CacheStat(cold["DLmr"] + cold["DLmw"], cold["Ir"], warm["DLmr"] + warm["DLmw"], True,
-                               counters.simulator_support().reason.replace("valgrind-", "callgrind ") + " cache simulation",
-                               changed, scale, note))
+        stats.append(CacheStat(llc_misses=cold["DLmr"] + cold["DLmw"], instructions=cold["Ir"],
+                               warm_llc_misses=warm["DLmr"] + warm["DLmw"], simulated=True,
+                               method=counters.simulator_support().reason.replace("valgrind-", "callgrind ")
+                               + " cache simulation",
+                               reduced=changed, scale=scale, note=note))
     return stats

@@ -215,7 +215,8 @@ def _fit_efficiency(tables: dict[str, Table], dev: DeviceSpec, grid: Grid) -> Ef
     measured = tables["gemm.fp32"].seconds
     for tile in (16, 32, 64, 128):
         for k_half in (4.0, 16.0, 64.0, 256.0):
-            eff = Efficiency(tile, tile, k_half, 1.0, 1.0, 1.0, dev.efficiency.bytes_half)
+            eff = Efficiency(tile_m=tile, tile_n=tile, k_half=k_half, matrix_max=1.0, vector_max=1.0, memory_max=1.0,
+                             bytes_half=dev.efficiency.bytes_half)
             trial = replace(dev, efficiency=eff)
             err = sum((math.log(roofline(op, trial).seconds) - math.log(t)) ** 2 for op, t in zip(ops, measured))
             if best is None or err < best[0]:

@@ -162,9 +162,10 @@ def _walk(ev: Any, call: tuple[Scope, list] | None, ctx: tuple[str, str, int], a
         kind, dims, dtype, flops, traffic = classify(ev)
         seconds = (ev.device_time_total if acc.cuda else ev.cpu_time_total) * 1e-6
         seqs = frozenset(e.sequence_nr for e in _subtree(ev) if e.sequence_nr >= 0) if ctx[0] != "bwd" else frozenset()
-        k = Kernel(name, kind, dims, dtype, flops, traffic, tuple(s for s, _, _ in _tensors(ev)),
-                   (ev.time_range.start - acc.start_us) * 1e-6, seconds, ctx[0], call[0].path if call else None, seqs,
-                   ctx[1], ctx[2], ev.thread)
+        k = Kernel(aten=name, kind=kind, dims=dims, dtype=dtype, flops=flops, bytes=traffic,
+                   shapes=tuple(s for s, _, _ in _tensors(ev)), start_s=(ev.time_range.start - acc.start_us) * 1e-6,
+                   seconds=seconds, pass_=ctx[0], path=call[0].path if call else None, seqs=seqs, node=ctx[1],
+                   node_seq=ctx[2], thread=ev.thread)
         acc.kernels.append(k)
         if call is not None:
             call[1].append(k)

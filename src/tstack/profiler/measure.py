@@ -131,7 +131,8 @@ def measure_ops(ops: Iterable[Op], cfg: RuntimeConfig | None = None, plan: Plan 
     timings = tuple(best[signature(op)] for op in ops)
     costs = tuple(Cost(seconds=t.median * op.count, flops=op.flops * op.count, bytes=op.bytes * op.count, kernels=op.count)
                   for op, t in zip(ops, timings))
-    return Measured(ops, costs, timings, tuple(found[signature(op)] for op in ops), description, len(unique))
+    return Measured(ops=ops, costs=costs, timings=timings, problems=tuple(found[signature(op)] for op in ops),
+                    description=description, unique=len(unique))
 
 
 def measure(model: str | Path | ModelSpec, run: RunSpec | None = None, cfg: RuntimeConfig | None = None,
@@ -146,4 +147,4 @@ def measure(model: str | Path | ModelSpec, run: RunSpec | None = None, cfg: Runt
     run = run or RunSpec(seq=spec.default_seq)
     cfg = cfg or RuntimeConfig()
     m = measure_ops(build(spec, run), cfg, plan, progress=progress, check_values=check_values, seed=seed)
-    return Breakdown(spec, run, cfg.short_name, m.ops, m.costs)
+    return Breakdown(model=spec, run=run, device=cfg.short_name, ops=m.ops, costs=m.costs)

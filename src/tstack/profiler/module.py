@@ -202,12 +202,13 @@ def _result(parses: list[StepParse], labeler: Labeler, what: tuple[ModelSpec, Ru
             ops.append(op)
             costs.append(Cost(seconds=s / a.split, flops=op.flops, bytes=op.bytes, kernels=1))
         first = kernel_op(k, attrs[0], pass_, width)
-        events.append(KernelEvent(k.aten, k.path if k.path is not None else "-", k.start_s, k.seconds, k.thread,
-                                  first.name, first.labels, k.shapes))
+        events.append(KernelEvent(aten=k.aten, module=k.path if k.path is not None else "-", start_s=k.start_s,
+                                  seconds=k.seconds, thread=k.thread, op=first.name, labels=first.labels, shapes=k.shapes))
     spans = [p.span_s for p in parses]
     model, run, device = what
-    return ModuleProfile(Breakdown(model, run, device, tuple(ops), tuple(costs)), statistics.median(runs), runs,
-                         statistics.median(spans), tuple(events), tuple(n for n in (note, mismatch) if n))
+    return ModuleProfile(breakdown=Breakdown(model=model, run=run, device=device, ops=tuple(ops), costs=tuple(costs)),
+                         wall_s=statistics.median(runs), wall_runs=runs, profiled_s=statistics.median(spans),
+                         kernels=tuple(events), notes=tuple(n for n in (note, mismatch) if n))
 
 
 def profile_preset(spec: ModelSpec, run: RunSpec, threads: int | None = None, warmup: int = 2, repeats: int = 5,

@@ -112,7 +112,7 @@ def prepare(op: Op, cfg: RuntimeConfig, seed: int = 0, values: Values | None = N
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise TstackError("device='cuda' but torch.cuda.is_available() is false")
     device = torch.device(cfg.device)
-    ctx = _Ctx(op, torch, device, getattr(torch, DTYPES[op.dtype]), draw or Draw(seed, device, values))
+    ctx = _Ctx(op=op, torch=torch, device=device, dtype=getattr(torch, DTYPES[op.dtype]), draw=draw or Draw(seed, device, values))
     return builder(ctx)
 
 

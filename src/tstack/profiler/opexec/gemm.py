@@ -38,7 +38,7 @@ def _gemm(ctx: _Ctx) -> PreparedOp:
         def run() -> None:
             torch.mm(a, b, out=c)
 
-    return PreparedOp(ctx.op, run, {"A": a, "B": b}, {"C": c}, "C")
+    return PreparedOp(op=ctx.op, run=run, inputs={"A": a, "B": b}, outputs={"C": c}, primary="C")
 
 
 @implements(OpKind.BGEMM, ref=_ref_gemm)
@@ -60,4 +60,4 @@ def _bgemm(ctx: _Ctx) -> PreparedOp:
         def run() -> None:
             torch.bmm(a, b, out=c)
 
-    return PreparedOp(ctx.op, run, {"A": a, "B": b}, {"C": c}, "C")
+    return PreparedOp(op=ctx.op, run=run, inputs={"A": a, "B": b}, outputs={"C": c}, primary="C")

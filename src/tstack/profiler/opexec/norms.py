@@ -27,8 +27,8 @@ def _layernorm(ctx: _Ctx) -> PreparedOp:
     w, b = ctx.draw.gamma(C, ctx.dtype), ctx.draw.beta(C, ctx.dtype)
     probe = aten.native_layer_norm(x[:1], [C], w, b, EPS)  # statistics' dtype as PyTorch keeps them
     y, mean, rstd = ctx.empty((R, C)), ctx.empty((R, 1), probe[1].dtype), ctx.empty((R, 1), probe[2].dtype)
-    return PreparedOp(ctx.op, lambda: aten.native_layer_norm.out(x, [C], w, b, EPS, out0=y, out1=mean, out2=rstd),
-                      {"x": x, "gamma": w, "beta": b}, {"y": y, "mean": mean, "rstd": rstd}, "y")
+    return PreparedOp(op=ctx.op, run=lambda: aten.native_layer_norm.out(x, [C], w, b, EPS, out0=y, out1=mean, out2=rstd),
+                      inputs={"x": x, "gamma": w, "beta": b}, outputs={"y": y, "mean": mean, "rstd": rstd}, primary="y")
 
 
 def _ref_layernorm_bwd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,8 +56,8 @@ def _layernorm_bwd(ctx: _Ctx) -> PreparedOp:
     def run() -> None:
         aten.native_layer_norm_backward.out(dy, x, [C], mean, rstd, w, b, [True, True, True], out0=dx, out1=dw, out2=db)
 
-    return PreparedOp(ctx.op, run, {"dy": dy, "x": x, "mean": mean, "rstd": rstd, "gamma": w, "beta": b},
-                      {"dx": dx, "dgamma": dw, "dbeta": db}, "dx")
+    return PreparedOp(op=ctx.op, run=run, inputs={"dy": dy, "x": x, "mean": mean, "rstd": rstd, "gamma": w, "beta": b},
+                      outputs={"dx": dx, "dgamma": dw, "dbeta": db}, primary="dx")
 
 
 def _ref_rmsnorm(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def _rmsnorm(ctx: _Ctx) -> PreparedOp:
         torch.mul(x, rstd, out=y)
         y.mul_(w)
 
-    return PreparedOp(ctx.op, run, {"x": x, "gamma": w}, {"y": y, "rstd": rstd}, "y")
+    return PreparedOp(op=ctx.op, run=run, inputs={"x": x, "gamma": w}, outputs={"y": y, "rstd": rstd}, primary="y")
 
 
 def _ref_rmsnorm_bwd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,8 +112,8 @@ def _rmsnorm_bwd(ctx: _Ctx) -> PreparedOp:
         torch.addcmul(dx, xhat, c, value=-1, out=dx)  # g − x̂·mean(g·x̂)
         dx.mul_(rstd)
 
-    return PreparedOp(ctx.op, run, {"dy": dy, "x": x, "rstd": rstd, "gamma": w}, {"dx": dx, "dgamma": dw}, "dx",
-                      {"xhat": xhat, "tmp": tmp, "c": c})
+    return PreparedOp(op=ctx.op, run=run, inputs={"dy": dy, "x": x, "rstd": rstd, "gamma": w}, outputs={"dx": dx, "dgamma": dw},
+                      primary="dx", scratch={"xhat": xhat, "tmp": tmp, "c": c})
 
 
 def _ref_rope(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def _rope(ctx: _Ctx) -> PreparedOp:
         torch.addcmul(y1, x2, s1, value=-1, out=y1)
         torch.addcmul(y2, x1, s2, out=y2)
 
-    return PreparedOp(ctx.op, run, {"x": x, "cos": cos, "sin": sin}, {"y": y}, "y")
+    return PreparedOp(op=ctx.op, run=run, inputs={"x": x, "cos": cos, "sin": sin}, outputs={"y": y}, primary="y")
 
 
 @implements(OpKind.GATHER, ref=lambda op, t: {"y": t["table"][t["index"]]})
@@ -156,7 +156,8 @@ def _gather(ctx: _Ctx) -> PreparedOp:
     table = ctx.draw.activation((table_rows, C), ctx.dtype)
     idx = ctx.draw.integers((R,), torch.int64, 0, table_rows)
     y = ctx.empty((R, C))
-    return PreparedOp(ctx.op, lambda: torch.index_select(table, 0, idx, out=y), {"table": table, "index": idx}, {"y": y}, "y")
+    return PreparedOp(op=ctx.op, run=lambda: torch.index_select(table, 0, idx, out=y), inputs={"table": table, "index": idx},
+                      outputs={"y": y}, primary="y")
 
 
 def _ref_gather_bwd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,4 +179,4 @@ def _gather_bwd(ctx: _Ctx) -> PreparedOp:
         grad.zero_()
         grad.index_add_(0, idx, dy)
 
-    return PreparedOp(ctx.op, run, {"dy": dy, "index": idx}, {"dtable": grad}, "dtable")
+    return PreparedOp(op=ctx.op, run=run, inputs={"dy": dy, "index": idx}, outputs={"dtable": grad}, primary="dtable")

@@ -48,7 +48,8 @@ def _lamb_global_norm(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     s = _opt_state(ctx, "g")
     norm = ctx.empty((), torch.float32)
-    return PreparedOp(ctx.op, lambda: torch.linalg.vector_norm(s["g"], 2, out=norm), s, {"norm": norm}, "norm")
+    return PreparedOp(op=ctx.op, run=lambda: torch.linalg.vector_norm(s["g"], 2, out=norm), inputs=s, outputs={"norm": norm},
+                      primary="norm")
 
 
 def _ref_lamb1(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def _lamb_stage1(ctx: _Ctx) -> PreparedOp:
         torch.div(m, u, out=u)
         u.add_(w, alpha=WEIGHT_DECAY)
 
-    return PreparedOp(ctx.op, run, s, {"u": u, "m": m, "v": v}, "u")
+    return PreparedOp(op=ctx.op, run=run, inputs=s, outputs={"u": u, "m": m, "v": v}, primary="u")
 
 
 @implements("lamb-norms", ref=lambda op, t: {"norms": _torch().stack([t["w"].norm(), t["u"].norm()])})
@@ -93,7 +94,7 @@ def _lamb_norms(ctx: _Ctx) -> PreparedOp:
         torch.linalg.vector_norm(s["w"], 2, out=nw)
         torch.linalg.vector_norm(s["u"], 2, out=nu)
 
-    return PreparedOp(ctx.op, run, s, {"norms": norms}, "norms")
+    return PreparedOp(op=ctx.op, run=run, inputs=s, outputs={"norms": norms}, primary="norms")
 
 
 @implements("lamb-stage2", ref=lambda op, t: {"w": t["w"] + t["rate"] * t["u"]})
@@ -105,7 +106,7 @@ def _lamb_stage2(ctx: _Ctx) -> PreparedOp:
     ratio = float(w.norm() / u.norm())
     rate = torch.tensor(-LR * ratio, dtype=torch.float32, device=ctx.device)
     s["rate"] = rate
-    return PreparedOp(ctx.op, lambda: w.addcmul_(u, rate), s, {"w": w}, "w")
+    return PreparedOp(op=ctx.op, run=lambda: w.addcmul_(u, rate), inputs=s, outputs={"w": w}, primary="w")
 
 
 def _ref_adam(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def _adam(ctx: _Ctx) -> PreparedOp:
         torch._fused_adamw_(*lists, lr=LR, beta1=BETA1, beta2=BETA2, weight_decay=WEIGHT_DECAY, eps=ADAM_EPS,
                             amsgrad=False, maximize=False)
 
-    return PreparedOp(ctx.op, run, s, {"w": s["w"], "m": s["m"], "v": s["v"]}, "w")
+    return PreparedOp(op=ctx.op, run=run, inputs=s, outputs={"w": s["w"], "m": s["m"], "v": s["v"]}, primary="w")
 
 
 def _ref_sgd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def _sgd(ctx: _Ctx) -> PreparedOp:
         torch._fused_sgd_([s["w"]], [s["g"]], [s["buf"]], weight_decay=0.0, momentum=MOMENTUM, lr=LR, dampening=0.0,
                           nesterov=False, maximize=False, is_first_step=False)
 
-    return PreparedOp(ctx.op, run, s, {"w": s["w"], "buf": s["buf"]}, "w")
+    return PreparedOp(op=ctx.op, run=run, inputs=s, outputs={"w": s["w"], "buf": s["buf"]}, primary="w")
 
 
 @implements("grad-to-master", ref=lambda op, t: {"master_grad": t["grad"] * INV_LOSS_SCALE})
@@ -158,8 +159,8 @@ def _grad_to_master(ctx: _Ctx) -> PreparedOp:
     # A 1-element fp32 tensor (not a Python scalar) makes the multiply run in fp32, as apex's unscale
     # does; half × Python float would compute in fp16 and round small gradients to fp16 subnormals.
     inv = torch.full((1,), INV_LOSS_SCALE, dtype=torch.float32, device=ctx.device)
-    return PreparedOp(ctx.op, lambda: torch.mul(grad, inv, out=master), {"grad": grad},
-                      {"master_grad": master}, "master_grad")
+    return PreparedOp(op=ctx.op, run=lambda: torch.mul(grad, inv, out=master), inputs={"grad": grad},
+                      outputs={"master_grad": master}, primary="master_grad")
 
 
 @implements("master-to-model", ref=lambda op, t: {"model": t["master"]})
@@ -167,4 +168,5 @@ def _master_to_model(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     master = ctx.draw.normal((_params(ctx),), torch.float32, 0.05, normal_in=torch.float16)
     model = ctx.empty((_params(ctx),), torch.float16)
-    return PreparedOp(ctx.op, lambda: model.copy_(master), {"master": master}, {"model": model}, "model")
+    return PreparedOp(op=ctx.op, run=lambda: model.copy_(master), inputs={"master": master}, outputs={"model": model},
+                      primary="model")

@@ -16,7 +16,7 @@ def _scale(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     x = ctx.draw.activation(ctx.rc, ctx.dtype)
     y = ctx.empty(ctx.rc)
-    return PreparedOp(ctx.op, lambda: torch.mul(x, SCALE, out=y), {"x": x}, {"y": y}, "y")
+    return PreparedOp(op=ctx.op, run=lambda: torch.mul(x, SCALE, out=y), inputs={"x": x}, outputs={"y": y}, primary="y")
 
 
 @implements("mask", ref=lambda op, t: {"y": t["x"] + t["mask"]})
@@ -25,7 +25,7 @@ def _mask(ctx: _Ctx) -> PreparedOp:
     x = ctx.draw.activation(ctx.rc, ctx.dtype)
     m = ctx.draw.attention_mask(ctx.cols, ctx.dtype)
     y = ctx.empty(ctx.rc)
-    return PreparedOp(ctx.op, lambda: torch.add(x, m, out=y), {"x": x, "mask": m}, {"y": y}, "y")
+    return PreparedOp(op=ctx.op, run=lambda: torch.add(x, m, out=y), inputs={"x": x, "mask": m}, outputs={"y": y}, primary="y")
 
 
 @implements("dropout", ref=lambda op, t: {"y": t["x"] * t["mask"] / (1 - DROPOUT_P)})
@@ -33,8 +33,8 @@ def _dropout(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     x = ctx.draw.activation(ctx.rc, ctx.dtype)
     y, mask = ctx.empty(ctx.rc), ctx.empty(ctx.rc, torch.bool)
-    return PreparedOp(ctx.op, lambda: torch.ops.aten.native_dropout.out(x, DROPOUT_P, True, out0=y, out1=mask),
-                      {"x": x}, {"y": y, "mask": mask}, "y")
+    return PreparedOp(op=ctx.op, run=lambda: torch.ops.aten.native_dropout.out(x, DROPOUT_P, True, out0=y, out1=mask),
+                      inputs={"x": x}, outputs={"y": y, "mask": mask}, primary="y")
 
 
 @implements("dropout-bwd", ref=lambda op, t: {"dx": t["dy"] * t["mask"] / (1 - DROPOUT_P)})
@@ -44,8 +44,8 @@ def _dropout_bwd(ctx: _Ctx) -> PreparedOp:
     mask = ctx.draw.bernoulli(ctx.rc, 1 - DROPOUT_P)
     dx = ctx.empty(ctx.rc)
     scale = 1 / (1 - DROPOUT_P)
-    return PreparedOp(ctx.op, lambda: torch.ops.aten.native_dropout_backward.out(dy, mask, scale, out=dx),
-                      {"dy": dy, "mask": mask}, {"dx": dx}, "dx")
+    return PreparedOp(op=ctx.op, run=lambda: torch.ops.aten.native_dropout_backward.out(dy, mask, scale, out=dx),
+                      inputs={"dy": dy, "mask": mask}, outputs={"dx": dx}, primary="dx")
 
 
 def _ref_softmax(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,7 +59,8 @@ def _softmax(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     x = ctx.draw.activation(ctx.rc, ctx.dtype)
     y = ctx.empty(ctx.rc)
-    return PreparedOp(ctx.op, lambda: torch.ops.aten._softmax.out(x, -1, False, out=y), {"x": x}, {"y": y}, "y")
+    return PreparedOp(op=ctx.op, run=lambda: torch.ops.aten._softmax.out(x, -1, False, out=y), inputs={"x": x}, outputs={"y": y},
+                      primary="y")
 
 
 def _ref_softmax_bwd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
@@ -74,8 +75,8 @@ def _softmax_bwd(ctx: _Ctx) -> PreparedOp:
     y = ctx.draw.probabilities(ctx.rows, ctx.cols, ctx.dtype)
     dx = ctx.empty(ctx.rc)
     dt = ctx.dtype
-    return PreparedOp(ctx.op, lambda: torch.ops.aten._softmax_backward_data.out(dy, y, -1, dt, grad_input=dx),
-                      {"dy": dy, "y": y}, {"dx": dx}, "dx")
+    return PreparedOp(op=ctx.op, run=lambda: torch.ops.aten._softmax_backward_data.out(dy, y, -1, dt, grad_input=dx),
+                      inputs={"dy": dy, "y": y}, outputs={"dx": dx}, primary="dx")
 
 
 # --- activations ---------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def _bias_act(act: str) -> None:
             torch.add(x, b, out=y)
             act_(y)
 
-        return PreparedOp(ctx.op, run, {"x": x, "b": b}, {"y": y}, "y")
+        return PreparedOp(op=ctx.op, run=run, inputs={"x": x, "b": b}, outputs={"y": y}, primary="y")
 
     implements(f"bias-{act}", ref=lambda op, t: {"y": f(t["x"] + t["b"])})(build)
 
@@ -182,7 +183,7 @@ def _act_bwd(name: str, act: str) -> None:
         dy, x = ctx.draw.activation(ctx.rc, ctx.dtype), ctx.draw.activation(ctx.rc, ctx.dtype)
         dx = ctx.empty(ctx.rc)
         grad = _grad_act(torch, act)
-        return PreparedOp(ctx.op, lambda: grad(dy, x, dx), {"dy": dy, "x": x}, {"dx": dx}, "dx")
+        return PreparedOp(op=ctx.op, run=lambda: grad(dy, x, dx), inputs={"dy": dy, "x": x}, outputs={"dx": dx}, primary="dx")
 
     implements(name, ref=lambda op, t: {"dx": t["dy"] * g(t["x"])})(build)
 
@@ -200,7 +201,7 @@ def _gated(act: str) -> None:
             act_out(gate, y)
             y.mul_(up)
 
-        return PreparedOp(ctx.op, run, {"gate": gate, "up": up}, {"y": y}, "y")
+        return PreparedOp(op=ctx.op, run=run, inputs={"gate": gate, "up": up}, outputs={"y": y}, primary="y")
 
     def build_bwd(ctx: _Ctx) -> PreparedOp:
         torch = ctx.torch
@@ -214,7 +215,8 @@ def _gated(act: str) -> None:
             torch.mul(dy, up, out=dgate)  # dg = dy · u · act'(g)
             grad(dgate, gate, dgate)
 
-        return PreparedOp(ctx.op, run, {"dy": dy, "gate": gate, "up": up}, {"dgate": dgate, "dup": dup}, "dgate")
+        return PreparedOp(op=ctx.op, run=run, inputs={"dy": dy, "gate": gate, "up": up}, outputs={"dgate": dgate, "dup": dup},
+                          primary="dgate")
 
     implements(f"{act}-mul", ref=lambda op, t: {"y": f(t["gate"]) * t["up"]})(build)
     implements(f"{act}-mul-bwd", ref=lambda op, t: {"dgate": t["dy"] * t["up"] * g(t["gate"]),
@@ -235,7 +237,7 @@ def _binary_add(name: str, a: str, b: str) -> None:
         torch = ctx.torch
         x, r = ctx.draw.activation(ctx.rc, ctx.dtype), ctx.draw.activation(ctx.rc, ctx.dtype)
         y = ctx.empty(ctx.rc)
-        return PreparedOp(ctx.op, lambda: torch.add(x, r, out=y), {a: x, b: r}, {"y": y}, "y")
+        return PreparedOp(op=ctx.op, run=lambda: torch.add(x, r, out=y), inputs={a: x, b: r}, outputs={"y": y}, primary="y")
 
     implements(name, ref=lambda op, t: {"y": t[a] + t[b]})(build)
 
@@ -255,7 +257,7 @@ def _embedding_sum(ctx: _Ctx) -> PreparedOp:
         torch.add(w, p, out=y)
         y.add_(ty)
 
-    return PreparedOp(ctx.op, run, {"word": w, "position": p, "type": ty}, {"y": y}, "y")
+    return PreparedOp(op=ctx.op, run=run, inputs={"word": w, "position": p, "type": ty}, outputs={"y": y}, primary="y")
 
 
 @implements("bias-grad", ref=lambda op, t: {"db": t["dy"].sum(dim=0)})
@@ -263,4 +265,5 @@ def _bias_grad(ctx: _Ctx) -> PreparedOp:
     torch = ctx.torch
     dy = ctx.draw.activation(ctx.rc, ctx.dtype)
     db = ctx.empty((ctx.cols,), torch.float32)  # fp32 gradient vector (formulas: vec_writes at 4 bytes)
-    return PreparedOp(ctx.op, lambda: torch.sum(dy, 0, dtype=torch.float32, out=db), {"dy": dy}, {"db": db}, "db")
+    return PreparedOp(op=ctx.op, run=lambda: torch.sum(dy, 0, dtype=torch.float32, out=db), inputs={"dy": dy},
+                      outputs={"db": db}, primary="db")
