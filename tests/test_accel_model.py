@@ -17,6 +17,7 @@ from tstack.errors import SpecError, TstackError
 from tstack.models import load_model
 from tstack.spec import RunSpec
 from tstack.workload import build
+from tstack.workload.labels import DR_RC_LN
 
 BASE, IBERT = load_accel("gemmini-baseline"), load_accel("gemmini-ibert")
 H, h, F, N = 768, 12, 3072, 12  # BERT-base
@@ -33,7 +34,7 @@ def test_every_mac_of_bert_base_is_costed_once():
 
 def _op(seq: int, name: str, block: str = "attention"):
     ops = build(load_model("bert-base"), RunSpec(mode="infer", precision="int8", seq=seq), collapse=True)
-    return next(o for o in ops if o.name == name and o.label("block") in (block, "DR+RC+LN"))
+    return next(o for o in ops if o.name == name and o.label("block") in (block, DR_RC_LN))
 
 
 @pytest.mark.parametrize("cost", [lambda r, c: nl.host_cost(BASE, "softmax", r, c).seconds,
@@ -53,7 +54,7 @@ def test_softmax_grows_as_heads_times_n_squared(cost):
                                   lambda r, c: nl.unit_cycles(IBERT, "layernorm", r, c)])
 def test_layernorm_grows_as_n_times_d(cost):
     """f = a·n·d + b·n (per-element work and per-row square root): linear in n, linear in d with a per-row constant."""
-    f = {n: cost(_op(n, "layernorm", "DR+RC+LN").dim("rows"), H) for n in (128, 256, 512)}
+    f = {n: cost(_op(n, "layernorm", DR_RC_LN).dim("rows"), H) for n in (128, 256, 512)}
     assert f[256] == pytest.approx(2 * f[128]) and f[512] == pytest.approx(2 * f[256])
     g = {d: cost(512, d) for d in (H, 2 * H, 4 * H)}
     assert g[4 * H] - 2 * g[2 * H] == pytest.approx(g[2 * H] - 2 * g[H])  # both are −b·n

@@ -14,17 +14,18 @@ from tstack.breakdown import GROUP_KEYS, KEY_ALIASES
 from tstack.costmodel.roofline import gemm_efficiency, memory_efficiency
 from tstack.hardware import device_presets
 from tstack.workload import formulas as F
-from tstack.workload.op import LABEL_KEYS, Op
+from tstack.workload.labels import FC_GEMM, GELU
+from tstack.workload.op import LABEL_KEYS, Op, OpKind
 
 FIELDS = ("seconds", "flops", "bytes", "compute_s", "memory_s", "overhead_s", "ideal_s", "kernels")
-LABELS = tuple(zip(LABEL_KEYS, ("transformer", "L0", "fc", "FC GEMM", "linear trans-1", "fwd")))
+LABELS = tuple(zip(LABEL_KEYS, ("transformer", "L0", "fc", FC_GEMM, "linear trans-1", "fwd")))
 DEVICES = {name: load_device(name) for name in device_presets()}
 
 
 def gemm_op(M: int, N: int, K: int, batch: int = 1, dtype: str = "fp16", count: int = 1) -> Op:
     width = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}[dtype]
     c = F.gemm(M, N, K, batch, width, width)
-    return Op("gemm" if batch == 1 else "bgemm", "g", c.dims, dtype, c.flops, c.bytes, LABELS, count)
+    return Op(OpKind.GEMM if batch == 1 else OpKind.BGEMM, "g", c.dims, dtype, c.flops, c.bytes, LABELS, count)
 
 
 def pointwise_op(name: str, rows: int, cols: int, dtype: str = "fp16", count: int = 1) -> Op:
@@ -233,7 +234,7 @@ def test_group_by_pass_and_filter(bert_train):
     by_pass = bert_train.group_by("pass")
     assert set(by_pass) == {"fwd", "bwd-act", "bwd-weight", "recompute", "update"}
     fc = bert_train.group_by("group", {"block": "fc"})
-    assert set(fc) == {"FC GEMM", "GeLU"}
+    assert set(fc) == {FC_GEMM, GELU}
     assert sum(fc.values(), Cost()).kernels == sum(o.count for o in bert_train.ops if o.label("block") == "fc")
 
 

@@ -16,10 +16,11 @@ from tstack.accel.mapping import Mapper, auto
 from tstack.accel.nonlinear import standalone_cost, unit_cycles
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping
 from tstack.errors import TstackError
+from tstack.workload.labels import ATTN_SCORE
 
 SCHEDULES = ("non-fused", "fused")
 # The pairs 000 §III studies: (matmul op name in the workload, nonlinear op that follows it).
-PAIRS = (("attn.score", "softmax"), ("attn.out_proj", "layernorm"), ("ffn.fc2", "layernorm"))
+PAIRS = ((ATTN_SCORE, "softmax"), ("attn.out_proj", "layernorm"), ("ffn.fc2", "layernorm"))
 
 
 @dataclass(frozen=True)
