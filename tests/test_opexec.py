@@ -175,6 +175,18 @@ def test_unknown_kernel_raises_naming_it() -> None:
         reference(op, {})
 
 
+def test_duplicate_implementation_raises() -> None:
+    """Like formulas.register: a second implementation of a name raises and leaves the registry as it was."""
+    from tstack.profiler.opexec.core import implements
+
+    before = dict(opexec.BUILDERS)
+    with pytest.raises(ValueError, match="'softmax' is registered twice"):
+        implements("softmax")(lambda ctx: None)
+    with pytest.raises(ValueError, match="'no-such-kernel' is registered twice"):
+        implements("no-such-kernel", "no-such-kernel")(lambda ctx: None)
+    assert opexec.BUILDERS == before
+
+
 def test_unsupported_dtypes_raise() -> None:
     with pytest.raises(TstackError, match="fp8"):
         prepare(Op("gemm", "x", (("M", 2), ("N", 2), ("K", 2), ("batch", 1)), "fp8", 0, 0, ()), CFG)

@@ -71,7 +71,12 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int
 
 
 def implements(*names: str, ref: Reference | None = None) -> Callable[[Builder], Builder]:
+    """Register ``fn`` as the implementation of each name (and its float64 reference); a duplicate name raises."""
+
     def deco(fn: Builder) -> Builder:
+        twice = sorted({n for n in names if n in BUILDERS or names.count(n) > 1})
+        if twice:
+            raise ValueError(f"implementation {', '.join(map(repr, twice))} is registered twice")
         for n in names:
             BUILDERS[n] = fn
             if ref is not None:
