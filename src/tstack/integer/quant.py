@@ -25,13 +25,6 @@ def qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
-def scale_for(amax: float, bits: int, where: str) -> float:
-    """Symmetric scale mapping [-amax, amax] onto [-qmax, qmax]; a TstackError for a range that is not positive."""
-    if not math.isfinite(amax) or amax <= 0.0:
-        raise TstackError(f"{where}: calibrated range {amax!r} must be a finite positive number (all-zero activations?)")
-    return amax / qmax(bits)
-
-
 def quantize_per_channel(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (N, K) -> int8 codes and per-output-channel float64 scales (symmetric, max-abs, round half to even)."""
     w64 = w.detach().to(torch.float64)
@@ -39,11 +32,6 @@ def quantize_per_channel(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, 
     scales = amax / qmax(bits)
     q = torch.round(w64 / scales[:, None]).clamp(-qmax(bits), qmax(bits))
     return q.to(torch.int8 if bits <= 8 else torch.int16), scales
-
-
-def quantize_tensor(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
-    """Float tensor -> symmetric ``bits``-bit codes at ``scale`` (round half to even, saturated), as int64."""
-    return torch.round(x.detach().to(torch.float64) / scale).clamp(-qmax(bits), qmax(bits)).to(torch.int64)
 
 
 def fixed_bits(ratio: float, frac_bits: int) -> int:

@@ -287,12 +287,6 @@ def median_run(runs: Sequence[ScheduleResult]) -> ScheduleResult:
     return sorted(runs, key=lambda x: x.makespan)[(len(runs) - 1) // 2]
 
 
-def compare_repeated(work: AttentionWork, threads: int, policies: Sequence[str], repeats: int,
-                     seed: int = 0) -> dict[str, ScheduleResult]:
-    """Per policy, the run with the median makespan of ``repeats`` runs taken round-robin (after one warm-up run)."""
-    return {p: median_run(r) for p, r in repeated_runs(work, threads, policies, repeats, seed).items()}
-
-
 def item_durations(runs: Sequence[ScheduleResult]) -> dict[Item, float]:
     """Per item, the median of its measured busy seconds (end − start) over ``runs``, which each run every item once."""
     if not runs:
