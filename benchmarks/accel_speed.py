@@ -16,7 +16,7 @@ from tstack.accel.hw import load_accel
 from tstack.accel.model import run
 
 
-def _time(fn, repeat: int) -> float:  # noqa: ANN001 - any zero-argument callable
+def _time(fn, repeat: int) -> float:  # any zero-argument callable
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()

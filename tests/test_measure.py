@@ -156,7 +156,7 @@ def test_rounds_keep_each_signatures_fastest_median(monkeypatch: pytest.MonkeyPa
     # so with 3 rounds the softmax keeps its last round (8) and the residual its first (5).
     calls = {"softmax": 0, "residual": 0}
 
-    def fake_time(fn, cfg, warmup, repeats, min_time):  # noqa: ANN001, ANN202
+    def fake_time(fn, cfg, warmup, repeats, min_time):
         name = seen_name[-1]  # the op prepared last is the one being timed
         n = calls[name]
         calls[name] += 1
@@ -166,7 +166,7 @@ def test_rounds_keep_each_signatures_fastest_median(monkeypatch: pytest.MonkeyPa
     seen_name: list[str] = []
     real_prepare = opexec.prepare
 
-    def prepare(op, cfg, seed=0):  # noqa: ANN001, ANN202
+    def prepare(op, cfg, seed=0):
         seen_name.append(op.name)
         return real_prepare(op, cfg, seed)
 
@@ -196,7 +196,7 @@ def test_calibration_rounds_keep_each_grid_points_fastest_time(monkeypatch: pyte
     # tables must hold 2 (the second round's) and 1 (the first round's) respectively.
     seen: dict[Op, int] = {}
 
-    def fake_seconds(op, cfg, repeats, draw=None):  # noqa: ANN001, ANN202
+    def fake_seconds(op, cfg, repeats, draw=None):
         r = seen.get(op, 0)
         seen[op] = r + 1
         return float(3 - r if op.flops % 2 == 0 else 1 + r)

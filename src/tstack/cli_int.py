@@ -40,7 +40,7 @@ def _float_model(source: str) -> tuple[Any, Any]:
     return build_hf_model(spec, seed=0, dropout=False).eval(), tokenizer
 
 
-def _batches(tokenizer: Any, texts: list[str], max_length: int, advance: Any = None):  # noqa: ANN202 - a generator
+def _batches(tokenizer: Any, texts: list[str], max_length: int, advance: Any = None):  # a generator
     """Encoded batches of ``texts``, made one at a time; ``advance(1)`` after each has been used."""
     from tstack.minilm import encode
 

@@ -54,7 +54,7 @@ def _probabilities(option: str, text: str) -> list[float]:
     return values
 
 
-def fits(estimate, advice: str) -> None:  # noqa: ANN001 - a tstack.profiler.memory.MemoryEstimate
+def fits(estimate, advice: str) -> None:  # a tstack.profiler.memory.MemoryEstimate
     """One line and no work when ``estimate`` exceeds the memory available now (``memory.HEADROOM`` of it)."""
     from tstack.profiler import memory
 
@@ -69,7 +69,7 @@ def _thread_counts(option: str, text: str) -> list[int]:
     return parse_ints(option, text, 1, MAX_REPLAY_THREADS) if text.strip() else []
 
 
-def _distribution(dist) -> list[dict]:  # noqa: ANN001
+def _distribution(dist) -> list[dict]:
     """One record per probability bin of 003 Fig. 6: its bounds and the pair counts of each kind."""
     from tstack.kernels.tradeoff import EDGES
 
@@ -110,7 +110,7 @@ def _points_table(points: list[dict]) -> Table:
     return table
 
 
-def _tradeoff_estimate(config, texts: int, batch: int, max_length: int):  # noqa: ANN001, ANN202
+def _tradeoff_estimate(config, texts: int, batch: int, max_length: int):
     """Peak bytes of the study: the exact model keeps every layer's (B, h, S, S) probabilities, and the histogram and
     per-element skipping add about 32 bytes per probability of one layer (int64 bin indices, masks)."""
     from tstack.profiler.memory import MemoryEstimate

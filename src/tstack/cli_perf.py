@@ -65,13 +65,13 @@ def _plan(warmup: int, repeats: int, rounds: int = 1):
     return Plan(warmup=warmup, repeats=repeats, rounds=rounds)
 
 
-def _probe(cfg) -> dict[str, Any]:  # noqa: ANN001
+def _probe(cfg) -> dict[str, Any]:
     from tstack.profiler.probe import probe
 
     return probe(cfg)
 
 
-def _probe_section(before: dict, after: dict | None, cfg, calibrated: dict | None = None) -> dict[str, Any]:  # noqa: ANN001
+def _probe_section(before: dict, after: dict | None, cfg, calibrated: dict | None = None) -> dict[str, Any]:
     """Probes before/after (and the calibration's own), the warning line (printed here, once) or None."""
     from tstack.profiler.probe import check
 
@@ -81,7 +81,7 @@ def _probe_section(before: dict, after: dict | None, cfg, calibrated: dict | Non
     return {"before": before, "after": after, "calibration": calibrated, "warning": warning}
 
 
-def _measure(spec, run, cfg, plan, advance):  # noqa: ANN001, ANN202
+def _measure(spec, run, cfg, plan, advance):
     """Measured Breakdown and the Timing of each op (for the spread), progress per kernel."""
     from tstack.breakdown import Breakdown
     from tstack.profiler import memory
@@ -94,7 +94,7 @@ def _measure(spec, run, cfg, plan, advance):  # noqa: ANN001, ANN202
     return Breakdown(model=spec, run=run, device=cfg.short_name, ops=m.ops, costs=m.costs), m.timings
 
 
-def _kernels(ops) -> int:  # noqa: ANN001
+def _kernels(ops) -> int:
     from tstack.profiler.measure import signature
 
     return len({signature(op) for op in ops})
@@ -205,7 +205,7 @@ def _host() -> dict[str, Any]:
     return host()
 
 
-def _counter_columns(b, cfg, profile_mode: str, events: str | None, advance) -> list[dict]:  # noqa: ANN001
+def _counter_columns(b, cfg, profile_mode: str, events: str | None, advance) -> list[dict]:
     """Per-op counter columns for cachestat/custom modes (measured once per distinct kernel)."""
     if profile_mode == "default":
         return [{} for _ in b.ops]
@@ -240,7 +240,7 @@ def _measured_record(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def _rows(b, timings, extra: list[dict]) -> list[dict]:  # noqa: ANN001
+def _rows(b, timings, extra: list[dict]) -> list[dict]:
     """One row per op: the configuration (the run's batch and seq), the op's record (its GEMM batch is
     ``gemm_batch``), the spread of its samples (seconds per call: median, p10, p90) and counter columns."""
     r = b.run
@@ -251,21 +251,21 @@ def _rows(b, timings, extra: list[dict]) -> list[dict]:  # noqa: ANN001
             for rec, t, ex in zip(b.records(), timings, extra)]
 
 
-def _summary(b) -> dict[str, Any]:  # noqa: ANN001
+def _summary(b) -> dict[str, Any]:
     s = b.summary()
     s.pop("utilization", None)
     s["flop_per_second"] = s["flops"] / s["seconds"] if s["seconds"] else None
     return s
 
 
-def _trace_writer(breakdowns: list):  # noqa: ANN001, ANN202
+def _trace_writer(breakdowns: list):
     from tstack.profiler.trace import breakdown_trace, merge_traces
 
     trace = merge_traces([breakdown_trace(b) for b in breakdowns])
     return lambda path: Path(path).write_text(json.dumps(trace, allow_nan=False, separators=(",", ":")), encoding="utf-8")
 
 
-def print_measured(b, group_by: str | None, header: str | None = None) -> None:  # noqa: ANN001
+def print_measured(b, group_by: str | None, header: str | None = None) -> None:
     """Header line and the 002 hierarchy (or one group-by table) of a measured Breakdown.
 
     Measured costs have no ideal time, so there is no utilization column; the achieved FLOP/s is shown instead,
@@ -294,7 +294,7 @@ def print_measured(b, group_by: str | None, header: str | None = None) -> None: 
         out.print(g)
 
 
-def _profile_module(target: str, shape: tuple[int, ...], cfg, plan, group_by: str | None, outputs: Outputs,  # noqa: ANN001
+def _profile_module(target: str, shape: tuple[int, ...], cfg, plan, group_by: str | None, outputs: Outputs,
                     rows_path: Path | None, trace: Path | None, options: dict) -> None:
     from tstack.profiler.hfmodels import load_builder, random_inputs
     from tstack.profiler.module import profile_module

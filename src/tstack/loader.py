@@ -41,7 +41,7 @@ def show(value: Any, limit: int = 60) -> str:
         return repr(value[:limit]) + f"… ({len(value)} characters)"
     try:
         text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else _short_repr(value)
-    except Exception:  # noqa: BLE001 - a repr must never turn a clear error into a traceback
+    except Exception:  # a repr must never turn a clear error into a traceback
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[:limit] + "…"
 

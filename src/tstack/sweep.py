@@ -77,7 +77,7 @@ def evaluate(cfg: Config, device: DeviceSpec, cost_model: Callable | None = None
 
 def sweep(model: str | Path | ModelSpec, axes: dict[str, Sequence[Any]], device: str | Path | DeviceSpec = "a100",
           run: RunSpec | None = None, executor: str = "process", workers: int | None = None,
-          progress: Callable[[int], None] | None = None):  # noqa: ANN201 - returns a pandas DataFrame
+          progress: Callable[[int], None] | None = None):  # returns a pandas DataFrame
     """Tidy DataFrame: one row per (configuration, 002 group), over the Cartesian product of ``axes``."""
     import pandas as pd
 

@@ -28,14 +28,14 @@ _FLOAT_IR = re.compile(r"\b(fadd|fsub|fmul|fdiv|frem|fneg|fcmp|sitofp|uitofp|fpt
 
 
 @nb.njit(inline="always", **_JIT)
-def _rq(x, m, e, lo, hi):  # noqa: ANN001, ANN202 - numba scalars
+def _rq(x, m, e, lo, hi):  # numba scalars
     """Dyadic requantization of one int64: clamp((x m + 2**(e-1)) >> e, lo, hi)."""
     y = (x * m + (np.int64(1) << (e - 1))) >> e
     return min(max(y, lo), hi)
 
 
 @nb.njit(inline="always", **_JIT)
-def _isqrt(n):  # noqa: ANN001, ANN202
+def _isqrt(n):
     """floor(sqrt(n)) for 1 <= n < 2**48: Newton from 2**(number of powers of 4 <= n), ISQRT_NEWTON_STEPS steps."""
     c = np.int64(0)
     p = np.int64(1)
@@ -49,7 +49,7 @@ def _isqrt(n):  # noqa: ANN001, ANN202
 
 
 @nb.njit(parallel=True, **_JIT)
-def requant_rows(acc, bias, m, e, lo, hi, out):  # noqa: ANN001, ANN201
+def requant_rows(acc, bias, m, e, lo, hi, out):
     """int32 GEMM accumulators (R, N) + int64 bias -> requantized codes (R, N), one requantization per channel."""
     rows, n = acc.shape
     for r in nb.prange(rows):
@@ -58,7 +58,7 @@ def requant_rows(acc, bias, m, e, lo, hi, out):  # noqa: ANN001, ANN201
 
 
 @nb.njit(parallel=True, **_JIT)
-def softmax_rows(scores, mask, m, e, lo, mb, q_b, q_c, bits, offset, out):  # noqa: ANN001, ANN201
+def softmax_rows(scores, mask, m, e, lo, mb, q_b, q_c, bits, offset, out):
     """i-Softmax over the last axis of int32 scores (B, h, S, L) with an int32 additive mask (B, L) -> codes - offset.
 
     Per row: pass 1 the maximum, pass 2 i-exp and the integer sum, pass 3 the exponents times floor(2**48 / sum),
@@ -90,7 +90,7 @@ def softmax_rows(scores, mask, m, e, lo, mb, q_b, q_c, bits, offset, out):  # no
 
 
 @nb.njit(parallel=True, **_JIT)
-def context_merge(acc, v, offset, m, e, lo, hi, out):  # noqa: ANN001, ANN201
+def context_merge(acc, v, offset, m, e, lo, hi, out):
     """int32 (B, h, S, d) digit-times-V accumulators + offset * colsum(V) -> requantized int8 (B, S, H), heads merged.
 
     ``v`` is int8 (B, L, h, d) (a view of the fused Q/K/V output)."""
@@ -108,7 +108,7 @@ def context_merge(acc, v, offset, m, e, lo, hi, out):  # noqa: ANN001, ANN201
 
 
 @nb.njit(inline="always", **_JIT)
-def _layernorm_row(y, n, gamma, beta, om, oe, olo, ohi, out_row):  # noqa: ANN001, ANN202
+def _layernorm_row(y, n, gamma, beta, om, oe, olo, ohi, out_row):
     """i-LayerNorm of one int64 row ``y`` (overwritten with y - mean) into ``out_row`` (nonlinear.i_layernorm)."""
     s = np.int64(0)
     for j in range(n):
@@ -125,7 +125,7 @@ def _layernorm_row(y, n, gamma, beta, om, oe, olo, ohi, out_row):  # noqa: ANN00
 
 
 @nb.njit(parallel=True, **_JIT)
-def residual_layernorm(acc, bias, am, ae, alo, ahi, res, rm, re_, rlo, rhi,  # noqa: ANN001, ANN201, PLR0913
+def residual_layernorm(acc, bias, am, ae, alo, ahi, res, rm, re_, rlo, rhi,
                        gamma, beta, om, oe, olo, ohi, out):
     """int32 GEMM accumulators (R, H) + bias and int8 residual (R, H), both requantized to 16 bits and added, then
     i-LayerNorm -> int8 (R, H): ops.residual_add followed by nonlinear.i_layernorm in one pass per row."""
@@ -139,7 +139,7 @@ def residual_layernorm(acc, bias, am, ae, alo, ahi, res, rm, re_, rlo, rhi,  # n
 
 
 @nb.njit(parallel=True, **_JIT)
-def layernorm(x, gamma, beta, om, oe, olo, ohi, out):  # noqa: ANN001, ANN201
+def layernorm(x, gamma, beta, om, oe, olo, ohi, out):
     """i-LayerNorm of int32 rows (R, H) -> int8 (R, H)."""
     rows, n = x.shape
     for r in nb.prange(rows):
@@ -150,7 +150,7 @@ def layernorm(x, gamma, beta, om, oe, olo, ohi, out):  # noqa: ANN001, ANN201
 
 
 @nb.njit(parallel=True, **_JIT)
-def gelu(acc, bias, im, ie, ilo, ihi, k, q_b, q_c, q_1, k2, om, oe, olo, ohi, out):  # noqa: ANN001, ANN201, PLR0913
+def gelu(acc, bias, im, ie, ilo, ihi, k, q_b, q_c, q_1, k2, om, oe, olo, ohi, out):
     """int32 FC1 accumulators (R, F) + bias -> int8 i-GELU codes (nonlinear.i_gelu)."""
     rows, n = acc.shape
     for r in nb.prange(rows):

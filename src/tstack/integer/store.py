@@ -148,7 +148,7 @@ def load(path: Path) -> model.IntModel:
     except pickle.UnpicklingError:
         raise TstackError(f"{str(path)!r} is not a tstack integer model: it holds objects other than tensors and plain "
                           "values, or is not a torch file at all (tstack never runs code from a model file)") from None
-    except Exception as e:  # noqa: BLE001 - whatever the unpickler makes of foreign bytes, one line
+    except Exception as e:  # whatever the unpickler makes of foreign bytes, one line
         raise TstackError(f"{str(path)!r} is not a tstack integer model ({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or "model" not in data:
         raise TstackError(f"{str(path)!r} is not a tstack integer model (expected format {FORMAT})")
@@ -158,7 +158,7 @@ def load(path: Path) -> model.IntModel:
         raise TstackError(f"{str(path)!r} is not a valid tstack integer model: {e}") from None
     try:
         _probe(m)
-    except Exception as e:  # noqa: BLE001 - the tensors of a crafted file may break any kernel, in any way
+    except Exception as e:  # the tensors of a crafted file may break any kernel, in any way
         raise TstackError(f"{str(path)!r} is not a valid tstack integer model: a two-token forward pass fails "
                           f"({type(e).__name__}: {_first_line(e)})") from None
     return m

@@ -7,14 +7,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from tstack.breakdown import Breakdown  # noqa: E402
-from tstack.errors import SpecError  # noqa: E402
-from tstack.hardware import DeviceSpec  # noqa: E402
+from tstack.breakdown import Breakdown
+from tstack.errors import SpecError
+from tstack.hardware import DeviceSpec
 
 
-def stacked_bars(table, path: str | Path, config_cols: list[str], title: str = "", fmt: str | None = None) -> None:  # noqa: ANN001
+def stacked_bars(table, path: str | Path, config_cols: list[str], title: str = "", fmt: str | None = None) -> None:
     """One bar per configuration, stacked by 002 group share (like 002 Fig. 3/8/9 and 003 Fig. 4)."""
     df = table.copy()
     df["config"] = df[config_cols].astype(str).agg(" ".join, axis=1) if config_cols else df["model"]
@@ -64,7 +64,7 @@ def roofline_plot(b: Breakdown, dev: DeviceSpec, path: str | Path, dtype: str = 
     _save(fig, path, fmt)
 
 
-def _save(fig, path: str | Path, fmt: str | None = None) -> None:  # noqa: ANN001
+def _save(fig, path: str | Path, fmt: str | None = None) -> None:
     """Write to ``path`` (already a temporary file when the caller writes several outputs at once)."""
     try:
         fig.savefig(path, dpi=120, format=fmt or Path(path).suffix.lstrip(".").lower())
