@@ -80,7 +80,7 @@ class Breakdown:
                 "seconds": c.seconds, "bound": c.bound, "utilization": c.utilization, "joules": c.joules,
             }
 
-    def to_pandas(self):  # noqa: ANN201 - pandas is imported lazily
+    def to_pandas(self) -> Any:  # a pandas DataFrame; pandas is imported lazily
         import pandas as pd
 
         return pd.DataFrame.from_records(list(self.records()))

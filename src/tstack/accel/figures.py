@@ -11,7 +11,7 @@ from tstack.accel.energy import COMPONENTS
 from tstack.accel.model import CATEGORIES, Result
 
 
-def _plt():  # noqa: ANN202 - matplotlib's pyplot module
+def _plt() -> Any:  # matplotlib's pyplot module
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +20,7 @@ def _plt():  # noqa: ANN202 - matplotlib's pyplot module
     return plt
 
 
-def _save(fig, path: str | Path, fmt: str | None) -> None:  # noqa: ANN001 - a matplotlib Figure
+def _save(fig: Any, path: str | Path, fmt: str | None) -> None:  # fig: a matplotlib Figure
     fig.tight_layout()
     fig.savefig(path, format=fmt or Path(path).suffix.lstrip(".").lower())
 

@@ -7,6 +7,8 @@ and the ideal time follow the roofline of the device's fitted peaks.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tstack.calibration import Calibration
 from tstack.costmodel.cost import Cost
 from tstack.costmodel.roofline import roofline
@@ -42,11 +44,11 @@ def calibrated(op: Op, dev: DeviceSpec) -> Cost:
         return base
     seconds = t * op.count
     f = seconds / base.seconds
-    return Cost(seconds, base.flops, base.bytes, base.compute_s * f, base.memory_s * f, base.overhead_s * f,
-                base.ideal_s, base.kernels)
+    return Cost(seconds=seconds, flops=base.flops, bytes=base.bytes, compute_s=base.compute_s * f,
+                memory_s=base.memory_s * f, overhead_s=base.overhead_s * f, ideal_s=base.ideal_s, kernels=base.kernels)
 
 
-def for_device(target):  # noqa: ANN001, ANN201 - a target; returns a cost model function
+def for_device(target: Any) -> Any:
     """tstack.costmodel.for_device, kept here until sweep.py imports it from tstack.costmodel."""
     from tstack.costmodel.backend import for_device as dispatch
 

@@ -65,5 +65,5 @@ def roofline(op: Op, dev: DeviceSpec) -> Cost:
     # Only the dominant resource's time is spent; the other is hidden under it.
     busy = max(compute_s, memory_s)
     hidden_c, hidden_m = (busy, 0.0) if compute_s >= memory_s else (0.0, busy)
-    return Cost(n * (busy + overhead_s), n * op.flops, n * op.bytes, n * hidden_c, n * hidden_m, n * overhead_s,
-                n * op.flops / peak, n)
+    return Cost(seconds=n * (busy + overhead_s), flops=n * op.flops, bytes=n * op.bytes, compute_s=n * hidden_c,
+                memory_s=n * hidden_m, overhead_s=n * overhead_s, ideal_s=n * op.flops / peak, kernels=n)
