@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tstack.errors import TstackError, UnknownNameError
-from tstack.profiler import _runop, cachestat, counters
+from tstack.profiler import cachestat, counters, runop
 from tstack.profiler.cachestat import Budget, CacheGeometry
 from tstack.profiler.counters import Support
 from tstack.profiler.runtime import RuntimeConfig
@@ -129,10 +129,10 @@ def test_read_callgrind_dump(tmp_path):
 def test_runop_plain_mode_round_trips_ops(capsys):
     pytest.importorskip("torch")
     op = gemm(32, 16, 8)
-    assert _runop.op_from_json(json.loads(json.dumps(_runop.op_to_json(op)))) == op
-    assert _runop.main([json.dumps({"mode": "plain", "ops": [_runop.op_to_json(op)], "warmup": 1, "runs": 2})]) == 0
+    assert runop.op_from_json(json.loads(json.dumps(runop.op_to_json(op)))) == op
+    assert runop.main([json.dumps({"mode": "plain", "ops": [runop.op_to_json(op)], "warmup": 1, "runs": 2})]) == 0
     assert json.loads(capsys.readouterr().out)["ops"][0]["dims"] == [list(d) for d in op.dims]
-    assert _runop.main([json.dumps({"mode": "callgrind", "ops": []})]) == 2  # not under valgrind: one line, status 2
+    assert runop.main([json.dumps({"mode": "callgrind", "ops": []})]) == 2  # not under valgrind: one line, status 2
     assert "valgrind" in capsys.readouterr().err
 
 

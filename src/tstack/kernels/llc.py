@@ -8,7 +8,7 @@ into the caches, and then the measured run: the misses of that steady-state run 
   ``count_events``, in this process, on the host's own LLC and with ``cfg.threads``.
 - Simulated (no PMU, as in most VMs): one ``valgrind --tool=callgrind --instr-atstart=no --cache-sim=yes`` process
   runs ``python -m tstack.kernels.llc JOB.pt``, which loads the variants built and pickled here and switches
-  instrumentation on around the two last runs with callgrind client requests (``profiler._runop.ClientRequests``),
+  instrumentation on around the two last runs with callgrind client requests (``profiler.runop.ClientRequests``),
   zeroing the counts after the first and dumping them after the second. One thread; valgrind runs PyTorch's AVX2
   kernels; LL data misses (DLmr + DLmw) are reported. The LL geometry is ``LLC`` (``--LL``), by default 24 MiB
   12-way, the power-of-two-sets neighbour of the 24.75 MB 11-way LLC of 003's Xeon Gold 5220.
@@ -141,7 +141,7 @@ def _read_dump(path: str) -> tuple[str, dict[str, int]]:
 
 def _run_under_callgrind(path: str) -> None:
     """Subprocess side: for each variant, warm up, then (start, run, zero, run, dump, stop) under client requests."""
-    from tstack.profiler._runop import ClientRequests
+    from tstack.profiler.runop import ClientRequests
     from tstack.profiler.runtime import RuntimeConfig, controlled
 
     cr = ClientRequests()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tstack.errors import SpecError
-from tstack.kernels.zeroskip import SkipStats, ZSParams, ZSSelfAttention, _key_padding, check_hf_self_attention
+from tstack.kernels.zeroskip import SkipStats, ZSParams, ZSSelfAttention, check_hf_self_attention, key_padding
 from tstack.minilm import embed_batches, encode, sentence_embeddings
 
 EDGES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # Fig. 6 bins: exact zeros, then decades
@@ -132,7 +132,7 @@ class ElementSkipSelfAttention(nn.Module):
             return x.view(b, s, h, d).transpose(1, 2)  # (B, h, S, d)
 
         q, k, v = heads(self.query(hidden_states)), heads(self.key(hidden_states)), heads(self.value(hidden_states))
-        real = _key_padding(attention_mask, b, s)
+        real = key_padding(attention_mask, b, s)
         real = torch.ones(b, s, dtype=torch.bool) if real is None else real
         scores = (q * d ** -0.5) @ k.transpose(-1, -2)  # (B, h, S, S)
         scores.masked_fill_(~real[:, None, None, :], -math.inf)

@@ -251,7 +251,7 @@ def zs_attention(q: torch.Tensor, k: torch.Tensor, v_input: torch.Tensor, v_weig
     return context, stats
 
 
-def _key_padding(attention_mask: torch.Tensor | None, b: int, s_k: int) -> torch.Tensor | None:
+def key_padding(attention_mask: torch.Tensor | None, b: int, s_k: int) -> torch.Tensor | None:
     """The (B, S_k) key-padding mask behind a HF encoder mask: additive float or bool, (B, 1, S|1, S_k) or (B, S_k)."""
     if attention_mask is None:
         return None
@@ -308,7 +308,7 @@ class ZSSelfAttention(nn.Module):
         h, d = self.num_attention_heads, self.attention_head_size
         q = self.query(hidden_states).view(b, s, h, d).transpose(1, 2)  # (B, h, S, d)
         k = self.key(hidden_states).view(b, s, h, d).transpose(1, 2)
-        mask = _key_padding(attention_mask, b, s)
+        mask = key_padding(attention_mask, b, s)
         context, stats = zs_attention(q, k, hidden_states, self.value.weight, self.value.bias, mask, self.params,
                                       min_skipped=self.min_skipped)
         self.stats.append(stats)

@@ -20,7 +20,7 @@ misses can be well below the simulated ones.
 
 Without counters: valgrind's callgrind, whose cache simulator is cachegrind's (first-level
 instruction and data caches and the last level, write-allocate, LRU, no prefetcher), runs the
-ops in one subprocess (``_runop``, which documents the protocol). Cachegrind itself would also
+ops in one subprocess (``runop``, which documents the protocol). Cachegrind itself would also
 simulate the ~5·10⁹ instructions of ``import torch`` (90 s here) and valgrind 3.19 has no
 request to start and stop it; callgrind starts with instrumentation off and client requests
 switch it on around the op's runs and dump the counts of each run. The simulated caches only
@@ -357,7 +357,7 @@ def _read_dump(path: str) -> tuple[str | None, dict[str, int], str]:
 
 def _cachestat_simulated(ops: list[Op], cfg: RuntimeConfig, llc: CacheGeometry | None, budget: Budget,
                          seed: int) -> list[CacheStat]:
-    from tstack.profiler import _runop
+    from tstack.profiler import runop
     from tstack.profiler.opexec import implementation_key
 
     reduced = [reduce_op(op, budget) for op in ops]
@@ -369,7 +369,7 @@ def _cachestat_simulated(ops: list[Op], cfg: RuntimeConfig, llc: CacheGeometry |
     index = {k: i for i, k in enumerate(unique)}
     host = host_llc()
     geom = (llc or host).for_valgrind() if (llc or host) else None
-    spec = {"mode": "callgrind", "ops": [_runop.op_to_json(r) for r in unique.values()], "device": "cpu",
+    spec = {"mode": "callgrind", "ops": [runop.op_to_json(r) for r in unique.values()], "device": "cpu",
             "flush_denormal": cfg.flush_denormal, "seed": seed, "warmup": 1}
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="tstack-cachestat-") as tmp:
@@ -378,7 +378,7 @@ def _cachestat_simulated(ops: list[Op], cfg: RuntimeConfig, llc: CacheGeometry |
                "--dump-line=no", f"--callgrind-out-file={out}", f"--log-file={os.path.join(tmp, 'valgrind.log')}"]
         if geom:
             cmd.append(f"--LL={geom.size},{geom.assoc},{geom.line}")
-        cmd += [sys.executable, "-m", "tstack.profiler._runop", json.dumps(spec)]
+        cmd += [sys.executable, "-m", "tstack.profiler.runop", json.dumps(spec)]
         try:
             # On any exception (Ctrl-C, SIGTERM raised as an exception by the CLI, a timeout) subprocess.run kills
             # valgrind and waits for it before re-raising; the temporary folder goes with the with-block.
@@ -400,7 +400,7 @@ def _cachestat_simulated(ops: list[Op], cfg: RuntimeConfig, llc: CacheGeometry |
     stats = []
     for i, (_, changed, scale) in enumerate(reduced):
         j = index[keys[i]]
-        cold, warm = dumps.get(f"{_runop.DUMP_PREFIX}{j}-cold"), dumps.get(f"{_runop.DUMP_PREFIX}{j}-warm")
+        cold, warm = dumps.get(f"{runop.DUMP_PREFIX}{j}-cold"), dumps.get(f"{runop.DUMP_PREFIX}{j}-warm")
         if cold is None or warm is None:
             raise TstackError(f"cachestat simulation: no callgrind dump for op {ops[i].name!r}")
         stats.append(CacheStat(llc_misses=cold["DLmr"] + cold["DLmw"], instructions=cold["Ir"],

@@ -33,7 +33,7 @@ from tstack.costmodel.cost import Cost
 from tstack.errors import TstackError
 from tstack.models import load_model
 from tstack.profiler import opexec
-from tstack.profiler.runtime import RuntimeConfig, _torch, controlled, describe
+from tstack.profiler.runtime import RuntimeConfig, controlled, describe, load_torch
 from tstack.profiler.timing import Plan, Timing, time_callable
 from tstack.profiler.values import Problems, check_finite_normal
 from tstack.spec import ModelSpec, RunSpec
@@ -68,7 +68,7 @@ class Measured:
 
 def _sync(cfg: RuntimeConfig) -> None:
     if cfg.device == "cuda":
-        _torch().cuda.synchronize()
+        load_torch().cuda.synchronize()
 
 
 def check_prepared(p: opexec.PreparedOp, cfg: RuntimeConfig) -> tuple[Problems, Problems]:
@@ -77,7 +77,7 @@ def check_prepared(p: opexec.PreparedOp, cfg: RuntimeConfig) -> tuple[Problems, 
     Returns (all tensors, tensors other than fp16): fp16's narrow range makes a few subnormal
     outputs inherent to the format (see ``values``), so only the second count is held to zero.
     """
-    torch = _torch()
+    torch = load_torch()
     with controlled(replace(cfg, flush_denormal=False)):
         p.run()
         _sync(cfg)

@@ -59,6 +59,7 @@ import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import ModuleType
 
 from tstack.errors import SpecError, TstackError
 
@@ -73,7 +74,8 @@ MALLOC_POLICY = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD
 _ftz_stack: list[bool] = [False]
 
 
-def _torch():
+def load_torch() -> ModuleType:
+    """The ``torch`` module, imported on first use; a TstackError naming the install command without it."""
     try:
         import torch
     except ImportError as e:  # pragma: no cover - exercised only without torch
@@ -130,14 +132,14 @@ class RuntimeConfig:
         """Device name for a Breakdown: ``cpu-2t`` or ``cuda-<gpu>``."""
         if self.device == "cpu":
             return f"cpu-{self.threads}t"
-        torch = _torch()
+        torch = load_torch()
         if not torch.cuda.is_available():
             return "cuda"
         name = torch.cuda.get_device_name().lower().replace("nvidia ", "")
         return "cuda-" + "-".join(name.split())
 
     def torch_device(self):
-        return _torch().device(self.device)
+        return load_torch().device(self.device)
 
 
 def _gomp() -> ctypes.CDLL | None:
@@ -166,7 +168,7 @@ def set_flush_denormal_all_threads(on: bool, threads: int) -> tuple[bool, bool]:
     Returns (supported, all_threads): whether the CPU supports it, and whether the worker
     threads were reached as well (GNU OpenMP found) rather than the calling thread only.
     """
-    torch = _torch()
+    torch = load_torch()
     supported = bool(torch.set_flush_denormal(on))
     if not supported or threads <= 1:
         return supported, True
@@ -199,7 +201,7 @@ _applied: list[Applied] = []
 @contextmanager
 def controlled(cfg: RuntimeConfig) -> Iterator[Applied]:
     """Apply ``cfg`` (threads, FTZ/DAZ, TF32) inside the block; restore the previous settings after."""
-    torch = _torch()
+    torch = load_torch()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise TstackError("device='cuda' but torch.cuda.is_available() is false (CPU build of PyTorch or no GPU)")
     prev_threads = torch.get_num_threads()
@@ -241,7 +243,7 @@ def scheduling() -> str:
 
 def describe(cfg: RuntimeConfig, applied: Applied | None = None) -> str:
     """One line: torch version, device, threads, FTZ, TF32, allocator policy, malloc environment, CPU scheduling."""
-    torch = _torch()
+    torch = load_torch()
     applied = applied or (_applied[-1] if _applied else None)
     if cfg.device == "cuda":
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"

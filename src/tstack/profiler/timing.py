@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tstack.errors import TstackError
-from tstack.profiler.runtime import RuntimeConfig, _torch
+from tstack.profiler.runtime import RuntimeConfig, load_torch
 
 MIN_SAMPLE_S = 50e-6
 MAX_INNER = 10_000
@@ -115,7 +115,7 @@ def time_callable(fn: Callable[[], object], cfg: RuntimeConfig, warmup: int = 3,
     if repeats < 1 or warmup < 0:
         raise TstackError(f"repeats={repeats} must be ≥ 1 and warmup={warmup} ≥ 0")
     if cfg.device == "cuda":
-        torch = _torch()
+        torch = load_torch()
         if not torch.cuda.is_available():
             raise TstackError("device='cuda' but torch.cuda.is_available() is false")
         sample = _cuda_sampler(torch)

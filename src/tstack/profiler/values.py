@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tstack.profiler.runtime import _torch
+from tstack.profiler.runtime import load_torch
 
 MASK_VALUE = -10000.0  # additive attention mask: exp(MASK_VALUE) underflows to exactly 0
 INT8_RANGE = 8  # int8 GEMM operands in [-INT8_RANGE, INT8_RANGE]
@@ -74,7 +74,7 @@ class Problems:
 
 
 def _bit_layout(dtype):
-    torch = _torch()
+    torch = load_torch()
     return {
         torch.float32: (torch.int32, 0x7F800000, 0x007FFFFF),
         torch.float16: (torch.int16, 0x7C00, 0x03FF),
@@ -110,7 +110,7 @@ class Draw:
     every device), converted to the target dtype and moved to the device."""
 
     def __init__(self, seed: int, device, values: Values | None = None) -> None:
-        torch = _torch()
+        torch = load_torch()
         self.torch = torch
         self.gen = torch.Generator().manual_seed(seed)
         self.device = device
@@ -200,7 +200,7 @@ class Pool:
     MIN_STD = 1e-17
 
     def __init__(self, size: int, seed: int = 0) -> None:
-        torch = _torch()
+        torch = load_torch()
         gen = torch.Generator().manual_seed(seed)
         self.size = int(size)
         normal = torch.randn(self.size, generator=gen, dtype=torch.float32)

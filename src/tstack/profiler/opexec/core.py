@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tstack.errors import TstackError
-from tstack.profiler.runtime import RuntimeConfig, _torch
+from tstack.profiler.runtime import RuntimeConfig, load_torch
 from tstack.profiler.values import Draw, Values
 from tstack.workload.op import Op, OpKind
 
@@ -40,7 +40,9 @@ class PreparedOp:
 
 
 @dataclass
-class _Ctx:
+class BuildContext:
+    """What an implementation builder gets: the Op, the torch module, the device, the torch dtype and the value source."""
+
     op: Op
     torch: Any
     device: Any
@@ -63,7 +65,7 @@ class _Ctx:
         return self.torch.empty(shape, dtype=dtype or self.dtype, device=self.device)
 
 
-Builder = Callable[[_Ctx], PreparedOp]
+Builder = Callable[[BuildContext], PreparedOp]
 Reference = Callable[[Op, Mapping[str, Any]], dict[str, Any]]
 BUILDERS: dict[str, Builder] = {}
 REFERENCES: dict[str, Reference] = {}
@@ -105,7 +107,7 @@ def prepare(op: Op, cfg: RuntimeConfig, seed: int = 0, values: Values | None = N
 
     ``draw`` (default: a fresh ``Draw(seed, device, values)``) supplies the random inputs.
     """
-    torch = _torch()
+    torch = load_torch()
     key = implementation_key(op)
     builder = BUILDERS.get(key)
     if builder is None:
@@ -117,7 +119,8 @@ def prepare(op: Op, cfg: RuntimeConfig, seed: int = 0, values: Values | None = N
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise TstackError("device='cuda' but torch.cuda.is_available() is false")
     device = torch.device(cfg.device)
-    ctx = _Ctx(op=op, torch=torch, device=device, dtype=getattr(torch, DTYPES[op.dtype]), draw=draw or Draw(seed, device, values))
+    ctx = BuildContext(op=op, torch=torch, device=device, dtype=getattr(torch, DTYPES[op.dtype]),
+                       draw=draw or Draw(seed, device, values))
     return builder(ctx)
 
 
@@ -131,5 +134,5 @@ def reference(op: Op, inputs: Mapping[str, Any]) -> dict[str, Any]:
     fn = REFERENCES.get(key)
     if fn is None:
         raise TstackError(f"kernel {op.name!r} (kind {op.kind}) has no reference implementation")
-    x = {k: v.detach().to("cpu", _torch().float64) if v.is_floating_point() else v.detach().cpu() for k, v in inputs.items()}
+    x = {k: v.detach().to("cpu", load_torch().float64) if v.is_floating_point() else v.detach().cpu() for k, v in inputs.items()}
     return fn(op, x)

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from tstack.errors import TstackError
-from tstack.profiler.opexec.core import PreparedOp, _Ctx, implements
+from tstack.profiler.opexec.core import BuildContext, PreparedOp, implements
 from tstack.workload.op import Op, OpKind
 
 
-def _check_int_mm(ctx: _Ctx, M: int, N: int, K: int) -> None:
+def _check_int_mm(ctx: BuildContext, M: int, N: int, K: int) -> None:
     if ctx.device.type == "cuda" and (M <= 16 or K % 8 or N % 8):
         raise TstackError(f"op {ctx.op.name!r}: int8 GEMM {M}×{N}×{K} is not supported by torch._int_mm on CUDA "
                           "(needs M > 16 and K, N multiples of 8)")
@@ -22,7 +22,7 @@ def _ref_gemm(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements(OpKind.GEMM, ref=_ref_gemm)
-def _gemm(ctx: _Ctx) -> PreparedOp:
+def _gemm(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     M, N, K, _ = ctx.op.gemm_shape
     a, b = ctx.draw.gemm_a((M, K), ctx.dtype, K), ctx.draw.gemm_b((K, N), ctx.dtype)
@@ -42,7 +42,7 @@ def _gemm(ctx: _Ctx) -> PreparedOp:
 
 
 @implements(OpKind.BGEMM, ref=_ref_gemm)
-def _bgemm(ctx: _Ctx) -> PreparedOp:
+def _bgemm(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     M, N, K, batch = ctx.op.gemm_shape
     a, b = ctx.draw.gemm_a((batch, M, K), ctx.dtype, K), ctx.draw.gemm_b((batch, K, N), ctx.dtype)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tstack.profiler.opexec.core import EPS, PreparedOp, _Ctx, implements
-from tstack.profiler.runtime import _torch
+from tstack.profiler.opexec.core import EPS, BuildContext, PreparedOp, implements
+from tstack.profiler.runtime import load_torch
 from tstack.workload.op import Op, OpKind
 
 
@@ -19,7 +19,7 @@ def _ref_layernorm(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("layernorm", ref=_ref_layernorm)
-def _layernorm(ctx: _Ctx) -> PreparedOp:
+def _layernorm(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     aten = torch.ops.aten
     R, C = ctx.rc
@@ -43,7 +43,7 @@ def _ref_layernorm_bwd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("layernorm-bwd", ref=_ref_layernorm_bwd)
-def _layernorm_bwd(ctx: _Ctx) -> PreparedOp:
+def _layernorm_bwd(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     aten = torch.ops.aten
     R, C = ctx.rc
@@ -67,7 +67,7 @@ def _ref_rmsnorm(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("rmsnorm", ref=_ref_rmsnorm)
-def _rmsnorm(ctx: _Ctx) -> PreparedOp:
+def _rmsnorm(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     R, C = ctx.rc
     x = ctx.draw.norm_input(R, C, ctx.dtype)
@@ -92,7 +92,7 @@ def _ref_rmsnorm_bwd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("rmsnorm-bwd", ref=_ref_rmsnorm_bwd)
-def _rmsnorm_bwd(ctx: _Ctx) -> PreparedOp:
+def _rmsnorm_bwd(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     R, C = ctx.rc
     x = ctx.draw.norm_input(R, C, ctx.dtype)
@@ -127,7 +127,7 @@ def _ref_rope(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("rope", ref=_ref_rope)
-def _rope(ctx: _Ctx) -> PreparedOp:
+def _rope(ctx: BuildContext) -> PreparedOp:
     """y = x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁] over the row (an odd last column is not rotated)."""
     torch = ctx.torch
     R, C = ctx.rc
@@ -149,7 +149,7 @@ def _rope(ctx: _Ctx) -> PreparedOp:
 
 
 @implements(OpKind.GATHER, ref=lambda op, t: {"y": t["table"][t["index"]]})
-def _gather(ctx: _Ctx) -> PreparedOp:
+def _gather(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     R, C = ctx.rc
     table_rows = ctx.op.dim("table", R)
@@ -162,12 +162,12 @@ def _gather(ctx: _Ctx) -> PreparedOp:
 
 def _ref_gather_bwd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
     dy = t["dy"]
-    grad = _torch().zeros((op.dim("table", dy.shape[0]), dy.shape[1]), dtype=dy.dtype)
+    grad = load_torch().zeros((op.dim("table", dy.shape[0]), dy.shape[1]), dtype=dy.dtype)
     return {"dtable": grad.index_add_(0, t["index"], dy)}
 
 
 @implements("gather-bwd", ref=_ref_gather_bwd)
-def _gather_bwd(ctx: _Ctx) -> PreparedOp:
+def _gather_bwd(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     R, C = ctx.rc
     table_rows = ctx.op.dim("table", R)

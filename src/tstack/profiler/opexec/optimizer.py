@@ -14,19 +14,19 @@ from tstack.profiler.opexec.core import (
     LR,
     MOMENTUM,
     WEIGHT_DECAY,
+    BuildContext,
     PreparedOp,
-    _Ctx,
     implements,
 )
-from tstack.profiler.runtime import _torch
+from tstack.profiler.runtime import load_torch
 from tstack.workload.op import Op
 
 
-def _params(ctx: _Ctx) -> int:
+def _params(ctx: BuildContext) -> int:
     return ctx.op.dim("params")
 
 
-def _opt_state(ctx: _Ctx, *names: str) -> dict[str, Any]:
+def _opt_state(ctx: BuildContext, *names: str) -> dict[str, Any]:
     """Calibrated fp32 optimizer tensors: w, g, m (first moment), v (positive second moment), u, buf."""
     P, f32, d = _params(ctx), ctx.torch.float32, ctx.draw
     make = {
@@ -44,7 +44,7 @@ GLOBAL_NORM = 1.0  # ‖g‖ of the whole model as stage 1 sees it (LAMB divides
 
 
 @implements("lamb-global-norm", ref=lambda op, t: {"norm": t["g"].pow(2).sum().sqrt()})
-def _lamb_global_norm(ctx: _Ctx) -> PreparedOp:
+def _lamb_global_norm(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     s = _opt_state(ctx, "g")
     norm = ctx.empty((), torch.float32)
@@ -62,7 +62,7 @@ def _ref_lamb1(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("lamb-stage1", ref=_ref_lamb1)
-def _lamb_stage1(ctx: _Ctx) -> PreparedOp:
+def _lamb_stage1(ctx: BuildContext) -> PreparedOp:
     """m, v updated in place from g/max(1, ‖g‖); u = m̂/(√v̂ + ε) + λw written to its own buffer."""
     torch = ctx.torch
     s = _opt_state(ctx, "w", "g", "m", "v")
@@ -82,8 +82,8 @@ def _lamb_stage1(ctx: _Ctx) -> PreparedOp:
     return PreparedOp(op=ctx.op, run=run, inputs=s, outputs={"u": u, "m": m, "v": v}, primary="u")
 
 
-@implements("lamb-norms", ref=lambda op, t: {"norms": _torch().stack([t["w"].norm(), t["u"].norm()])})
-def _lamb_norms(ctx: _Ctx) -> PreparedOp:
+@implements("lamb-norms", ref=lambda op, t: {"norms": load_torch().stack([t["w"].norm(), t["u"].norm()])})
+def _lamb_norms(ctx: BuildContext) -> PreparedOp:
     """‖w‖ and ‖u‖ of one tensor group, for the trust ratio."""
     torch = ctx.torch
     s = _opt_state(ctx, "w", "u")
@@ -98,7 +98,7 @@ def _lamb_norms(ctx: _Ctx) -> PreparedOp:
 
 
 @implements("lamb-stage2", ref=lambda op, t: {"w": t["w"] + t["rate"] * t["u"]})
-def _lamb_stage2(ctx: _Ctx) -> PreparedOp:
+def _lamb_stage2(ctx: BuildContext) -> PreparedOp:
     """w −= lr · trust ratio · u, the ratio ‖w‖/‖u‖ read from a device scalar as in fused LAMB."""
     torch = ctx.torch
     s = _opt_state(ctx, "w", "u")
@@ -119,7 +119,7 @@ def _ref_adam(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("adam", ref=_ref_adam)
-def _adam(ctx: _Ctx) -> PreparedOp:
+def _adam(ctx: BuildContext) -> PreparedOp:
     """AdamW as PyTorch's fused kernel (one launch), at step 1."""
     torch = ctx.torch
     s = _opt_state(ctx, "w", "g", "m", "v")
@@ -139,7 +139,7 @@ def _ref_sgd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("sgd", ref=_ref_sgd)
-def _sgd(ctx: _Ctx) -> PreparedOp:
+def _sgd(ctx: BuildContext) -> PreparedOp:
     """SGD with momentum as PyTorch's fused kernel: buf = μ·buf + g; w −= lr·buf."""
     torch = ctx.torch
     s = _opt_state(ctx, "w", "g", "buf")
@@ -152,7 +152,7 @@ def _sgd(ctx: _Ctx) -> PreparedOp:
 
 
 @implements("grad-to-master", ref=lambda op, t: {"master_grad": t["grad"] * INV_LOSS_SCALE})
-def _grad_to_master(ctx: _Ctx) -> PreparedOp:
+def _grad_to_master(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     grad = ctx.draw.normal((_params(ctx),), torch.float16)  # loss-scaled half gradient
     master = ctx.empty((_params(ctx),), torch.float32)
@@ -164,7 +164,7 @@ def _grad_to_master(ctx: _Ctx) -> PreparedOp:
 
 
 @implements("master-to-model", ref=lambda op, t: {"model": t["master"]})
-def _master_to_model(ctx: _Ctx) -> PreparedOp:
+def _master_to_model(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     master = ctx.draw.normal((_params(ctx),), torch.float32, 0.05, normal_in=torch.float16)
     model = ctx.empty((_params(ctx),), torch.float16)

@@ -6,13 +6,13 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tstack.profiler.opexec.core import DROPOUT_P, SCALE, PreparedOp, _Ctx, implements
-from tstack.profiler.runtime import _torch
+from tstack.profiler.opexec.core import DROPOUT_P, SCALE, BuildContext, PreparedOp, implements
+from tstack.profiler.runtime import load_torch
 from tstack.workload.op import Op
 
 
 @implements("scale", ref=lambda op, t: {"y": t["x"] * SCALE})
-def _scale(ctx: _Ctx) -> PreparedOp:
+def _scale(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     x = ctx.draw.activation(ctx.rc, ctx.dtype)
     y = ctx.empty(ctx.rc)
@@ -20,7 +20,7 @@ def _scale(ctx: _Ctx) -> PreparedOp:
 
 
 @implements("mask", ref=lambda op, t: {"y": t["x"] + t["mask"]})
-def _mask(ctx: _Ctx) -> PreparedOp:
+def _mask(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     x = ctx.draw.activation(ctx.rc, ctx.dtype)
     m = ctx.draw.attention_mask(ctx.cols, ctx.dtype)
@@ -29,7 +29,7 @@ def _mask(ctx: _Ctx) -> PreparedOp:
 
 
 @implements("dropout", ref=lambda op, t: {"y": t["x"] * t["mask"] / (1 - DROPOUT_P)})
-def _dropout(ctx: _Ctx) -> PreparedOp:
+def _dropout(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     x = ctx.draw.activation(ctx.rc, ctx.dtype)
     y, mask = ctx.empty(ctx.rc), ctx.empty(ctx.rc, torch.bool)
@@ -38,7 +38,7 @@ def _dropout(ctx: _Ctx) -> PreparedOp:
 
 
 @implements("dropout-bwd", ref=lambda op, t: {"dx": t["dy"] * t["mask"] / (1 - DROPOUT_P)})
-def _dropout_bwd(ctx: _Ctx) -> PreparedOp:
+def _dropout_bwd(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     dy = ctx.draw.activation(ctx.rc, ctx.dtype)
     mask = ctx.draw.bernoulli(ctx.rc, 1 - DROPOUT_P)
@@ -55,7 +55,7 @@ def _ref_softmax(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("softmax", ref=_ref_softmax)
-def _softmax(ctx: _Ctx) -> PreparedOp:
+def _softmax(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     x = ctx.draw.activation(ctx.rc, ctx.dtype)
     y = ctx.empty(ctx.rc)
@@ -69,7 +69,7 @@ def _ref_softmax_bwd(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @implements("softmax-bwd", ref=_ref_softmax_bwd)
-def _softmax_bwd(ctx: _Ctx) -> PreparedOp:
+def _softmax_bwd(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     dy = ctx.draw.activation(ctx.rc, ctx.dtype)
     y = ctx.draw.probabilities(ctx.rows, ctx.cols, ctx.dtype)
@@ -84,7 +84,7 @@ GELU_C = math.sqrt(2 / math.pi)
 
 
 def _phi(x):
-    return 0.5 * (1 + _torch().special.erf(x / math.sqrt(2)))
+    return 0.5 * (1 + load_torch().special.erf(x / math.sqrt(2)))
 
 
 def _gelu(x):
@@ -159,7 +159,7 @@ def _grad_act(torch, act: str) -> Callable[[Any, Any, Any], Any]:
 def _bias_act(act: str) -> None:
     f, _ = ACT[act]
 
-    def build(ctx: _Ctx) -> PreparedOp:
+    def build(ctx: BuildContext) -> PreparedOp:
         torch = ctx.torch
         x = ctx.draw.activation(ctx.rc, ctx.dtype)
         b = ctx.draw.normal((ctx.cols,), ctx.dtype, 0.1)
@@ -178,7 +178,7 @@ def _bias_act(act: str) -> None:
 def _act_bwd(name: str, act: str) -> None:
     _, g = ACT[act]
 
-    def build(ctx: _Ctx) -> PreparedOp:
+    def build(ctx: BuildContext) -> PreparedOp:
         torch = ctx.torch
         dy, x = ctx.draw.activation(ctx.rc, ctx.dtype), ctx.draw.activation(ctx.rc, ctx.dtype)
         dx = ctx.empty(ctx.rc)
@@ -191,7 +191,7 @@ def _act_bwd(name: str, act: str) -> None:
 def _gated(act: str) -> None:
     f, g = ACT[act]
 
-    def build(ctx: _Ctx) -> PreparedOp:
+    def build(ctx: BuildContext) -> PreparedOp:
         torch = ctx.torch
         gate, up = ctx.draw.activation(ctx.rc, ctx.dtype), ctx.draw.activation(ctx.rc, ctx.dtype)
         y = ctx.empty(ctx.rc)
@@ -203,7 +203,7 @@ def _gated(act: str) -> None:
 
         return PreparedOp(op=ctx.op, run=run, inputs={"gate": gate, "up": up}, outputs={"y": y}, primary="y")
 
-    def build_bwd(ctx: _Ctx) -> PreparedOp:
+    def build_bwd(ctx: BuildContext) -> PreparedOp:
         torch = ctx.torch
         dy, gate, up = (ctx.draw.activation(ctx.rc, ctx.dtype) for _ in range(3))
         dgate, dup = ctx.empty(ctx.rc), ctx.empty(ctx.rc)
@@ -233,7 +233,7 @@ for _act in ("gelu", "relu", "silu"):
 
 # --- sums -----------------------------------------------------------------------------------------
 def _binary_add(name: str, a: str, b: str) -> None:
-    def build(ctx: _Ctx) -> PreparedOp:
+    def build(ctx: BuildContext) -> PreparedOp:
         torch = ctx.torch
         x, r = ctx.draw.activation(ctx.rc, ctx.dtype), ctx.draw.activation(ctx.rc, ctx.dtype)
         y = ctx.empty(ctx.rc)
@@ -248,7 +248,7 @@ _binary_add("position-add", "x", "table")
 
 
 @implements("embedding-sum", ref=lambda op, t: {"y": t["word"] + t["position"] + t["type"]})
-def _embedding_sum(ctx: _Ctx) -> PreparedOp:
+def _embedding_sum(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     w, p, ty = (ctx.draw.activation(ctx.rc, ctx.dtype) for _ in range(3))
     y = ctx.empty(ctx.rc)
@@ -261,7 +261,7 @@ def _embedding_sum(ctx: _Ctx) -> PreparedOp:
 
 
 @implements("bias-grad", ref=lambda op, t: {"db": t["dy"].sum(dim=0)})
-def _bias_grad(ctx: _Ctx) -> PreparedOp:
+def _bias_grad(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     dy = ctx.draw.activation(ctx.rc, ctx.dtype)
     db = ctx.empty((ctx.cols,), torch.float32)  # fp32 gradient vector (formulas: vec_writes at 4 bytes)

@@ -1,6 +1,6 @@
 """Subprocess entry point: rebuild Ops from JSON, prepare each (``opexec.prepare``) and run it.
 
-    python -m tstack.profiler._runop '<json>'
+    python -m tstack.profiler.runop '<json>'
 
 The JSON object holds ``ops`` (see ``op_to_json``), ``device``, ``flush_denormal``, ``seed``,
 ``warmup`` and ``mode``:
@@ -163,7 +163,7 @@ def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m tstack.profiler._runop '<json>'", file=sys.stderr)
+        print("usage: python -m tstack.profiler.runop '<json>'", file=sys.stderr)
         return 2
     try:
         result = run(json.loads(argv[0]))
