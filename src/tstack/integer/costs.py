@@ -13,13 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tstack.errors import TstackError
+from tstack.records import Addable
 
 ISQRT_NEWTON_STEPS = 6  # Newton steps of the integer square root: exact for n < 2**48 from 2**ceil(bits/2) (Alg. 4)
 
 
 @dataclass(frozen=True)
-class IntCounts:
-    """Integer operations of one kind each: multiplies, adds/subtracts, shifts, comparisons (max/min/abs/sign), divides."""
+class IntCounts(Addable):
+    """Integer operations of one kind each: multiplies, adds/subtracts, shifts, comparisons (max/min/abs/sign), divides.
+
+    Adding IntCounts adds each count; ``scaled(k)`` (or ``* k``) multiplies each.
+    """
 
     mul: int = 0
     add: int = 0
@@ -27,12 +31,8 @@ class IntCounts:
     cmp: int = 0
     div: int = 0
 
-    def __add__(self, other: IntCounts) -> IntCounts:
-        return IntCounts(mul=self.mul + other.mul, add=self.add + other.add, shift=self.shift + other.shift,
-                         cmp=self.cmp + other.cmp, div=self.div + other.div)
-
     def scaled(self, k: int) -> IntCounts:
-        return IntCounts(mul=self.mul * k, add=self.add * k, shift=self.shift * k, cmp=self.cmp * k, div=self.div * k)
+        return self * k
 
     @property
     def total(self) -> int:

@@ -43,14 +43,15 @@ import math
 from dataclasses import dataclass
 
 from tstack.profiler.runtime import load_torch
+from tstack.records import Addable
 
 MASK_VALUE = -10000.0  # additive attention mask: exp(MASK_VALUE) underflows to exactly 0
 INT8_RANGE = 8  # int8 GEMM operands in [-INT8_RANGE, INT8_RANGE]
 
 
 @dataclass(frozen=True)
-class Problems:
-    """Counts of inf, NaN and subnormal values among ``elements`` floating-point values."""
+class Problems(Addable):
+    """Counts of inf, NaN and subnormal values among ``elements`` floating-point values; adding Problems adds each count."""
 
     elements: int = 0
     inf: int = 0
@@ -64,10 +65,6 @@ class Problems:
     @property
     def ok(self) -> bool:
         return self.finite and self.subnormal == 0
-
-    def __add__(self, other: Problems) -> Problems:
-        return Problems(self.elements + other.elements, self.inf + other.inf, self.nan + other.nan,
-                        self.subnormal + other.subnormal)
 
     def __str__(self) -> str:
         return f"{self.inf} inf, {self.nan} NaN, {self.subnormal} subnormal of {self.elements} values"
