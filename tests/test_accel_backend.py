@@ -89,8 +89,6 @@ def test_a_sweep_over_an_accelerator():
         assert b.total.seconds == pytest.approx(run_accel(p.model, p.run.seq, IBERT).seconds, rel=REL)
 
 
-@pytest.mark.xfail(strict=True, reason="sweep.py and the sweep command still load the device with load_device and "
-                                       "cost op by op: they need costmodel.load_target and cost_workload")
 def test_sweep_command_over_an_accelerator(capsys):
     doc = json_doc(capsys, "sweep", "bert-base", "--seq", "64,128", "--precision", "int8", "--device",
                    "gemmini-ibert", "--executor", "serial")

@@ -111,7 +111,7 @@ def presets(json_out: Path | None = JSON_OPT, csv_out: Path | None = CSV_OPT) ->
     out.print(d)
 
 
-def _fp16(dev) -> float | None:  # noqa: ANN001
+def _fp16(dev: DeviceSpec) -> float | None:
     return dev.peak_flops.get("matrix", {}).get("fp16") or dev.peak_flops["vector"].get("fp16")
 
 
@@ -178,7 +178,8 @@ def sweep(
     hidden: str | None = typer.Option(None, help="comma-separated d_model values (d_ff follows 4·d_model)"),
     ffn: str | None = typer.Option(None, help="comma-separated d_ff values"),
     heads: str | None = typer.Option(None, help="comma-separated h values"),
-    precision: str = typer.Option("fp32", help="comma-separated precisions"),
+    precision: str | None = typer.Option(None, help="comma-separated precisions (default: fp32; int8 on an "
+                                                    "accelerator)"),
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
     checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
     device: str = DEVICE_OPT,
@@ -192,13 +193,14 @@ def sweep(
     outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
     workers = worker_count("--workers", workers)
     spec = load_model(model)
-    dev = load_device(device)
+    dev = load_target(device)
     axes: dict[str, list] = {"batch": parse_ints("--batch", batch)}
     axes["seq"] = parse_ints("--seq", seq) if seq is not None else [spec.default_seq]
     for name, text in (("layers", layers), ("hidden", hidden), ("ffn", ffn), ("heads", heads)):
         if text is not None:
             axes[name] = parse_ints(f"--{name}", text)
-    axes["precision"] = parse_names("--precision", precision, PRECISIONS)
+    axes["precision"] = parse_names("--precision", precision if precision is not None else default_precision(dev),
+                                    PRECISIONS)
     run = RunSpec(mode=mode, seq=axes["seq"][0], optimizer=optimizer, checkpoint=checkpoint)
     n = 1
     for v in axes.values():
@@ -315,7 +317,7 @@ def run(argv: list[str] | None = None) -> int:
     except Terminated:
         print("terminated: nothing partial was written", file=sys.stderr)
         return 143
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+    except Exception as e:  # the last line of defence: one line, never a traceback
         from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
         if isinstance(e, NoArgsIsHelpError):

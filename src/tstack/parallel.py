@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 from tstack.errors import TstackError
@@ -26,33 +27,19 @@ def _apply(fn: Callable[[T], R], chunk: Sequence[T]) -> list[R]:
 
 def _iter_process(fn: Callable[[T], R], chunks: list[Sequence[T]], workers: int) -> Iterator[list[R]]:
     """Results in order; on any exit before the end (an error, Ctrl-C, SIGTERM) the workers are killed, not awaited."""
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_signals)
-    finished = False
+    pool = multiprocessing.Pool(workers, initializer=_worker_signals)
     try:
-        yield from pool.map(_apply, [fn] * len(chunks), chunks)
-        finished = True
+        yield from pool.imap(partial(_apply, fn), chunks)
+        pool.close()
     finally:
-        if finished:
-            pool.shutdown(wait=True)
-        else:
-            _kill(pool)
+        pool.terminate()  # after close(): the workers have finished; otherwise they are stopped now
+        pool.join()
 
 
 def _worker_signals() -> None:
     """Workers leave Ctrl-C to the parent (which stops them) and die quietly on SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _kill(pool: ProcessPoolExecutor) -> None:
-    processes = list((pool._processes or {}).values())  # the executor has no public way to stop running work
-    for p in processes:
-        p.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
-        p.join(timeout=5)
-        if p.is_alive():
-            p.kill()
 
 
 def _iter_ray(fn: Callable[[T], R], chunks: list[Sequence[T]], workers: int) -> Iterator[list[R]]:

@@ -9,10 +9,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tstack.costmodel.calibrated import for_device
+from tstack.costmodel import Target, cost_workload, load_target
 from tstack.costmodel.cost import Cost
 from tstack.errors import TstackError, UnknownNameError
-from tstack.hardware import DeviceSpec, load_device
 from tstack.models import load_model
 from tstack.parallel import pmap
 from tstack.spec import ModelSpec, RunSpec
@@ -59,14 +58,12 @@ def configs(model: ModelSpec, run: RunSpec, axes: dict[str, Sequence[Any]]) -> l
     return out
 
 
-def evaluate(cfg: Config, device: DeviceSpec, cost_model: Callable | None = None) -> list[dict[str, Any]]:
-    """Rows of one configuration: seconds, FLOPs, bytes and kernels per 002 group."""
+def evaluate(cfg: Config, device: Target, cost_model: Callable | None = None) -> list[dict[str, Any]]:
+    """Rows of one configuration: seconds, FLOPs, bytes and kernels per 002 group, on any hardware target."""
     m, r = cfg.model, cfg.run
     groups: dict[str, Cost] = {}
-    model_fn = cost_model or for_device(device)
-    for op in build(m, r, collapse=True):
+    for op, c in zip(*cost_workload(build(m, r, collapse=True), device, cost_model)):
         g = op.label("group")
-        c = model_fn(op, device)
         groups[g] = groups[g] + c if g in groups else c
     total = sum(groups.values(), Cost()).seconds
     base = {"model": m.name, "device": device.name, "mode": r.mode, "batch": r.batch, "seq": r.seq,
@@ -75,14 +72,14 @@ def evaluate(cfg: Config, device: DeviceSpec, cost_model: Callable | None = None
              "bytes": c.bytes, "kernels": c.kernels} for g, c in groups.items()]
 
 
-def sweep(model: str | Path | ModelSpec, axes: dict[str, Sequence[Any]], device: str | Path | DeviceSpec = "a100",
+def sweep(model: str | Path | ModelSpec, axes: dict[str, Sequence[Any]], device: str | Path | Target = "a100",
           run: RunSpec | None = None, executor: str = "process", workers: int | None = None,
           progress: Callable[[int], None] | None = None):  # returns a pandas DataFrame
     """Tidy DataFrame: one row per (configuration, 002 group), over the Cartesian product of ``axes``."""
     import pandas as pd
 
     spec = load_model(model)
-    dev = load_device(device)
+    dev = load_target(device)
     base = run or RunSpec(seq=spec.default_seq)
     points = configs(spec, base, axes)
     if not points:

@@ -8,13 +8,14 @@ from dataclasses import dataclass, fields
 from tstack.accel.hw import AccelSpec
 from tstack.accel.timing import GemmTiming
 from tstack.integer.costs import IntCounts
+from tstack.records import Addable
 
 COMPONENTS = ("mac", "register", "scratchpad", "accumulator", "dram", "host", "units")
 
 
 @dataclass(frozen=True, slots=True)
-class ComponentEnergy:
-    """Joules per component; adding them adds each component."""
+class ComponentEnergy(Addable):
+    """Joules per component; adding them adds each component (records.Addable)."""
 
     mac: float = 0.0
     register: float = 0.0
@@ -23,21 +24,6 @@ class ComponentEnergy:
     dram: float = 0.0
     host: float = 0.0
     units: float = 0.0
-
-    def __add__(self, other: ComponentEnergy) -> ComponentEnergy:
-        if not isinstance(other, ComponentEnergy):
-            return NotImplemented
-        return ComponentEnergy(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    def __radd__(self, other: object) -> ComponentEnergy:
-        if other == 0:
-            return self
-        return NotImplemented
-
-    def __mul__(self, n: float) -> ComponentEnergy:
-        return ComponentEnergy(*(getattr(self, f.name) * n for f in fields(self)))
-
-    __rmul__ = __mul__
 
     @property
     def total(self) -> float:

@@ -7,8 +7,6 @@ and the ideal time follow the roofline of the device's fitted peaks.
 
 from __future__ import annotations
 
-from typing import Any
-
 from tstack.calibration import Calibration
 from tstack.costmodel.cost import Cost
 from tstack.costmodel.roofline import roofline
@@ -46,10 +44,3 @@ def calibrated(op: Op, dev: DeviceSpec) -> Cost:
     f = seconds / base.seconds
     return Cost(seconds=seconds, flops=base.flops, bytes=base.bytes, compute_s=base.compute_s * f,
                 memory_s=base.memory_s * f, overhead_s=base.overhead_s * f, ideal_s=base.ideal_s, kernels=base.kernels)
-
-
-def for_device(target: Any) -> Any:
-    """tstack.costmodel.for_device, kept here until sweep.py imports it from tstack.costmodel."""
-    from tstack.costmodel.backend import for_device as dispatch
-
-    return dispatch(target)

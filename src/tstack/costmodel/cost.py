@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from functools import reduce
 from operator import add
 
-
-def _known_sum(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a + b
+from tstack.records import Addable
 
 
 @dataclass(frozen=True, slots=True)
-class Cost:
-    """Seconds with the parts they come from; adding Costs adds every field.
+class Cost(Addable):
+    """Seconds with the parts they come from; adding Costs adds every field (records.Addable), ``* n`` scales them.
 
     ``compute_s`` and ``memory_s`` are the times at attained compute and memory rates,
     ``overhead_s`` the launch overhead, ``ideal_s`` the time at 100% of peak FLOP/s (so
@@ -35,26 +33,6 @@ class Cost:
     ideal_s: float = 0.0
     kernels: int = 0
     joules: float | None = None
-
-    def __add__(self, other: Cost) -> Cost:
-        if not isinstance(other, Cost):
-            return NotImplemented
-        return Cost(self.seconds + other.seconds, self.flops + other.flops, self.bytes + other.bytes,
-                    self.compute_s + other.compute_s, self.memory_s + other.memory_s,
-                    self.overhead_s + other.overhead_s, self.ideal_s + other.ideal_s, self.kernels + other.kernels,
-                    _known_sum(self.joules, other.joules))
-
-    def __radd__(self, other: object) -> Cost:
-        if other == 0:  # so that sum(costs) works
-            return self
-        return NotImplemented
-
-    def __mul__(self, n: int) -> Cost:
-        return Cost(self.seconds * n, self.flops * n, self.bytes * n, self.compute_s * n, self.memory_s * n,
-                    self.overhead_s * n, self.ideal_s * n, self.kernels * n,
-                    None if self.joules is None else self.joules * n)
-
-    __rmul__ = __mul__
 
     @staticmethod
     def total(costs: Iterable[Cost]) -> Cost:

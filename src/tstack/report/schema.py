@@ -25,12 +25,13 @@ RUN_SPEC = {"type": "object", "required": ["mode", "batch", "seq", "tgt_seq", "p
 
 OP_RECORD = {"kind": STR, "name": STR, "part": STR, "layer": STR, "block": STR, "group": STR, "nlpfast": STR,
              "pass": STR, "dtype": STR, "M": INT, "N": INT, "K": INT, "gemm_batch": INT, "count": INT, "flops": NUM,
-             "bytes": NUM, "intensity_flop_per_byte": NUM, "seconds": NUM, "bound": STR, "utilization": NUM}
+             "bytes": NUM, "intensity_flop_per_byte": NUM, "seconds": NUM, "bound": STR, "utilization": NUM,
+             "joules": NUM}
 
 REPRO_RECORD = {"key": STR, "claim": STR, "paper": STR, "unit": STR, "note": STR,
                 "tstack": {"type": ["number", "string", "null"]}, "gap": NUM}
 
-MEASURED_RECORD = {**{k: v for k, v in OP_RECORD.items() if k not in ("intensity_flop_per_byte", "utilization")},
+MEASURED_RECORD = {**{k: v for k, v in OP_RECORD.items() if k not in ("intensity_flop_per_byte", "utilization", "joules")},
                    "model": STR, "mode": STR, "batch": INT, "seq": INT, "precision": STR, "bound": OPT_STR}
 
 # command -> (required fields of `run`, required fields of each record with their types)
