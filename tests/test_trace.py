@@ -9,7 +9,8 @@ import pytest
 
 import tstack
 from tstack import RunSpec, TstackError
-from tstack.profiler.trace import KERNELS_PID, OPS_PID, breakdown_trace, write_trace
+from tstack.profiler.trace import KERNELS_PID, OPS_PID, breakdown_trace
+from tstack.report.files import write_trace
 
 
 def x_events(trace: dict, pid: int) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -26,6 +27,9 @@ from tstack.cli_common import (
 )
 from tstack.errors import SpecError, TstackError
 from tstack.report import output, units
+
+if TYPE_CHECKING:
+    from tstack.profiler.memory import MemoryEstimate
 
 out = console()
 TEXTS = ("sentences", "documents")
@@ -208,7 +212,7 @@ def schedule(
     JSON and CSV: one record per (kind, threshold, threads, policy); kind is 'measured' or 'replay' (simulated).
     """
     outputs = Outputs(json=json_out, csv=csv_out)
-    from tstack.kernels.scheduler import POLICIES, memory_estimate
+    from tstack.kernels.scheduler import POLICIES
 
     names = parse_names("--policies", policies, POLICIES)
     simulated = _thread_counts("--replay-threads", replay_threads)
@@ -299,3 +303,21 @@ def _replay_table(records: list[dict], simulated: list[int], threads: int) -> Ta
             table.add_row(f"{r['threshold']:g}", str(r["threads"]), r["policy"], units.percent(r["utilization"]),
                           units.seconds(r["makespan_seconds"]), _ratio(r["ratio_to_dynamic"]))
     return table
+
+
+def memory_estimate(heads: int, chunks: int, chunk_keys: int, head_dim: int, threads: int, runs: int) -> MemoryEstimate:
+    """Peak bytes of ``uneven_work``, ``AttentionWork.build`` and ``runs`` scheduled runs kept for their item times.
+
+    fp32 tensors: q, k, v and their temporaries (about 6 × h·S·d), one head's S × S scores while building the row
+    maxima, the workers' partial outputs (threads × h·S·d) and one item's scores per worker; plus one Python
+    ``Interval`` per item of every kept run.
+    """
+    from tstack.kernels.scheduler import INTERVAL_BYTES
+    from tstack.profiler.memory import MemoryEstimate
+
+    s = chunks * chunk_keys
+    tensors = 4.0 * (6 * heads * s * head_dim + 2 * s * head_dim + s * s + threads * heads * s * (head_dim + 1)
+                     + 4 * threads * s * chunk_keys + 2 * heads * s)
+    intervals = float(INTERVAL_BYTES) * heads * chunks * (runs + 1)
+    return MemoryEstimate(tensors + intervals, f"{units.si(tensors, 'B')} of tensors at S={s} and "
+                                               f"{units.si(intervals, 'B')} of recorded item intervals")

@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from tstack.errors import SpecError
-from tstack.profiler.cachestat import host_caches
+from tstack.host import host_caches
 
 VARIANTS = ("base", "P", "C", "F", "PC", "PF", "CF", "PCF")
 L2_FALLBACK = 1 << 20  # byte: the L2 assumed where sysfs does not say

@@ -33,8 +33,6 @@ import torch
 
 from tstack.errors import SpecError
 from tstack.kernels.zeroskip import EXP_FLOOR
-from tstack.profiler.memory import MemoryEstimate
-from tstack.report import units
 
 POLICIES = ("head-first", "chunk-first", "random", "dynamic")
 Item = tuple[int, int]  # (head, chunk)
@@ -254,21 +252,6 @@ def uneven_work(heads: int, chunks: int, chunk: int, head_dim: int, padding: flo
 
 
 INTERVAL_BYTES = 320  # one recorded Interval: the object, its item tuple and two floats, with a list slot
-
-
-def memory_estimate(heads: int, chunks: int, chunk_keys: int, head_dim: int, threads: int, runs: int) -> MemoryEstimate:
-    """Peak bytes of ``uneven_work``, ``AttentionWork.build`` and ``runs`` scheduled runs kept for their item times.
-
-    fp32 tensors: q, k, v and their temporaries (about 6 × h·S·d), one head's S × S scores while building the row
-    maxima, the workers' partial outputs (threads × h·S·d) and one item's scores per worker; plus one Python
-    ``Interval`` per item of every kept run.
-    """
-    s = chunks * chunk_keys
-    tensors = 4.0 * (6 * heads * s * head_dim + 2 * s * head_dim + s * s + threads * heads * s * (head_dim + 1)
-                     + 4 * threads * s * chunk_keys + 2 * heads * s)
-    intervals = float(INTERVAL_BYTES) * heads * chunks * (runs + 1)
-    return MemoryEstimate(tensors + intervals, f"{units.si(tensors, 'B')} of tensors at S={s} and "
-                                               f"{units.si(intervals, 'B')} of recorded item intervals")
 
 
 def repeated_runs(work: AttentionWork, threads: int, policies: Sequence[str], repeats: int,

@@ -8,14 +8,10 @@ per CPU thread, with the module they ran in and the labels they were attributed 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tstack.breakdown import Breakdown
-from tstack.errors import TstackError
-from tstack.report.files import all_or_nothing
 from tstack.workload.op import LABEL_KEYS
 
 if TYPE_CHECKING:
@@ -78,17 +74,3 @@ def merge_traces(traces: Sequence[Mapping[str, Any]]) -> dict:
         return dict(traces[0])
     events = [{**e, "pid": e["pid"] + 10 * i} for i, t in enumerate(traces) for e in t["traceEvents"]]
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"configurations": [t["otherData"] for t in traces]}}
-
-
-def write_trace(trace: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the trace JSON to ``path`` atomically: on any failure no partial file is left behind."""
-    if str(path) == "-":
-        raise TstackError("a trace needs a file path, not '-'")
-    target = Path(path)
-    with all_or_nothing([target]) as tmps:
-        try:
-            text = json.dumps(trace, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError, RecursionError) as e:
-            raise TstackError(f"trace {str(target)!r} is not valid JSON data: {' '.join(str(e).split())}") from None
-        tmps[target].write_text(text, encoding="utf-8")
-    return target

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tstack.errors import SpecError, TstackError
 
@@ -49,3 +51,17 @@ def check_figure_format(option: str, path: str | Path) -> None:
     fmt = Path(path).suffix.lstrip(".").lower()
     if fmt not in FIGURE_FORMATS:
         raise SpecError([f"{option}={str(path)!r} must end in {', '.join('.' + f for f in FIGURE_FORMATS)}"])
+
+
+def write_trace(trace: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the trace JSON to ``path`` atomically: on any failure no partial file is left behind."""
+    if str(path) == "-":
+        raise TstackError("a trace needs a file path, not '-'")
+    target = Path(path)
+    with all_or_nothing([target]) as tmps:
+        try:
+            text = json.dumps(trace, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError) as e:
+            raise TstackError(f"trace {str(target)!r} is not valid JSON data: {' '.join(str(e).split())}") from None
+        tmps[target].write_text(text, encoding="utf-8")
+    return target
