@@ -12,8 +12,8 @@ import argparse
 import subprocess
 import time
 
-from tstack.accel.hw import load_accel
 from tstack.accel.model import run
+from tstack.hardware.accel import load_accel
 
 
 def _time(fn, repeat: int) -> float:  # any zero-argument callable

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import tstack
 from tstack import RunSpec
 from tstack.costmodel.roofline import roofline
-from tstack.hardware import load_device
+from tstack.hardware.device import load_device
 from tstack.models import load_model
 from tstack.workload.build import build
 

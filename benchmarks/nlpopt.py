@@ -61,9 +61,9 @@ def print_rows(rows) -> None:
 
 
 def llc_study(params) -> None:
-    from tstack.kernels.bench import build_cases
-    from tstack.kernels.llc import LLC, llc_stats
     from tstack.models import load_model
+    from tstack.studies.llc import LLC, llc_stats
+    from tstack.studies.nlpopt_bench import build_cases
 
     spec = load_model("nlpfast-bert").replace(hidden=128, heads=2, ffn=512)
     case = build_cases("bert", 512, spec=spec)[0]
@@ -94,7 +94,7 @@ def main() -> None:
 
     reexec_with_malloc_policy(sys.argv)  # before torch is imported
     from tstack.kernels.api import Params
-    from tstack.kernels.bench import block_sizes, build_cases, run_case
+    from tstack.studies.nlpopt_bench import block_sizes, build_cases, run_case
 
     cfg = RuntimeConfig(threads=args.threads)
     params = Params(chunk=args.chunk, threads=args.threads, head_block=args.head_block, ffn_blocks=args.ffn_blocks)

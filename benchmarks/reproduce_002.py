@@ -10,7 +10,7 @@ import sys
 from rich.console import Console
 
 from tstack.report.repro_table import print_repro_table, summary_line
-from tstack.repro import reproduce_002
+from tstack.studies.repro_002 import reproduce_002
 
 
 def main() -> None:

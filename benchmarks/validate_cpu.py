@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 import tstack
-from tstack.hardware import load_device
+from tstack.hardware.device import load_device
 from tstack.profiler.calibrate import _gemm_op, _pointwise_op, _seconds, calibrate
 from tstack.profiler.measure import measure
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe

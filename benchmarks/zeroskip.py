@@ -31,12 +31,12 @@ import torch.nn.functional as F
 
 from tstack.data import documents
 from tstack.kernels.scheduler import POLICIES, AttentionWork, item_durations, median_run, repeated_runs, replay, uneven_work
-from tstack.kernels.tradeoff import CRITERIA, element_skipping, zero_skipping
 from tstack.kernels.zeroskip import EXP_FLOOR, SPARSE_MIN_SKIPPED, ZSParams, zs_attention
 from tstack.minilm import embed_batches, encode, load_minilm
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe, reexec_with_malloc_policy
 from tstack.profiler.timing import time_callable
 from tstack.report import units
+from tstack.studies.tradeoff import CRITERIA, element_skipping, zero_skipping
 
 THRESHOLDS = (0.0, 1e-4, 1e-3, 1e-2)
 ELEMENT_THRESHOLDS = (1e-4, 1.5e-4, 2e-4, 3e-4, 1e-3)

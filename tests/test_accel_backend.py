@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 import tstack
-from tstack.accel.hw import accel_to_dict, load_accel
 from tstack.accel.model import CATEGORIES
 from tstack.accel.model import run as run_accel
-from tstack.cli import run
+from tstack.cli.core import run
 from tstack.costmodel import Cost, calibrated, cost_workload, for_device, load_target, roofline, systolic
 from tstack.errors import SpecError, UnknownNameError
-from tstack.hardware import DeviceSpec, device_to_dict, load_device
+from tstack.hardware.accel import accel_to_dict, load_accel
+from tstack.hardware.device import DeviceSpec, device_to_dict, load_device
 from tstack.models import load_model
 from tstack.spec import RunSpec
 from tstack.sweep import configs

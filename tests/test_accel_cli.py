@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from tstack.accel import mapping as mp
-from tstack.accel.dse import design_points, explore, pareto
 from tstack.accel.energy import COMPONENTS
-from tstack.accel.hw import accel_to_dict, load_accel
 from tstack.accel.model import CATEGORIES
 from tstack.accel.model import run as run_model
-from tstack.accel.repro import reproduce_000
 from tstack.accel.timing import GemmShape
-from tstack.cli import run
+from tstack.cli.core import run
+from tstack.hardware.accel import accel_to_dict, load_accel
 from tstack.report import units
 from tstack.report.output import SCHEMA_VERSION
+from tstack.search.dse import design_points, explore, pareto
+from tstack.studies.repro_000 import reproduce_000
 
 PNG = b"\x89PNG"
 CAT_FIELDS = ["matmul_seconds", "softmax_seconds", "layernorm_seconds", "gelu_seconds", "quant_seconds", "other_seconds"]
@@ -153,7 +153,7 @@ def test_dse_json_ranks_and_pareto(capsys):
     assert r["objective"] == ["latency", "edp"] and r["executor"] == "serial" and r["hw"] == "gemmini-ibert"
     recs = doc["records"]
     assert len(recs) == 6
-    from tstack.accel.dse import parse_splits
+    from tstack.search.dse import parse_splits
 
     points = design_points(parse_splits("64:256,128:192,304:16", 320 * 1024), [16], [8, 16])
     outs = explore(load_accel("gemmini-ibert"), "bert-base", 128, points, executor="serial")

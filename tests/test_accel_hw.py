@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tstack.accel.hw import AccelSpec, KiB, Mesh, Units, accel_from_dict, accel_presets, accel_to_dict, load_accel
 from tstack.errors import SpecError, UnknownNameError
+from tstack.hardware.accel import AccelSpec, KiB, Mesh, Units, accel_from_dict, accel_presets, accel_to_dict, load_accel
 
 
 def test_presets_hold_the_papers_sizes():

@@ -9,8 +9,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tstack.accel import mapping as mp
-from tstack.accel.hw import AccelSpec, KiB, load_accel
 from tstack.accel.timing import GemmShape, Mapping, gemm_timing
+from tstack.hardware.accel import AccelSpec, KiB, load_accel
 
 BASE = load_accel("gemmini-baseline")
 TRANSFORMER = load_accel("gemmini-transformer")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tstack.accel import nonlinear as nl
-from tstack.accel.dse import Outcome, Point, design_points, explore, pareto, parse_size, parse_splits
 from tstack.accel.fusion import pair_cost
-from tstack.accel.hw import KiB, load_accel
 from tstack.accel.mapping import Infeasible
 from tstack.accel.model import CATEGORIES, run
-from tstack.accel.repro import reproduce_000
 from tstack.accel.timing import GemmShape
 from tstack.costmodel import systolic as accel_cost
 from tstack.errors import SpecError, TstackError
+from tstack.hardware.accel import KiB, load_accel
 from tstack.models import load_model
+from tstack.search.dse import Outcome, Point, design_points, explore, pareto, parse_size, parse_splits
 from tstack.spec import RunSpec
+from tstack.studies.repro_000 import reproduce_000
 from tstack.workload import build
 from tstack.workload.labels import DR_RC_LN
 

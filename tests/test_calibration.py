@@ -13,7 +13,7 @@ import tstack
 from tstack.calibration import Calibration, Table
 from tstack.costmodel import calibrated, for_device, roofline
 from tstack.errors import SpecError
-from tstack.hardware import device_to_dict, load_device
+from tstack.hardware.device import device_to_dict, load_device
 from tstack.workload.op import Op
 
 LABELS = (("part", "t"), ("layer", "-"), ("block", "-"), ("group", "-"), ("nlpfast", "-"), ("pass", "fwd"))

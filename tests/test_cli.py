@@ -119,7 +119,7 @@ def test_sweep_writes_table_and_plot(tmp_path):
 def test_presets_lists_every_preset(tmp_path):
     res = tstack_cli("presets", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    for name in tstack.models.model_presets() + tstack.hardware.device_presets():
+    for name in tstack.models.model_presets() + tstack.hardware.device.device_presets():
         assert name in res.stdout, name
 
 

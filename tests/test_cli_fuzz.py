@@ -10,7 +10,7 @@ or argument by a value that is invalid for its kind:
 - output paths: empty, a directory, a device node, a symbolic link, a missing folder, the same file twice;
 - input paths: empty, a directory, a device node, a missing file, random bytes.
 
-Every case runs in-process through ``tstack.cli.run`` under an alarm (a case that outlives it is a hang).
+Every case runs in-process through ``tstack.cli.core.run`` under an alarm (a case that outlives it is a hang).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tstack.cli import app, run
+from tstack.cli.core import app, run
 
 CASE_LIMIT_S = 60  # first imports of torch/transformers happen inside a case
 OUTPUTS = {"json", "csv", "plot", "out", "trace"}

@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from tstack.cli import run
+from tstack.cli.core import run
 from tstack.report import units
 
 UNIT_FIELDS = ("median_seconds", "p10_seconds", "p90_seconds", "peak_bytes", "attention_peak_bytes")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tstack import Cost, RunSpec, SpecError, analyze, build, load_device, load_model, roofline
 from tstack.breakdown import GROUP_KEYS, KEY_ALIASES
 from tstack.costmodel.roofline import gemm_efficiency, memory_efficiency
-from tstack.hardware import device_presets
+from tstack.hardware.device import device_presets
 from tstack.workload import formulas as F
 from tstack.workload.labels import FC_GEMM, GELU
 from tstack.workload.op import LABEL_KEYS, Op, OpKind

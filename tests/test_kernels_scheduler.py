@@ -153,7 +153,7 @@ def test_schedule_command_prints_every_policy():
     import typer
     from typer.testing import CliRunner
 
-    from tstack.cli_opt_zs import schedule
+    from tstack.cli.opt_zs import schedule
 
     app = typer.Typer()
     app.command()(schedule)
@@ -263,7 +263,7 @@ def test_replay_rejects_bad_durations(durations, message):
 def _cli(*args):
     from typer.testing import CliRunner
 
-    from tstack.cli import app
+    from tstack.cli.core import app
 
     return CliRunner().invoke(app, ["opt", "schedule", "--heads", "2", "--chunks", "4", "--chunk-keys", "16",
                                     "--head-dim", "8", "--repeats", "1", *args])

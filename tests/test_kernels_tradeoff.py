@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tstack.errors import SpecError, TstackError  # noqa: E402
-from tstack.kernels.tradeoff import (  # noqa: E402
+from tstack.kernels.zeroskip import ZSParams, ZSSelfAttention  # noqa: E402
+from tstack.studies.tradeoff import (  # noqa: E402
     EDGES,
     ElementSkipSelfAttention,
     StudySetup,
@@ -19,7 +20,6 @@ from tstack.kernels.tradeoff import (  # noqa: E402
     study,
     zero_skipping,
 )
-from tstack.kernels.zeroskip import ZSParams, ZSSelfAttention  # noqa: E402
 
 
 def test_histogram_bins_zeros_and_decades():
@@ -194,7 +194,7 @@ def test_tradeoff_command_reports_both_granularities(minilm, tmp_path):
 
     from typer.testing import CliRunner
 
-    from tstack.cli import app
+    from tstack.cli.core import app
     from tstack.report import units
 
     out = tmp_path / "study.json"

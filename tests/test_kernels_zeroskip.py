@@ -190,8 +190,8 @@ def minilm():
 
 def test_minilm_threshold_zero_changes_no_output(minilm):
     from tstack.data import sentences
-    from tstack.kernels.tradeoff import zero_skipping
     from tstack.minilm import encode
+    from tstack.studies.tradeoff import zero_skipping
 
     model, tokenizer = minilm
     batch = encode(tokenizer, sentences()[:6], 64)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import tstack
 from conftest import HF_CONFIGS
-from tstack.hardware import DeviceSpec, device_presets, load_device
+from tstack.hardware.device import DeviceSpec, device_presets, load_device
 from tstack.models import load_model, model_presets
 from tstack.spec import ModelSpec
 
@@ -294,7 +294,7 @@ def test_yaml_model_invalid_yaml_names_the_file(tmp_path):
 # --- device YAML ------------------------------------------------------------------------------------------
 
 def _device_dict(name: str = "mi100") -> dict:
-    return yaml.safe_load((Path(tstack.hardware.__file__).parent / "presets" / "devices" / f"{name}.yaml").read_text())
+    return yaml.safe_load((tstack.spec.preset_dir("devices") / f"{name}.yaml").read_text())
 
 
 DEVICE_BAD = [
@@ -510,7 +510,7 @@ def test_fuzz_mutated_device_presets(fuzz_dir, base, changes, peak_changes, eff_
 
 # --- one bounded reader: size, aliases, long integers, encodings, top level -------------------------------
 
-from tstack.accel.hw import AccelSpec, accel_to_dict, load_accel  # noqa: E402
+from tstack.hardware.accel import AccelSpec, accel_to_dict, load_accel  # noqa: E402
 from tstack.loader import MAX_BYTES, check_name, read_document  # noqa: E402
 
 LOADERS = [(load_model, "model", ModelSpec), (load_device, "device", DeviceSpec), (load_accel, "accelerator", AccelSpec)]

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import tstack
-from tstack.cli import run
+from tstack.cli.core import run
 from tstack.report.output import SCHEMA_VERSION
 from tstack.report.schema import COMMANDS, schema
 

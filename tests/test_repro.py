@@ -13,9 +13,9 @@ import math
 import pytest
 from rich.console import Console
 
-from tstack.hardware import load_device
+from tstack.hardware.device import load_device
 from tstack.report.repro_table import format_gap, format_value, print_repro_table, repro_table
-from tstack.repro import FIG3, INCREASE, SHARE, TEXT, Row, config_name, reproduce_002
+from tstack.studies.repro_002 import FIG3, INCREASE, SHARE, TEXT, Row, config_name, reproduce_002
 
 DEVICES = ("mi100", "a100", "v100")
 

@@ -4,7 +4,7 @@ from tstack.api import analyze
 from tstack.breakdown import Breakdown
 from tstack.costmodel import Cost, roofline
 from tstack.errors import SpecError, TstackError
-from tstack.hardware import DeviceSpec, load_device
+from tstack.hardware.device import DeviceSpec, load_device
 from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
 from tstack.sweep import sweep

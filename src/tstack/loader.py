@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -31,6 +32,8 @@ SUFFIXES = (".yaml", ".yml", ".json")
 _HF_PART = r"[A-Za-z0-9_.\-]{1,96}"
 _HF_ID = re.compile(rf"({_HF_PART})/({_HF_PART})")
 _REVISION = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+T = TypeVar("T")
 
 
 def show(value: Any, limit: int = 60) -> str:
@@ -156,7 +159,8 @@ def read_document(path: str | Path, what: str) -> dict:
     fmt = "json" if path.suffix.lower() == ".json" else "yaml"
     try:
         data = parse_text(text, fmt)
-    except (ValueError, RecursionError, MemoryError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
+    # PyYAML's constructors raise more than YAMLError on crafted tags (`!!int` with no digits: IndexError)
+    except (ValueError, IndexError, TypeError, OverflowError, RecursionError, MemoryError, yaml.YAMLError) as e:
         raise SpecError([f"is not valid {fmt.upper()}: {_problem(e)}{_where(e)}"], where) from None
     if not isinstance(data, dict):
         got = "an empty document" if data is None else type(data).__name__
@@ -207,6 +211,32 @@ def resolve_argument(arg: Any, what: str, presets: list[str], folder: Path) -> P
     if path.suffix.lower() in SUFFIXES:
         raise UnknownNameError(f"{what} file {show(text, 200)} does not exist")
     return None
+
+
+def presets_in(folder: Path) -> list[str]:
+    """The preset names of a folder of packaged data files."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_spec(name_or_path: Any, what: str, folder: Path, parse: Callable[[dict, str, Path], T], hint: str,
+              other: Callable[[str], Path | None] | None = None) -> T:
+    """The one loader of models, devices and accelerators: a preset name or a file (``other`` may resolve more
+    forms, e.g. a Hugging Face id), read with ``read_document``, its name checked, then
+    ``parse(data, where, path)``.
+
+    Unknown arguments end in one UnknownNameError line naming the presets and ``hint`` (the other forms).
+    """
+    presets = presets_in(folder)
+    path = resolve_argument(name_or_path, what, presets, folder)
+    if path is None and other is not None:
+        path = other(str(name_or_path))
+    if path is None:
+        raise UnknownNameError(f"unknown {what} {show(str(name_or_path), 40)} (presets: {', '.join(presets)}; {hint})")
+    data = read_document(path, what)
+    where = f"{what} file {show(str(path), 200)}"
+    if "name" in data:
+        check_name("name", data["name"], where)
+    return parse(data, where, path)
 
 
 # --- Hugging Face hub cache -------------------------------------------------------------------------------

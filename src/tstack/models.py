@@ -6,12 +6,17 @@ from pathlib import Path
 
 from tstack.errors import UnknownNameError
 from tstack.hfconfig import from_hf_config
-from tstack.loader import check_name, hub_config, hub_id_of, is_hub_id, read_document, resolve_argument, show
+from tstack.loader import check_name, hub_config, hub_id_of, is_hub_id, load_spec, presets_in, show
 from tstack.spec import ModelSpec, model_from_dict, preset_dir
 
 
 def model_presets() -> list[str]:
-    return sorted(p.stem for p in preset_dir("models").glob("*.yaml"))
+    return presets_in(preset_dir("models"))
+
+
+def _hub_or_folder(text: str) -> Path | None:
+    """A Hugging Face id ``org/name`` in the local hub cache; None for anything else."""
+    return hub_config(text) if is_hub_id(text) else None
 
 
 def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
@@ -19,25 +24,28 @@ def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
     it), or a Hugging Face id ``org/name`` found in the local hub cache (never the network)."""
     if isinstance(name_or_path, ModelSpec):
         return name_or_path
-    presets = model_presets()
-    path = resolve_argument(name_or_path, "model", presets, preset_dir("models"))
-    hub_id = None
-    if path is None:
-        text = str(name_or_path)
-        if not is_hub_id(text):
-            raise UnknownNameError(f"unknown model {show(text, 40)} (presets: {', '.join(presets)}; or give a path "
-                                   "to a config.json, its folder or a .yaml file, or a Hugging Face id org/name)")
-        path, hub_id = hub_config(text), text
-    elif path.is_dir():
+    text = str(name_or_path)
+    hub_id = text if isinstance(name_or_path, str) and is_hub_id(text) and not Path(text).exists() else None
+    path = Path(text) if isinstance(name_or_path, (str, Path)) and _is_dir(text) else None
+    if path is not None:
         if not (path / "config.json").is_file():
             raise UnknownNameError(f"model folder {show(str(path), 200)} holds no config.json")
-        path = path / "config.json"
-    data = read_document(path, "model")
-    if "model_type" in data:
-        where = f"config {show(str(path), 200)}"
+        name_or_path = path / "config.json"
+
+    def parse(data: dict, where: str, path: Path) -> ModelSpec:
+        if "model_type" not in data:
+            return model_from_dict(data, where)
+        config = f"config {show(str(path), 200)}"
         name = hub_id or hub_id_of(path) or path.absolute().parent.name or path.stem  # the folder names it
-        return from_hf_config(data, name=check_name("name", name, where), where=where)
-    where = f"model file {show(str(path), 200)}"
-    if "name" in data:
-        check_name("name", data["name"], where)
-    return model_from_dict(data, where)
+        return from_hf_config(data, name=check_name("name", name, config), where=config)
+
+    return load_spec(name_or_path, "model", preset_dir("models"), parse,
+                     "or give a path to a config.json, its folder or a .yaml file, or a Hugging Face id org/name",
+                     other=_hub_or_folder)
+
+
+def _is_dir(text: str) -> bool:
+    try:
+        return len(text) <= 4096 and "\x00" not in text and Path(text).is_dir()
+    except OSError:
+        return False

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from tstack.accel.hw import AccelSpec
 from tstack.accel.timing import GemmTiming
+from tstack.hardware.accel import AccelSpec
 from tstack.integer.costs import IntCounts
 from tstack.records import Addable
 

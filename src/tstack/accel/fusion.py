@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tstack.accel.hw import AccelSpec
 from tstack.accel.mapping import Mapper, auto
 from tstack.accel.nonlinear import standalone_cost, unit_cycles
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping
 from tstack.errors import TstackError
+from tstack.hardware.accel import AccelSpec
 from tstack.workload.labels import ATTN_SCORE
 
 SCHEDULES = ("non-fused", "fused")

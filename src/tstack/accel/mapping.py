@@ -14,9 +14,9 @@ import math
 from collections.abc import Callable
 
 from tstack.accel.energy import gemm_energy
-from tstack.accel.hw import AccelSpec
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping, double_buffered, gemm_timing
 from tstack.errors import TstackError
+from tstack.hardware.accel import AccelSpec
 
 ORDERS = ("ijk", "jik")
 OBJECTIVES = ("latency", "energy", "edp")

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tstack.accel.energy import ComponentEnergy
-from tstack.accel.hw import AccelSpec
 from tstack.accel.mapping import mapper
 from tstack.breakdown import Breakdown
 from tstack.costmodel.cost import Cost
 from tstack.costmodel.systolic import ACCEL, CATEGORIES, MATMUL, AccelOp, cost_ops, entries, gemm_shape
+from tstack.hardware.accel import AccelSpec
 from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload import build

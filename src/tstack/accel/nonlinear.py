@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tstack.accel.energy import ComponentEnergy, acc_byte, int_ops_energy, transfer_energy
-from tstack.accel.hw import AccelSpec
 from tstack.accel.mapping import Infeasible
 from tstack.accel.timing import transfer_cycles
 from tstack.errors import TstackError
+from tstack.hardware.accel import AccelSpec
 from tstack.integer.costs import IntCounts, int_op_cost
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tstack.accel.hw import AccelSpec
+from tstack.hardware.accel import AccelSpec
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tstack.accel.hw import AccelSpec, accel_presets, load_accel
 from tstack.costmodel.calibrated import calibrated
 from tstack.costmodel.cost import Cost
 from tstack.costmodel.roofline import roofline
 from tstack.costmodel.systolic import systolic, workload_entries
 from tstack.errors import UnknownNameError
-from tstack.hardware import DeviceSpec, device_presets, load_device
+from tstack.hardware.accel import AccelSpec, accel_presets, load_accel
+from tstack.hardware.device import DeviceSpec, device_presets, load_device
 from tstack.loader import read_document, resolve_argument, show
 from tstack.spec import preset_dir
 from tstack.workload.op import Op

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tstack.calibration import Calibration
 from tstack.costmodel.cost import Cost
 from tstack.costmodel.roofline import roofline
-from tstack.hardware import DeviceSpec
+from tstack.hardware.device import DeviceSpec
 from tstack.workload.op import Op, OpKind
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from tstack.costmodel.cost import Cost
-from tstack.hardware import DeviceSpec
+from tstack.hardware.device import DeviceSpec
 from tstack.workload.op import Op, OpKind
 
 # Storage dtypes that compute on the vector units in fp32 (int32 accumulators, casts).

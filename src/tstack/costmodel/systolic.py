@@ -1,4 +1,4 @@
-"""Systolic-array accelerator backend (a Gemmini-style tstack.accel.hw.AccelSpec): (op, hw) -> Cost, and a workload.
+"""Systolic-array accelerator backend (a Gemmini-style tstack.hardware.accel.AccelSpec): (op, hw) -> Cost, and a workload.
 
 The hardware pieces (mapping and timing of GEMMs, the nonlinear units, energy by component) are in tstack.accel;
 this module costs a workload's ops with them, one line per step:
@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 from tstack.accel import nonlinear as nl
 from tstack.accel.energy import ComponentEnergy, gemm_energy, transfer_energy
 from tstack.accel.fusion import PAIRS, check_schedule, pair_cost
-from tstack.accel.hw import AccelSpec
 from tstack.accel.mapping import Mapper, mapper
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping, transfer_cycles
 from tstack.costmodel.cost import Cost
 from tstack.errors import SpecError, TstackError
+from tstack.hardware.accel import AccelSpec
 from tstack.workload.op import Op, OpKind
 
 ACCEL = "accel"  # the label key of an op's 000 Fig. 2 category

@@ -96,22 +96,3 @@ def sweep(ops: list[str], points: int = 4001, softmax_bits: int = 8) -> list[OpE
     run = {"gelu": lambda: _gelu(points), "exp": lambda: _exp(points), "softmax": lambda: _softmax(64, softmax_bits),
            "layernorm": lambda: _layernorm(64)}
     return [run[o]() for o in ops]
-
-
-def figure(errors: list[OpError], path: str) -> None:
-    """One panel per op: signed error against input (elementwise ops) or element index (row ops)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(errors), figsize=(4.2 * len(errors), 3.4), squeeze=False)
-    for ax, e in zip(axes[0], errors, strict=True):
-        ax.plot(e.x.numpy(), e.err.numpy(), lw=0.6) if e.op in ("gelu", "exp") else ax.plot(e.err.numpy(), ".", ms=1)
-        ax.set_title(f"i-{e.op}: max {e.max_abs:.2e}, RMS {e.rms:.2e}", fontsize=9)
-        ax.set_xlabel("x" if e.op in ("gelu", "exp") else "element")
-        ax.set_ylabel("integer - float")
-        ax.text(0.02, 0.02, e.domain, transform=ax.transAxes, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from tstack.calibration import Calibration, Table
 from tstack.costmodel.roofline import roofline
-from tstack.hardware import DeviceSpec, Efficiency
+from tstack.hardware.device import DeviceSpec, Efficiency
 from tstack.profiler.opexec import prepare
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe
 from tstack.profiler.timing import MIN_SAMPLE_S, time_callable

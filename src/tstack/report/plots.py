@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 
 from tstack.breakdown import Breakdown
 from tstack.errors import SpecError
-from tstack.hardware import DeviceSpec
+from tstack.hardware.device import DeviceSpec
 
 
 def stacked_bars(table, path: str | Path, config_cols: list[str], title: str = "", fmt: str | None = None) -> None:
@@ -95,3 +95,17 @@ def validation_plot(records: list[dict], path: str | Path, title: str, fmt: str 
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path, fmt)
+
+
+def int_errors_figure(errors: list, path: str) -> None:  # errors: integer.errors_sweep.OpError
+    """One panel per op: signed error against input (elementwise ops) or element index (row ops)."""
+    fig, axes = plt.subplots(1, len(errors), figsize=(4.2 * len(errors), 3.4), squeeze=False)
+    for ax, e in zip(axes[0], errors, strict=True):
+        ax.plot(e.x.numpy(), e.err.numpy(), lw=0.6) if e.op in ("gelu", "exp") else ax.plot(e.err.numpy(), ".", ms=1)
+        ax.set_title(f"i-{e.op}: max {e.max_abs:.2e}, RMS {e.rms:.2e}", fontsize=9)
+        ax.set_xlabel("x" if e.op in ("gelu", "exp") else "element")
+        ax.set_ylabel("integer - float")
+        ax.text(0.02, 0.02, e.domain, transform=ax.transAxes, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

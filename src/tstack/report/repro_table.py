@@ -1,4 +1,4 @@
-"""Rich table of reproduced paper claims (tstack.repro rows): paper value, tstack value, gap, note."""
+"""Rich table of reproduced paper claims (tstack.studies.repro_002 rows): paper value, tstack value, gap, note."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from tstack.repro import INCREASE, SHARE, Row
+from tstack.studies.repro_002 import INCREASE, SHARE, Row
 
 
 def format_value(row: Row) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tstack.api import analyze
 from tstack.breakdown import Breakdown
-from tstack.hardware import DeviceSpec, load_device
+from tstack.hardware.device import DeviceSpec, load_device
 from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.labels import ATTENTION_OPS, ATTN_BGEMM, DR_RC_LN, GELU, LAMB, LINEAR_FC, LINEAR_GEMM, MASTER_COPY

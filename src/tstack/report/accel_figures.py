@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tstack.accel.dse import Outcome
 from tstack.accel.energy import COMPONENTS
 from tstack.accel.model import CATEGORIES, Result
+from tstack.search.dse import Outcome
 
 
 def _plt() -> Any:  # matplotlib's pyplot module

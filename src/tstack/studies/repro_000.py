@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tstack.accel.fusion import pair_cost
-from tstack.accel.hw import AccelSpec, load_accel
 from tstack.accel.model import Result, run
 from tstack.accel.timing import GemmShape
+from tstack.hardware.accel import AccelSpec, load_accel
 from tstack.models import load_model
-from tstack.repro import INCREASE, SHARE, TEXT, Row
+from tstack.studies.repro_002 import INCREASE, SHARE, TEXT, Row
 
 PRESETS = ("gemmini-baseline", "gemmini-transformer", "gemmini-ibert")
 FIG2_SEQS = (128, 256, 512)

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tstack.cli_common import (
+from tstack.cli.common import (
     CSV_OPT,
     JSON_OPT,
     Outputs,
@@ -22,7 +22,7 @@ from tstack.cli_common import (
     progress,
     worker_count,
 )
-from tstack.cli_opt_zs import below_one, fits
+from tstack.cli.opt_zs import below_one, fits
 from tstack.report import output, units
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -74,7 +74,7 @@ def bench(
 ) -> None:
     """Time every variant of one layer against the reference and F.scaled_dot_product_attention (003 Fig. 10)."""
     outputs = Outputs(json=json_out, csv=csv_out)
-    from tstack.kernels.bench import BENCH_VARIANTS, MODELS, case_count, memory_estimate
+    from tstack.studies.nlpopt_bench import BENCH_VARIANTS, MODELS, case_count, memory_estimate
 
     names = parse_names("models", models, tuple(MODELS))
     wanted = parse_names("--variants", variants, BENCH_VARIANTS)
@@ -92,8 +92,8 @@ def bench(
             fits(memory_estimate(model, s, batch, len(order)), "reduce --seq or --batch")
 
     from tstack.kernels.api import Params
-    from tstack.kernels.bench import build_cases, record, run_case
     from tstack.profiler.runtime import RuntimeConfig, controlled, describe
+    from tstack.studies.nlpopt_bench import build_cases, record, run_case
 
     params = Params(score_threshold=score_threshold, zero_ratio=zero_ratio, chunk=chunk, threads=threads,
                     head_block=head_block, ffn_blocks=ffn_blocks)
@@ -121,7 +121,7 @@ def bench(
 
 
 def _register_zero_skipping_commands() -> None:
-    from tstack.cli_opt_zs import schedule, tradeoff
+    from tstack.cli.opt_zs import schedule, tradeoff
 
     app.command()(tradeoff)
     app.command()(schedule)

@@ -27,13 +27,13 @@ from tstack.errors import SpecError, TstackError
 from tstack.kernels.api import Params, optimize, partition
 from tstack.kernels.partition import VARIANTS, ffn_block, l2_bytes
 from tstack.kernels.reference import DecoderLayer, EncoderLayer, MemoryNetwork, causal_mask
-from tstack.kernels.workingset import peak_intermediate_bytes
 from tstack.models import load_model
 from tstack.profiler.memory import MemoryEstimate
 from tstack.profiler.runtime import RuntimeConfig
 from tstack.profiler.timing import Timing, time_callable
 from tstack.report import units
 from tstack.spec import ModelSpec
+from tstack.studies.workingset import peak_intermediate_bytes
 
 MODELS = {"bert": "nlpfast-bert", "transformer": "nlpfast-transformer", "memnet": "memnet"}
 BENCH_VARIANTS = ("sdpa", *VARIANTS, "PCF+ZS")

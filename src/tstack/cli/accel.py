@@ -19,23 +19,12 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from tstack.accel import mapping as mp
-from tstack.accel.dse import (
-    MAX_SRAM_BYTES,
-    Outcome,
-    design_points,
-    explore,
-    pareto,
-    parse_size,
-    parse_splits,
-)
 from tstack.accel.energy import COMPONENTS, ComponentEnergy, gemm_energy
 from tstack.accel.fusion import SCHEDULES
-from tstack.accel.hw import AccelSpec, Dma, Mesh, accel_presets, accel_to_dict, load_accel
 from tstack.accel.model import CATEGORIES, Result, gemm_shape
 from tstack.accel.model import run as run_model
-from tstack.accel.repro import PRESETS, reproduce_000
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping, double_buffered
-from tstack.cli_common import (
+from tstack.cli.common import (
     CSV_OPT,
     JSON_OPT,
     Outputs,
@@ -48,11 +37,22 @@ from tstack.cli_common import (
 )
 from tstack.costmodel.systolic import AccelOp
 from tstack.errors import SpecError
+from tstack.hardware.accel import AccelSpec, Dma, Mesh, accel_presets, accel_to_dict, load_accel
 from tstack.models import load_model
 from tstack.parallel import EXECUTORS
 from tstack.report import output, units
 from tstack.report.repro_table import print_repro_table, summary_line
+from tstack.search.dse import (
+    MAX_SRAM_BYTES,
+    Outcome,
+    design_points,
+    explore,
+    pareto,
+    parse_size,
+    parse_splits,
+)
 from tstack.spec import ModelSpec, RunSpec
+from tstack.studies.repro_000 import PRESETS, reproduce_000
 from tstack.workload.build import check_pair
 
 MAX_SEQ = 2**20  # tokens; the model's own max_positions is checked as well
@@ -224,7 +224,7 @@ def run_cmd(
     doc = output.document("accel run", desc, records, ops=ops)
 
     def figure(path: Path) -> None:
-        from tstack.accel import figures
+        from tstack.report import accel_figures as figures
 
         figures.breakdown([(f"{n}\n{r.schedule}", r) for n, r in results], path, f"{spec.name}, n={seq}",
                           fmt=outputs.plot_format)
@@ -298,7 +298,7 @@ def gemm(
     doc = output.document("accel gemm", desc, records)
 
     def figure(path: Path) -> None:
-        from tstack.accel import figures
+        from tstack.report import accel_figures as figures
 
         figures.gemm_mappings(records, path, f"GEMM {m}×{n}×{k} (×{batch})", fmt=outputs.plot_format)
 
@@ -395,7 +395,7 @@ def dse(
     doc = output.document("accel dse", desc, records)
 
     def figure(path: Path) -> None:
-        from tstack.accel import figures
+        from tstack.report import accel_figures as figures
 
         figures.pareto(outcomes, front, path, f"{spec.name} n={seq} on {base.name}", fmt=outputs.plot_format)
 
@@ -442,7 +442,7 @@ def repro(
     doc = output.document("accel repro", desc, records, summary={"line": summary_line(r.rows)}, fig2=fig2)
 
     def figure(path: Path) -> None:
-        from tstack.accel import figures
+        from tstack.report import accel_figures as figures
 
         figures.breakdown(list(r.fig2), path, f"{spec.name}: time breakdown (000 Fig. 2)", fmt=outputs.plot_format)
 

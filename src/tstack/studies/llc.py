@@ -7,7 +7,7 @@ into the caches, and then the measured run: the misses of that steady-state run 
 - Counters (``counters.perf_support()``): ``LLC-load-misses`` + ``LLC-store-misses`` and ``instructions`` through
   ``count_events``, in this process, on the host's own LLC and with ``cfg.threads``.
 - Simulated (no PMU, as in most VMs): one ``valgrind --tool=callgrind --instr-atstart=no --cache-sim=yes`` process
-  runs ``python -m tstack.kernels.llc JOB.pt``, which loads the variants built and pickled here and switches
+  runs ``python -m tstack.studies.llc JOB.pt``, which loads the variants built and pickled here and switches
   instrumentation on around the two last runs with callgrind client requests (``profiler.runop.ClientRequests``),
   zeroing the counts after the first and dumping them after the second. One thread; valgrind runs PyTorch's AVX2
   kernels; LL data misses (DLmr + DLmw) are reported. The LL geometry is ``LLC`` (``--LL``), by default 24 MiB
@@ -28,7 +28,7 @@ import torch
 
 from tstack.errors import SpecError, TstackError
 from tstack.kernels.api import Params
-from tstack.kernels.bench import Case, variant_module
+from tstack.studies.nlpopt_bench import Case, variant_module
 
 DUMP_PREFIX = "tstack-variant-"
 
@@ -112,7 +112,7 @@ def _simulated(inputs: tuple[torch.Tensor, ...], modules: dict[str, torch.nn.Mod
         out = os.path.join(tmp, "callgrind.out")
         cmd = [shutil.which("valgrind") or "valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
                "--dump-line=no", f"--callgrind-out-file={out}", f"--log-file={os.path.join(tmp, 'valgrind.log')}",
-               f"--LL={llc.size},{llc.ways},{llc.line}", sys.executable, "-m", "tstack.kernels.llc", job]
+               f"--LL={llc.size},{llc.ways},{llc.line}", sys.executable, "-m", "tstack.studies.llc", job]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -146,7 +146,7 @@ def _run_under_callgrind(path: str) -> None:
 
     cr = ClientRequests()
     if not cr.running_on_valgrind():
-        raise TstackError("python -m tstack.kernels.llc must run under valgrind --tool=callgrind")
+        raise TstackError("python -m tstack.studies.llc must run under valgrind --tool=callgrind")
     job = torch.load(path, weights_only=False)  # modules pickled by the parent from tstack's own classes
     inputs = job["inputs"]
     with controlled(RuntimeConfig(threads=1)), torch.no_grad():
@@ -164,7 +164,7 @@ def _run_under_callgrind(path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m tstack.kernels.llc JOB.pt", file=sys.stderr)
+        print("usage: python -m tstack.studies.llc JOB.pt", file=sys.stderr)
         return 2
     try:
         _run_under_callgrind(argv[0])

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
-from tstack.cli_common import (
+from tstack.cli.common import (
     CSV_OPT,
     JSON_OPT,
     STATE,
@@ -30,12 +30,12 @@ from tstack.cli_common import (
 )
 from tstack.costmodel.backend import default_precision, load_target
 from tstack.errors import SpecError, TstackError
-from tstack.hardware import DeviceSpec, device_presets, load_device
+from tstack.hardware.device import DeviceSpec, device_presets, load_device
 from tstack.models import load_model, model_presets
 from tstack.report import output, table, units
 from tstack.report.repro_table import print_repro_table, summary_line
-from tstack.repro import reproduce_002
 from tstack.spec import PRECISIONS, RunSpec
+from tstack.studies.repro_002 import reproduce_002
 from tstack.sweep import COLUMNS
 from tstack.sweep import sweep as run_sweep
 from tstack.workload.params import param_count
@@ -275,7 +275,10 @@ def schema_cmd(command: str = typer.Argument(..., help="a command name as the JS
 
 
 def _register_commands() -> None:
-    from tstack import cli_accel, cli_int, cli_opt, cli_perf
+    from tstack.cli import accel as cli_accel
+    from tstack.cli import integer as cli_int
+    from tstack.cli import opt as cli_opt
+    from tstack.cli import perf as cli_perf
 
     app.command()(cli_perf.profile)
     app.command()(cli_perf.calibrate)
@@ -302,7 +305,7 @@ def _on_signal(signum: int, frame: object) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: sys.argv[1:]); return the exit code (see the module docstring)."""
-    from tstack.cli_common import note
+    from tstack.cli.common import note
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

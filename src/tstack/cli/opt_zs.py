@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from tstack.cli_common import (
+from tstack.cli.common import (
     CSV_OPT,
     JSON_OPT,
     Outputs,
@@ -75,7 +75,7 @@ def _thread_counts(option: str, text: str) -> list[int]:
 
 def _distribution(dist) -> list[dict]:
     """One record per probability bin of 003 Fig. 6: its bounds and the pair counts of each kind."""
-    from tstack.kernels.tradeoff import EDGES
+    from tstack.studies.tradeoff import EDGES
 
     uppers = [*EDGES[1:-1], 1.0]
     return [{"lower": lo, "upper": hi, "upper_included": i == len(uppers) - 1, "real_pairs": r, "padded_key_pairs": k,
@@ -160,9 +160,9 @@ def tradeoff(
     import torch
 
     from tstack import data
-    from tstack.kernels.tradeoff import StudySetup, study, study_batches
     from tstack.minilm import load_minilm
     from tstack.profiler.runtime import RuntimeConfig, controlled, describe
+    from tstack.studies.tradeoff import StudySetup, study, study_batches
 
     corpus = data.sentences() if texts == "sentences" else data.documents()
     corpus = corpus[:max_texts] if max_texts else corpus

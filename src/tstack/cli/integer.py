@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tstack.cli_common import CSV_OPT, JSON_OPT, PLOT_OPT, Outputs, check_int, console, parse_names, progress
+from tstack.cli.common import CSV_OPT, JSON_OPT, PLOT_OPT, Outputs, check_int, console, parse_names, progress
 from tstack.errors import TstackError
 from tstack.report import output
 
@@ -116,7 +116,7 @@ def accuracy_cmd(
     """Sentence-embedding cosine and nearest-neighbour agreement of the integer model vs its float model."""
     outputs = Outputs(json=json_out, csv=csv_out)
     check_int("--max-length", max_length, 2, MAX_LENGTH)
-    from tstack.cli_opt_zs import fits
+    from tstack.cli.opt_zs import fits
     from tstack.integer import accuracy, store
     from tstack.profiler.memory import MemoryEstimate
 
@@ -157,7 +157,7 @@ def errors(
 ) -> None:
     """Approximation error of each integer op against its float function (max and RMS; optional figure)."""
     outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
-    from tstack.integer.errors_sweep import OPS, figure, sweep
+    from tstack.integer.errors_sweep import OPS, sweep
 
     ops = parse_names("--op", op, OPS)
     check_int("--softmax-bits", softmax_bits, 2, 16)
@@ -165,7 +165,12 @@ def errors(
     records = [{"op": e.op, "domain": e.domain, "max_abs_error": e.max_abs, "rms_error": e.rms,
                 "polynomial_max_abs_error": e.poly_max} for e in errs]
     run = output.run_description(op=ops, softmax_bits=softmax_bits, output_bits=16)
-    outputs.write(output.document("int errors", run, records), figure=lambda p: figure(errs, str(p)))
+    def figure(path: Path) -> None:
+        from tstack.report.plots import int_errors_figure  # matplotlib only when a figure is asked for
+
+        int_errors_figure(errs, str(path))
+
+    outputs.write(output.document("int errors", run, records), figure=figure)
     if outputs.stdout_taken:
         return
     table = Table(title="integer op vs float function (16-bit output scale; softmax at --softmax-bits)")

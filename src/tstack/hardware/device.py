@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from tstack.calibration import Calibration
-from tstack.errors import SpecError, UnknownNameError
-from tstack.loader import check_name, label, read_document, resolve_argument, show, unknown_fields
+from tstack.errors import SpecError
+from tstack.loader import label, load_spec, presets_in, show, unknown_fields
 from tstack.spec import preset_dir
 
 UNITS = ("matrix", "vector")
@@ -149,23 +149,15 @@ def device_from_dict(data: Any, where: str) -> DeviceSpec:
 
 
 def device_presets() -> list[str]:
-    return sorted(p.stem for p in preset_dir("devices").glob("*.yaml"))
+    return presets_in(preset_dir("devices"))
 
 
 def load_device(name_or_path: str | Path | DeviceSpec) -> DeviceSpec:
     """A device by preset name or from a YAML file (e.g. one written by `tstack calibrate`)."""
     if isinstance(name_or_path, DeviceSpec):
         return name_or_path
-    presets = device_presets()
-    path = resolve_argument(name_or_path, "device", presets, preset_dir("devices"))
-    if path is None:
-        raise UnknownNameError(f"unknown device {show(str(name_or_path), 40)} (presets: {', '.join(presets)}; "
-                               "or give a path to a device .yaml file)")
-    data = read_document(path, "device")
-    where = f"device file {show(str(path), 200)}"
-    if "name" in data:
-        check_name("name", data["name"], where)
-    return device_from_dict(data, where)
+    return load_spec(name_or_path, "device", preset_dir("devices"), lambda data, where, _path: device_from_dict(data, where),
+                     "or give a path to a device .yaml file")
 
 
 def device_to_dict(dev: DeviceSpec) -> dict[str, Any]:

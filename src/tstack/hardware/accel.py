@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tstack.errors import SpecError, UnknownNameError
-from tstack.loader import check_name, label, read_document, resolve_argument, show, unknown_fields
+from tstack.errors import SpecError
+from tstack.loader import check_name, label, load_spec, presets_in, show, unknown_fields
 from tstack.spec import preset_dir
 
 DATAFLOWS = ("WS", "OS")
@@ -271,23 +271,19 @@ def accel_to_dict(hw: AccelSpec) -> dict[str, Any]:
 
 
 def accel_presets() -> list[str]:
-    return sorted(p.stem for p in preset_dir("accelerators").glob("*.yaml"))
+    return presets_in(preset_dir("accelerators"))
+
+
+def _accel_from_document(data: dict, where: str, path: Path) -> AccelSpec:
+    host = data.get("host")
+    if isinstance(host, dict) and "name" in host:
+        check_name("host.name", host["name"], where)
+    return accel_from_dict(data, where)
 
 
 def load_accel(name_or_path: str | Path | AccelSpec) -> AccelSpec:
     """An accelerator by preset name or from a YAML file."""
     if isinstance(name_or_path, AccelSpec):
         return name_or_path
-    presets = accel_presets()
-    path = resolve_argument(name_or_path, "accelerator", presets, preset_dir("accelerators"))
-    if path is None:
-        raise UnknownNameError(f"unknown accelerator {show(str(name_or_path), 40)} (presets: {', '.join(presets)}; "
-                               "or give a path to an accelerator .yaml file)")
-    data = read_document(path, "accelerator")
-    where = f"accelerator file {show(str(path), 200)}"
-    if "name" in data:
-        check_name("name", data["name"], where)
-    host = data.get("host")
-    if isinstance(host, dict) and "name" in host:
-        check_name("host.name", host["name"], where)
-    return accel_from_dict(data, where)
+    return load_spec(name_or_path, "accelerator", preset_dir("accelerators"), _accel_from_document,
+                     "or give a path to an accelerator .yaml file")

@@ -21,9 +21,9 @@ import typer
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
-from tstack.cli_common import CSV_OPT, JSON_OPT, Outputs, check_int, console, duration, note, parse_ints, parse_names, progress
+from tstack.cli.common import CSV_OPT, JSON_OPT, Outputs, check_int, console, duration, note, parse_ints, parse_names, progress
 from tstack.errors import SpecError, TstackError
-from tstack.hardware import device_to_dict, load_device
+from tstack.hardware.device import device_to_dict, load_device
 from tstack.loader import check_name
 from tstack.models import load_model
 from tstack.report import output, units

@@ -12,17 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from tstack.accel.hw import AccelSpec, KiB
 from tstack.accel.mapping import OBJECTIVES, Infeasible
 from tstack.accel.model import run
 from tstack.errors import SpecError, TstackError
+from tstack.hardware.accel import AccelSpec, KiB
 from tstack.parallel import pmap
 from tstack.spec import ModelSpec
 
 _SIZE = re.compile(r"^\s*([0-9]{1,12})\s*(B|KiB|MiB|GiB|kB|KB|MB|GB)?\s*$")
 _SPLIT = re.compile(r"^\s*([0-9]{1,9})\s*:\s*([0-9]{1,9})\s*$")
 _UNIT = {None: 1, "B": 1, "KiB": KiB, "kB": KiB, "KB": KiB, "MiB": KiB**2, "MB": KiB**2, "GiB": KiB**3, "GB": KiB**3}
-MAX_SRAM_BYTES = 2 * KiB**3  # scratchpad + accumulator: each may have at most 1 GiB (tstack.accel.hw)
+MAX_SRAM_BYTES = 2 * KiB**3  # scratchpad + accumulator: each may have at most 1 GiB (tstack.hardware.accel)
 MAX_SPLITS = 1024
 
 

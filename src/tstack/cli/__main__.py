@@ -1,0 +1,5 @@
+"""`python -m tstack.cli`."""
+
+from tstack.cli.core import main
+
+main()
