@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tstack import checks
 from tstack.errors import SpecError
 from tstack.loader import show, unknown_fields
 
@@ -36,23 +37,6 @@ MAX_VOCAB = 1 << 24
 MAX_POSITIONS = 1 << 31
 MAX_BATCH = 1 << 24
 MAX_SEQ = 1 << 31  # a memory network's "sequence" is its memory size (10^8 slots in 003 Table IV)
-
-
-def _bounded(problems: list[str], name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(f"{name}={show(value)} must be an integer in [{lo}, {hi}]")
-    elif not lo <= value <= hi:
-        problems.append(f"{name}={show(value)} is outside [{lo}, {hi}]")
-
-
-def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        problems.append(f"{name}={show(value)} is not one of {', '.join(allowed)}")
-
-
-def _flag(problems: list[str], name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        problems.append(f"{name}={show(value)} must be true or false")
 
 
 @dataclass(frozen=True)
@@ -90,23 +74,23 @@ class ModelSpec:
         for name in ("name", "description", "source"):
             if not isinstance(getattr(self, name), str):
                 problems.append(f"{name}={show(getattr(self, name))} must be a string")
-        _choice(problems, "arch", self.arch, ARCHS)
-        _bounded(problems, "layers", self.layers, 1, MAX_LAYERS)
-        _bounded(problems, "hidden", self.hidden, 1, MAX_HIDDEN)
-        _bounded(problems, "heads", self.heads, 1, MAX_HIDDEN)
-        _bounded(problems, "kv_heads", self.kv_heads, 1, MAX_HIDDEN)
-        _bounded(problems, "ffn", self.ffn, 1, MAX_FFN)
-        _bounded(problems, "vocab", self.vocab, 1, MAX_VOCAB)
-        _bounded(problems, "max_positions", self.max_positions, 1, MAX_POSITIONS)
-        _bounded(problems, "type_vocab", self.type_vocab, 0, MAX_VOCAB)
-        _bounded(problems, "default_seq", self.default_seq, 1, MAX_SEQ)
-        _choice(problems, "activation", self.activation, ACTIVATIONS)
-        _choice(problems, "norm", self.norm, NORMS)
-        _choice(problems, "norm_position", self.norm_position, NORM_POSITIONS)
-        _choice(problems, "position", self.position, POSITIONS)
-        _choice(problems, "head", self.head, HEADS)
+        checks.choice(problems, "arch", self.arch, ARCHS)
+        checks.integer(problems, "layers", self.layers, 1, MAX_LAYERS)
+        checks.integer(problems, "hidden", self.hidden, 1, MAX_HIDDEN)
+        checks.integer(problems, "heads", self.heads, 1, MAX_HIDDEN)
+        checks.integer(problems, "kv_heads", self.kv_heads, 1, MAX_HIDDEN)
+        checks.integer(problems, "ffn", self.ffn, 1, MAX_FFN)
+        checks.integer(problems, "vocab", self.vocab, 1, MAX_VOCAB)
+        checks.integer(problems, "max_positions", self.max_positions, 1, MAX_POSITIONS)
+        checks.integer(problems, "type_vocab", self.type_vocab, 0, MAX_VOCAB)
+        checks.integer(problems, "default_seq", self.default_seq, 1, MAX_SEQ)
+        checks.choice(problems, "activation", self.activation, ACTIVATIONS)
+        checks.choice(problems, "norm", self.norm, NORMS)
+        checks.choice(problems, "norm_position", self.norm_position, NORM_POSITIONS)
+        checks.choice(problems, "position", self.position, POSITIONS)
+        checks.choice(problems, "head", self.head, HEADS)
         for name in ("gated_ffn", "bias", "tie_embeddings"):
-            _flag(problems, name, getattr(self, name))
+            checks.flag(problems, name, getattr(self, name))
         if not problems:
             self._check_relations(problems)
         if problems:
@@ -120,7 +104,7 @@ class ModelSpec:
         for name, arch in (("decoder_layers", "enc-dec"), ("hops", "memnet")):
             value = getattr(self, name)
             if self.arch == arch or isinstance(value, bool) or not isinstance(value, int):
-                _bounded(problems, name, value, 1 if self.arch == arch else 0, MAX_LAYERS)
+                checks.integer(problems, name, value, 1 if self.arch == arch else 0, MAX_LAYERS)
             elif value:
                 problems.append(f"{name}={value} is only allowed for arch {arch}")
 
@@ -159,15 +143,15 @@ class RunSpec:
         if type(self.tgt_seq) is int and self.tgt_seq == 0 and isinstance(self.seq, int):  # not False, not 0.0
             object.__setattr__(self, "tgt_seq", self.seq)
         problems: list[str] = []
-        _choice(problems, "mode", self.mode, MODES)
-        _bounded(problems, "batch", self.batch, 1, MAX_BATCH)
-        _bounded(problems, "seq", self.seq, 1, MAX_SEQ)
-        _bounded(problems, "tgt_seq", self.tgt_seq, 1, MAX_SEQ)
-        _choice(problems, "precision", self.precision, PRECISIONS)
-        _choice(problems, "optimizer", self.optimizer, OPTIMIZERS)
-        _choice(problems, "phase", self.phase, PHASES)
-        _flag(problems, "dropout", self.dropout)
-        _bounded(problems, "kv_len", self.kv_len, 0, MAX_SEQ)
+        checks.choice(problems, "mode", self.mode, MODES)
+        checks.integer(problems, "batch", self.batch, 1, MAX_BATCH)
+        checks.integer(problems, "seq", self.seq, 1, MAX_SEQ)
+        checks.integer(problems, "tgt_seq", self.tgt_seq, 1, MAX_SEQ)
+        checks.choice(problems, "precision", self.precision, PRECISIONS)
+        checks.choice(problems, "optimizer", self.optimizer, OPTIMIZERS)
+        checks.choice(problems, "phase", self.phase, PHASES)
+        checks.flag(problems, "dropout", self.dropout)
+        checks.integer(problems, "kv_len", self.kv_len, 0, MAX_SEQ)
         if not isinstance(self.checkpoint, str) or not _CHECKPOINT_RE.fullmatch(self.checkpoint):
             problems.append(f"checkpoint={show(self.checkpoint)} is not one of none, sqrt, every-K (K ≥ 1)")
         if not problems:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tstack import checks
 from tstack.errors import SpecError
 from tstack.loader import check_name, label, load_spec, presets_in, show, unknown_fields
 from tstack.spec import preset_dir
@@ -171,26 +172,6 @@ class AccelSpec:
         return replace(self, **updates)
 
 
-def _check_section(obj: Any, prefix: str, problems: list[str]) -> None:
-    """Ranges (integers are never booleans, numbers never strings), choices, flags and text fields of a section."""
-    for name, (lo, hi, integer) in obj.RANGES.items():
-        v = getattr(obj, name)
-        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok or not lo <= v <= hi:
-            problems.append(f"{prefix}.{name}={show(v)} must be {'an integer' if integer else 'a number'} "
-                            f"in [{lo:g}, {hi:g}]")
-    for name, allowed in getattr(obj, "CHOICES", {}).items():
-        v = getattr(obj, name)
-        if not isinstance(v, str) or v not in allowed:
-            problems.append(f"{prefix}.{name}={show(v)} is not one of {', '.join(allowed)}")
-    for name in getattr(obj, "FLAGS", ()):
-        if not isinstance(getattr(obj, name), bool):
-            problems.append(f"{prefix}.{name}={show(getattr(obj, name))} must be true or false")
-    for name in getattr(obj, "TEXTS", ()):
-        if not isinstance(getattr(obj, name), str):
-            problems.append(f"{prefix}.{name}={show(getattr(obj, name))} must be a string")
-
-
 def check(hw: AccelSpec) -> list[str]:
     """Every problem of a configuration: ranges per section, then how the sections must fit together."""
     problems: list[str] = []
@@ -207,7 +188,7 @@ def check(hw: AccelSpec) -> list[str]:
         if not isinstance(section, cls):
             problems.append(f"{key} must be a mapping of {cls.__name__} fields")
         else:
-            _check_section(section, key, problems)
+            checks.section(problems, section, key)
     if problems:
         return problems
     m, sp, acc = hw.mesh, hw.scratchpad, hw.accumulator

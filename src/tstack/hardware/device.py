@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tstack import checks
 from tstack.calibration import Calibration
 from tstack.errors import SpecError
 from tstack.loader import label, load_spec, presets_in, show, unknown_fields
@@ -37,21 +38,13 @@ class Efficiency:
     def __post_init__(self) -> None:
         problems: list[str] = []
         for name in ("tile_m", "tile_n"):
-            _number(problems, f"efficiency.{name}", getattr(self, name), 1, 4096, integer=True)
-        _number(problems, "efficiency.k_half", self.k_half, 0.0, 1e9)
-        _number(problems, "efficiency.bytes_half", self.bytes_half, 0.0, 1e15)
+            checks.number(problems, f"efficiency.{name}", getattr(self, name), 1, 4096, integer=True)
+        checks.number(problems, "efficiency.k_half", self.k_half, 0.0, 1e9)
+        checks.number(problems, "efficiency.bytes_half", self.bytes_half, 0.0, 1e15)
         for name in ("matrix_max", "vector_max", "memory_max"):
-            _number(problems, f"efficiency.{name}", getattr(self, name), 1e-6, 1.0)
+            checks.number(problems, f"efficiency.{name}", getattr(self, name), 1e-6, 1.0)
         if problems:
             raise SpecError(problems, "efficiency")
-
-
-def _number(problems: list[str], name: str, v: Any, lo: float, hi: float, integer: bool = False) -> None:
-    """Append a problem unless v is a (finite) number, an integer when asked, in [lo, hi]."""
-    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok_type or not lo <= v <= hi:
-        kind = "an integer" if integer else "a number"
-        problems.append(f"{name}={show(v)} must be {kind} in [{lo:g}, {hi:g}]")
 
 
 @dataclass(frozen=True)
@@ -76,11 +69,11 @@ class DeviceSpec:
             problems.append(f"name={show(self.name)} must be a non-empty string")
         if not isinstance(self.kind, str) or self.kind not in ("gpu", "cpu"):
             problems.append(f"kind={show(self.kind)} is not one of gpu, cpu")
-        _number(problems, "compute_units", self.compute_units, 1, 1_000_000, integer=True)
+        checks.number(problems, "compute_units", self.compute_units, 1, 1_000_000, integer=True)
         self._check_peaks(problems)
-        _number(problems, "memory_bandwidth", self.memory_bandwidth, 1e6, 1e15)
-        _number(problems, "memory_capacity", self.memory_capacity, 1e6, 1e15)
-        _number(problems, "launch_overhead", self.launch_overhead, 0.0, 1.0)
+        checks.number(problems, "memory_bandwidth", self.memory_bandwidth, 1e6, 1e15)
+        checks.number(problems, "memory_capacity", self.memory_capacity, 1e6, 1e15)
+        checks.number(problems, "launch_overhead", self.launch_overhead, 0.0, 1.0)
         if not isinstance(self.description, str):
             problems.append(f"description={show(self.description)} must be a string")
         if not isinstance(self.sources, tuple) or not all(isinstance(x, str) for x in self.sources):
@@ -104,7 +97,7 @@ class DeviceSpec:
                     if not isinstance(dt, str) or dt not in DTYPES:
                         problems.append(f"peak_flops.{unit}.{label(dt)} is not one of {', '.join(DTYPES)}")
                     else:
-                        _number(problems, f"peak_flops.{unit}.{dt}", v, 1e6, 1e18)
+                        checks.number(problems, f"peak_flops.{unit}.{dt}", v, 1e6, 1e18)
         vector = self.peak_flops.get("vector")
         if not isinstance(vector, dict) or "fp32" not in vector:
             problems.append("peak_flops.vector.fp32 is required")

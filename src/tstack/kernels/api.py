@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from tstack import checks
 from tstack.errors import SpecError, TstackError
-from tstack.kernels.partition import AttentionWeights, Plan, check_size, lazy_softmax_attention, mha, split_ffn
+from tstack.kernels.partition import AttentionWeights, Plan, lazy_softmax_attention, mha, split_ffn
 from tstack.kernels.reference import MemoryNetwork, dot_attention
 
 ZS_KEYS = ("score_threshold", "zero_ratio", "chunk", "threads")
@@ -61,7 +62,7 @@ class Params:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             problems.append(f"threads={self.threads!r} must be an integer ≥ 1")
         for name in ("chunk", "head_block", "ffn_blocks"):
-            check_size(problems, name, getattr(self, name))
+            checks.size_or_auto(problems, name, getattr(self, name), "to size it from the L2 cache")
         if problems:
             raise SpecError(problems, "params")
 

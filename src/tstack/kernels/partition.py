@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from tstack import checks
 from tstack.errors import SpecError
 from tstack.host import host_caches
 
@@ -46,12 +47,6 @@ def l2_bytes() -> int:
     return l2.size if l2 is not None else L2_FALLBACK
 
 
-def check_size(problems: list[str], name: str, v: object) -> None:
-    """Append the problem with a block size: an integer ≥ 1, or None (sized from the L2)."""
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-        problems.append(f"{name}={v!r} must be an integer ≥ 1, or None to size it from the L2 cache")
-
-
 @dataclass(frozen=True)
 class Plan:
     """Which partitionings are on (P, C, F) and their block sizes (None: sized from the L2 per call)."""
@@ -67,7 +62,7 @@ class Plan:
         problems = [f"{n}={getattr(self, n)!r} must be true or false" for n in ("partial_head", "column", "ffn_split")
                     if not isinstance(getattr(self, n), bool)]
         for name in ("head_block", "chunk", "ffn_blocks"):
-            check_size(problems, name, getattr(self, name))
+            checks.size_or_auto(problems, name, getattr(self, name), "to size it from the L2 cache")
         if problems:
             raise SpecError(problems, "partition plan")
 
