@@ -9,7 +9,7 @@ the end-to-end error and the median per-op error (issue goal: ≤ 5% and ≤ 10%
 grid is generic; nothing is fitted to these runs. Next to each configuration, two calibration grid
 points are timed again: their speed against the calibration's shows how fast the host runs at
 that moment (a shared virtual machine's host changes speed by ±20% over minutes). Calibration and measurement both
-take the smallest median of several passes (``--rounds``, ``timing.Plan``). On a machine where other
+take the smallest median of several passes (``--rounds``, ``timing.TimingPlan``). On a machine where other
 processes run, run it under a real-time policy (``chrt -f 20``, root or CAP_SYS_NICE): under the
 default policy the other processes' share of the CPUs lands in the timings (on a 2-core VM with
 other jobs, GEMMs measured 3× slower in steps of the 4 ms scheduler tick); the environment line
@@ -30,7 +30,7 @@ from tstack.hardware.device import load_device
 from tstack.profiler.calibrate import _gemm_op, _pointwise_op, _seconds, calibrate
 from tstack.profiler.measure import measure
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe
-from tstack.profiler.timing import Plan
+from tstack.profiler.timing import TimingPlan
 from tstack.profiler.validate import Validation
 
 CONFIGS = (("infer", 1, 128), ("infer", 1, 512), ("train", 8, 128))
@@ -71,7 +71,8 @@ def main() -> None:
     for mode, batch, seq in CONFIGS:
         run = tstack.RunSpec(mode=mode, batch=batch, seq=seq)
         speed = host_speed(dev, cfg)
-        v = Validation(tstack.analyze(model, run, dev), measure(model, run, cfg, Plan(repeats=args.repeats, rounds=args.rounds)))
+        plan = TimingPlan(repeats=args.repeats, rounds=args.rounds)
+        v = Validation(tstack.analyze(model, run, dev), measure(model, run, cfg, plan))
         s = v.summary()
         table.add_row(f"{mode} B={batch} S={seq}", str(s["ops"]), f"{s['measured_seconds'] * 1e3:.1f} ms",
                       f"{s['predicted_seconds'] * 1e3:.1f} ms", f"{100 * s['end_to_end_error']:+.1f}%",

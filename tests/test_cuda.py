@@ -11,7 +11,7 @@ from tstack import ModelSpec, RunSpec, TstackError, analyze  # noqa: E402
 from tstack.profiler import opexec  # noqa: E402
 from tstack.profiler.measure import measure  # noqa: E402
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe  # noqa: E402
-from tstack.profiler.timing import Plan, time_callable  # noqa: E402
+from tstack.profiler.timing import TimingPlan, time_callable  # noqa: E402
 from tstack.profiler.values import check_finite_normal  # noqa: E402
 from tstack.workload import formulas as F  # noqa: E402
 from tstack.workload.op import DTYPE_BYTES, Op  # noqa: E402
@@ -83,6 +83,6 @@ def test_measured_breakdown_on_cuda(precision: str) -> None:
     tiny = ModelSpec(name="tiny", arch="encoder", layers=2, hidden=64, heads=4, ffn=128, vocab=100, type_vocab=2,
                      max_positions=64)
     run = RunSpec(mode="train", batch=2, seq=16, precision=precision)
-    b = measure(tiny, run, GPU, Plan(warmup=1, repeats=3))
+    b = measure(tiny, run, GPU, TimingPlan(warmup=1, repeats=3))
     assert b.ops == analyze(tiny, run, "h100").ops
     assert b.device.startswith("cuda") and all(c.seconds > 0 for c in b.costs)

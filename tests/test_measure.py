@@ -15,7 +15,7 @@ from tstack.errors import SpecError  # noqa: E402
 from tstack.profiler import measure as M  # noqa: E402
 from tstack.profiler import opexec  # noqa: E402
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe  # noqa: E402
-from tstack.profiler.timing import Plan, Timing, time_callable  # noqa: E402
+from tstack.profiler.timing import Timing, TimingPlan, time_callable  # noqa: E402
 from tstack.profiler.values import Values  # noqa: E402
 from tstack.workload import build  # noqa: E402
 from tstack.workload import formulas as F  # noqa: E402
@@ -24,7 +24,7 @@ from tstack.workload.op import Op  # noqa: E402
 TINY = ModelSpec(name="tiny", arch="encoder", layers=2, hidden=64, heads=4, ffn=128, vocab=100, type_vocab=2,
                  max_positions=64)
 CFG = RuntimeConfig(threads=1)
-FAST = {"plan": Plan(warmup=1, repeats=2)}
+FAST = {"plan": TimingPlan(warmup=1, repeats=2)}
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_rounds_keep_each_signatures_fastest_median(monkeypatch: pytest.MonkeyPa
     ops = [Op("reduction", "softmax", *(lambda c: (c.dims, "fp32", c.flops, c.bytes))(F.pointwise("softmax", 4, 8, 4)), ()),
            Op("elementwise", "residual", *(lambda c: (c.dims, "fp32", c.flops, c.bytes))(F.pointwise("residual", 4, 8, 4)), ())]
     progress = []
-    m = M.measure_ops(ops, CFG, Plan(warmup=0, repeats=1, rounds=3), progress=lambda i, n, o: progress.append((i, n)),
+    m = M.measure_ops(ops, CFG, TimingPlan(warmup=0, repeats=1, rounds=3), progress=lambda i, n, o: progress.append((i, n)),
                       check_values=False)
     assert [t.median for t in m.timings] == [8.0, 5.0]
     assert calls == {"softmax": 3, "residual": 3}
@@ -186,7 +186,7 @@ def test_rounds_keep_each_signatures_fastest_median(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("field,value", [("rounds", 0), ("repeats", 0), ("warmup", -1), ("rounds", True), ("min_time", -1.0)])
 def test_plan_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(TstackError, match=field):
-        Plan(**{field: value})
+        TimingPlan(**{field: value})
 
 
 def test_calibration_rounds_keep_each_grid_points_fastest_time(monkeypatch: pytest.MonkeyPatch) -> None:

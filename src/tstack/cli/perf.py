@@ -57,12 +57,12 @@ def _runtime(device: str, threads: int | None):
 
 
 def _plan(warmup: int, repeats: int, rounds: int = 1):
-    from tstack.profiler.timing import Plan
+    from tstack.profiler.timing import TimingPlan
 
     check_int("--warmup", warmup, 0, 1000)
     check_int("--repeats", repeats, 1, 10_000)
     check_int("--rounds", rounds, 1, 100)
-    return Plan(warmup=warmup, repeats=repeats, rounds=rounds)
+    return TimingPlan(warmup=warmup, repeats=repeats, rounds=rounds)
 
 
 def _probe(cfg) -> dict[str, Any]:

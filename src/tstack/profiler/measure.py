@@ -17,7 +17,7 @@ every group-by and hierarchy works on it as on a predicted one. ``measure_ops`` 
 
 Warm-up and one measured iteration follow Demystifying BERT (002 §3.1.4): ``plan.warmup`` untimed
 runs of each kernel, then ``plan.repeats`` timed samples, median reported; with ``plan.rounds`` > 1
-the smallest median of the rounds (``timing.Plan`` says why).
+the smallest median of the rounds (``timing.TimingPlan`` says why).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tstack.errors import TstackError
 from tstack.models import load_model
 from tstack.profiler import opexec
 from tstack.profiler.runtime import RuntimeConfig, controlled, describe, load_torch
-from tstack.profiler.timing import Plan, Timing, time_callable
+from tstack.profiler.timing import Timing, TimingPlan, time_callable
 from tstack.profiler.values import Problems, check_finite_normal
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.build import build
@@ -101,15 +101,15 @@ def _checked(op: Op, prepared: opexec.PreparedOp, cfg: RuntimeConfig) -> Problem
     return found
 
 
-def measure_ops(ops: Iterable[Op], cfg: RuntimeConfig | None = None, plan: Plan | None = None,
+def measure_ops(ops: Iterable[Op], cfg: RuntimeConfig | None = None, plan: TimingPlan | None = None,
                 progress: Progress | None = None, check_values: bool = True, seed: int = 0) -> Measured:
     """Time every Op (each unique signature once per round) on ``cfg``; see the module docstring.
 
     Round 1 runs the signatures in workload order, later rounds in a shuffled order each; an Op's
-    Timing is that of its round with the smallest median (``timing.Plan``). ``progress`` is called
+    Timing is that of its round with the smallest median (``timing.TimingPlan``). ``progress`` is called
     after each signature of each round with (done, rounds × signatures, op).
     """
-    cfg, plan, ops = cfg or RuntimeConfig(), plan or Plan(), tuple(ops)
+    cfg, plan, ops = cfg or RuntimeConfig(), plan or TimingPlan(), tuple(ops)
     unique = list({signature(op): op for op in ops}.values())
     best: dict[Signature, Timing] = {}
     found: dict[Signature, Problems | None] = {}
@@ -136,7 +136,7 @@ def measure_ops(ops: Iterable[Op], cfg: RuntimeConfig | None = None, plan: Plan 
 
 
 def measure(model: str | Path | ModelSpec, run: RunSpec | None = None, cfg: RuntimeConfig | None = None,
-            plan: Plan | None = None, progress: Progress | None = None, check_values: bool = True,
+            plan: TimingPlan | None = None, progress: Progress | None = None, check_values: bool = True,
             seed: int = 0) -> Breakdown:
     """Measured Breakdown of one iteration: the Ops of ``workload.build(model, run)`` with measured Costs.
 

@@ -27,7 +27,7 @@ MAX_INNER = 10_000
 
 
 @dataclass(frozen=True)
-class Plan:
+class TimingPlan:
     """How each kernel is timed: ``warmup`` untimed calls, ``repeats`` timed samples (median), at least
     ``min_time`` seconds of samples, and ``rounds`` passes over the whole set of kernels.
 

@@ -53,7 +53,7 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Row:
+class BenchRow:
     """One variant of one case: time (None where it does not apply), peak intermediate bytes of the layer and of its
     attention block alone (byte), max |output − base output|."""
 
@@ -195,7 +195,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], cfg: RuntimeConfig,
 
 
 def run_case(case: Case, variants: list[str], params: Params, cfg: RuntimeConfig, repeats: int = 5,
-             progress: Callable[[int], None] | None = None) -> list[Row]:
+             progress: Callable[[int], None] | None = None) -> list[BenchRow]:
     """Time the variants of ``case`` round-robin (median of ``repeats``), with peak intermediate bytes and error vs base.
 
     The caller applies ``controlled(cfg)``. ``progress(n)`` counts timed samples: ``repeats`` per variant (a variant
@@ -217,11 +217,11 @@ def run_case(case: Case, variants: list[str], params: Params, cfg: RuntimeConfig
         peaks = {v: (peak_intermediate_bytes(fn).peak, peak_intermediate_bytes(_attention_call(case, modules[v])).peak)
                  for v, fn in calls.items()}
         timings = time_interleaved(calls, cfg, repeats, progress)
-    return [Row(case.model, case.part, case.seq, case.batch, v, timings.get(v), *peaks.get(v, (None, None)),
+    return [BenchRow(case.model, case.part, case.seq, case.batch, v, timings.get(v), *peaks.get(v, (None, None)),
                 errors.get(v), notes.get(v, "")) for v in variants]
 
 
-def record(row: Row, rows: list[Row]) -> dict[str, object]:
+def record(row: BenchRow, rows: list[BenchRow]) -> dict[str, object]:
     """``row`` as an output record: unit-named fields, and its median over the base's and SDPA's of the same case."""
     refs = {r.variant: r.timing for r in rows if (r.model, r.part, r.seq, r.batch) == (row.model, row.part, row.seq,
                                                                                           row.batch)}

@@ -15,7 +15,7 @@ from tstack.workload.op import OpKind
 
 
 @dataclass(frozen=True, slots=True)
-class Kernel:
+class Formula:
     """Per-element cost of an element-wise or row-reduction kernel on a rows×cols tensor."""
 
     kind: str  # "elementwise" or "reduction"
@@ -28,11 +28,11 @@ class Kernel:
     vec_writes: int = 0  # per-column fp32 gradient vectors written (bias, gamma, beta grads)
 
 
-KERNELS: dict[str, Kernel] = {}
+KERNELS: dict[str, Formula] = {}
 BACKWARD: dict[str, tuple[str, ...]] = {}
 
 
-def register(name: str, kernel: Kernel, backward: tuple[str, ...] = ()) -> None:
+def register(name: str, kernel: Formula, backward: tuple[str, ...] = ()) -> None:
     """Register a kernel and the kernels its backward launches; a duplicate name raises."""
     if name in KERNELS:
         raise ValueError(f"kernel {name!r} is registered twice")
@@ -40,7 +40,7 @@ def register(name: str, kernel: Kernel, backward: tuple[str, ...] = ()) -> None:
     BACKWARD[name] = backward
 
 
-def kernel(name: str) -> Kernel:
+def kernel(name: str) -> Formula:
     try:
         return KERNELS[name]
     except KeyError:
@@ -49,38 +49,38 @@ def kernel(name: str) -> Kernel:
 
 EW, RED = OpKind.ELEMENTWISE, OpKind.REDUCTION
 # Derivations of FLOPs per element, one line each:
-register("scale", Kernel(EW, 1, 1, 1), ("scale",))  # x·c
-register("mask", Kernel(EW, 1, 1, 1))  # x + mask (broadcast [B,1,1,S] mask read is 1/(h·S) of x: ignored); grad passes through
-register("dropout", Kernel(EW, 3, 1, 1, mask_bytes=1), ("dropout-bwd",))  # rng draw, compare, scale-multiply
-register("dropout-bwd", Kernel(EW, 2, 1, 1, mask_bytes=1))  # dy·mask·scale
-register("softmax", Kernel(RED, 5, 1, 1), ("softmax-bwd",))  # max, subtract, exp, sum, divide
-register("softmax-bwd", Kernel(RED, 4, 2, 1))  # y·(dy − Σ dy·y): multiply, sum, subtract, multiply
-register("bias-gelu", Kernel(EW, 6, 1, 1, vec_reads=1), ("gelu-bwd", "bias-grad"))  # +b, x/√2, erf, +1, ·x, ·0.5
-register("gelu-bwd", Kernel(EW, 11, 2, 1))  # Φ(x) (4) + x·φ(x) (x², ·−½, exp, ·c, ·x: 5) + add, ·dy
+register("scale", Formula(EW, 1, 1, 1), ("scale",))  # x·c
+register("mask", Formula(EW, 1, 1, 1))  # x + mask (broadcast [B,1,1,S] mask read is 1/(h·S) of x: ignored); grad passes through
+register("dropout", Formula(EW, 3, 1, 1, mask_bytes=1), ("dropout-bwd",))  # rng draw, compare, scale-multiply
+register("dropout-bwd", Formula(EW, 2, 1, 1, mask_bytes=1))  # dy·mask·scale
+register("softmax", Formula(RED, 5, 1, 1), ("softmax-bwd",))  # max, subtract, exp, sum, divide
+register("softmax-bwd", Formula(RED, 4, 2, 1))  # y·(dy − Σ dy·y): multiply, sum, subtract, multiply
+register("bias-gelu", Formula(EW, 6, 1, 1, vec_reads=1), ("gelu-bwd", "bias-grad"))  # +b, x/√2, erf, +1, ·x, ·0.5
+register("gelu-bwd", Formula(EW, 11, 2, 1))  # Φ(x) (4) + x·φ(x) (x², ·−½, exp, ·c, ·x: 5) + add, ·dy
 # bias-gelu-tanh: +b, x³ (2), ·c, +x, ·k, tanh, +1, ·x, ·½
-register("bias-gelu-tanh", Kernel(EW, 10, 1, 1, vec_reads=1), ("gelu-tanh-bwd", "bias-grad"))
-register("gelu-tanh-bwd", Kernel(EW, 14, 2, 1))  # tanh recomputed (8), sech² (2), chain products (3), ·dy
-register("bias-relu", Kernel(EW, 2, 1, 1, vec_reads=1), ("relu-bwd", "bias-grad"))  # +b, max(0,·)
-register("relu-bwd", Kernel(EW, 2, 2, 1))  # compare, select
-register("bias-silu", Kernel(EW, 6, 1, 1, vec_reads=1), ("silu-bwd", "bias-grad"))  # +b, neg, exp, +1, divide, ·x
-register("silu-bwd", Kernel(EW, 8, 2, 1))  # σ recomputed (4), σ·(1 + x·(1−σ)) (3), ·dy
-register("silu-mul", Kernel(EW, 6, 2, 1), ("silu-mul-bwd",))  # gated FFN: g·σ(g)·u: neg, exp, +1, div, ·g... ·u
-register("silu-mul-bwd", Kernel(EW, 12, 3, 2))  # σ recomputed (4), dσ (3), du and dg products (5)
-register("relu-mul", Kernel(EW, 2, 2, 1), ("relu-mul-bwd",))  # gated ReLU: max, ·u
-register("relu-mul-bwd", Kernel(EW, 4, 3, 2))  # compare, select, two products
-register("gelu-mul", Kernel(EW, 6, 2, 1), ("gelu-mul-bwd",))  # gated GELU: gelu (5), ·u
-register("gelu-mul-bwd", Kernel(EW, 13, 3, 2))  # gelu' (11), two products
-register("residual", Kernel(EW, 1, 2, 1), ("grad-accumulate",))  # x + sublayer(x)
-register("grad-accumulate", Kernel(EW, 1, 2, 1))  # the residual's two gradient streams summed
-register("bias-grad", Kernel(RED, 1, 1, 0, vec_writes=1))  # column sum of dy
-register("layernorm", Kernel(RED, 7, 1, 1, row_stats=2, vec_reads=2), ("layernorm-bwd",))  # Σx, −μ, ², Σ, ·rstd, ·γ, +β
+register("bias-gelu-tanh", Formula(EW, 10, 1, 1, vec_reads=1), ("gelu-tanh-bwd", "bias-grad"))
+register("gelu-tanh-bwd", Formula(EW, 14, 2, 1))  # tanh recomputed (8), sech² (2), chain products (3), ·dy
+register("bias-relu", Formula(EW, 2, 1, 1, vec_reads=1), ("relu-bwd", "bias-grad"))  # +b, max(0,·)
+register("relu-bwd", Formula(EW, 2, 2, 1))  # compare, select
+register("bias-silu", Formula(EW, 6, 1, 1, vec_reads=1), ("silu-bwd", "bias-grad"))  # +b, neg, exp, +1, divide, ·x
+register("silu-bwd", Formula(EW, 8, 2, 1))  # σ recomputed (4), σ·(1 + x·(1−σ)) (3), ·dy
+register("silu-mul", Formula(EW, 6, 2, 1), ("silu-mul-bwd",))  # gated FFN: g·σ(g)·u: neg, exp, +1, div, ·g... ·u
+register("silu-mul-bwd", Formula(EW, 12, 3, 2))  # σ recomputed (4), dσ (3), du and dg products (5)
+register("relu-mul", Formula(EW, 2, 2, 1), ("relu-mul-bwd",))  # gated ReLU: max, ·u
+register("relu-mul-bwd", Formula(EW, 4, 3, 2))  # compare, select, two products
+register("gelu-mul", Formula(EW, 6, 2, 1), ("gelu-mul-bwd",))  # gated GELU: gelu (5), ·u
+register("gelu-mul-bwd", Formula(EW, 13, 3, 2))  # gelu' (11), two products
+register("residual", Formula(EW, 1, 2, 1), ("grad-accumulate",))  # x + sublayer(x)
+register("grad-accumulate", Formula(EW, 1, 2, 1))  # the residual's two gradient streams summed
+register("bias-grad", Formula(RED, 1, 1, 0, vec_writes=1))  # column sum of dy
+register("layernorm", Formula(RED, 7, 1, 1, row_stats=2, vec_reads=2), ("layernorm-bwd",))  # Σx, −μ, ², Σ, ·rstd, ·γ, +β
 # layernorm-bwd: x̂ (2), γ·dy, 2 row sums (3), combine (3), ·rstd, dγ (2), dβ
-register("layernorm-bwd", Kernel(RED, 13, 2, 1, row_stats=2, vec_reads=1, vec_writes=2))
-register("rmsnorm", Kernel(RED, 4, 1, 1, row_stats=1, vec_reads=1), ("rmsnorm-bwd",))  # ², Σ, ·rstd, ·γ
-register("rmsnorm-bwd", Kernel(RED, 9, 2, 1, row_stats=1, vec_reads=1, vec_writes=1))  # x̂ (1), γ·dy, Σ (2), combine (3), dγ (2)
-register("rope", Kernel(EW, 3, 1, 1), ("rope",))  # x·cos + rot(x)·sin; backward is the inverse rotation
-register("embedding-sum", Kernel(EW, 2, 3, 1), ("embedding-sum",))  # word + position + type; backward fans the gradient out
-register("position-add", Kernel(EW, 1, 2, 1))  # x + sinusoidal table row
+register("layernorm-bwd", Formula(RED, 13, 2, 1, row_stats=2, vec_reads=1, vec_writes=2))
+register("rmsnorm", Formula(RED, 4, 1, 1, row_stats=1, vec_reads=1), ("rmsnorm-bwd",))  # ², Σ, ·rstd, ·γ
+register("rmsnorm-bwd", Formula(RED, 9, 2, 1, row_stats=1, vec_reads=1, vec_writes=1))  # x̂ (1), γ·dy, Σ (2), combine (3), dγ (2)
+register("rope", Formula(EW, 3, 1, 1), ("rope",))  # x·cos + rot(x)·sin; backward is the inverse rotation
+register("embedding-sum", Formula(EW, 2, 3, 1), ("embedding-sum",))  # word + position + type; backward fans the gradient out
+register("position-add", Formula(EW, 1, 2, 1))  # x + sinusoidal table row
 
 
 @dataclass(frozen=True, slots=True)
