@@ -16,11 +16,11 @@ from tstack.accel.nonlinear import standalone_cost, unit_cycles
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping
 from tstack.errors import TstackError
 from tstack.hardware.accel import AccelSpec
-from tstack.workload.labels import ATTN_SCORE
+from tstack.workload.labels import ATTN_OUT_PROJ, ATTN_SCORE, FFN_FC2
 
 SCHEDULES = ("non-fused", "fused")
 # The pairs 000 §III studies: (matmul op name in the workload, nonlinear op that follows it).
-PAIRS = ((ATTN_SCORE, "softmax"), ("attn.out_proj", "layernorm"), ("ffn.fc2", "layernorm"))
+PAIRS = ((ATTN_SCORE, "softmax"), (ATTN_OUT_PROJ, "layernorm"), (FFN_FC2, "layernorm"))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from tstack.accel.timing import GemmShape, GemmTiming, Mapping, transfer_cycles
 from tstack.costmodel.cost import Cost
 from tstack.errors import SpecError, TstackError
 from tstack.hardware.accel import AccelSpec
+from tstack.workload.labels import FFN_FC1
 from tstack.workload.op import Op, OpKind
 
 ACCEL = "accel"  # the label key of an op's 000 Fig. 2 category
@@ -34,7 +35,7 @@ MATMUL, SOFTMAX, LAYERNORM, GELU, QUANT, OTHER = "matmul", "softmax", "layernorm
 CATEGORIES = (MATMUL, SOFTMAX, LAYERNORM, GELU, QUANT, OTHER)
 NL_CATEGORY = {"softmax": SOFTMAX, "layernorm": LAYERNORM, "bias-gelu": GELU, "scale": SOFTMAX, "mask": SOFTMAX}
 RESADD = ("residual", "embedding-sum")
-FC1 = "ffn.fc1"  # the matmul whose output the activation units turn into GELU on the way out
+FC1 = FFN_FC1  # the matmul whose output the activation units turn into GELU on the way out
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,13 @@ from tstack.spec import ModelSpec
 from tstack.workload.labels import (
     ATTN_BGEMM,
     ATTN_CONTEXT,
+    ATTN_OUT_PROJ,
     ATTN_SCORE,
     DR_RC_LN,
     EMBEDDING,
     FC_GEMM,
+    FFN_FC1,
+    FFN_FC2,
     GELU,
     LINEAR_GEMM,
     SCALE_MASK_SM,
@@ -193,22 +196,22 @@ _LAYER: dict[str, tuple[dict[str, str] | str, str]] = {
     # BERT, RoBERTa
     "attention.self.query": (QGEN, "attn.q_proj"), "attention.self.key": (KVGEN, "attn.k_proj"),
     "attention.self.value": (KVGEN, "attn.v_proj"), "attention.self": ("attn", ""), "attention.self.dropout": (SM, ""),
-    "attention.output.dense": (ATTN_FC, "attn.out_proj"), "attention.output": (ADDNORM, ""),
+    "attention.output.dense": (ATTN_FC, ATTN_OUT_PROJ), "attention.output": (ADDNORM, ""),
     "attention.output.dropout": (ADDNORM, ""), "attention.output.LayerNorm": (ADDNORM, ""), "attention": ("body", ""),
-    "intermediate.dense": (FC1, "ffn.fc1"), "intermediate": ("act", ""), "intermediate.intermediate_act_fn": ("act", ""),
-    "output.dense": (FC2, "ffn.fc2"), "output": (ADDNORM, ""), "output.dropout": (ADDNORM, ""),
+    "intermediate.dense": (FC1, FFN_FC1), "intermediate": ("act", ""), "intermediate.intermediate_act_fn": ("act", ""),
+    "output.dense": (FC2, FFN_FC2), "output": (ADDNORM, ""), "output.dropout": (ADDNORM, ""),
     "output.LayerNorm": (ADDNORM, ""), "": ("body", ""),
     # GPT-2
     "ln_1": (ADDNORM, ""), "ln_2": (ADDNORM, ""), "attn.c_attn": ("qkv", ""), "attn": ("attn", ""),
-    "attn.attn_dropout": (SM, ""), "attn.c_proj": (ATTN_FC, "attn.out_proj"), "attn.resid_dropout": (ADDNORM, ""),
-    "mlp.c_fc": (FC1, "ffn.fc1"), "mlp.act": ("act", ""), "mlp.c_proj": (FC2, "ffn.fc2"), "mlp.dropout": (ADDNORM, ""),
+    "attn.attn_dropout": (SM, ""), "attn.c_proj": (ATTN_FC, ATTN_OUT_PROJ), "attn.resid_dropout": (ADDNORM, ""),
+    "mlp.c_fc": (FC1, FFN_FC1), "mlp.act": ("act", ""), "mlp.c_proj": (FC2, FFN_FC2), "mlp.dropout": (ADDNORM, ""),
     "mlp": ("gate", ""),
     # LLaMA, Mistral, Qwen2
     "input_layernorm": (ADDNORM, ""), "post_attention_layernorm": (ADDNORM, ""),
     "self_attn.q_proj": (QGEN, "attn.q_proj"), "self_attn.k_proj": (KVGEN, "attn.k_proj"),
-    "self_attn.v_proj": (KVGEN, "attn.v_proj"), "self_attn": ("attn", ""), "self_attn.o_proj": (ATTN_FC, "attn.out_proj"),
+    "self_attn.v_proj": (KVGEN, "attn.v_proj"), "self_attn": ("attn", ""), "self_attn.o_proj": (ATTN_FC, ATTN_OUT_PROJ),
     "mlp.gate_proj": (FC1, "ffn.gate_proj"), "mlp.up_proj": (FC1, "ffn.up_proj"), "mlp.act_fn": ("act", ""),
-    "mlp.down_proj": (FC2, "ffn.fc2"),
+    "mlp.down_proj": (FC2, FFN_FC2),
 }
 # Scopes outside the layers, by full path: (pattern, labels, op name of its GEMM or lookup).
 _OUTER: tuple[tuple[re.Pattern[str], dict[str, str], str], ...] = tuple((re.compile(p), lab, name) for p, lab, name in (

@@ -19,6 +19,9 @@ EMBEDDING = "Embedding"
 ATTENTION_OPS = (ATTN_BGEMM, SCALE_MASK_SM)
 LINEAR_FC = (LINEAR_GEMM, FC_GEMM)
 
-# op names (attention)
+# op names (attention and feed-forward)
 ATTN_SCORE = "attn.score"
 ATTN_CONTEXT = "attn.context"
+ATTN_OUT_PROJ = "attn.out_proj"
+FFN_FC1 = "ffn.fc1"
+FFN_FC2 = "ffn.fc2"
