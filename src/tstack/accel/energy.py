@@ -10,7 +10,7 @@ from tstack.hardware.accel import AccelSpec
 from tstack.integer.costs import IntCounts
 from tstack.records import Addable
 
-COMPONENTS = ("mac", "register", "scratchpad", "accumulator", "dram", "host", "units")
+COMPONENTS = ("mac", "register", "scratchpad", "accumulator", "l2", "dram", "host", "units")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,7 @@ class ComponentEnergy(Addable):
     register: float = 0.0
     scratchpad: float = 0.0
     accumulator: float = 0.0
+    l2: float = 0.0
     dram: float = 0.0
     host: float = 0.0
     units: float = 0.0
@@ -39,11 +40,14 @@ def acc_byte(hw: AccelSpec) -> float:
 
 
 def gemm_energy(hw: AccelSpec, t: GemmTiming) -> ComponentEnergy:
-    """MACs on the array (padding included), two register hops per MAC (input right, partial sum down), SRAM and DRAM bytes."""
+    """MACs on the array (padding included), two register hops per MAC (input right, partial sum down), SRAM bytes;
+    every byte the DMA moves passes through the L2, and the loads that miss it plus the stores (written back once) are
+    DRAM bytes."""
     e = hw.energy
     return ComponentEnergy(mac=t.array_macs * e.mac_int8, register=2 * t.array_macs * e.register_byte,
-                  scratchpad=(t.spad_read_bytes + t.spad_write_bytes) * spad_byte(hw),
-                  accumulator=t.acc_bytes * acc_byte(hw), dram=(t.load_bytes + t.store_bytes) * e.dram_byte)
+                           scratchpad=(t.spad_read_bytes + t.spad_write_bytes) * spad_byte(hw),
+                           accumulator=t.acc_bytes * acc_byte(hw), l2=(t.load_bytes + t.store_bytes) * e.l2_byte,
+                           dram=(t.dram_read_bytes + t.store_bytes) * e.dram_byte)
 
 
 def int_ops_energy(hw: AccelSpec, c: IntCounts) -> float:
@@ -52,7 +56,8 @@ def int_ops_energy(hw: AccelSpec, c: IntCounts) -> float:
     return c.mul * e.int_mul + (c.add + c.shift + c.cmp) * e.int_add + c.div * hw.units.divide_cycles * e.int_add
 
 
-def transfer_energy(hw: AccelSpec, dram_bytes: float, spad_bytes: float = 0.0, acc_bytes: float = 0.0) -> ComponentEnergy:
-    """Bytes moved through DRAM and the local memories."""
+def transfer_energy(hw: AccelSpec, dram_bytes: float, spad_bytes: float = 0.0, acc_bytes: float = 0.0,
+                    l2_bytes: float = 0.0) -> ComponentEnergy:
+    """Bytes moved through DRAM, the L2 and the local memories."""
     return ComponentEnergy(dram=dram_bytes * hw.energy.dram_byte, scratchpad=spad_bytes * spad_byte(hw),
-                  accumulator=acc_bytes * acc_byte(hw))
+                           accumulator=acc_bytes * acc_byte(hw), l2=l2_bytes * hw.energy.l2_byte)

@@ -211,10 +211,9 @@ def candidates(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> list
     else:  # even the coarsest grid is too large (a huge memory on a tiny mesh): an even sample of it
         step = len(triples) / SEARCH_BUDGET
         triples = [triples[int(i * step)] for i in range(SEARCH_BUDGET)]
-    # The loop order only matters when K fits one tile and the stationary operand tile is kept (timing._add_pair):
-    # otherwise both orders time the same, and only ijk is tried.
-    return [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti, tj, tk in triples
-            for order in (ORDERS if tk == bK else ORDERS[:1])]
+    # The loop order decides which operand is re-read soon enough to hit the L2 (timing._hits), and, when K fits one
+    # tile, which stationary operand tile is kept: both orders are tried.
+    return [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti, tj, tk in triples for order in ORDERS]
 
 
 def score(hw: AccelSpec, timing: GemmTiming, objective: str) -> float:

@@ -117,13 +117,16 @@ def standalone_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
     """A stand-alone (non-fused) op on I-BERT units: int32 rows moved into the accumulator, processed, int8 moved out."""
     units = unit_cycles(hw, name, rows, cols)
     need = -(-cols // hw.dim) * hw.dim if int_op_cost(INT_KERNEL[name]).passes > 1 else hw.dim
-    dma = transfer_cycles(hw, rows, 4 * cols) + transfer_cycles(hw, rows, cols)
+    hit = 4 * rows * cols <= hw.l2.bytes  # the int32 results the matmul just wrote are still in the L2
+    dma = transfer_cycles(hw, rows, 4 * cols, hit) + transfer_cycles(hw, rows, cols, hit=True)
     blocks = -(-rows // hw.dim)
     if 2 * need <= hw.acc_rows and blocks > 1:  # two row blocks fit: moving one overlaps processing the other
         cycles = max(units, dma) + min(units, dma) / blocks
     else:
         cycles = units + dma
-    energy = unit_energy(hw, name, rows, cols) + transfer_energy(hw, 5 * rows * cols, acc_bytes=5 * rows * cols)
+    dram = (0 if hit else 4 * rows * cols) + rows * cols  # the int8 output is written back once
+    energy = unit_energy(hw, name, rows, cols) + transfer_energy(hw, dram, acc_bytes=5 * rows * cols,
+                                                                 l2_bytes=5 * rows * cols)
     return NlCost(hw.seconds(cycles), 0.0, energy, units)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tstack.hardware.accel import AccelSpec
 
@@ -72,10 +73,25 @@ class GemmTiming:
     ideal_cycles: float
     store_cycles: float
     i_tiles: int
+    load_requests: float = 0.0
+    hit_requests: float = 0.0
+    store_requests: float = 0.0
+    dram_read_bytes: float = 0.0  # loaded bytes that missed the L2; the rest of load_bytes hit it
+    tiles: float = 0.0
+    dma_bound_tiles: float = 0.0  # tiles whose loads take longer than their mesh stage
 
     @property
     def utilization(self) -> float:
         return self.ideal_cycles / self.cycles if self.cycles else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of load requests served by the L2."""
+        return self.hit_requests / self.load_requests if self.load_requests else 0.0
+
+    @property
+    def l2_read_bytes(self) -> float:
+        return self.load_bytes - self.dram_read_bytes
 
 
 def _classes(n: int, tile: int) -> list[tuple[int, int]]:
@@ -85,16 +101,98 @@ def _classes(n: int, tile: int) -> list[tuple[int, int]]:
     return out + [(rem, 1)] if rem else out
 
 
-def transfer_cycles(hw: AccelSpec, rows: float, row_bytes: float) -> float:
-    """Cycles to move ``rows`` contiguous runs of ``row_bytes`` each between DRAM and a local memory."""
+# ---------------------------------------------------------------- DMA requests (Gemmini DMA.scala, gemmini.h)
+
+def request_sizes(hw: AccelSpec) -> tuple[int, ...]:
+    """Request sizes the DMA issues, largest first: aligned powers of two from the bus width up to request_bytes
+    (Gemmini: beatBytes = dma_buswidth/8 = 16 up to dma_maxbytes = 64, i.e. 64, 32, 16)."""
+    top = 1 << (hw.dma.request_bytes.bit_length() - 1)
+    low = min(top, 1 << (hw.dma.bus_bytes_per_cycle.bit_length() - 1))
+    out, s = [], top
+    while s >= low:
+        out.append(s)
+        s //= 2
+    return tuple(out)
+
+
+@lru_cache(maxsize=1 << 14)
+def _run_requests(offset: int, nbytes: int, sizes: tuple[int, ...]) -> int:
+    """Requests for one contiguous run of ``nbytes`` starting ``offset`` bytes past a largest-request boundary.
+
+    At each address the DMA takes the largest size that is aligned there and fits what is left; where none fits, the
+    smallest aligned request that covers the address (it over-reads). 80 bytes at offset 0: 64 + 16, two requests.
+    """
+    top, low = sizes[0], sizes[-1]
+    a, end, n = offset % top, offset % top + nbytes, 0
+    while a < end and a % top:  # up to the first boundary
+        for s in sizes:
+            if a % s == 0 and a + s <= end:
+                break
+        else:
+            s = low - a % low
+        a, n = a + s, n + 1
+    if a < end:
+        full = (end - a) // top
+        a, n = a + full * top, n + full
+        while a < end:  # the tail after the last boundary
+            for s in sizes:
+                if a % s == 0 and a + s <= end:
+                    break
+            else:
+                s = low - a % low
+            a, n = a + s, n + 1
+    return n
+
+
+@lru_cache(maxsize=1 << 14)
+def row_requests(offset: int, width: int, chunk: int, sizes: tuple[int, ...]) -> int:
+    """Requests for one row of ``width`` bytes at ``offset``: mvin rows of at most ``chunk`` bytes from the row's start
+    (Gemmini moves a tile row as mvins of at most dma_maxbytes), each split into aligned requests."""
+    if width <= 0:
+        return 0
+    top = sizes[0]
+    n_full, tail = divmod(width, chunk)
+    period = top // math.gcd(chunk % top or top, top)
+    per_class = [_run_requests((offset + c * chunk) % top, chunk, sizes) for c in range(min(period, n_full))]
+    total = sum(per_class[c] * ((n_full - c + period - 1) // period) for c in range(len(per_class)))
+    if tail:
+        total += _run_requests((offset + n_full * chunk) % top, tail, sizes)
+    return total
+
+
+@lru_cache(maxsize=1 << 14)
+def tile_requests(offset: int, stride: int, rows: int, width: int, chunk: int, sizes: tuple[int, ...]) -> int:
+    """Requests for ``rows`` rows of ``width`` bytes, ``stride`` bytes apart, the first at ``offset`` (closed form over
+    the period of the row offsets modulo the largest request)."""
+    top = sizes[0]
+    period = top // math.gcd(stride % top or top, top)
+    return sum(row_requests((offset + r * stride) % top, width, chunk, sizes) * ((rows - r + period - 1) // period)
+               for r in range(min(period, rows)))
+
+
+def _positions(n: int, step: int, first: int, top: int) -> list[tuple[int, int]]:
+    """(offset modulo ``top``, count) of ``n`` tiles ``step`` bytes apart starting at tile index ``first``."""
+    period = top // math.gcd(step % top or top, top)
+    return [(((first + c) * step) % top, (n - c + period - 1) // period) for c in range(min(period, n))]
+
+
+def transfer_cycles(hw: AccelSpec, rows: float, row_bytes: float, hit: bool = False) -> float:
+    """Cycles to move ``rows`` contiguous rows of ``row_bytes`` each (aligned) between the L2/DRAM and a local memory:
+    requests · latency / in flight, at least bytes / bus and (misses) bytes / DRAM rate, plus one latency."""
     nbytes = rows * row_bytes
     if nbytes <= 0:
         return 0.0
     d = hw.dma
-    latency = hw.cycles(hw.dram.latency_s)
-    requests = rows * math.ceil(row_bytes / d.request_bytes)
-    dram_rate = hw.dram.bandwidth / hw.clock_hz
-    return max(nbytes / d.bus_bytes_per_cycle, nbytes / dram_rate, requests * latency / d.requests_in_flight) + latency
+    sizes = request_sizes(hw)
+    width = int(math.ceil(row_bytes))
+    requests = rows * row_requests(0, width, d.mvin_row_bytes, sizes)
+    latency = hw.cycles(hw.l2.latency_s if hit else hw.dram.latency_s)
+    floor = nbytes / d.bus_bytes_per_cycle if hit else max(nbytes / d.bus_bytes_per_cycle, nbytes / _dram_rate(hw))
+    return max(floor, requests * latency / d.requests_in_flight) + latency
+
+
+def _dram_rate(hw: AccelSpec) -> float:
+    return hw.dram.bandwidth / hw.clock_hz
 
 
 def mesh_cycles(hw: AccelSpec, streamed: int, folds: int) -> float:
@@ -112,37 +210,6 @@ def double_buffered(hw: AccelSpec) -> bool:
     return hw.mesh.dataflow == "WS" and hw.scratchpad.banks >= 2
 
 
-@dataclass(frozen=True)
-class _Tile:
-    mesh: float
-    load: float
-    commands: float
-    macs: float
-    array_macs: float
-    spad_read: float
-    spad_write: float
-    acc: float
-
-
-def _tile(hw: AccelSpec, ri: int, cj: int, dk: int, amortize: tuple[float, float]) -> _Tile:
-    """Mesh cycles, load cycles and access counts of one tile; ``amortize`` scales the A and B loads (reuse)."""
-    D = hw.dim
-    bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
-    if hw.mesh.dataflow == "WS":
-        mesh, array_macs = mesh_cycles(hw, ri, bj * bk), bj * bk * ri * D * D
-        spad_read = dk * cj + ri * dk * bj  # each B block preloaded once, A re-read once per J block
-        acc = 2 * 4 * ri * cj * bk  # a read-modify-write of int32 partial sums per K block
-    else:
-        mesh, array_macs = mesh_cycles(hw, dk, bi * bj), bi * bj * dk * D * D
-        spad_read = ri * dk * bj + dk * cj * bi
-        acc = 2 * 4 * ri * cj  # one accumulate of the PE results per K tile
-    a_share, b_share = amortize
-    load = a_share * transfer_cycles(hw, ri, dk) + b_share * transfer_cycles(hw, dk, cj)
-    commands = bi * bk * a_share + bk * bj * b_share + bj * bk + bi * bj * bk
-    return _Tile(mesh, load, commands * hw.overheads.command_cycles, ri * cj * dk, array_macs, spad_read,
-                 a_share * ri * dk + b_share * dk * cj, acc)
-
-
 @dataclass
 class _Sums:
     cycles: float = 0.0
@@ -155,55 +222,201 @@ class _Sums:
     spad_write: float = 0.0
     acc: float = 0.0
     store_cycles: float = 0.0
+    requests: float = 0.0
+    hit_requests: float = 0.0
+    store_requests: float = 0.0
+    dram_read_bytes: float = 0.0
+    tiles: float = 0.0
+    dma_bound: float = 0.0
     first_load: float = -1.0
+    last_store: float = 0.0
 
 
-def _add_pair(s: _Sums, hw: AccelSpec, ri: int, cj: int, m: Mapping, shape: GemmShape, n: int, out_bytes: int) -> None:
-    """Add the ``n`` (i, j) output tiles of size ri×cj: their K steps, then the store of C after the last one."""
-    D, db = hw.dim, double_buffered(hw)
-    I0, J0 = -(-shape.I // (m.ti * D)), -(-shape.J // (m.tj * D))
-    k_classes = _classes(shape.K, m.tk * D)
-    keep = m.reuse and len(k_classes) == 1 and k_classes[0][1] == 1  # K fits one tile: the stationary operand stays
-    amortize = ((1 / J0 if keep and m.order == "ijk" else 1.0), (1 / I0 if keep and m.order == "jik" else 1.0))
-    store = transfer_cycles(hw, ri, cj * out_bytes)
-    tiles = [(_tile(hw, ri, cj, dk, amortize), k) for dk, k in k_classes]
-    for t, k in tiles:
-        stage = max(t.mesh, t.commands)
-        s.cycles += n * k * (max(stage, t.load) if db else stage + t.load)
-        s.mesh += n * k * t.mesh
-        s.dma += n * k * t.load
-        s.array_macs += n * k * t.array_macs
-        s.spad_read += n * k * t.spad_read
-        s.spad_write += n * k * t.spad_write
-        s.acc += n * k * t.acc
-        s.load_bytes += n * k * t.spad_write
+@dataclass(frozen=True)
+class _Ctx:
+    """What every tile of one mapped GEMM shares: sizes, hit rates, latencies."""
+
+    sizes: tuple[int, ...]
+    chunk: int
+    top: int
+    lat_l2: float
+    lat_dram: float
+    inflight: int
+    bus: float
+    dram_rate: float
+    db: bool
+    call: float
+    overlap: bool
+    hit_a: float
+    hit_b: float
+    share_a: float
+    share_b: float
+
+
+def _hits(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int) -> tuple[float, float, float, float]:
+    """(A hit rate, B hit rate, A load share, B load share) from the loop order and reuse distances (module doc)."""
+    D, l2 = hw.dim, hw.l2.bytes
+    I, J, K = shape.I, shape.J, shape.K  # noqa: E741 - Gemmini's names
+    ri, cj = min(I, m.ti * D), min(J, m.tj * D)
+    I0, J0 = -(-I // (m.ti * D)), -(-J // (m.tj * D))
+    keep = m.reuse and K <= m.tk * D  # K fits one tile: the stationary operand tile stays in the scratchpad
+    if m.order == "jik":  # for j0, for i0: B re-read across consecutive i0, A across the whole of A
+        near, far = K * cj + ri * K + ri * cj * out_bytes, I * K + K * cj + I * cj * out_bytes
+        hit_b = (I0 - 1) / I0 if near <= l2 else 0.0
+        hit_a = (J0 - 1) / J0 if far <= l2 else 0.0
+        if keep:
+            return hit_a, 0.0, 1.0, 1 / I0
+        return hit_a, hit_b, 1.0, 1.0
+    near, far = ri * K + K * cj + ri * cj * out_bytes, K * J + ri * K + ri * J * out_bytes
+    hit_a = (J0 - 1) / J0 if near <= l2 else 0.0
+    hit_b = (I0 - 1) / I0 if far <= l2 else 0.0
+    if keep:
+        return 0.0, hit_b, 1 / J0, 1.0
+    return hit_a, hit_b, 1.0, 1.0
+
+
+def _mesh_part(hw: AccelSpec, ri: int, cj: int, dk: int) -> tuple[float, float, float, float, float]:
+    """(mesh cycles, commands, array MACs, scratchpad reads, accumulator bytes) of one tile."""
+    D = hw.dim
+    bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
+    if hw.mesh.dataflow == "WS":
+        mesh, array_macs = mesh_cycles(hw, ri, bj * bk), bj * bk * ri * D * D
+        spad_read = dk * cj + ri * dk * bj  # each B block preloaded once, A re-read once per J block
+        acc = 2 * 4 * ri * cj * bk  # a read-modify-write of int32 partial sums per K block
+    else:
+        mesh, array_macs = mesh_cycles(hw, dk, bi * bj), bi * bj * dk * D * D
+        spad_read = ri * dk * bj + dk * cj * bi
+        acc = 2 * 4 * ri * cj  # one accumulate of the PE results per K tile
+    commands = (bi * bk + bk * bj + bj * bk + bi * bj * bk) * hw.overheads.command_cycles
+    return mesh, commands, array_macs, spad_read, acc
+
+
+def _load(c: _Ctx, req_a: float, req_b: float, bytes_a: float, bytes_b: float) -> tuple[float, float, float]:
+    """(cycles, hit requests, DRAM bytes) of one tile's loads: Little's law over the in-flight slots, at least the
+    bus time and, for the misses, the DRAM time."""
+    ra, rb, ba, bb = req_a * c.share_a, req_b * c.share_b, bytes_a * c.share_a, bytes_b * c.share_b
+    hits = ra * c.hit_a + rb * c.hit_b
+    misses = ra + rb - hits
+    dram = ba * (1 - c.hit_a) + bb * (1 - c.hit_b)
+    cycles = max((hits * c.lat_l2 + misses * c.lat_dram) / c.inflight, (ba + bb) / c.bus, dram / c.dram_rate)
+    return cycles, hits, dram
+
+
+def _store(c: _Ctx, requests: float, nbytes: float) -> float:
+    """Cycles of one output tile's mvouts into the L2 (write-back): Little's law, at least the bus time."""
+    return max(requests * c.lat_l2 / c.inflight, nbytes / c.bus)
+
+
+def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int, m: Mapping, shape: GemmShape,
+              n: float, out_bytes: int) -> None:
+    """Add the ``n`` (i, j) output tiles of size ri×cj whose columns start ``j_offset`` bytes past a request boundary:
+    their K steps (A's alignment averaged over the K positions), then the store of C after the last one."""
+    D, K, J = hw.dim, shape.K, shape.J
+    group = 0.0
+    last_stage = last_load = 0.0
+    for dk, nk, k_first in _k_classes(shape.K, m.tk * D):
+        mesh, commands, array_macs, spad_read, acc = _mesh_part(hw, ri, cj, dk)
+        # A: ri rows of dk bytes, K bytes apart, at column k0·tk·DIM; averaged over the K positions of this class
+        req_a = sum(cnt * tile_requests(off, K, ri, dk, c.chunk, c.sizes)
+                    for off, cnt in _positions(nk, m.tk * D, k_first, c.top)) / nk
+        req_b = tile_requests(j_offset, J, dk, cj, c.chunk, c.sizes)  # B: dk rows of cj bytes, J bytes apart
+        load, hits, dram = _load(c, req_a, req_b, ri * dk, dk * cj)
+        stage = max(mesh, commands)
+        if c.db:
+            tile = max(stage, load)
+        else:
+            tile = stage + load
+        tile = max(tile, c.call) if c.overlap else tile + c.call
+        group += nk * tile
+        k = n * nk
+        s.mesh += k * mesh
+        s.dma += k * load
+        s.array_macs += k * array_macs
+        s.spad_read += k * spad_read
+        spad_write = c.share_a * ri * dk + c.share_b * dk * cj
+        s.spad_write += k * spad_write
+        s.load_bytes += k * spad_write
+        s.acc += k * acc
+        s.requests += k * (req_a * c.share_a + req_b * c.share_b)
+        s.hit_requests += k * hits
+        s.dram_read_bytes += k * dram
+        s.tiles += k
+        if load > stage:
+            s.dma_bound += k
         if s.first_load < 0:
-            s.first_load = t.load
-    last = tiles[-1][0]
-    stage = max(last.mesh, last.commands)
-    with_store = max(stage, last.load + store) - max(stage, last.load) if db else store
-    s.cycles += n * with_store
+            full_a = tile_requests(0, K, ri, dk, c.chunk, c.sizes)
+            s.first_load = max((full_a + req_b) * c.lat_dram / c.inflight, (ri * dk + dk * cj) / c.dram_rate,
+                               (ri * dk + dk * cj) / c.bus) + c.lat_dram
+        last_stage, last_load = stage, load
+    req_c = tile_requests(j_offset * out_bytes, J * out_bytes, ri, cj * out_bytes, c.chunk, c.sizes)
+    store = _store(c, req_c, ri * cj * out_bytes)
+    if hw.dma.separate_store:  # the store engine writes this tile out while the next one computes
+        s.cycles += n * max(group, store)
+    else:
+        s.cycles += n * (group + store)
+    del last_stage, last_load
     s.dma += n * store
     s.store_cycles += n * store
+    s.store_requests += n * req_c
     s.store_bytes += n * ri * cj * out_bytes
     s.acc += n * 4 * ri * cj  # mvout reads the finished tile once
+    s.last_store = store + c.lat_l2
+
+
+def _k_classes(K: int, tile: int) -> list[tuple[int, int, int]]:
+    """(depth, count, index of the first) of the full K tiles and the remainder."""
+    full, rem = divmod(K, tile)
+    out = [(tile, full, 0)] if full else []
+    return out + [(rem, 1, full)] if rem else out
+
+
+def _j_groups(J: int, tile: int, top: int, out_bytes: int) -> list[tuple[int, int, int]]:
+    """(columns, B offset modulo ``top``, count) of the J tiles, grouped by alignment; more than four offset classes
+    (tiny meshes) are merged into the first, with the count of all."""
+    out = []
+    for cj, nj in _classes(J, tile):
+        first = 0 if cj == tile else J // tile
+        pos = _positions(nj, tile, first, top)
+        if len(pos) > 4:
+            pos = [(pos[0][0], nj)]
+        out.extend((cj, off, cnt) for off, cnt in pos)
+    return out
 
 
 def gemm_timing(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int = 1, resident: bool = False) -> GemmTiming:
     """Cycles of one mapped GEMM (× batch); ``resident`` assumes operands already on chip (no DMA, no overheads)."""
     D = hw.dim
-    s = _Sums()
-    for ri, ni in _classes(shape.I, m.ti * D):
-        for cj, nj in _classes(shape.J, m.tj * D):
-            _add_pair(s, hw, ri, cj, m, shape, ni * nj, out_bytes)
     ideal = shape.I * shape.J * shape.K / (D * D)
     I0 = -(-shape.I // (m.ti * D))
     b = shape.batch
     if resident:  # the closed-form case: the mesh alone
-        return GemmTiming(b * s.mesh, b * s.mesh, 0.0, 0.0, 0.0, 0.0, shape.macs, b * s.array_macs, b * s.spad_read,
-                          0.0, b * s.acc, b * ideal, 0.0, I0)
-    prologue = s.first_load if double_buffered(hw) else 0.0  # the first tile's load has nothing to hide behind
-    overhead = hw.overheads.call_cycles
-    return GemmTiming(b * (s.cycles + prologue + overhead), b * s.mesh, b * s.dma, b * overhead, b * s.load_bytes,
-                      b * s.store_bytes, shape.macs, b * s.array_macs, b * s.spad_read, b * s.spad_write, b * s.acc,
-                      b * ideal, b * s.store_cycles, I0)
+        mesh = array_macs = spad_read = acc = 0.0
+        for ri, ni in _classes(shape.I, m.ti * D):
+            for cj, nj in _classes(shape.J, m.tj * D):
+                for dk, nk in _classes(shape.K, m.tk * D):
+                    t = _mesh_part(hw, ri, cj, dk)
+                    k = ni * nj * nk
+                    mesh, array_macs, spad_read, acc = (mesh + k * t[0], array_macs + k * t[2],
+                                                        spad_read + k * t[3], acc + k * t[4])
+                acc += ni * nj * 4 * ri * cj
+        return GemmTiming(b * mesh, b * mesh, 0.0, 0.0, 0.0, 0.0, shape.macs, b * array_macs, b * spad_read,
+                          0.0, b * acc, b * ideal, 0.0, I0)
+    sizes = request_sizes(hw)
+    hit_a, hit_b, share_a, share_b = _hits(hw, shape, m, out_bytes)
+    ov = hw.overheads
+    c = _Ctx(sizes, hw.dma.mvin_row_bytes, sizes[0], hw.cycles(hw.l2.latency_s), hw.cycles(hw.dram.latency_s),
+             hw.dma.requests_in_flight, hw.dma.bus_bytes_per_cycle, _dram_rate(hw), double_buffered(hw),
+             ov.call_cycles, ov.calls_overlap, hit_a, hit_b, share_a, share_b)
+    s = _Sums()
+    j_groups = _j_groups(shape.J, m.tj * D, c.top, out_bytes)
+    for ri, ni in _classes(shape.I, m.ti * D):
+        for cj, off, nj in j_groups:
+            _add_pair(s, hw, c, ri, cj, off, m, shape, ni * nj, out_bytes)
+    prologue = s.first_load if c.db else 0.0  # the first tile's load has nothing to hide behind
+    overhead = ov.call_cycles if ov.calls_overlap else ov.call_cycles * s.tiles  # the first call, or every call
+    exposed = overhead if ov.calls_overlap else 0.0  # per-call costs are inside the tile stages otherwise
+    total = s.cycles + prologue + exposed + s.last_store
+    return GemmTiming(b * total, b * s.mesh, b * s.dma, b * overhead, b * s.load_bytes, b * s.store_bytes, shape.macs,
+                      b * s.array_macs, b * s.spad_read, b * s.spad_write, b * s.acc, b * ideal, b * s.store_cycles,
+                      I0, b * s.requests, b * s.hit_requests, b * s.store_requests, b * s.dram_read_bytes,
+                      b * s.tiles, b * s.dma_bound)

@@ -122,8 +122,10 @@ def _other(hw: AccelSpec, op: Op) -> AccelOp:
     """Residual adds through the accumulator (mvin, mvin-accumulate, mvout); embedding gathers copied by the host."""
     rows, cols = _rows_cols(op)
     if op.name in RESADD:
-        cycles = 3 * transfer_cycles(hw, rows, cols)
-        energy = transfer_energy(hw, 3 * rows * cols, acc_bytes=12 * rows * cols)
+        hit = 2 * rows * cols <= hw.l2.bytes  # both operands were just written: still in the L2 when they fit
+        cycles = 2 * transfer_cycles(hw, rows, cols, hit) + transfer_cycles(hw, rows, cols, hit=True)
+        energy = transfer_energy(hw, (0 if hit else 2 * rows * cols) + rows * cols, acc_bytes=12 * rows * cols,
+                                 l2_bytes=3 * rows * cols)
         return AccelOp(op, "dma", (Part(OTHER, hw.seconds(cycles), energy),))
     if op.kind == OpKind.GATHER:
         nbytes = 2 * rows * cols  # int8 rows read from the table and written for the accelerator

@@ -49,28 +49,43 @@ class Dma:
     """The DMA engine between the local memories and the shared L2/DRAM."""
 
     bus_bytes_per_cycle: int = 16
-    request_bytes: int = 64
+    request_bytes: int = 64  # the largest request; requests are aligned powers of two from the bus width up to this
     requests_in_flight: int = 16
+    mvin_row_bytes: int = 64  # a mvin/mvout moves rows of at most this many bytes (Gemmini: dma_maxbytes)
+    separate_store: bool = True  # stores have their own engine: only the last tile's store is exposed
     RANGES: ClassVar = {"bus_bytes_per_cycle": (1, 4096, True), "request_bytes": (1, 4096, True),
-                        "requests_in_flight": (1, 4096, True)}
+                        "requests_in_flight": (1, 4096, True), "mvin_row_bytes": (1, 1 << 20, True)}
+    FLAGS: ClassVar = ("separate_store",)
+
+
+@dataclass(frozen=True)
+class L2:
+    """The shared L2 the DMA reads through: an operand tile re-read within ``bytes`` of other traffic hits it."""
+
+    bytes: int = 512 * KiB
+    latency_s: float = 75e-9
+    RANGES: ClassVar = {"bytes": (0, 1 << 40, True), "latency_s": (0.0, 1e-5, False)}
 
 
 @dataclass(frozen=True)
 class Dram:
     """Main memory seen by the DMA and the host: latency and bandwidth."""
 
-    latency_s: float = 80e-9
-    bandwidth: float = 16e9  # byte/s
+    latency_s: float = 120e-9
+    bandwidth: float = 7.5e9  # byte/s sustained
     RANGES: ClassVar = {"latency_s": (0.0, 1e-5, False), "bandwidth": (1e6, 1e13, False)}
 
 
 @dataclass(frozen=True)
 class Overheads:
-    """Per-command issue cycles of the loop unroller and per-call setup (config instructions, fence)."""
+    """Per-command issue cycles of the loop unroller and the host's cost per loop_ws call (one call per tile:
+    tiling arithmetic, config instructions); ``calls_overlap``: the host sets up the next call while one runs."""
 
     command_cycles: float = 1.0
-    call_cycles: float = 100.0
+    call_cycles: float = 1000.0
+    calls_overlap: bool = True
     RANGES: ClassVar = {"command_cycles": (0.0, 1e4, False), "call_cycles": (0.0, 1e7, False)}
+    FLAGS: ClassVar = ("calls_overlap",)
 
 
 @dataclass(frozen=True)
@@ -108,18 +123,19 @@ class ActionEnergy:
     register_byte: float = 0.03e-12
     sram_byte_32kib: float = 2.5e-12  # SRAM access per byte at a 32 KiB bank; scales with sqrt(bank size)
     dram_byte: float = 244e-12
+    l2_byte: float = 8.8e-12
     host_instruction: float = 70e-12
     int_add: float = 0.1e-12
     int_mul: float = 3.1e-12
     RANGES: ClassVar = {k: (0.0, 1e-6, False) for k in ("mac_int8", "register_byte", "sram_byte_32kib", "dram_byte",
-                                                          "host_instruction", "int_add", "int_mul")}
+                                                          "l2_byte", "host_instruction", "int_add", "int_mul")}
 
     def sram_byte(self, bank_bytes: float) -> float:
         """Energy per byte of a ``bank_bytes`` bank (sqrt scaling, as Horowitz 2014: 8 KiB -> 32 KiB doubles it)."""
         return self.sram_byte_32kib * math.sqrt(bank_bytes / (32 * KiB))
 
 
-SECTIONS: dict[str, type] = {"mesh": Mesh, "scratchpad": Sram, "accumulator": Sram, "dma": Dma, "dram": Dram,
+SECTIONS: dict[str, type] = {"mesh": Mesh, "scratchpad": Sram, "accumulator": Sram, "dma": Dma, "l2": L2, "dram": Dram,
                              "overheads": Overheads, "host": Host, "units": Units, "energy": ActionEnergy}
 
 
@@ -133,6 +149,7 @@ class AccelSpec:
     scratchpad: Sram = field(default_factory=Sram)
     accumulator: Sram = field(default_factory=lambda: Sram(bytes=64 * KiB, banks=2, ports=2))
     dma: Dma = field(default_factory=Dma)
+    l2: L2 = field(default_factory=L2)
     dram: Dram = field(default_factory=Dram)
     overheads: Overheads = field(default_factory=Overheads)
     host: Host = field(default_factory=Host)
