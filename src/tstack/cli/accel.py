@@ -315,14 +315,20 @@ def gemm(
                       units.si(r["joule_seconds"], "J·s"))
         out.print(t)
     if explain:
-        for r in records:
+        for r, (_, _, _, tm) in zip(records, mapped, strict=True):
             out.print(f"{r['hardware']} {r['mapping']}: tile {r['tile_m']}×{r['tile_n']}×{r['tile_k']} elements; "
                       f"scratchpad rows {r['spad_rows_used']}/{r['spad_rows_available']}, accumulator rows "
                       f"{r['acc_rows_used']}/{r['acc_rows_available']} "
                       f"({'double-buffered' if r['double_buffered'] else 'single-buffered'})")
-            out.print(f"  cycles {r['cycles']:,.0f} = tiles max(mesh, DMA) + first load + call overhead; mesh busy "
-                      f"{r['mesh_cycles']:,.0f}, DMA busy {r['dma_cycles']:,.0f}, ideal {r['ideal_cycles']:,.0f}; "
-                      f"DRAM in {units.si(r['load_bytes'], 'B')}, out {units.si(r['store_bytes'], 'B')}")
+            out.print(f"  cycles {r['cycles']:,.0f} = tiles max(mesh, DMA, call) + first load + first call + last "
+                      f"store; mesh busy {r['mesh_cycles']:,.0f}, DMA busy {r['dma_cycles']:,.0f}, ideal "
+                      f"{r['ideal_cycles']:,.0f}")
+            mesh_bound = tm.tiles - tm.dma_bound_tiles
+            out.print(f"  tiles {tm.tiles:,.0f}: mesh-bound {mesh_bound:,.0f}, DMA-bound {tm.dma_bound_tiles:,.0f}; "
+                      f"load requests {tm.load_requests:,.0f} (L2 hit rate {units.percent(tm.hit_rate)}), store "
+                      f"requests {tm.store_requests:,.0f}")
+            out.print(f"  bytes in {units.si(tm.load_bytes, 'B')} (L2 {units.si(tm.l2_read_bytes, 'B')}, DRAM "
+                      f"{units.si(tm.dram_read_bytes, 'B')}), out {units.si(tm.store_bytes, 'B')}")
             out.print("  energy: " + ", ".join(f"{c} {units.si(r[f'{c}_joules'], 'J')}" for c in COMPONENTS
                                                if r[f"{c}_joules"]))
 
