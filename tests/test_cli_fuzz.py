@@ -221,7 +221,8 @@ def check_bad_input(path, option, kind, value, cwd: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{shown}: {err[-1000:]!r}"
     assert len(lines[0]) < 2000, f"{shown}: the message repeats the whole value"
     name = option.lstrip("-").replace("_", "-")
-    assert name in lines[0].lower().replace("_", "-") or value in lines[0] or "path" in lines[0].lower(), \
+    named = name in lines[0].lower().replace("_", "-") or "path" in lines[0].lower() or (value and value in lines[0])
+    assert named, \
         f"{shown}: the message does not name {option}: {lines[0][:300]!r}"
     assert _files(cwd) == before, f"{shown}: left files behind: {_files(cwd) ^ before}"
     assert (cwd / "elsewhere.txt").read_text() == "keep me\n" if (cwd / "elsewhere.txt").exists() else True

@@ -73,3 +73,22 @@ def test_row_writer_refuses_unknown_suffix_and_missing_folder(tmp_path):
         RowWriter(tmp_path / "x.txt")
     with pytest.raises(TstackError, match="does not exist"):
         RowWriter(tmp_path / "missing" / "x.csv")
+
+
+def test_rows_are_json_ready_and_csv_keeps_new_columns(tmp_path):
+    """Non-finite values become null (strict JSON); a later CSV batch with a new column rewrites the file with it."""
+    import json as _json
+
+    import pandas as pd
+
+    jl = tmp_path / "r.jsonl"
+    with RowWriter(jl) as w:
+        w.append([{"a": float("inf"), "b": 1}])
+    assert _json.loads(jl.read_text()) == {"a": None, "b": 1}
+    path = tmp_path / "r.csv"
+    with RowWriter(path) as w:
+        w.append([{"a": 1, "b": 2}])
+        w.append([{"a": 3, "c": 4}])
+    df = pd.read_csv(path)
+    assert list(df.columns) == ["a", "b", "c"] and list(df["a"]) == [1, 3] and df["c"].iloc[1] == 4
+    assert not (tmp_path / ".r.csv.lock").exists()

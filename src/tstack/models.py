@@ -46,6 +46,6 @@ def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
 
 def _is_dir(text: str) -> bool:
     try:
-        return len(text) <= 4096 and "\x00" not in text and Path(text).is_dir()
+        return 0 < len(text) <= 4096 and "\x00" not in text and Path(text).is_dir()
     except OSError:
         return False

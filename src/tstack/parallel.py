@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from tstack.errors import TstackError
@@ -26,20 +26,51 @@ def _apply(fn: Callable[[T], R], chunk: Sequence[T]) -> list[R]:
 
 
 def _iter_process(fn: Callable[[T], R], chunks: list[Sequence[T]], workers: int) -> Iterator[list[R]]:
-    """Results in order; on any exit before the end (an error, Ctrl-C, SIGTERM) the workers are killed, not awaited."""
-    pool = multiprocessing.Pool(workers, initializer=_worker_signals)
+    """Results in order. A worker that dies (killed, out of memory) ends the map in one line instead of a hang;
+    on any exit before the end (an error, Ctrl-C, SIGTERM) the workers are killed, not awaited."""
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_signals)
+    finished = False
     try:
-        yield from pool.imap(partial(_apply, fn), chunks)
-        pool.close()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # workers start with them blocked (see _worker_signals)
+        try:
+            futures = [pool.submit(_apply, fn, chunk) for chunk in chunks]
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        for future in futures:
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                raise TstackError("a worker process died (killed, or out of memory); nothing was written") from None
+        finished = True
     finally:
-        pool.terminate()  # after close(): the workers have finished; otherwise they are stopped now
-        pool.join()
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _kill(pool)
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _worker_signals() -> None:
-    """Workers leave Ctrl-C to the parent (which stops them) and die quietly on SIGTERM."""
+    """Workers leave Ctrl-C to the parent (which stops them) and die quietly on SIGTERM. They are forked with both
+    signals blocked, so the parent's handlers never run in a worker, even before this initializer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool now: running workers are terminated; queued work fails inside the pool (not cancelled: a
+    cancelled future races the pool's manager thread, which then reports InvalidStateError)."""
+    processes = list((pool._processes or {}).values())  # the executor has no public way to stop running work
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+    pool.shutdown(wait=False)
 
 
 def _iter_ray(fn: Callable[[T], R], chunks: list[Sequence[T]], workers: int) -> Iterator[list[R]]:

@@ -69,7 +69,7 @@ def evaluate(cfg: Config, device: Target, cost_model: Callable | None = None) ->
     base = {"model": m.name, "device": device.name, "mode": r.mode, "batch": r.batch, "seq": r.seq,
             "layers": m.layers, "hidden": m.hidden, "ffn": m.ffn, "heads": m.heads, "precision": r.precision}
     return [{**base, "group": g, "seconds": c.seconds, "share": c.seconds / total, "flops": c.flops,
-             "bytes": c.bytes, "kernels": c.kernels} for g, c in groups.items()]
+             "bytes": c.bytes, "kernels": c.kernels, "joules": c.joules} for g, c in groups.items()]
 
 
 def sweep(model: str | Path | ModelSpec, axes: dict[str, Sequence[Any]], device: str | Path | Target = "a100",

@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-from tstack.errors import SpecError
+from tstack.errors import SpecError, TstackError
 from tstack.report import files, output
 
 STATE = {"verbosity": 0}  # -1 quiet (-q), 0 normal, 1 verbose (-v)
@@ -147,6 +147,8 @@ class Outputs:
 
         ``rows`` defaults to the document's records; ``extra`` maps an option name of ``others`` to its writer.
         """
+        if self.plot is not None and figure is None:
+            raise SpecError(["--plot: this command draws no figure"])
         rows = list(rows) if rows is not None else (list(doc["records"]) if doc is not None else [])
         extra = dict(extra or {})
         targets = [self.json, self.csv, self.plot, *(self.others[k] for k in extra)]
@@ -292,6 +294,15 @@ def parse_names(option: str, text: str, allowed: Iterable[str] | None = None) ->
             raise SpecError([f"{option}={text[:60]!r}: {', '.join(repr(b[:40]) for b in bad[:5])} not in "
                              f"{', '.join(allowed)}"])
     return names
+
+
+def need_torch() -> None:
+    """One line, before any work, when a command that runs PyTorch finds it missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise TstackError("this command runs PyTorch, which is not installed: pip install torch==2.13.0 "
+                          "(CPU build; see the README for GPUs)")
 
 
 def worker_count(option: str, workers: int | None) -> int:

@@ -321,12 +321,10 @@ def run(argv: list[str] | None = None) -> int:
         print("terminated: nothing partial was written", file=sys.stderr)
         return 143
     except Exception as e:  # the last line of defence: one line, never a traceback
-        from typer._click.exceptions import ClickException, NoArgsIsHelpError
-
-        if isinstance(e, NoArgsIsHelpError):
+        if type(e).__name__ == "NoArgsIsHelpError":  # typer's (or click's) help for a group called without a command
             e.show()
             return 2
-        if isinstance(e, ClickException):
+        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):  # a click usage error
             print(f"error: {_shortened(e.format_message())} (see '{_command_path(argv)} --help')", file=sys.stderr)
             return e.exit_code
         if isinstance(e, MemoryError) or _out_of_memory(e):

@@ -11,8 +11,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tstack.cli.common import CSV_OPT, JSON_OPT, PLOT_OPT, Outputs, check_int, console, parse_names, progress
-from tstack.errors import TstackError
+from tstack.cli.common import CSV_OPT, JSON_OPT, PLOT_OPT, Outputs, check_int, console, need_torch, parse_names, progress
+from tstack.errors import SpecError, TstackError
 from tstack.report import output
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -71,6 +71,7 @@ def convert(
     --out gets the model; --json a summary of the conversion (one record).
     """
     outputs = Outputs(json=json_out, out=out_path)
+    need_torch()
     check_int("--act-bits", act_bits, 2, 8)
     check_int("--softmax-bits", softmax_bits, 2, 8)
     check_int("--max-length", max_length, 2, MAX_LENGTH)
@@ -115,6 +116,7 @@ def accuracy_cmd(
 ) -> None:
     """Sentence-embedding cosine and nearest-neighbour agreement of the integer model vs its float model."""
     outputs = Outputs(json=json_out, csv=csv_out)
+    need_torch()
     check_int("--max-length", max_length, 2, MAX_LENGTH)
     from tstack.cli.opt_zs import fits
     from tstack.integer import accuracy, store
@@ -125,6 +127,8 @@ def accuracy_cmd(
         raise TstackError(f"--texts: accuracy needs at least {accuracy.TOP_K + 2} texts; got {len(evals)}")
     fits(MemoryEstimate(accuracy.compare_bytes(len(evals)), f"pairwise similarities of {len(evals)} texts"),
          "give fewer --texts")
+    if not path.is_file():
+        raise SpecError([f"path={str(path)[:60]!r} is not a file: give the .pt file that `tstack int convert` wrote"])
     imodel = store.load(path)
     model, tokenizer = _float_model(imodel.name)
     _check_matches(path, imodel, model)
@@ -157,6 +161,7 @@ def errors(
 ) -> None:
     """Approximation error of each integer op against its float function (max and RMS; optional figure)."""
     outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
+    need_torch()
     from tstack.integer.errors_sweep import OPS, sweep
 
     ops = parse_names("--op", op, OPS)

@@ -17,6 +17,7 @@ from tstack.cli.common import (
     check_float,
     check_int,
     console,
+    need_torch,
     parse_ints,
     parse_names,
     progress,
@@ -74,6 +75,7 @@ def bench(
 ) -> None:
     """Time every variant of one layer against the reference and F.scaled_dot_product_attention (003 Fig. 10)."""
     outputs = Outputs(json=json_out, csv=csv_out)
+    need_torch()
     from tstack.studies.nlpopt_bench import BENCH_VARIANTS, MODELS, case_count, memory_estimate
 
     names = parse_names("models", models, tuple(MODELS))

@@ -19,6 +19,7 @@ from tstack.cli.common import (
     Outputs,
     check_int,
     console,
+    need_torch,
     parse_floats,
     parse_ints,
     parse_names,
@@ -145,6 +146,7 @@ def tradeoff(
     JSON: one record per point, the distribution as the ``distribution`` section; CSV: the points.
     """
     outputs = Outputs(json=json_out, csv=csv_out)
+    need_torch()
     if model != "minilm":
         raise SpecError([f"model={model[:60]!r} is not one of minilm"])
     if texts not in TEXTS:
@@ -212,6 +214,7 @@ def schedule(
     JSON and CSV: one record per (kind, threshold, threads, policy); kind is 'measured' or 'replay' (simulated).
     """
     outputs = Outputs(json=json_out, csv=csv_out)
+    need_torch()
     from tstack.kernels.scheduler import POLICIES
 
     names = parse_names("--policies", policies, POLICIES)

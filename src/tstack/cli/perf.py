@@ -21,7 +21,19 @@ import typer
 from rich.table import Table
 
 from tstack.api import analyze as analyze_config
-from tstack.cli.common import CSV_OPT, JSON_OPT, Outputs, check_int, console, duration, note, parse_ints, parse_names, progress
+from tstack.cli.common import (
+    CSV_OPT,
+    JSON_OPT,
+    Outputs,
+    check_int,
+    console,
+    duration,
+    need_torch,
+    note,
+    parse_ints,
+    parse_names,
+    progress,
+)
 from tstack.errors import SpecError, TstackError
 from tstack.hardware.device import device_to_dict, load_device
 from tstack.loader import check_name
@@ -33,14 +45,6 @@ from tstack.spec import PRECISIONS, RunSpec
 out = console()
 PROFILE_MODES = ("default", "cachestat", "custom")
 MAX_THREADS = 4096
-
-
-def _need_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise TstackError("this command measures real runs and needs PyTorch: pip install torch==2.13.0 "
-                          "(CPU build; see the README for GPUs)") from None
 
 
 def _runtime(device: str, threads: int | None):
@@ -140,7 +144,7 @@ def profile(
         from tstack.breakdown import resolve_key
 
         resolve_key(group_by)
-    _need_torch()
+    need_torch()
     cfg = _runtime(device, threads)
     options = {"device": device, "threads": cfg.threads, "warmup": plan.warmup, "repeats": plan.repeats,
                "rounds": plan.rounds, "profile_mode": profile_mode, "events": events, "group_by": group_by}
@@ -389,7 +393,7 @@ def calibrate(
     check_int("--threads", threads, 1, MAX_THREADS)
     check_int("--repeats", repeats, 1, 10_000)
     check_int("--rounds", rounds, 1, 100)
-    _need_torch()
+    need_torch()
     import yaml
 
     from tstack.profiler.calibrate import Grid, estimate_seconds, grid_size
@@ -455,7 +459,7 @@ def validate(
     configs = [RunSpec(mode=mode, batch=b, seq=s) for b in parse_ints("--batch", batch)
                for s in (parse_ints("--seq", seq) if seq is not None else [spec.default_seq])]
     predictions = [analyze_config(spec, run, dev) for run in configs]  # every configuration checked first
-    _need_torch()
+    need_torch()
     cal = dev.calibration
     cal_threads = cal.threads if cal else None
     cfg = _runtime("cuda" if dev.kind == "gpu" else "cpu", threads or cal_threads)

@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "sweep": ({"model": STR, "spec": RUN_SPEC, "device": STR, "axes": {"type": "object"}, "executor": STR},
               {"model": STR, "device": STR, "mode": STR, "batch": INT, "seq": INT, "layers": INT, "hidden": INT,
                "ffn": INT, "heads": INT, "precision": STR, "group": STR, "seconds": NUM, "share": NUM, "flops": NUM,
-               "bytes": NUM, "kernels": INT}),
+               "bytes": NUM, "kernels": INT, "joules": NUM}),
     "presets": ({}, {"type": STR, "name": STR, "description": STR}),
     "repro": ({"paper": STR, "device": STR}, REPRO_RECORD),
     "accel run": ({"model": STR, "spec": RUN_SPEC, "seq": INT, "hw": LIST, "accelerators": {"type": "object"},
