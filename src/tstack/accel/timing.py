@@ -6,10 +6,13 @@ C[I×J] = A[I×K]·B[K×J]. Per tile of (ri rows, cj cols, dk depth) the mesh an
   each fold. With double-buffered PE weights a fold costs max(ri, DIM) and the skew fill/drain (2·DIM + DIM − 2)
   is paid once per tile; without them every fold pays it: 2R + C + T − 2 (the SCALE-Sim closed form, 000 ref. [33]
   compares against the same fold counting). OS swaps the roles: bi·bj folds of dk streamed cycles.
-- DMA: the A and B tiles are moved in row by row (requests of at most ``request_bytes``), the C tile out after the
-  last K step; time = max(bytes / bus, bytes / DRAM rate, requests · latency / requests in flight) + one latency.
+- DMA (issue 14): the A and B tiles move in as mvin rows of at most ``dma.mvin_row_bytes``, each cut into aligned
+  16/32/64-byte requests (``row_requests``); a re-read whose reuse distance fits the L2 hits it (``_hits``), others miss
+  to DRAM; load = max(Σ requests · latency / requests in flight, bytes / bus, missed bytes / DRAM rate). C moves out
+  after the last K step on a separate store engine: only the last tile's store is exposed.
 - Double buffering (WS with >= 2 scratchpad banks) overlaps the DMA of one tile with the mesh of another, so a tile
-  costs max(mesh, DMA); otherwise their sum. Partial sums of all K steps stay in the accumulator.
+  costs max(mesh, DMA); otherwise their sum. One loop_ws call per tile costs the host ``overheads.call_cycles``,
+  overlapping the previous tile when ``calls_overlap``. Partial sums of all K steps stay in the accumulator.
 
 Tiles come in at most eight classes (full or remainder along I, J, K); each class is costed once and multiplied.
 """
