@@ -118,6 +118,15 @@ def request_sizes(hw: AccelSpec) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _request_at(a: int, end: int, sizes: tuple[int, ...]) -> int:
+    """The size of the request the DMA issues at address ``a`` (largest aligned one that fits before ``end``, else
+    the smallest aligned one that covers ``a``)."""
+    for s in sizes:
+        if a % s == 0 and a + s <= end:
+            return s
+    return sizes[-1] - a % sizes[-1]
+
+
 @lru_cache(maxsize=1 << 14)
 def _run_requests(offset: int, nbytes: int, sizes: tuple[int, ...]) -> int:
     """Requests for one contiguous run of ``nbytes`` starting ``offset`` bytes past a largest-request boundary.
@@ -125,25 +134,15 @@ def _run_requests(offset: int, nbytes: int, sizes: tuple[int, ...]) -> int:
     At each address the DMA takes the largest size that is aligned there and fits what is left; where none fits, the
     smallest aligned request that covers the address (it over-reads). 80 bytes at offset 0: 64 + 16, two requests.
     """
-    top, low = sizes[0], sizes[-1]
+    top = sizes[0]
     a, end, n = offset % top, offset % top + nbytes, 0
     while a < end and a % top:  # up to the first boundary
-        for s in sizes:
-            if a % s == 0 and a + s <= end:
-                break
-        else:
-            s = low - a % low
-        a, n = a + s, n + 1
+        a, n = a + _request_at(a, end, sizes), n + 1
     if a < end:
         full = (end - a) // top
         a, n = a + full * top, n + full
         while a < end:  # the tail after the last boundary
-            for s in sizes:
-                if a % s == 0 and a + s <= end:
-                    break
-            else:
-                s = low - a % low
-            a, n = a + s, n + 1
+            a, n = a + _request_at(a, end, sizes), n + 1
     return n
 
 
