@@ -28,6 +28,7 @@ from tstack.cli.common import (
     CSV_OPT,
     JSON_OPT,
     Outputs,
+    check_choice,
     check_int,
     console,
     parse_ints,
@@ -146,12 +147,6 @@ def _run_spec(seq: int) -> RunSpec:
 
 # ---------------------------------------------------------------- checks at the boundary
 
-def _choice(option: str, value: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise SpecError([f"{option}={value[:40]!r} is not one of {', '.join(allowed)}"])
-    return value
-
-
 def _model_run(model: str, seq: int) -> tuple[ModelSpec, RunSpec]:
     """The model and the run, checked together (--seq within the model's positions) before any work."""
     check_int("--seq", seq, 1, MAX_SEQ)
@@ -204,8 +199,8 @@ def run_cmd(
     """Whole-model latency, energy and time breakdown per hardware and schedule (000 Fig. 2 and Fig. 3)."""
     outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
     schedules = parse_names("--schedule", schedule, SCHEDULES)
-    _choice("--mapping", mapping, MAPPINGS)
-    _choice("--objective", objective, mp.OBJECTIVES)
+    check_choice("--mapping", mapping, MAPPINGS)
+    check_choice("--objective", objective, mp.OBJECTIVES)
     spec, run = _model_run(model, seq)
     hws = _load_hws(hw)
     _check_schedules(schedules, hws)
@@ -283,7 +278,7 @@ def gemm(
     if problems:
         raise SpecError(problems)
     mappings = parse_names("--mapping", mapping, MAPPINGS)
-    _choice("--objective", objective, mp.OBJECTIVES)
+    check_choice("--objective", objective, mp.OBJECTIVES)
     hws = _load_hws(hw)
     shape = GemmShape(m, n, k, batch)
     mapped: list[tuple[AccelSpec, str, Mapping, GemmTiming]] = []
@@ -374,8 +369,8 @@ def dse(
 ) -> None:
     """Sweep the scratchpad/accumulator split at fixed SRAM, mesh size and DMA width; rank and show the Pareto set."""
     outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
-    _choice("--schedule", schedule, SCHEDULES)
-    _choice("--executor", executor, EXECUTORS)
+    check_choice("--schedule", schedule, SCHEDULES)
+    check_choice("--executor", executor, EXECUTORS)
     workers = worker_count("--workers", workers)
     objectives = parse_names("--objective", objective, mp.OBJECTIVES)
     total = parse_size("--sram-total", sram_total)

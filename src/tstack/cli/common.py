@@ -282,6 +282,14 @@ def parse_floats(option: str, text: str, lo: float = -math.inf, hi: float = math
     return values
 
 
+def check_choice(option: str, value: str, allowed: Iterable[str]) -> str:
+    """One value, one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise SpecError([f"{option}={value[:40]!r} is not one of {', '.join(allowed)}"])
+    return value
+
+
 def parse_names(option: str, text: str, allowed: Iterable[str] | None = None) -> list[str]:
     """'a,b' -> ['a', 'b']; each one of ``allowed`` when given."""
     names = [v.strip() for v in text.split(",") if v.strip()]

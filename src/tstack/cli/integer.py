@@ -118,15 +118,15 @@ def accuracy_cmd(
     outputs = Outputs(json=json_out, csv=csv_out)
     need_torch()
     check_int("--max-length", max_length, 2, MAX_LENGTH)
-    from tstack.cli.opt_zs import fits
     from tstack.integer import accuracy, store
+    from tstack.profiler import memory
     from tstack.profiler.memory import MemoryEstimate
 
     evals = accuracy.read_texts(str(texts), "--texts") if texts else accuracy.split_sentences()[1]
     if len(evals) < accuracy.TOP_K + 2:
         raise TstackError(f"--texts: accuracy needs at least {accuracy.TOP_K + 2} texts; got {len(evals)}")
-    fits(MemoryEstimate(accuracy.compare_bytes(len(evals)), f"pairwise similarities of {len(evals)} texts"),
-         "give fewer --texts")
+    memory.guard(MemoryEstimate(accuracy.compare_bytes(len(evals)), f"pairwise similarities of {len(evals)} texts"),
+                 "cpu", advice="give fewer --texts")
     if not path.is_file():
         raise SpecError([f"path={str(path)[:60]!r} is not a file: give the .pt file that `tstack int convert` wrote"])
     imodel = store.load(path)

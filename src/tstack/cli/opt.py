@@ -23,7 +23,7 @@ from tstack.cli.common import (
     progress,
     worker_count,
 )
-from tstack.cli.opt_zs import below_one, fits
+from tstack.cli.opt_zs import below_one
 from tstack.report import output, units
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -32,10 +32,6 @@ out = console()
 MAX_BATCH = 1 << 16
 MAX_REPEATS = 10_000
 MAX_BLOCK = 1 << 20
-
-
-def _ratio(value: float | None) -> str:
-    return f"{value:.2f}" if value is not None else "-"
 
 
 def _rows_table(records: list[dict]) -> Table:
@@ -48,8 +44,9 @@ def _rows_table(records: list[dict]) -> Table:
             table.add_row(r["model"], r["part"], str(r["seq"]), r["variant"], "n/a", r["note"], "-", "-", "-", "-", "-")
             continue
         table.add_row(r["model"], r["part"], str(r["seq"]), r["variant"], units.seconds(r["median_seconds"]),
-                      f"{units.seconds(r['p10_seconds'])}–{units.seconds(r['p90_seconds'])}", _ratio(r["ratio_to_base"]),
-                      _ratio(r["ratio_to_sdpa"]), units.si(r["peak_bytes"], "B"), units.si(r["attention_peak_bytes"], "B"),
+                      f"{units.seconds(r['p10_seconds'])}–{units.seconds(r['p90_seconds'])}",
+                      units.ratio(r["ratio_to_base"], ""), units.ratio(r["ratio_to_sdpa"], ""), units.si(r["peak_bytes"], "B"),
+                      units.si(r["attention_peak_bytes"], "B"),
                       f"{r['max_abs_error']:.1e}")
     return table
 
@@ -76,6 +73,7 @@ def bench(
     """Time every variant of one layer against the reference and F.scaled_dot_product_attention (003 Fig. 10)."""
     outputs = Outputs(json=json_out, csv=csv_out)
     need_torch()
+    from tstack.profiler import memory
     from tstack.studies.nlpopt_bench import BENCH_VARIANTS, MODELS, case_count, memory_estimate
 
     names = parse_names("models", models, tuple(MODELS))
@@ -91,7 +89,7 @@ def bench(
     order = ["sdpa", "base"] + [v for v in wanted if v not in ("sdpa", "base")]
     for model in names:
         for s in seqs:
-            fits(memory_estimate(model, s, batch, len(order)), "reduce --seq or --batch")
+            memory.guard(memory_estimate(model, s, batch, len(order)), "cpu", advice="reduce --seq or --batch")
 
     from tstack.kernels.api import Params
     from tstack.profiler.runtime import RuntimeConfig, controlled, describe

@@ -26,7 +26,7 @@ from tstack.cli.common import (
     progress,
     worker_count,
 )
-from tstack.errors import SpecError, TstackError
+from tstack.errors import SpecError
 from tstack.report import output, units
 
 if TYPE_CHECKING:
@@ -57,16 +57,6 @@ def _probabilities(option: str, text: str) -> list[float]:
     if not values or any(v >= 1.0 for v in values):
         raise SpecError([f"{option}={text[:60]!r}: give comma-separated finite numbers in [0, 1)"])
     return values
-
-
-def fits(estimate, advice: str) -> None:  # a tstack.profiler.memory.MemoryEstimate
-    """One line and no work when ``estimate`` exceeds the memory available now (``memory.HEADROOM`` of it)."""
-    from tstack.profiler import memory
-
-    free = memory.available_bytes("cpu")
-    if estimate.peak > memory.HEADROOM * free:
-        raise TstackError(f"the run needs about {units.si(estimate.peak, 'B')} ({estimate.what}) but only "
-                          f"{units.si(free, 'B')} of memory is available: {advice}")
 
 
 def _thread_counts(option: str, text: str) -> list[int]:
@@ -163,6 +153,7 @@ def tradeoff(
 
     from tstack import data
     from tstack.minilm import load_minilm
+    from tstack.profiler import memory
     from tstack.profiler.runtime import RuntimeConfig, controlled, describe
     from tstack.studies.tradeoff import StudySetup, study, study_batches
 
@@ -173,7 +164,8 @@ def tradeoff(
     cfg = RuntimeConfig(threads=threads)
     with controlled(cfg):
         net, tokenizer = load_minilm()
-        fits(_tradeoff_estimate(net.config, len(corpus), batch, max_length), "reduce --batch or --max-length")
+        memory.guard(_tradeoff_estimate(net.config, len(corpus), batch, max_length), "cpu",
+                     advice="reduce --batch or --max-length")
         with torch.no_grad(), progress("opt tradeoff", study_batches(setup, points), "batch runs") as advance:
             dist, results = study(net, tokenizer, setup, points, advance)
         runtime = describe(cfg)
@@ -216,6 +208,7 @@ def schedule(
     outputs = Outputs(json=json_out, csv=csv_out)
     need_torch()
     from tstack.kernels.scheduler import POLICIES
+    from tstack.profiler import memory
 
     names = parse_names("--policies", policies, POLICIES)
     simulated = _thread_counts("--replay-threads", replay_threads)
@@ -231,7 +224,8 @@ def schedule(
     check_int("--seed", seed, 0, MAX_SEED)
     thresholds = sorted({0.0, threshold})
     runs = len(names) * (repeats + len(simulated))
-    fits(memory_estimate(heads, chunks, chunk_keys, head_dim, threads, runs), "reduce --heads, --chunks or --chunk-keys")
+    memory.guard(memory_estimate(heads, chunks, chunk_keys, head_dim, threads, runs), "cpu",
+                 advice="reduce --heads, --chunks or --chunk-keys")
 
     from tstack.kernels.scheduler import AttentionWork, item_durations, median_run, replay, scheduled_attention, uneven_work
     from tstack.profiler.runtime import RuntimeConfig, controlled, describe
@@ -277,10 +271,6 @@ def schedule(
         out.print(_replay_table(records, simulated, threads))
 
 
-def _ratio(value: float | None) -> str:
-    return f"{value:.2f}×" if value is not None else "-"
-
-
 def _schedule_table(records: list[dict], heads: int, chunks: int, chunk_keys: int, head_dim: int, threads: int) -> Table:
     table = Table(title=f"{heads} heads × {chunks} chunks of {chunk_keys} keys, d={head_dim}, {threads} threads")
     for col in ("threshold", "policy", "utilization", "makespan (median)", "busy per thread (min–max)", "vs dynamic"):
@@ -290,7 +280,7 @@ def _schedule_table(records: list[dict], heads: int, chunks: int, chunk_keys: in
             table.add_row(f"{r['threshold']:g}", r["policy"], units.percent(r["utilization"]),
                           units.seconds(r["makespan_seconds"]),
                           f"{units.seconds(r['busy_min_seconds'])}–{units.seconds(r['busy_max_seconds'])}",
-                          _ratio(r["ratio_to_dynamic"]))
+                          units.ratio(r["ratio_to_dynamic"]))
     return table
 
 
@@ -304,7 +294,7 @@ def _replay_table(records: list[dict], simulated: list[int], threads: int) -> Ta
     for r in records:
         if r["kind"] == "replay":
             table.add_row(f"{r['threshold']:g}", str(r["threads"]), r["policy"], units.percent(r["utilization"]),
-                          units.seconds(r["makespan_seconds"]), _ratio(r["ratio_to_dynamic"]))
+                          units.seconds(r["makespan_seconds"]), units.ratio(r["ratio_to_dynamic"]))
     return table
 
 

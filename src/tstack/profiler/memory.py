@@ -61,9 +61,11 @@ def available_bytes(device: str) -> float:
     raise TstackError("cannot read MemAvailable from /proc/meminfo to check the run fits in memory")
 
 
-def guard(estimate: MemoryEstimate, device: str, available: float | None = None) -> None:
-    """Raise a one-line error, before anything is allocated, when the estimate does not fit."""
+def guard(estimate: MemoryEstimate, device: str, available: float | None = None,
+          advice: str = "reduce --batch or --seq") -> None:
+    """Raise a one-line error, before anything is allocated, when the estimate does not fit; ``advice`` names the
+    options that shrink the run."""
     free = available_bytes(device) if available is None else available
     if estimate.peak > HEADROOM * free:
         raise TstackError(f"the run needs about {units.si(estimate.peak, 'B')} ({estimate.what}) but only "
-                          f"{units.si(free, 'B')} is available on {device}: reduce --batch or --seq")
+                          f"{units.si(free, 'B')} of memory is available on {device}: {advice}")

@@ -22,3 +22,8 @@ def seconds(s: float) -> str:
 
 def percent(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def ratio(value: float | None, suffix: str = "×") -> str:
+    """A ratio with two decimals, or '-' where it does not apply."""
+    return f"{value:.2f}{suffix}" if value is not None else "-"
