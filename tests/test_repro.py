@@ -162,3 +162,18 @@ def test_table_has_one_line_per_row() -> None:
     for r in out:
         assert r.claim in text
     assert repro_table(out, notes=False).columns[-1].header == "gap"
+
+
+def test_cli_runs_the_named_sections_and_tags_each_record(capsys) -> None:
+    import json
+
+    from tstack.cli import run
+    from tstack.studies.sections import SECTIONS
+
+    assert run(["repro", "002", "--section", "kernels,kernels", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run"]["sections"] == ["kernels"]
+    assert {r["section"] for r in doc["records"]} == {"kernels"}
+    assert len(doc["records"]) == len(SECTIONS["002"]["kernels"](load_device("mi100")))
+    assert run(["repro", "002", "--section", "nope"]) == 2
+    assert "'nope' not in" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from tstack.cli.common import (
     JSON_OPT,
     STATE,
     Outputs,
+    check_choice,
     check_int,
     console,
     parse_ints,
@@ -35,7 +36,7 @@ from tstack.models import load_model, model_presets
 from tstack.report import output, table, units
 from tstack.report.repro_table import print_repro_table, summary_line
 from tstack.spec import PRECISIONS, RunSpec
-from tstack.studies.repro_002 import reproduce_002
+from tstack.studies.sections import SECTIONS, TITLES, run_sections
 from tstack.sweep import COLUMNS
 from tstack.sweep import sweep as run_sweep
 from tstack.workload.params import param_count
@@ -238,26 +239,30 @@ MAX_SWEEP_POINTS = 100_000
 
 @app.command()
 def repro(
-    paper: str = typer.Argument(..., help="002 (Demystifying BERT)"),
-    device: str = typer.Option("mi100", "--device", "-d", help="device preset or device .yaml file"),
+    paper: str = typer.Argument(..., help="the paper: " + ", ".join(SECTIONS)),
+    section: str = typer.Option("all", "--section", "-s", help="comma-separated sections of the paper, or all"),
+    device: str = typer.Option("mi100", "--device", "-d", help="device preset or device .yaml file (GPU sections)"),
     notes: bool = typer.Option(True, help="show the note explaining each gap"),
     json_out: Path | None = JSON_OPT,
     csv_out: Path | None = CSV_OPT,
 ) -> None:
-    """Print a paper's reported proportions next to tstack's predictions, with the gaps."""
+    """Print a paper's reported figures next to tstack's predictions, with the gaps, section by section."""
     outputs = Outputs(json=json_out, csv=csv_out)
-    if paper != "002":
-        raise SpecError([f"paper={paper[:40]!r} is not one of 002"])
+    check_choice("paper", paper, list(SECTIONS))
+    known = list(SECTIONS[paper])
+    names = known if section == "all" else list(dict.fromkeys(parse_names("--section", section, known)))
     dev = load_device(device)
-    rows = reproduce_002(dev)
-    records = [{"key": r.key, "claim": r.claim, "paper": r.paper, "tstack": r.tstack, "unit": r.unit,
+    done = run_sections(paper, names, dev)
+    rows = [r for _, part in done for r in part]
+    records = [{"section": name, "key": r.key, "claim": r.claim, "paper": r.paper, "tstack": r.tstack, "unit": r.unit,
                 "target_low": r.target[0] if r.target else None, "target_high": r.target[1] if r.target else None,
-                "gap": r.gap, "note": r.note} for r in rows]
-    outputs.write(output.document("repro", {"paper": paper, "device": dev.name}, records,
+                "gap": r.gap, "note": r.note} for name, part in done for r in part]
+    outputs.write(output.document("repro", {"paper": paper, "sections": names, "device": dev.name}, records,
                                   summary={"line": summary_line(rows)}))
     if outputs.stdout_taken:
         return
-    print_repro_table(rows, out, title=f"Demystifying BERT (002) vs tstack on {dev.name}", notes=notes)
+    for name, part in done:
+        print_repro_table(part, out, title=f"{TITLES[paper]}, {name}, vs tstack on {dev.name}", notes=notes)
     out.print(summary_line(rows))
 
 

@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                "ffn": INT, "heads": INT, "precision": STR, "group": STR, "seconds": NUM, "share": NUM, "flops": NUM,
                "bytes": NUM, "kernels": INT, "joules": NUM}),
     "presets": ({}, {"type": STR, "name": STR, "description": STR}),
-    "repro": ({"paper": STR, "device": STR}, REPRO_RECORD),
+    "repro": ({"paper": STR, "sections": LIST, "device": STR}, {**REPRO_RECORD, "section": STR}),
     "accel run": ({"model": STR, "spec": RUN_SPEC, "seq": INT, "hw": LIST, "accelerators": {"type": "object"},
                    "schedule": LIST, "mapping": STR, "objective": STR},
                   {"hardware": STR, "schedule": STR, "seconds": NUM, "cycles": NUM, "joules": NUM, "joule_seconds": NUM,

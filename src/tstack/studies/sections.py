@@ -1,0 +1,27 @@
+"""The reproduction sections ``tstack repro PAPER --section NAME[,NAME]`` runs.
+
+One table: paper → section name → a function of the GPU device that returns the section's
+rows (``repro_002.Row``: the paper's figure next to tstack's, with the gap and a note). A
+section that does not model a GPU (an FPGA or accelerator section) ignores the device.
+A new section is one entry here; the command, its JSON records and its table follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tstack.hardware.device import DeviceSpec
+from tstack.studies.repro_002 import Row, reproduce_002
+
+Section = Callable[[DeviceSpec], list[Row]]
+
+SECTIONS: dict[str, dict[str, Section]] = {
+    "002": {"kernels": reproduce_002},
+}
+
+TITLES = {"002": "Demystifying BERT (002)"}
+
+
+def run_sections(paper: str, names: list[str], device: DeviceSpec) -> list[tuple[str, list[Row]]]:
+    """Each named section's rows, in the order given; names are checked by the caller."""
+    return [(name, SECTIONS[paper][name](device)) for name in names]
