@@ -1,0 +1,199 @@
+"""Adaptive resource allocation for the FPGA design (003 §III-D, Algorithm 1), and the exact integer optimum.
+
+Given an operation table (``costmodel.fpga.OpTable``: per operation its work, per-lane resources, memory times),
+choose the lanes ``n_i`` of each operation under the LUT, FF, DSP (and BRAM) budgets:
+
+- ``uniform``: the same ``n`` for every operation, as large as the budgets allow (003's baseline design, §VI-D).
+- ``slsqp``: Algorithm 1 lines 1–5: minimize Σ latᵢ/nᵢ subject to Σ resᵢ·nᵢ ≤ budget with scipy's SLSQP, then
+  round down to integers and fill the slack greedily (the lane that saves the most compute time per share of the
+  scarcest resource, while one fits).
+- ``slsqp+rebalance``: then lines 6–14: find the most memory-bound operation (largest prefetch − compute), take its
+  lanes down to the fewest that still hide behind its prefetch, mask it out, give the freed resources to the others
+  (SLSQP again over the unmasked operations, rounded and filled on the modelled latency), until no unmasked operation
+  is memory-bound. Each round masks one operation, so it stops within the number of operations.
+- ``exact``: the integer optimum of the modelled latency (stalls and the pipeline fill included) as a multiple-choice
+  knapsack solved by scipy's ``milp`` (HiGHS) to a zero gap: a binary per operation and useful lane count.
+
+A table whose minimum design (one lane per operation) exceeds a budget raises ``Infeasible``, the searches' exception.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp, minimize
+
+from tstack.accel.mapping import Infeasible
+from tstack.costmodel.fpga import OpTable
+from tstack.errors import TstackError
+from tstack.hardware.fpga import RESOURCES
+
+METHODS = ("uniform", "slsqp", "slsqp+rebalance", "exact")
+EXACT_TIME_LIMIT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Lanes per operation chosen by ``method``, the modelled latency, rebalancing rounds and masked operations."""
+
+    method: str
+    lanes: tuple[int, ...]
+    seconds: float
+    rounds: int = 0
+    masked: tuple[str, ...] = ()
+    solve_seconds: float = 0.0
+
+
+def check_feasible(t: OpTable) -> None:
+    """Raise Infeasible when one lane per operation does not fit: no design exists."""
+    need = t.usage(np.ones(t.k))
+    over = [f"{r} needs {need[j]:.0f} > {t.budget[j]:.0f}" for j, r in enumerate(RESOURCES) if need[j] > t.budget[j] + 1e-9]
+    if over:
+        raise Infeasible(f"{t.label or 'operation table'}: one lane per operation does not fit ({'; '.join(over)})")
+
+
+def uniform(t: OpTable) -> np.ndarray:
+    """The largest common lane count that fits every budget."""
+    check_feasible(t)
+    total = t.cost.sum(axis=0)
+    caps = np.where(total > 0, t.budget / np.where(total > 0, total, 1.0), np.inf)
+    return np.full(t.k, max(1, int(np.floor(caps.min() + 1e-9))), dtype=np.int64)
+
+
+def _op_seconds(t: OpTable, n: np.ndarray, modelled: bool) -> np.ndarray:
+    """Per operation: compute seconds (Algorithm 1's objective) or the modelled seconds (spill + compute + stall)."""
+    compute = t.compute_s(n)
+    return t.spill_s + np.maximum(compute, t.memory_s) if modelled else compute
+
+
+def _continuous(t: OpTable, free: np.ndarray, budget: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """SLSQP: minimize Σ work_i/x_i over the free operations within ``budget``; x ≥ 1."""
+    a = t.work[free] / t.clock_hz
+    cost = t.cost[free]
+    used = cost.T @ np.ones(len(a))
+    scale = np.where(budget > 0, budget, 1.0)
+    rows = [j for j in range(cost.shape[1]) if cost[:, j].any()]
+    f0 = float(np.sum(a / start))
+
+    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+        return float(np.sum(a / x)) / f0, -a / x**2 / f0
+
+    cons = [{"type": "ineq", "fun": lambda x, j=j: (budget[j] - cost[:, j] @ x) / scale[j],
+             "jac": lambda x, j=j: -cost[:, j] / scale[j]} for j in rows]
+    spare = budget - used
+    upper = [1.0 + min((spare[j] / cost[i, j] for j in rows if cost[i, j] > 0), default=1e12) for i in range(len(a))]
+    res = minimize(objective, np.asarray(start, dtype=float), jac=True, method="SLSQP", constraints=cons,
+                   bounds=list(zip([1.0] * len(a), upper)), options={"maxiter": 500, "ftol": 1e-12})
+    x = np.clip(res.x, 1.0, upper)
+    over = cost.T @ x - budget
+    if np.any(over > 1e-6 * scale):  # SLSQP stopped outside the budget: fall back to its feasible start
+        x = np.asarray(start, dtype=float)
+    return x
+
+
+def _fill(t: OpTable, n: np.ndarray, free: np.ndarray, modelled: bool) -> np.ndarray:
+    """Add lanes one at a time to the free operation that saves the most seconds per share of the scarcest resource
+    it uses, while any lane still fits and saves time."""
+    n = n.copy()
+    idx = np.flatnonzero(free)
+    spare = t.budget - t.usage(n)
+    share = np.max(t.cost[idx] / np.where(t.budget > 0, t.budget, 1.0), axis=1)
+    share = np.where(share > 0, share, 1e-12)
+    while True:
+        now = _op_seconds(t, n, modelled)[idx]
+        bumped = n.copy()
+        bumped[idx] += 1
+        gain = now - _op_seconds(t, bumped, modelled)[idx]
+        fits = np.all(t.cost[idx] <= spare + 1e-9, axis=1) & (gain > 0)
+        if not fits.any():
+            return n
+        best = idx[np.argmax(np.where(fits, gain / share, -np.inf))]
+        n[best] += 1
+        spare -= t.cost[best]
+
+
+def _solve(t: OpTable, n: np.ndarray, free: np.ndarray, modelled: bool) -> np.ndarray:
+    """SLSQP over the free operations (the others keep their lanes), rounded down and filled greedily."""
+    budget = t.budget - t.usage(np.where(free, 0, n))
+    x = _continuous(t, free, budget, n[free].astype(float))
+    out = n.copy()
+    out[free] = np.maximum(1, np.floor(x + 1e-9)).astype(np.int64)
+    return _fill(t, out, free, modelled)
+
+
+def slsqp(t: OpTable) -> np.ndarray:
+    """Algorithm 1 lines 2–5: the SLSQP optimum of Σ lat_i/n_i, rounded down and filled."""
+    start = uniform(t)
+    return _solve(t, start, np.ones(t.k, dtype=bool), modelled=False)
+
+
+def rebalance(t: OpTable, n: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Algorithm 1 lines 6–14 from ``n``: the rebalanced lanes and the operations masked, in order."""
+    n = np.asarray(n, dtype=np.int64).copy()
+    free = np.ones(t.k, dtype=bool)
+    masked: list[int] = []
+    while True:
+        gap = t.memory_s - t.compute_s(n)
+        gap = np.where(free, gap, -np.inf)
+        i = int(np.argmax(gap))
+        if gap[i] <= 0:
+            return n, masked
+        hide = t.memory_s[i] * t.clock_hz - t.depth[i]  # cycles of work that still hide behind the prefetch
+        need = int(np.ceil(t.work[i] / hide)) if hide > 0 else n[i]
+        n[i] = max(1, min(n[i], need))
+        free[i] = False
+        masked.append(i)
+        if free.any():
+            n = _solve(t, n, free, modelled=True)
+
+
+def exact(t: OpTable, time_limit_s: float = EXACT_TIME_LIMIT_S) -> np.ndarray:
+    """The integer lanes that minimize the modelled latency under the budgets (milp, zero gap)."""
+    check_feasible(t)
+    base = t.usage(np.ones(t.k))
+    choices: list[tuple[int, int, float]] = []  # (operation, lanes, seconds)
+    for i in range(t.k):
+        spare = t.budget - base + t.cost[i]
+        cap = min((int(np.floor(spare[j] / t.cost[i, j] + 1e-9)) for j in range(len(RESOURCES)) if t.cost[i, j] > 0),
+                  default=int(t.work[i]))
+        v = np.arange(1, max(1, min(cap, int(np.ceil(t.work[i])))) + 1)
+        compute = (np.ceil(t.work[i] / v) + t.depth[i]) / t.clock_hz
+        sec = t.spill_s[i] + np.maximum(compute, t.memory_s[i])
+        keep = np.concatenate(([True], sec[1:] < np.minimum.accumulate(sec)[:-1]))  # only lane counts that save time
+        choices += [(i, int(n), float(s)) for n, s in zip(v[keep], sec[keep])]
+    ops = np.array([c[0] for c in choices])
+    lanes = np.array([c[1] for c in choices], dtype=float)
+    sec = np.array([c[2] for c in choices])
+    one = np.zeros((t.k, len(choices)))
+    one[ops, np.arange(len(choices))] = 1.0
+    use = (t.cost[ops] * lanes[:, None]).T
+    res = milp(sec / sec.max(), integrality=np.ones(len(choices)), bounds=Bounds(0, 1),
+               constraints=[LinearConstraint(one, 1, 1), LinearConstraint(use, -np.inf, t.budget)],
+               options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
+    if res.status != 0 or res.x is None:
+        raise TstackError(f"exact allocation of {t.label or 'the table'}: milp stopped without a proven optimum "
+                          f"({res.message})")
+    pick = res.x > 0.5
+    n = np.zeros(t.k, dtype=np.int64)
+    n[ops[pick]] = lanes[pick].astype(np.int64)
+    return n
+
+
+def allocate(t: OpTable, method: str) -> Allocation:
+    """Lanes per operation by ``method`` (one of METHODS), with the modelled latency."""
+    start = time.perf_counter()
+    rounds, masked = 0, ()
+    if method == "uniform":
+        n = uniform(t)
+    elif method == "slsqp":
+        n = slsqp(t)
+    elif method == "slsqp+rebalance":
+        n, order = rebalance(t, slsqp(t))
+        rounds, masked = len(order), tuple(t.names[i] for i in order)
+    elif method == "exact":
+        n = exact(t)
+    else:
+        raise TstackError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    return Allocation(method, tuple(int(x) for x in n), t.seconds(n), rounds, masked, time.perf_counter() - start)
