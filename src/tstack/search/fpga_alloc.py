@@ -197,3 +197,28 @@ def allocate(t: OpTable, method: str) -> Allocation:
     else:
         raise TstackError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     return Allocation(method, tuple(int(x) for x in n), t.seconds(n), rounds, masked, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class Cross:
+    """A model run on the design made for another: its own allocation, the other's, and the latency on the latter."""
+
+    own: Allocation
+    designed: Allocation
+    seconds_on_design: float
+
+    @property
+    def relative(self) -> float:
+        """Performance on the other's design as a fraction of the model's own optimum (003 §VI-D: 0.47×)."""
+        return self.own.seconds / self.seconds_on_design
+
+
+def cross(run: OpTable, design_for: OpTable, method: str = "slsqp+rebalance") -> Cross:
+    """Run the operations of ``run`` with the lanes ``method`` chose for ``design_for`` (the mismatch penalty)."""
+    if run.names != design_for.names or not np.array_equal(run.cost, design_for.cost):
+        raise Infeasible(f"{run.label} and {design_for.label} have different operations or lanes; one design cannot "
+                         "run both")
+    designed = allocate(design_for, method)
+    if not run.fits(np.array(designed.lanes)):
+        raise Infeasible(f"the design for {design_for.label} does not fit the budget of {run.label}")
+    return Cross(allocate(run, method), designed, run.seconds(np.array(designed.lanes)))
