@@ -5,9 +5,10 @@ choose the lanes ``n_i`` of each operation under the LUT, FF, DSP (and BRAM) bud
 
 - ``uniform``: the same ``n`` for every operation, as large as the budgets allow (003's baseline design, §VI-D).
 - ``slsqp``: Algorithm 1 lines 1–5: minimize Σ latᵢ/nᵢ subject to Σ resᵢ·nᵢ ≤ budget with scipy's SLSQP, then
-  round down to integers and fill the slack greedily (the lane that saves the most compute time per share of the
-  scarcest resource, while one fits).
-- ``slsqp+rebalance``: then lines 6–14: find the most memory-bound operation (largest prefetch − compute), take its
+  round down to integers, fill the slack greedily (the lane that saves the most compute time per share of the
+  scarcest resource, while one fits) and repair the rounding by exchanges (one more lane here for the fewest lanes
+  that make room elsewhere, while that saves time).
+- ``slsqp+rebalance``: then lines 6–14 (from the SLSQP design and from the uniform one; the better is kept): find the most memory-bound operation (largest prefetch − compute), take its
   lanes down to the fewest that still hide behind its prefetch, mask it out, give the freed resources to the others
   (SLSQP again over the unmasked operations, rounded and filled on the modelled latency), until no unmasked operation
   is memory-bound. Each round masks one operation, so it stops within the number of operations.
@@ -19,6 +20,7 @@ A table whose minimum design (one lane per operation) exceeds a budget raises ``
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from tstack.hardware.fpga import RESOURCES
 
 METHODS = ("uniform", "slsqp", "slsqp+rebalance", "exact")
 EXACT_TIME_LIMIT_S = 120.0
+MAX_EXCHANGES = 200  # rounding repairs per solve; each saves time, so this only bounds a pathological table
 
 
 @dataclass(frozen=True)
@@ -114,19 +117,62 @@ def _fill(t: OpTable, n: np.ndarray, free: np.ndarray, modelled: bool) -> np.nda
         spare -= t.cost[best]
 
 
+def _exchange(t: OpTable, n: np.ndarray, free: np.ndarray, modelled: bool) -> np.ndarray:
+    """Repair the rounding: while it saves time, give one lane to a free operation and take from another free one
+    the fewest lanes that make room for it (the best such move each time), then fill the slack again."""
+    n = n.copy()
+    idx = np.flatnonzero(free)
+    for _ in range(MAX_EXCHANGES):
+        spare = t.budget - t.usage(n)
+        best, best_gain = None, 0.0
+        now = _op_seconds(t, n, modelled)
+        for i in idx:
+            gain_i = now[i] - _one(t, i, n[i] + 1, modelled)
+            short = t.cost[i] - spare
+            for j in idx:
+                if j == i:
+                    continue
+                need = short > 1e-9
+                if np.any(need & (t.cost[j] <= 0)):
+                    continue
+                take = int(np.max(np.ceil(short[need] / t.cost[j][need] - 1e-9), initial=0))
+                if n[j] - take < 1:
+                    continue
+                gain = gain_i + now[j] - _one(t, j, n[j] - take, modelled)
+                if gain > best_gain + 1e-12 * now.sum():
+                    best, best_gain = (i, j, take), gain
+        if best is None:
+            return n
+        i, j, take = best
+        n[i] += 1
+        n[j] -= take
+        n = _fill(t, n, free, modelled)
+    return n
+
+
+def _one(t: OpTable, i: int, lanes: int, modelled: bool) -> float:
+    """_op_seconds of operation ``i`` alone at ``lanes``."""
+    compute = (math.ceil(t.work[i] / lanes) + t.depth[i]) / t.clock_hz
+    return float(t.spill_s[i] + max(compute, t.memory_s[i])) if modelled else compute
+
+
 def _solve(t: OpTable, n: np.ndarray, free: np.ndarray, modelled: bool) -> np.ndarray:
-    """SLSQP over the free operations (the others keep their lanes), rounded down and filled greedily."""
+    """SLSQP over the free operations (the others keep their lanes), rounded down, filled greedily and repaired.
+
+    The point ``n`` itself, filled and repaired, is the other candidate: the better of the two is returned, so a
+    solve never ends worse than where it started (rounding can cost more than SLSQP gains on small budgets).
+    """
     budget = t.budget - t.usage(np.where(free, 0, n))
     x = _continuous(t, free, budget, n[free].astype(float))
-    out = n.copy()
-    out[free] = np.maximum(1, np.floor(x + 1e-9)).astype(np.int64)
-    return _fill(t, out, free, modelled)
+    rounded = n.copy()
+    rounded[free] = np.maximum(1, np.floor(x + 1e-9)).astype(np.int64)
+    candidates = [_exchange(t, _fill(t, m, free, modelled), free, modelled) for m in (rounded, n)]
+    return min(candidates, key=lambda m: float(_op_seconds(t, m, modelled).sum()))
 
 
 def slsqp(t: OpTable) -> np.ndarray:
-    """Algorithm 1 lines 2–5: the SLSQP optimum of Σ lat_i/n_i, rounded down and filled."""
-    start = uniform(t)
-    return _solve(t, start, np.ones(t.k, dtype=bool), modelled=False)
+    """Algorithm 1 lines 2–5: the SLSQP optimum of Σ lat_i/n_i from the uniform design, rounded down and filled."""
+    return _solve(t, uniform(t), np.ones(t.k, dtype=bool), modelled=False)
 
 
 def rebalance(t: OpTable, n: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -140,8 +186,8 @@ def rebalance(t: OpTable, n: np.ndarray) -> tuple[np.ndarray, list[int]]:
         i = int(np.argmax(gap))
         if gap[i] <= 0:
             return n, masked
-        hide = t.memory_s[i] * t.clock_hz - t.depth[i]  # cycles of work that still hide behind the prefetch
-        need = int(np.ceil(t.work[i] / hide)) if hide > 0 else n[i]
+        hide = math.floor(t.memory_s[i] * t.clock_hz - t.depth[i])  # whole cycles of work hidden by the prefetch
+        need = math.ceil(t.work[i] / hide) if hide >= 1 else n[i]
         n[i] = max(1, min(n[i], need))
         free[i] = False
         masked.append(i)
@@ -190,7 +236,7 @@ def allocate(t: OpTable, method: str) -> Allocation:
     elif method == "slsqp":
         n = slsqp(t)
     elif method == "slsqp+rebalance":
-        n, order = rebalance(t, slsqp(t))
+        n, order = min((rebalance(t, m) for m in (slsqp(t), uniform(t))), key=lambda r: t.seconds(r[0]))
         rounds, masked = len(order), tuple(t.names[i] for i in order)
     elif method == "exact":
         n = exact(t)
