@@ -8,10 +8,11 @@ choose the lanes ``n_i`` of each operation under the LUT, FF, DSP (and BRAM) bud
   round down to integers, fill the slack greedily (the lane that saves the most compute time per share of the
   scarcest resource, while one fits) and repair the rounding by exchanges (one more lane here for the fewest lanes
   that make room elsewhere, while that saves time).
-- ``slsqp+rebalance``: then lines 6–14 (from the SLSQP design and from the uniform one; the better is kept): find the most memory-bound operation (largest prefetch − compute), take its
-  lanes down to the fewest that still hide behind its prefetch, mask it out, give the freed resources to the others
-  (SLSQP again over the unmasked operations, rounded and filled on the modelled latency), until no unmasked operation
-  is memory-bound. Each round masks one operation, so it stops within the number of operations.
+- ``slsqp+rebalance``: then lines 6–14, from the SLSQP design and from the uniform one (the better is kept): find
+  the most memory-bound operation (largest prefetch − compute), take its lanes down to the fewest that still hide
+  behind its prefetch, mask it out, give the freed resources to the others (SLSQP again over the unmasked operations,
+  rounded, filled and repaired on the modelled latency), until no unmasked operation is memory-bound. Each round
+  masks one operation, so it stops within the number of operations.
 - ``exact``: the integer optimum of the modelled latency (stalls and the pipeline fill included) as a multiple-choice
   knapsack solved by scipy's ``milp`` (HiGHS) to a zero gap: a binary per operation and useful lane count.
 
@@ -215,7 +216,9 @@ def exact(t: OpTable, time_limit_s: float = EXACT_TIME_LIMIT_S) -> np.ndarray:
     one = np.zeros((t.k, len(choices)))
     one[ops, np.arange(len(choices))] = 1.0
     use = (t.cost[ops] * lanes[:, None]).T
-    res = milp(sec / sec.max(), integrality=np.ones(len(choices)), bounds=Bounds(0, 1),
+    # in cycles above each operation's fastest choice: distinct designs differ by ≥ 1, far above HiGHS's absolute gap
+    floor = np.array([min(c[2] for c in choices if c[0] == i) for i in range(t.k)])
+    res = milp((sec - floor[ops]) * t.clock_hz, integrality=np.ones(len(choices)), bounds=Bounds(0, 1),
                constraints=[LinearConstraint(one, 1, 1), LinearConstraint(use, -np.inf, t.budget)],
                options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
     if res.status != 0 or res.x is None:

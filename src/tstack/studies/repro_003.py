@@ -62,7 +62,7 @@ def _fig16_rows(fpga: FpgaSpec) -> list[Row]:
         rows += [
             Row(f"fig16-mp-{name}", f"{name}: model partitioning (P+C+F) over the baseline design", "up to 2.60×",
                 _x(base / mp), f"uniform lanes; {base:.2f} s -> {mp:.2f} s; the design is compute-bound: spills and "
-                "stalls are {:.1%} of the baseline's time".format(1 - mp / base), TEXT),
+                f"stalls are {1 - mp / base:.1%} of the baseline's time", TEXT),
             Row(f"fig16-zs-{name}", f"{name}: zero skipping on top of MP", "a further 1.20×", _x(mp / mpzs),
                 f"at tstack's MiniLM rate (21.7% of softmax/weighted sum, 0% V-Gen); at 003's own rates (73.9%, 57.0%) "
                 f"{mp / paper_zs:.2f}×", TEXT),
