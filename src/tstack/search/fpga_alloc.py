@@ -160,14 +160,14 @@ def _one(t: OpTable, i: int, lanes: int, modelled: bool) -> float:
 def _solve(t: OpTable, n: np.ndarray, free: np.ndarray, modelled: bool) -> np.ndarray:
     """SLSQP over the free operations (the others keep their lanes), rounded down, filled greedily and repaired.
 
-    The point ``n`` itself, filled and repaired, is the other candidate: the better of the two is returned, so a
+    The point ``n`` itself, filled, is the other candidate: the better of the two is returned, so a
     solve never ends worse than where it started (rounding can cost more than SLSQP gains on small budgets).
     """
     budget = t.budget - t.usage(np.where(free, 0, n))
     x = _continuous(t, free, budget, n[free].astype(float))
     rounded = n.copy()
     rounded[free] = np.maximum(1, np.floor(x + 1e-9)).astype(np.int64)
-    candidates = [_exchange(t, _fill(t, m, free, modelled), free, modelled) for m in (rounded, n)]
+    candidates = [_exchange(t, _fill(t, rounded, free, modelled), free, modelled), _fill(t, n, free, modelled)]
     return min(candidates, key=lambda m: float(_op_seconds(t, m, modelled).sum()))
 
 
