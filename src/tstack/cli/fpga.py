@@ -55,6 +55,7 @@ def _utilization(t: Any, lanes: tuple[int, ...]) -> dict[str, float]:
 def _alloc_record(model: str, a: Allocation, t: Any, uniform_s: float) -> dict[str, Any]:
     return {"model": model, "method": a.method, "seconds": a.seconds, "speedup_over_uniform": uniform_s / a.seconds,
             "rounds": a.rounds, "masked": list(a.masked), "solve_seconds": a.solve_seconds, "lanes": list(a.lanes),
+            "proven_optimal": a.proven, "bound_seconds": a.bound_seconds,
             **_utilization(t, a.lanes)}
 
 
@@ -146,7 +147,8 @@ def allocate_cmd(
     for col in ("model", "method", "latency", "× uniform", "rounds", "LUT", "FF", "DSP", "BRAM", "solve", "lanes"):
         tab.add_column(col, no_wrap=True)
     for r in records:
-        tab.add_row(r["model"], r["method"], units.seconds(r["seconds"]), units.ratio(r["speedup_over_uniform"]),
+        proof = "" if r["proven_optimal"] is not False else f" (unproven; ≥ {units.seconds(r['bound_seconds'])})"
+        tab.add_row(r["model"], r["method"] + proof, units.seconds(r["seconds"]), units.ratio(r["speedup_over_uniform"]),
                     str(r["rounds"]), *(units.percent(r[f"{x}_utilization"]) for x in RESOURCES),
                     units.seconds(r["solve_seconds"]), " ".join(map(str, r["lanes"])))
     out.print(tab)

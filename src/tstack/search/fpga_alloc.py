@@ -14,7 +14,8 @@ choose the lanes ``n_i`` of each operation under the LUT, FF, DSP (and BRAM) bud
   rounded, filled and repaired on the modelled latency), until no unmasked operation is memory-bound. Each round
   masks one operation, so it stops within the number of operations.
 - ``exact``: the integer optimum of the modelled latency (stalls and the pipeline fill included) as a multiple-choice
-  knapsack solved by scipy's ``milp`` (HiGHS) to a zero gap: a binary per operation and useful lane count.
+  knapsack solved by scipy's ``milp`` (HiGHS) to a zero gap: a binary per operation and useful lane count. Where the
+  time limit stops HiGHS first, the best design found and the proven lower bound are returned, marked unproven.
 
 A table whose minimum design (one lane per operation) exceeds a budget raises ``Infeasible``, the searches' exception.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp, minimize
@@ -34,7 +36,8 @@ from tstack.errors import TstackError
 from tstack.hardware.fpga import RESOURCES
 
 METHODS = ("uniform", "slsqp", "slsqp+rebalance", "exact")
-EXACT_TIME_LIMIT_S = 120.0
+EXACT_TIME_LIMIT_S = 60.0
+PRUNE_ROUNDS = 8  # rounds of bound tightening before the milp
 MAX_EXCHANGES = 200  # rounding repairs per solve; each saves time, so this only bounds a pathological table
 
 
@@ -48,6 +51,8 @@ class Allocation:
     rounds: int = 0
     masked: tuple[str, ...] = ()
     solve_seconds: float = 0.0
+    proven: bool | None = None  # exact only: the milp proved the optimum (else its time limit stopped it)
+    bound_seconds: float | None = None  # exact only: the proven lower bound of the latency
 
 
 def check_feasible(t: OpTable) -> None:
@@ -196,44 +201,75 @@ def rebalance(t: OpTable, n: np.ndarray) -> tuple[np.ndarray, list[int]]:
             n = _solve(t, n, free, modelled=True)
 
 
-def exact(t: OpTable, time_limit_s: float = EXACT_TIME_LIMIT_S) -> np.ndarray:
-    """The integer lanes that minimize the modelled latency under the budgets (milp, zero gap)."""
+def _choices(t: OpTable, i: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lane counts 1..cap of operation ``i`` that save time over every smaller count, and their modelled seconds."""
+    v = np.arange(1, max(1, min(cap, int(np.ceil(t.work[i])))) + 1)
+    compute = (np.ceil(t.work[i] / v) + t.depth[i]) / t.clock_hz
+    sec = t.spill_s[i] + np.maximum(compute, t.memory_s[i])
+    keep = np.concatenate(([True], sec[1:] < np.minimum.accumulate(sec)[:-1]))
+    return v[keep], sec[keep]
+
+
+class Exact(NamedTuple):
+    """The milp's design; whether it is proven optimal (else the time limit stopped it) and the proven lower bound."""
+
+    lanes: np.ndarray
+    proven: bool
+    bound_seconds: float
+
+
+def exact(t: OpTable, time_limit_s: float = EXACT_TIME_LIMIT_S) -> Exact:
+    """The integer lanes that minimize the modelled latency under the budgets (milp, zero gap, or the best design
+    and the proven bound when ``time_limit_s`` runs out first).
+
+    Choices that cannot be optimal are pruned first, which keeps the optimum: with ``ub`` the latency of the SLSQP +
+    rebalancing design, an operation's choice slower than ``ub`` minus the other operations' fastest times is out,
+    which raises each operation's minimum lanes, which lowers the others' largest counts; a few rounds of this.
+    """
     check_feasible(t)
-    base = t.usage(np.ones(t.k))
-    choices: list[tuple[int, int, float]] = []  # (operation, lanes, seconds)
-    for i in range(t.k):
-        spare = t.budget - base + t.cost[i]
-        cap = min((int(np.floor(spare[j] / t.cost[i, j] + 1e-9)) for j in range(len(RESOURCES)) if t.cost[i, j] > 0),
-                  default=int(t.work[i]))
-        v = np.arange(1, max(1, min(cap, int(np.ceil(t.work[i])))) + 1)
-        compute = (np.ceil(t.work[i] / v) + t.depth[i]) / t.clock_hz
-        sec = t.spill_s[i] + np.maximum(compute, t.memory_s[i])
-        keep = np.concatenate(([True], sec[1:] < np.minimum.accumulate(sec)[:-1]))  # only lane counts that save time
-        choices += [(i, int(n), float(s)) for n, s in zip(v[keep], sec[keep])]
-    ops = np.array([c[0] for c in choices])
-    lanes = np.array([c[1] for c in choices], dtype=float)
-    sec = np.array([c[2] for c in choices])
-    one = np.zeros((t.k, len(choices)))
-    one[ops, np.arange(len(choices))] = 1.0
+    ub = float(_op_seconds(t, np.array(allocate(t, "slsqp+rebalance").lanes), True).sum())
+    low = np.ones(t.k, dtype=np.int64)
+    for _ in range(PRUNE_ROUNDS):
+        table = []
+        for i in range(t.k):
+            spare = t.budget - t.usage(low) + t.cost[i] * low[i]
+            cap = min((int(np.floor(spare[j] / t.cost[i, j] + 1e-9)) for j in range(len(RESOURCES)) if t.cost[i, j] > 0),
+                      default=int(t.work[i]))
+            table.append(_choices(t, i, cap))
+        fastest = np.array([sec.min() for _, sec in table])
+        slack = ub - (fastest.sum() - fastest) + 1e-12 * ub
+        table = [(v[sec <= slack[i]], sec[sec <= slack[i]]) for i, (v, sec) in enumerate(table)]
+        new_low = np.array([v.min() for v, _ in table], dtype=np.int64)
+        if np.array_equal(new_low, low):
+            break
+        low = new_low
+    ops = np.concatenate([np.full(len(v), i) for i, (v, _) in enumerate(table)])
+    lanes = np.concatenate([v for v, _ in table]).astype(float)
+    sec = np.concatenate([s for _, s in table])
+    one = np.zeros((t.k, len(ops)))
+    one[ops, np.arange(len(ops))] = 1.0
     use = (t.cost[ops] * lanes[:, None]).T
     # in cycles above each operation's fastest choice: distinct designs differ by ≥ 1, far above HiGHS's absolute gap
-    floor = np.array([min(c[2] for c in choices if c[0] == i) for i in range(t.k)])
-    res = milp((sec - floor[ops]) * t.clock_hz, integrality=np.ones(len(choices)), bounds=Bounds(0, 1),
+    fastest = np.array([s.min() for _, s in table])
+    res = milp((sec - fastest[ops]) * t.clock_hz, integrality=np.ones(len(ops)), bounds=Bounds(0, 1),
                constraints=[LinearConstraint(one, 1, 1), LinearConstraint(use, -np.inf, t.budget)],
                options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
-    if res.status != 0 or res.x is None:
-        raise TstackError(f"exact allocation of {t.label or 'the table'}: milp stopped without a proven optimum "
-                          f"({res.message})")
+    if res.x is None:
+        raise TstackError(f"exact allocation of {t.label or 'the table'}: milp found no design within "
+                          f"{time_limit_s:g} s ({res.message})")
     pick = res.x > 0.5
     n = np.zeros(t.k, dtype=np.int64)
     n[ops[pick]] = lanes[pick].astype(np.int64)
-    return n
+    if not t.fits(n) or float(_op_seconds(t, n, True).sum()) > ub:  # HiGHS's tolerances; the bound design is exact
+        n = np.array(allocate(t, "slsqp+rebalance").lanes)
+    bound = (float(res.mip_dual_bound) / t.clock_hz + fastest.sum()) * t.layers
+    return Exact(n, res.status == 0, min(bound, t.seconds(n)) if res.status == 0 else bound)
 
 
 def allocate(t: OpTable, method: str) -> Allocation:
     """Lanes per operation by ``method`` (one of METHODS), with the modelled latency."""
     start = time.perf_counter()
-    rounds, masked = 0, ()
+    rounds, masked, proven, bound = 0, (), None, None
     if method == "uniform":
         n = uniform(t)
     elif method == "slsqp":
@@ -242,10 +278,11 @@ def allocate(t: OpTable, method: str) -> Allocation:
         n, order = min((rebalance(t, m) for m in (slsqp(t), uniform(t))), key=lambda r: t.seconds(r[0]))
         rounds, masked = len(order), tuple(t.names[i] for i in order)
     elif method == "exact":
-        n = exact(t)
+        n, proven, bound = exact(t)
     else:
         raise TstackError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    return Allocation(method, tuple(int(x) for x in n), t.seconds(n), rounds, masked, time.perf_counter() - start)
+    return Allocation(method, tuple(int(x) for x in n), t.seconds(n), rounds, masked, time.perf_counter() - start,
+                      proven, bound)
 
 
 @dataclass(frozen=True)
