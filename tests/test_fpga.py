@@ -106,7 +106,7 @@ def tables(draw, k_max=6, lanes_max=None):
     scale = draw(st.floats(1.0, 40.0 if lanes_max is None else lanes_max))
     budget = np.floor(need * scale) + np.array([draw(st.integers(0, 500)) for _ in RESOURCES])
     return OpTable(
-        names=tuple(f"op{i}" for i in range(k)), units=("u",) * k, lanes=("mac",) * k,
+        names=tuple(f"op{i}" for i in range(k)), units=("u",) * k, lane_kinds=("mac",) * k,
         work=np.array([draw(st.floats(1e2, 1e8)) for _ in range(k)]).round(),
         depth=np.array([draw(st.integers(0, 40)) for _ in range(k)], dtype=float),
         prefetch_bytes=np.array([draw(floats) for _ in range(k)]), spill_bytes=np.array([draw(floats) for _ in range(k)]),
@@ -169,7 +169,7 @@ def test_stall_is_prefetch_minus_compute_where_positive(t, seed):
 
 def test_rebalancing_takes_lanes_from_a_memory_bound_operation():
     # op0 is tiny but must wait 1 ms for op1's prefetch; op1 is large. SLSQP gives op0 lanes it cannot use.
-    t = OpTable(names=("a", "b"), units=("u", "u"), lanes=("mac", "mac"), work=np.array([1e6, 1e8]),
+    t = OpTable(names=("a", "b"), units=("u", "u"), lane_kinds=("mac", "mac"), work=np.array([1e6, 1e8]),
                 depth=np.zeros(2), prefetch_bytes=np.array([0.0, 1e6]), spill_bytes=np.zeros(2),
                 write_bytes=np.zeros(2), cost=np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]),
                 budget=np.array([200.0, 1, 1, 1]), clock_hz=1e8, bytes_per_s=1e9)

@@ -20,7 +20,7 @@ work at the V-Gen skip rate. docs/fpga.md derives every figure.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -147,7 +147,7 @@ class OpTable:
 
     names: tuple[str, ...]
     units: tuple[str, ...]
-    lanes: tuple[str, ...]
+    lane_kinds: tuple[str, ...]
     work: np.ndarray
     depth: np.ndarray
     prefetch_bytes: np.ndarray
@@ -160,7 +160,6 @@ class OpTable:
     layers: int = 1
     onchip_bytes: float = 0.0
     label: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -263,7 +262,7 @@ def op_table(model: ModelSpec, seq: int, fpga: FpgaSpec, variant: Variant = Vari
     spare_uram = fpga.uram_blocks * URAM_BITS / 8
     budget["bram"] -= math.ceil(max(0.0, onchip - spare_uram) / (BRAM36_BITS / 8))
     return OpTable(
-        names=tuple(r[0] for r in rows), units=tuple(r[1] for r in rows), lanes=tuple(r[2] for r in rows),
+        names=tuple(r[0] for r in rows), units=tuple(r[1] for r in rows), lane_kinds=tuple(r[2] for r in rows),
         work=np.array([float(r[3]) for r in rows]), depth=np.array(depths, dtype=float),
         prefetch_bytes=np.array([float(r[4]) for r in rows]), spill_bytes=np.array([float(r[5]) for r in rows]),
         write_bytes=np.array([float(r[6]) for r in rows]),
