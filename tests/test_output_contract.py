@@ -32,6 +32,9 @@ ANALYTIC = {
     "accel gemm": ["accel", "gemm", "128", "768", "768", "--mapping", "auto,best"],
     "accel dse": ["accel", "dse", "bert-base", "--seq", "64", "--executor", "serial"],
     "accel repro": ["accel", "repro", "--seq", "64"],
+    "fpga run": ["fpga", "nlpfast-bert", "--seq", "64", "--variants", "base,MP+ZS"],
+    "fpga allocate": ["fpga", "allocate", "nlpfast-bert,nlpfast-bert-f4x", "--seq", "64"],
+    "fpga cross": ["fpga", "cross", "nlpfast-bert-f4x", "--designed-for", "nlpfast-bert-h4x"],
 }
 # commands that run PyTorch: small sizes
 MEASURED = {

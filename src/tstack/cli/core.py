@@ -281,6 +281,7 @@ def schema_cmd(command: str = typer.Argument(..., help="a command name as the JS
 
 def _register_commands() -> None:
     from tstack.cli import accel as cli_accel
+    from tstack.cli import fpga as cli_fpga
     from tstack.cli import integer as cli_int
     from tstack.cli import opt as cli_opt
     from tstack.cli import perf as cli_perf
@@ -291,6 +292,7 @@ def _register_commands() -> None:
     app.add_typer(cli_opt.app, name="opt")
     app.add_typer(cli_int.app, name="int")
     app.add_typer(cli_accel.app, name="accel")
+    app.add_typer(cli_fpga.app, name="fpga")
 
 
 _register_commands()
@@ -363,7 +365,7 @@ def _shortened(message: str) -> str:
 
 def _command_path(argv: list[str] | None) -> str:
     words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")][:2]
-    groups = {"opt", "int", "accel"}
+    groups = {"opt", "int", "accel", "fpga"}
     return "tstack " + (" ".join(words[:2]) if words and words[0] in groups else (words[0] if words else "")).strip()
 
 

@@ -12,14 +12,16 @@ from collections.abc import Callable
 
 from tstack.hardware.device import DeviceSpec
 from tstack.studies.repro_002 import Row, reproduce_002
+from tstack.studies.repro_003 import reproduce_003_fpga
 
 Section = Callable[[DeviceSpec], list[Row]]
 
 SECTIONS: dict[str, dict[str, Section]] = {
     "002": {"kernels": reproduce_002},
+    "003": {"fpga": reproduce_003_fpga},
 }
 
-TITLES = {"002": "Demystifying BERT (002)"}
+TITLES = {"002": "Demystifying BERT (002)", "003": "NLP-Fast (003)"}
 
 
 def run_sections(paper: str, names: list[str], device: DeviceSpec) -> list[tuple[str, list[Row]]]:

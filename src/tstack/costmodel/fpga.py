@@ -1,0 +1,304 @@
+"""An HLS-style FPGA accelerator for the NLP-Fast design (003 §V-B, Fig. 9): operations, lanes, AXI prefetch, stalls.
+
+The design has three execution units, the query generator (Q-Gen), multi-head self-attention (K/V-Gen, dot product,
+softmax, weighted sum, attention FC) and feed-forward (linear trans-1, activation, linear trans-2, layernorm and
+residual), and runs the 003 Table II operations of one layer in order, layer after layer. Each operation ``i`` has
+``n_i`` lanes; a lane is a chain of pipelined fp32 cores (``LANES``) that takes one element of work per cycle, so
+
+    compute_i = (ceil(work_i / n_i) + depth_i) / clock                      (work over parallelism, plus the fill)
+
+While operation ``i`` computes, its outputs are written back and the next operation's weights and inputs are prefetched
+over AXI into BRAM; ``memory_i = (write_i + prefetch_{i+1}) / bandwidth``. When that takes longer than the compute,
+the operation stalls: ``stall_i = max(0, memory_i - compute_i)``. An intermediate the previous operation spilled to
+DRAM (its working set does not stay on chip) cannot be prefetched while it is being produced: it is read after that
+operation ends (``spill_i``, exposed). Model partitioning keeps intermediates on chip (003 Table III): partial-head
+update (P) keeps Q, K, V and A, the column-based algorithm (C) the scores S and probabilities P, feed-forward
+splitting (F) T1 and T2. Zero skipping (ZS) removes softmax and weighted-sum work at the score skip rate and V-Gen
+work at the V-Gen skip rate. docs/fpga.md derives every figure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tstack.errors import SpecError
+from tstack.hardware.fpga import BRAM36_BITS, RESOURCES, URAM_BITS, FpgaSpec
+from tstack.spec import ModelSpec
+
+FP32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Core:
+    """One pipelined single-precision floating-point core as Vivado HLS instantiates it: resources and stages."""
+
+    lut: int
+    ff: int
+    dsp: int
+    stages: int
+
+
+# Single-precision cores of the Xilinx Floating-Point Operator (PG060) as Vivado HLS instantiates them by default
+# (fmul max_dsp, fadd full_dsp, fexp from the HLS math library, fdiv and fsqrt in fabric), with the resources the HLS
+# synthesis reports give for them; docs/fpga.md has the table, its provenance and how far it may be off.
+CORES = {
+    "fmul": Core(lut=321, ff=143, dsp=3, stages=4),
+    "fadd": Core(lut=390, ff=205, dsp=2, stages=5),
+    "fexp": Core(lut=935, ff=277, dsp=7, stages=10),
+    "fdiv": Core(lut=994, ff=761, dsp=0, stages=16),
+    "fsqrt": Core(lut=562, ff=458, dsp=0, stages=16),
+    "fcmp": Core(lut=72, ff=66, dsp=0, stages=1),
+}
+
+# A lane: the cores it chains (name -> count) and BRAM36 blocks for its operand buffers (one BRAM18 per operand stream
+# the lane reads every cycle, after HLS array partitioning).
+LANES: dict[str, tuple[dict[str, int], float]] = {
+    "mac": ({"fmul": 1, "fadd": 1}, 1.0),  # a × b + acc: two operand streams
+    "softmax": ({"fcmp": 1, "fadd": 2, "fexp": 1, "fdiv": 1}, 0.5),  # max, s - max, exp, running sum, divide
+    "gelu": ({"fmul": 6, "fadd": 4, "fexp": 1, "fdiv": 1}, 0.5),  # 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))), tanh by exp
+    "relu": ({"fcmp": 1}, 0.5),
+    "layernorm": ({"fmul": 3, "fadd": 4, "fsqrt": 1, "fdiv": 1}, 1.0),  # residual, mean, variance, (x-μ)·rstd·γ+β
+}
+
+FLAGS = ("P", "C", "F", "ZS")
+ALIASES = {"base": (), "MP": ("P", "C", "F")}
+UNITS = ("query generator", "multi-head self-attention", "feed-forward")
+
+
+def lane_cost(lane: str) -> tuple[dict[str, float], int]:
+    """Resources of one lane (RESOURCES keys) and its pipeline depth (the stages of its cores in a chain)."""
+    cores, bram = LANES[lane]
+    res = {"lut": 0.0, "ff": 0.0, "dsp": 0.0, "bram": bram}
+    depth = 0
+    for name, count in cores.items():
+        c = CORES[name]
+        res["lut"] += count * c.lut
+        res["ff"] += count * c.ff
+        res["dsp"] += count * c.dsp
+        depth += count * c.stages
+    return res, depth
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which of NLP-Fast's optimizations the design applies."""
+
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def name(self) -> str:
+        if not self.flags:
+            return "base"
+        parts = ["MP"] if {"P", "C", "F"} <= self.flags else [f for f in ("P", "C", "F") if f in self.flags]
+        return "+".join(parts + (["ZS"] if "ZS" in self.flags else []))
+
+    def __contains__(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+def parse_variant(text: str) -> Variant:
+    """'base', 'P+C', 'MP' (= P+C+F), 'MP+ZS', 'F', ... -> Variant."""
+    flags: set[str] = set()
+    for token in text.split("+"):
+        token = token.strip()
+        if token in ALIASES:
+            flags.update(ALIASES[token])
+        elif token in FLAGS:
+            flags.add(token)
+        else:
+            allowed = ", ".join([*ALIASES, *FLAGS])
+            raise SpecError([f"--variants entry {text[:40]!r}: {token[:20]!r} is not one of {allowed} (join with '+')"])
+    return Variant(frozenset(flags))
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Zero-skipping rates: the share of softmax and weighted-sum work skipped, and of V rows not generated.
+
+    The defaults are what tstack measured on MiniLM (docs/zeroskip.md, "Accuracy against skipped work"): per-element
+    skipping at score threshold 1e-4, the last threshold that keeps the embedding cosine ≥ 0.9999, drops 21.7% of the
+    probabilities on 13 documents at 512 tokens, and no V row was skippable at zero ratio 0.99 (0.0%). 003 reports
+    73.9% and 57.0% on BERT-large with SQuAD (§III-C); `--skip-rate 0.739 --vgen-skip 0.57` runs with those.
+    """
+
+    score: float = 0.217
+    vgen: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}={v!r} must be a number in [0, 1)" for name, v in (("--skip-rate", self.score),
+                                                                             ("--vgen-skip", self.vgen))
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0]
+        if problems:
+            raise SpecError(problems)
+
+
+@dataclass(frozen=True)
+class OpTable:
+    """The operations of one layer as arrays (one entry per operation), the part they run on, and the layer count.
+
+    ``work``: lane cycles of work per layer; ``prefetch_bytes``: weights and inputs fetched while the previous
+    operation computes; ``spill_bytes``: intermediates read back after the previous operation ends; ``write_bytes``:
+    outputs written while the operation computes; ``cost``: resources per lane (k × len(RESOURCES)); ``depth``:
+    pipeline stages; ``budget``: what the lanes may use (the part's resources less the on-chip intermediates).
+    """
+
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+    lane_kinds: tuple[str, ...]
+    work: np.ndarray
+    depth: np.ndarray
+    prefetch_bytes: np.ndarray
+    spill_bytes: np.ndarray
+    write_bytes: np.ndarray
+    cost: np.ndarray
+    budget: np.ndarray
+    clock_hz: float
+    bytes_per_s: float
+    layers: int = 1
+    onchip_bytes: float = 0.0
+    label: str = ""
+
+    @property
+    def k(self) -> int:
+        return len(self.names)
+
+    @property
+    def memory_s(self) -> np.ndarray:
+        """Per operation: the AXI time of its write-back and the next operation's prefetch, overlapped with compute."""
+        return (self.write_bytes + np.roll(self.prefetch_bytes, -1)) / self.bytes_per_s
+
+    @property
+    def spill_s(self) -> np.ndarray:
+        return self.spill_bytes / self.bytes_per_s
+
+    def compute_s(self, n: np.ndarray) -> np.ndarray:
+        n = np.asarray(n, dtype=float)
+        return (np.ceil(self.work / n) + self.depth) / self.clock_hz
+
+    def usage(self, n: np.ndarray) -> np.ndarray:
+        """Resources used by ``n`` lanes per operation (len(RESOURCES))."""
+        return np.asarray(n, dtype=float) @ self.cost
+
+    def fits(self, n: np.ndarray) -> bool:
+        return bool(np.all(self.usage(n) <= self.budget + 1e-9))
+
+    def timing(self, n: np.ndarray) -> Timing:
+        n = np.asarray(n, dtype=np.int64)
+        if n.shape != (self.k,) or np.any(n < 1):
+            raise SpecError([f"lanes={n.tolist()} must be {self.k} integers ≥ 1"])
+        compute, memory, spill = self.compute_s(n), self.memory_s, self.spill_s
+        stall = np.maximum(0.0, memory - compute)
+        return Timing(self, tuple(int(x) for x in n), compute, memory, spill, stall)
+
+    def seconds(self, n: np.ndarray) -> float:
+        """End-to-end latency of ``n`` lanes per operation (all layers)."""
+        return self.timing(n).seconds
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-operation compute, overlapped memory, exposed spill and stall seconds of one layer; totals for all layers."""
+
+    table: OpTable
+    lanes: tuple[int, ...]
+    compute_s: np.ndarray
+    memory_s: np.ndarray
+    spill_s: np.ndarray
+    stall_s: np.ndarray
+
+    @property
+    def op_s(self) -> np.ndarray:
+        """Per operation and layer: spill + compute + stall."""
+        return self.spill_s + self.compute_s + self.stall_s
+
+    @property
+    def seconds(self) -> float:
+        return float(self.op_s.sum()) * self.table.layers
+
+    def by_unit(self) -> dict[str, float]:
+        out = dict.fromkeys(UNITS, 0.0)
+        for unit, s in zip(self.table.units, self.op_s):
+            out[unit] = out.get(unit, 0.0) + float(s) * self.table.layers
+        return out
+
+
+def op_table(model: ModelSpec, seq: int, fpga: FpgaSpec, variant: Variant = Variant(), skip: Skip = Skip()) -> OpTable:
+    """The 003 Table II operations of one encoder layer of ``model`` at ``seq`` tokens on ``fpga``, per ``variant``.
+
+    Encoder–decoder models count every decoder layer as an encoder layer (no cross-attention, no causal mask).
+    """
+    if model.arch not in ("encoder", "enc-dec"):
+        raise SpecError([f"model {model.name!r} has arch={model.arch!r}; the FPGA model covers encoder and enc-dec "
+                         "Transformers (003 Fig. 9, BERT)"])
+    s, d, h, F = seq, model.hidden, model.heads, model.ffn
+    dh = d // h
+    P, C, FF, ZS = ("P" in variant), ("C" in variant), ("F" in variant), ("ZS" in variant)
+    keep = 1.0 - skip.score if ZS else 1.0
+    vkeep = 1.0 - skip.vgen if ZS else 1.0
+    B = FP32_BYTES
+    sd, ss = s * d * B, s * s * h * B  # one s×d activation; the scores (or probabilities) of all heads
+    act = "relu" if model.activation == "relu" else "gelu"
+    # name, unit, lane, work, prefetch, spill (read after the previous op ends), write
+    rows = [
+        ("Q-Gen", UNITS[0], "mac", s * d * d, d * d * B + sd, 0.0, 0 if P else sd),
+        ("K/V-Gen", UNITS[1], "mac", s * d * d * (1 + vkeep), 2 * d * d * B + sd, 0.0, 0 if P else 2 * sd),
+        ("dot product", UNITS[1], "mac", s * s * d, 0.0, 0 if P else 2 * sd, 0 if C else ss),
+        ("softmax", UNITS[1], "softmax", s * s * h * keep, 0.0, 0 if C else ss, 0 if C else ss),
+        ("weighted sum", UNITS[1], "mac", s * s * d * keep, 0.0, (0 if C else ss) + (0 if P else sd), 0 if P else sd),
+        ("attention FC", UNITS[1], "mac", s * d * d, d * d * B, 0 if P else sd, sd),
+        ("linear trans-1", UNITS[2], "mac", s * d * F, d * F * B + sd, 0.0, 0 if FF else s * F * B),
+        ("activation", UNITS[2], act, s * F, 0.0, 0 if FF else s * F * B, 0 if FF else s * F * B),
+        ("linear trans-2", UNITS[2], "mac", s * d * F, d * F * B, 0 if FF else s * F * B, sd),
+        ("layernorm/residual", UNITS[2], "layernorm", 2 * s * d, sd, sd, 2 * sd),
+    ]
+    # On-chip working sets (003 Table III): per head Q, K, V, A (P); a row of S and P per query (C); a column chunk
+    # of T1/T2 (F), double-buffered.
+    onchip = 2 * B * ((4 * s * dh if P else 0) + (2 * s if C else 0) + (2 * s * dh if FF else 0))
+    costs, depths = zip(*(lane_cost(r[2]) for r in rows))
+    budget = fpga.budget()
+    spare_uram = fpga.uram_blocks * URAM_BITS / 8
+    budget["bram"] -= math.ceil(max(0.0, onchip - spare_uram) / (BRAM36_BITS / 8))
+    return OpTable(
+        names=tuple(r[0] for r in rows), units=tuple(r[1] for r in rows), lane_kinds=tuple(r[2] for r in rows),
+        work=np.array([float(r[3]) for r in rows]), depth=np.array(depths, dtype=float),
+        prefetch_bytes=np.array([float(r[4]) for r in rows]), spill_bytes=np.array([float(r[5]) for r in rows]),
+        write_bytes=np.array([float(r[6]) for r in rows]),
+        cost=np.array([[c[r] for r in RESOURCES] for c in costs]), budget=np.array([budget[r] for r in RESOURCES]),
+        clock_hz=fpga.clock_hz, bytes_per_s=fpga.memory_bytes_per_s, layers=model.layers + model.decoder_layers,
+        onchip_bytes=float(onchip), label=f"{model.name} s={seq} {variant.name} on {fpga.name}")
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Joules of one inference: static, lanes (per resource, while computing), DRAM traffic; and the average power."""
+
+    static_j: float
+    lut_j: float
+    ff_j: float
+    dsp_j: float
+    bram_j: float
+    dram_j: float
+    seconds: float
+
+    @property
+    def joules(self) -> float:
+        return self.static_j + self.lut_j + self.ff_j + self.dsp_j + self.bram_j + self.dram_j
+
+    @property
+    def watts(self) -> float:
+        return self.joules / self.seconds
+
+
+def energy(table: OpTable, fpga: FpgaSpec, n: np.ndarray) -> Energy:
+    """Static power over the latency, plus each operation's lanes switching during its compute cycles, plus DRAM."""
+    t = table.timing(n)
+    busy_cycles = np.ceil(table.work / np.asarray(t.lanes)) * table.layers  # cycles each op's lanes do work
+    active = (np.asarray(t.lanes, dtype=float) * busy_cycles) @ table.cost  # resource-cycles per resource
+    p = fpga.power
+    per = dict(zip(RESOURCES, active))
+    dram = float(table.prefetch_bytes.sum() + table.spill_bytes.sum() + table.write_bytes.sum()) * table.layers
+    return Energy(p.static_w * t.seconds, per["lut"] * p.lut_j_per_cycle, per["ff"] * p.ff_j_per_cycle,
+                  per["dsp"] * p.dsp_j_per_cycle, per["bram"] * p.bram_j_per_cycle, dram * p.dram_j_per_byte, t.seconds)
