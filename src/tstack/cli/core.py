@@ -36,7 +36,7 @@ from tstack.models import load_model, model_presets
 from tstack.report import output, table, units
 from tstack.report.repro_table import print_repro_table, summary_line
 from tstack.spec import PRECISIONS, RunSpec
-from tstack.studies.sections import SECTIONS, TITLES, run_sections
+from tstack.studies.sections import SECTIONS, run_sections, title
 from tstack.sweep import COLUMNS
 from tstack.sweep import sweep as run_sweep
 from tstack.workload.params import param_count
@@ -262,7 +262,7 @@ def repro(
     if outputs.stdout_taken:
         return
     for name, part in done:
-        print_repro_table(part, out, title=f"{TITLES[paper]}, {name}, vs tstack on {dev.name}", notes=notes)
+        print_repro_table(part, out, title=title(paper, name, dev), notes=notes)
     out.print(summary_line(rows))
 
 

@@ -23,6 +23,14 @@ SECTIONS: dict[str, dict[str, Section]] = {
 
 TITLES = {"002": "Demystifying BERT (002)", "003": "NLP-Fast (003)"}
 
+# Sections that model no GPU: their title does not name the --device.
+DEVICE_FREE = {("003", "fpga")}
+
+
+def title(paper: str, name: str, device: DeviceSpec) -> str:
+    on = "" if (paper, name) in DEVICE_FREE else f" on {device.name}"
+    return f"{TITLES[paper]}, {name}, vs tstack{on}"
+
 
 def run_sections(paper: str, names: list[str], device: DeviceSpec) -> list[tuple[str, list[Row]]]:
     """Each named section's rows, in the order given; names are checked by the caller."""
