@@ -52,6 +52,7 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("accel", "gemm"): ["64", "64", "64"],
     ("accel", "dse"): ["bert-base", "--seq", "64", "--executor", "serial"],
     ("accel", "repro"): ["--seq", "64"],
+    ("fuse",): ["bert-base", "--seq", "64", "--fusion", "none,flash"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).

@@ -32,6 +32,7 @@ ANALYTIC = {
     "accel gemm": ["accel", "gemm", "128", "768", "768", "--mapping", "auto,best"],
     "accel dse": ["accel", "dse", "bert-base", "--seq", "64", "--executor", "serial"],
     "accel repro": ["accel", "repro", "--seq", "64"],
+    "fuse": ["fuse", "bert-base", "--seq", "64", "--fusion", "none,apex,flash"],
 }
 # commands that run PyTorch: small sizes
 MEASURED = {
