@@ -53,6 +53,7 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("accel", "dse"): ["bert-base", "--seq", "64", "--executor", "serial"],
     ("accel", "repro"): ["--seq", "64"],
     ("fuse",): ["bert-base", "--seq", "64", "--fusion", "none,flash"],
+    ("nmc",): ["bert-base", "--seq", "64"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).

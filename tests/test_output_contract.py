@@ -33,6 +33,7 @@ ANALYTIC = {
     "accel dse": ["accel", "dse", "bert-base", "--seq", "64", "--executor", "serial"],
     "accel repro": ["accel", "repro", "--seq", "64"],
     "fuse": ["fuse", "bert-base", "--seq", "64", "--fusion", "none,apex,flash"],
+    "nmc": ["nmc", "bert-base", "--seq", "64", "--precision", "fp16-mixed", "--memory", "hbm2-pim-shared"],
 }
 # commands that run PyTorch: small sizes
 MEASURED = {

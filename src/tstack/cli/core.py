@@ -285,6 +285,7 @@ def _register_commands() -> None:
     from tstack.cli import accel as cli_accel
     from tstack.cli import fuse as cli_fuse
     from tstack.cli import integer as cli_int
+    from tstack.cli import nmc as cli_nmc
     from tstack.cli import opt as cli_opt
     from tstack.cli import perf as cli_perf
 
@@ -295,6 +296,7 @@ def _register_commands() -> None:
     app.add_typer(cli_int.app, name="int")
     app.add_typer(cli_accel.app, name="accel")
     app.command()(cli_fuse.fuse)
+    app.command()(cli_nmc.nmc)
 
 
 _register_commands()
