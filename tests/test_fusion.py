@@ -249,3 +249,34 @@ def test_profiles_load_and_bad_files_name_the_problem(tmp_path):
     bad.write_text("name: bad\nchains:\n  - {name: x, ops: [scale, nonsense]}\n")
     with pytest.raises(SpecError, match="nonsense"):
         load_profile(bad)
+
+
+def test_fig12_decompositions_hand_derived():
+    from tstack.studies.repro_002_fusion import adam_ops, layernorm_ops
+
+    R, C, b = 64, 32, 4
+    E = R * C
+    unfused, fused = layernorm_ops(R, C)
+    # op by op: 6 full-tensor passes of 2 tensors (sub, square, mul-rstd, mul-gamma, add-beta: 2 each; the two means
+    # read 1) = 12·E·b, fp32 row statistics 32·R bytes (means and sub/mul-rstd reads 4 each, ε and rsqrt 8 each),
+    # γ and β once each
+    assert sum(o.bytes for o in unfused) == 12 * E * b + 32 * R + 2 * C * b
+    assert fused[0].bytes == 2 * E * b + 8 * R + 2 * C * b and len(unfused) == 9
+    sizes = [1000, 70000, 5]
+    unfused, fused = adam_ops(sizes)
+    # per tensor 8 kernels; 18 fp32 streams per parameter (lerp 3, mul 2, addcmul 3, sqrt 2, div 2, add 2,
+    # addcdiv 4) plus the step counter's 8 bytes; fused: w, g, m, v read and w, m, v written once
+    assert sum(o.count for o in unfused) == 8 * len(sizes)
+    assert sum(o.bytes for o in unfused) == 18 * 4 * sum(sizes) + 8 * len(sizes)
+    assert sum(o.bytes * o.count for o in fused) == 7 * 4 * sum(sizes)
+    assert sum(o.count for o in fused) == 1  # 2 + 1 + 1 = 4 chunks of 65,536 elements: one launch
+
+
+def test_repro_sections_fusion_and_nmc():
+    from tstack.studies.sections import SECTIONS
+
+    rows = SECTIONS["002"]["fusion"]("mi100") + SECTIONS["002"]["nmc"]("mi100")
+    keys = {r.key: r for r in rows}
+    assert {"fig12.layernorm.kernels", "fig12.adam.kernels", "fig12.qkv.max", "nmc.lamb", "nmc.e2e.min"} <= set(keys)
+    assert keys["fig12.layernorm.kernels"].tstack == 9.0
+    assert keys["nmc.lamb"].tstack > 1 and keys["nmc.e2e.max"].tstack > keys["nmc.e2e.min"].tstack > 0
