@@ -133,7 +133,7 @@ def _flash_recompute(ops, fused):
         return 0
     fwd = [o for o in ops if o.label("pass") == "fwd" and o.label("group") in ("Attn B-GEMM", "Scale+Mask+DR+SM")
            and not o.name.endswith(".context") and o.label("part") != "output"]
-    return sum(o.flops for o in fwd)
+    return sum(o.flops * o.count for o in fwd)
 
 
 def test_labels_of_a_fused_op_are_exactly_those_of_the_ops_it_absorbed():
@@ -280,3 +280,32 @@ def test_repro_sections_fusion_and_nmc():
     assert {"fig12.layernorm.kernels", "fig12.adam.kernels", "fig12.qkv.max", "nmc.lamb", "nmc.e2e.min"} <= set(keys)
     assert keys["fig12.layernorm.kernels"].tstack == 9.0
     assert keys["nmc.lamb"].tstack > 1 and keys["nmc.e2e.max"].tstack > keys["nmc.e2e.min"].tstack > 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(model=st.sampled_from(["bert-base", "gpt2", "transformer-base", "bert-c3"]), layers=st.integers(1, 3),
+       batch=st.integers(1, 4), seq=st.sampled_from([8, 32, 64]), train=st.booleans(),
+       precision=st.sampled_from(["fp32", "fp16-mixed"]), optimizer=st.sampled_from(["lamb", "adam", "sgd"]),
+       checkpoint=st.sampled_from(["none", "every-1"]), collapse=st.booleans(), profile=st.sampled_from(PROFILES))
+def test_fusion_keeps_flops_and_never_adds_bytes_or_kernels(model, layers, batch, seq, train, precision, optimizer,
+                                                            checkpoint, collapse, profile):
+    m = load_model(model).replace(layers=layers, **({"decoder_layers": layers} if model == "transformer-base" else {}))
+    run = RunSpec(mode="train" if train else "infer", batch=batch, seq=seq, precision=precision if train else "fp32",
+                  optimizer=optimizer, checkpoint=checkpoint if train else "none")
+    ops = build(m, run, collapse=collapse)
+    fused = fuse(ops, profile)
+    assert sum(o.flops * o.count for o in fused) - _flash_recompute(ops, fused) == sum(o.flops * o.count for o in ops)
+    assert sum(o.bytes * o.count for o in fused) <= sum(o.bytes * o.count for o in ops)
+    assert sum(o.count for o in fused) <= sum(o.count for o in ops)
+
+
+def test_analyze_json_carries_the_fusion_labels(capsys):
+    import json
+
+    from tstack.cli.core import run as cli
+
+    assert cli(["analyze", "bert-base", "--seq", "32", "--mode", "train", "--fusion", "flash", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run"]["options"]["fusion"] == "flash"
+    flash = [r for r in doc["records"] if r.get("fusion") == "flash-attention"]
+    assert flash and all(r["absorbed"].startswith("attn.") for r in flash)
