@@ -7,6 +7,10 @@ concatenated Q/K/V GEMMs, the CPU flash attention kernel), timed by ``profiler.f
 fixed threads, FTZ; warm-up, adaptive batching, median of --repeats, smallest median of --rounds alternating
 passes; under runtime.MALLOC_POLICY), values compared, kernels counted with torch.profiler.
 
+Per layer: one BERT encoder layer's inference forward (kernels.reference), eager against torch.compile, next to
+the workload's layer under profile none and under inductor (without Q/K/V concatenation, which the reference
+layer's three Linear modules do not get).
+
 Predicted: the same kernels as tstack Ops (workload formulas, workload.fusion's rules, the Fig. 12 decompositions
 of studies.repro_002_fusion) costed by the roofline on a host device built from three micro-benchmarks run here
 and printed: a streaming add's bandwidth at the cases' sizes, one tiny op's dispatch time (the launch overhead),
@@ -98,6 +102,45 @@ def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, lay
     raise ValueError(rule)
 
 
+LAYER_RULE = "layer (inference)"
+
+
+def layer_case(tokens: int, hidden: int, heads: int, seq: int):
+    """One BERT encoder layer's inference forward (kernels.reference): eager against torch.compile (inductor)."""
+    import torch
+
+    from tstack.kernels.fused import Case
+    from tstack.kernels.reference import EncoderLayer
+
+    torch.manual_seed(0)
+    layer = EncoderLayer(hidden, heads, 4 * hidden).eval()
+    compiled = torch.compile(layer, backend="inductor", dynamic=False)
+    x = torch.randn(tokens // seq, seq, hidden)
+    mask = torch.zeros(tokens // seq, 1, 1, seq)
+
+    def run(module):
+        def call():
+            with torch.inference_mode():
+                return module(x, mask)
+        return call
+
+    return Case(LAYER_RULE, f"{tokens // seq}×{seq}×{hidden}", run(layer), run(compiled), 1e-3)
+
+
+def predicted_layer(tokens: int, hidden: int, heads: int, seq: int):
+    """The layer's ops as built (profile none) and under inductor without Q/K/V concatenation (the reference
+    layer keeps three Linear modules, which inductor does not merge)."""
+    from tstack.models import load_model
+    from tstack.spec import RunSpec
+    from tstack.workload.build import build
+    from tstack.workload.fusion import fuse, load_profile
+
+    model = load_model("bert-base").replace(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden)
+    ops = tuple(o for o in build(model, RunSpec(batch=tokens // seq, seq=seq)) if o.label("layer") == "L0")
+    profile = dataclasses.replace(load_profile("inductor"), gemm_groups=())
+    return list(ops), list(fuse(ops, profile))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -133,9 +176,13 @@ def main() -> None:
               f"{'speed-up pred':>14} {'max |Δ|':>9}")
     print(header)
     start = time.time()
-    for case in cases(**shape):
+    layer_shape = {k: shape[k] for k in ("tokens", "hidden", "heads", "seq")}
+    for case in [*cases(**shape), layer_case(**layer_shape)]:
         m = measure_case(case, cfg, plan)
-        unfused, fused = predicted_ops(case.rule, **shape, l2=l2_bytes)
+        if case.rule == LAYER_RULE:
+            unfused, fused = predicted_layer(**layer_shape)
+        else:
+            unfused, fused = predicted_ops(case.rule, **shape, l2=l2_bytes)
         pu = Cost.total(cost_workload(tuple(unfused), dev)[1])
         pf = Cost.total(cost_workload(tuple(fused), dev)[1])
         print(f"{case.rule:28} {case.shape:>24} {m.unfused_kernels:>6}→{m.fused_kernels:<6} "
