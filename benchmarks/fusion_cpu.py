@@ -141,6 +141,10 @@ def predicted_layer(tokens: int, hidden: int, heads: int, seq: int):
     return list(ops), list(fuse(ops, profile))
 
 
+def _us(unfused: float, fused: float) -> str:
+    return f"{unfused * 1e6:.0f}→{fused * 1e6:.0f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -172,8 +176,8 @@ def main() -> None:
     dev, probe = host_device(args.threads, args.tokens * args.hidden)
     print("host micro-benchmarks:", {k: f"{v:.3g}" for k, v in probe.items()})
     cfg, plan = RuntimeConfig(threads=args.threads), TimingPlan(warmup=3, repeats=args.repeats, rounds=args.rounds)
-    header = (f"{'rule':28} {'shape':>24} {'kernels meas':>13} {'kernels pred':>13} {'speed-up meas':>14} "
-              f"{'speed-up pred':>14} {'max |Δ|':>9}")
+    header = (f"{'rule':28} {'shape':>24} {'kernels meas':>13} {'kernels pred':>13} {'µs meas':>17} "
+              f"{'µs pred':>17} {'speed-up meas':>14} {'speed-up pred':>14} {'max |Δ|':>9}")
     print(header)
     start = time.time()
     layer_shape = {k: shape[k] for k in ("tokens", "hidden", "heads", "seq")}
@@ -186,7 +190,8 @@ def main() -> None:
         pu = Cost.total(cost_workload(tuple(unfused), dev)[1])
         pf = Cost.total(cost_workload(tuple(fused), dev)[1])
         print(f"{case.rule:28} {case.shape:>24} {m.unfused_kernels:>6}→{m.fused_kernels:<6} "
-              f"{pu.kernels:>6}→{pf.kernels:<6} {m.speedup:>13.2f}× {pu.seconds / pf.seconds:>13.2f}× "
+              f"{pu.kernels:>6}→{pf.kernels:<6} {_us(m.unfused_seconds, m.fused_seconds):>17} "
+              f"{_us(pu.seconds, pf.seconds):>17} {m.speedup:>13.2f}× {pu.seconds / pf.seconds:>13.2f}× "
               f"{m.max_abs_error:>9.1e}", flush=True)
         if m.max_abs_error > case.tolerance:
             raise SystemExit(f"{case.rule}: fused and unfused differ by {m.max_abs_error:.3g} > {case.tolerance}")

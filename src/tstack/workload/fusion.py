@@ -262,11 +262,11 @@ def fuse_gemm_groups(ops: Workload, groups: tuple[tuple[str, ...], ...]) -> Work
             if i + 1 < len(ops) and ops[i + 1].name == "bias-grad" and ops[i + 1].label("layer") == op.label("layer"):
                 bias_of[i] = i + 1
     replaced: dict[int, Op | None] = {}
-    for (gi, _layer, pass_, _count), idx in buckets.items():
+    for (_group, _layer, pass_, _count), idx in buckets.items():
         members = [ops[i] for i in idx]
         if len(members) < 2:
             continue
-        fused = _fused_gemm(members, pass_, gi)
+        fused = _fused_gemm(members, pass_)
         if fused is None:
             continue
         replaced[idx[0]] = fused
@@ -283,7 +283,7 @@ def fuse_gemm_groups(ops: Workload, groups: tuple[tuple[str, ...], ...]) -> Work
     return tuple(replaced.get(i, op) for i, op in enumerate(ops) if replaced.get(i, op) is not None)
 
 
-def _fused_gemm(members: list[Op], pass_: str, gi: int) -> Op | None:
+def _fused_gemm(members: list[Op], pass_: str) -> Op | None:
     """One GEMM for a group, or None when the members do not share the common operand's shape."""
     first = members[0]
     ib = DTYPE_BYTES[first.dtype]
