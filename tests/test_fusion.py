@@ -296,7 +296,15 @@ def test_fusion_keeps_flops_and_never_adds_bytes_or_kernels(model, layers, batch
     fused = fuse(ops, profile)
     assert sum(o.flops * o.count for o in fused) - _flash_recompute(ops, fused) == sum(o.flops * o.count for o in ops)
     assert sum(o.bytes * o.count for o in fused) <= sum(o.bytes * o.count for o in ops)
-    assert sum(o.count for o in fused) <= sum(o.count for o in ops)
+    # kernels: chains, GEMM groups and attention never add any; multi-tensor apply launches ⌈chunks / 320⌉ per
+    # optimizer kernel, which can exceed the per-layer kernels it replaces when a tensor is huge (as apex does:
+    # BERT-C3's 62M-parameter word embedding alone is 955 chunks, three launches)
+    rest = [o for o in fused if o.label("part").split(LABEL_JOIN)[0] != "optimizer"]
+    assert sum(o.count for o in rest) <= sum(o.count for o in ops if o.label("part") != "optimizer")
+    mt = load_profile(profile).multi_tensor
+    for name in {o.name for o in ops if o.label("part") == "optimizer"} & set(mt.ops if mt else ()):
+        launches = mt.launches([o.dim("params") for o in ops if o.name == name for _ in range(o.count)])
+        assert sum(o.count for o in fused if o.name == f"fused.{name}") == launches
 
 
 def test_analyze_json_carries_the_fusion_labels(capsys):
