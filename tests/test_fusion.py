@@ -217,11 +217,16 @@ def test_multi_tensor_launches_follow_the_chunk_and_block_limits():
     assert mt.launches([65536 * 320]) == 1
     assert mt.launches([65536 * 320 + 1]) == 2
     assert mt.launches([1] * 640) == 2  # each tensor is at least one chunk
+    limited = MultiTensor(("adam",), 65536, 320, {"adam": 36})
+    assert limited.launches([1] * 72, "adam") == 2 and limited.launches([1] * 73, "adam") == 3
+    # a tensor cut by a full launch carries over: 320 chunks, then its last chunk and the next tensor together
+    assert limited.launches([65536 * 320 + 1, 1], "adam") == 2
     model = load_model("bert-base").replace(layers=2)
     ops = build(model, RunSpec(mode="train", batch=2, seq=16, optimizer="adam"))
     fused = fuse(ops, "apex")
     adam = [o for o in fused if o.name == "fused.adam"]
-    assert sum(o.count for o in adam) == mt.launches([o.dim("params") for o in ops if o.name == "adam"])
+    apex = load_profile("apex").multi_tensor
+    assert sum(o.count for o in adam) == apex.launches([o.dim("params") for o in ops if o.name == "adam"], "adam")
     assert sum(o.bytes * o.count for o in adam) == sum(o.bytes * o.count for o in ops if o.name == "adam")
 
 
@@ -269,7 +274,7 @@ def test_fig12_decompositions_hand_derived():
     assert sum(o.count for o in unfused) == 8 * len(sizes)
     assert sum(o.bytes for o in unfused) == 18 * 4 * sum(sizes) + 8 * len(sizes)
     assert sum(o.bytes * o.count for o in fused) == 7 * 4 * sum(sizes)
-    assert sum(o.count for o in fused) == 1  # 2 + 1 + 1 = 4 chunks of 65,536 elements: one launch
+    assert sum(o.count for o in fused) == 1  # 3 tensors, 2 + 1 + 1 = 4 chunks of 65,536 elements: one launch
 
 
 def test_repro_sections_fusion_and_nmc():
@@ -303,7 +308,7 @@ def test_fusion_keeps_flops_and_never_adds_bytes_or_kernels(model, layers, batch
     assert sum(o.count for o in rest) <= sum(o.count for o in ops if o.label("part") != "optimizer")
     mt = load_profile(profile).multi_tensor
     for name in {o.name for o in ops if o.label("part") == "optimizer"} & set(mt.ops if mt else ()):
-        launches = mt.launches([o.dim("params") for o in ops if o.name == name for _ in range(o.count)])
+        launches = mt.launches([o.dim("params") for o in ops if o.name == name for _ in range(o.count)], name)
         assert sum(o.count for o in fused if o.name == f"fused.{name}") == launches
 
 

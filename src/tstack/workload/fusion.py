@@ -8,8 +8,9 @@ A profile (``presets/fusion/*.yaml``: none, apex, inductor, flash) names what a 
   So an inference chain moves its first input and its last output (plus the side streams every member moves:
   a residual's second operand, dropout masks, LayerNorm statistics and parameters).
 - **multi_tensor**: the optimizer's per-layer kernels of one name become one multi-tensor-apply launch set over
-  all layers: ⌈Σ chunks / max_blocks⌉ launches of ``chunk_elems``-element chunks (apex / ATen constants).
-  The parameter count per layer is known, the tensors within a layer are not: chunks are counted per layer.
+  all layers: launches of ``max_blocks`` chunks of ``chunk_elems`` elements, at most ``max_tensors`` tensors each
+  (apex / ATen constants). The parameter count per layer is known, the tensors within a layer are not: each
+  layer counts as one tensor.
 - **gemm_groups**: GEMMs with a common input (Q/K/V, 002 Fig. 13) become one GEMM with concatenated weights,
   forward and both backward GEMMs (and their bias gradients, one reduction over the concatenated width).
 - **attention**: a FlashAttention kernel replaces score B-GEMM, scale, mask, softmax, dropout and context
@@ -54,16 +55,32 @@ class Chain:
 
 @dataclass(frozen=True, slots=True)
 class MultiTensor:
-    """Optimizer kernels fused across layers by multi-tensor apply."""
+    """Optimizer kernels fused across layers by multi-tensor apply; ``max_tensors``: tensors one launch takes,
+    per kernel name (apex's depth_to_max_tensors for the kernel's number of tensor lists)."""
 
     ops: tuple[str, ...]
     chunk_elems: int
     max_blocks: int
+    max_tensors: dict[str, int] = field(default_factory=dict)
 
-    def launches(self, params: list[int]) -> int:
-        """Launches of one multi-tensor kernel over parameter groups of these sizes."""
-        chunks = sum(math.ceil(p / self.chunk_elems) for p in params)
-        return max(1, math.ceil(chunks / self.max_blocks))
+    def launches(self, sizes: list[int], name: str = "") -> int:
+        """Launches of one multi-tensor kernel over tensors of these sizes, as apex's multi_tensor_apply issues
+        them: a launch when the blocks (chunks) are full, when the tensors are full at a tensor's last chunk, or at
+        the last chunk of all; a tensor cut by a launch carries over to the next one."""
+        max_tensors = self.max_tensors.get(name, 0)
+        launches = tensors = blocks = 0
+        for t, size in enumerate(sizes):
+            tensors += 1
+            chunks = max(1, math.ceil(size / self.chunk_elems))
+            for c in range(chunks):
+                blocks += 1
+                last_of_tensor = c == chunks - 1
+                if (blocks == self.max_blocks or (max_tensors and tensors == max_tensors and last_of_tensor)
+                        or (t == len(sizes) - 1 and last_of_tensor)):
+                    launches += 1
+                    blocks = 0
+                    tensors = 0 if last_of_tensor else 1
+        return max(1, launches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +125,8 @@ def _parse(data: dict, where: str, path: Path) -> Profile:
     try:
         chains = tuple(Chain(c["name"], tuple(c["ops"]), tuple(c.get("keep", ()))) for c in data.get("chains") or ())
         mt = data.get("multi_tensor")
-        multi = MultiTensor(tuple(mt["ops"]), int(mt["chunk_elems"]), int(mt["max_blocks"])) if mt else None
+        multi = MultiTensor(tuple(mt["ops"]), int(mt["chunk_elems"]), int(mt["max_blocks"]),
+                            {str(k): int(v) for k, v in (mt.get("max_tensors") or {}).items()}) if mt else None
         at = data.get("attention")
         attention = Attention({str(k): int(v) for k, v in at["onchip_bytes"].items()}) if at else None
         groups = tuple(tuple(g) for g in data.get("gemm_groups") or ())
@@ -133,7 +151,7 @@ def _unparse(p: Profile) -> dict[str, Any]:
     return {"chains": [{"name": c.name, "ops": list(c.ops), "keep": list(c.keep)} for c in p.chains],
             "multi_tensor": None if p.multi_tensor is None else {
                 "ops": list(p.multi_tensor.ops), "chunk_elems": p.multi_tensor.chunk_elems,
-                "max_blocks": p.multi_tensor.max_blocks},
+                "max_blocks": p.multi_tensor.max_blocks, "max_tensors": dict(p.multi_tensor.max_tensors)},
             "gemm_groups": [list(g) for g in p.gemm_groups],
             "attention": None if p.attention is None else {"onchip_bytes": dict(p.attention.onchip_bytes)},
             "sources": list(p.sources)}
@@ -234,7 +252,7 @@ def fuse_optimizer(ops: Workload, multi: MultiTensor) -> Workload:
         if op is not group[0]:
             continue
         params = [m.dim("params") for m in group for _ in range(m.count)]
-        launches = multi.launches(params)
+        launches = multi.launches(params, op.name)
         flops = sum(m.flops * m.count for m in group)
         traffic = sum(m.bytes * m.count for m in group)
         (f, f_last), (b, b_last) = _split(flops, launches), _split(traffic, launches)
