@@ -55,6 +55,8 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("fpga", "run"): ["nlpfast-bert", "--seq", "64"],
     ("fpga", "allocate"): ["nlpfast-bert", "--seq", "64"],
     ("fpga", "cross"): ["nlpfast-bert-f4x", "--designed-for", "nlpfast-bert-h4x"],
+    ("fuse",): ["bert-base", "--seq", "64", "--fusion", "none,flash"],
+    ("nmc",): ["bert-base", "--seq", "64"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).

@@ -35,6 +35,8 @@ ANALYTIC = {
     "fpga run": ["fpga", "nlpfast-bert", "--seq", "64", "--variants", "base,MP+ZS"],
     "fpga allocate": ["fpga", "allocate", "nlpfast-bert,nlpfast-bert-f4x", "--seq", "64"],
     "fpga cross": ["fpga", "cross", "nlpfast-bert-f4x", "--designed-for", "nlpfast-bert-h4x"],
+    "fuse": ["fuse", "bert-base", "--seq", "64", "--fusion", "none,apex,flash"],
+    "nmc": ["nmc", "bert-base", "--seq", "64", "--precision", "fp16-mixed", "--memory", "hbm2-pim-shared"],
 }
 # commands that run PyTorch: small sizes
 MEASURED = {

@@ -7,15 +7,19 @@ from typing import Any
 
 from tstack.breakdown import Breakdown
 from tstack.costmodel.backend import CostModel, Target, cost_workload, default_precision, load_target
+from tstack.errors import SpecError
+from tstack.hardware.accel import AccelSpec
 from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.build import build
+from tstack.workload.fusion import Profile, fuse, load_profile
 
 __all__ = ["CostModel", "analyze"]
 
 
 def analyze(model: str | Path | ModelSpec, run: RunSpec | None = None, device: str | Path | Target = "a100",
-            cost_model: CostModel | None = None, **run_fields: Any) -> Breakdown:
+            cost_model: CostModel | None = None, fusion: str | Path | Profile | None = None,
+            **run_fields: Any) -> Breakdown:
     """Predicted Breakdown of one iteration, e.g. ``analyze("bert-large", mode="train", batch=32)``.
 
     ``device`` is any hardware target (tstack.costmodel.load_target): a device preset or file, or an accelerator
@@ -23,6 +27,7 @@ def analyze(model: str | Path | ModelSpec, run: RunSpec | None = None, device: s
     ``run`` defaults to a RunSpec at the model's default sequence length (and the target's default precision:
     int8 on an accelerator); keyword arguments change its fields. The cost model defaults to the target's best
     (the systolic backend for an accelerator; calibrated tables when a device file has them; else the roofline).
+    ``fusion`` applies a fusion profile (workload.fusion: none, apex, inductor, flash, or a .yaml file) first.
     """
     spec = load_model(model)
     target = load_target(device)
@@ -31,5 +36,13 @@ def analyze(model: str | Path | ModelSpec, run: RunSpec | None = None, device: s
         run = RunSpec(seq=run_fields.pop("seq", spec.default_seq), **run_fields)
     elif run_fields:
         run = run.replace(**run_fields)
-    ops, costs = cost_workload(build(spec, run), target, cost_model)
+    ops = build(spec, run)
+    if fusion is not None:
+        profile = load_profile(fusion)
+        if isinstance(target, AccelSpec) and profile != load_profile("none"):
+            raise SpecError([f"fusion={profile.name!r}: {target.name} is an accelerator, whose backend costs the "
+                             "workload's own kernels and fuses by its schedules (tstack accel run --schedule); use "
+                             "fusion none there"])
+        ops = fuse(ops, profile, target.name)
+    ops, costs = cost_workload(ops, target, cost_model)
     return Breakdown(spec, run, target.name, ops, costs)

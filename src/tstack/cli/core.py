@@ -135,6 +135,8 @@ def analyze(
                                                               "gemmini-ibert), or a device or accelerator .yaml file"),
     group_by: str | None = typer.Option(None, help="layer, block, pass, kind, group (002), nlpfast-op, dtype, name, "
                                                    "accel (000 categories, on an accelerator)"),
+    fusion: str = typer.Option("none", "--fusion", help="fusion profile: none | apex | inductor | flash, or a fusion "
+                                                        ".yaml file (tstack fuse compares them)"),
     json_out: Path | None = JSON_OPT,
     csv_out: Path | None = CSV_OPT,
     plot: Path | None = typer.Option(None, "--plot", help="write a roofline plot (.png, .svg, .pdf)"),
@@ -153,7 +155,7 @@ def analyze(
         raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
     precision = default_precision(dev) if precision is None else precision
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len)
-    b = analyze_config(spec, run, dev)
+    b = analyze_config(spec, run, dev, fusion=fusion)
     if group_by is not None:
         b.group_by(group_by)  # validate the key before anything is written
 
@@ -162,7 +164,7 @@ def analyze(
 
         plots.roofline_plot(b, dev, path, dtype=b.ops[0].dtype, fmt=outputs.plot_format)
 
-    outputs.write(output.breakdown_document("analyze", b, group_by=group_by), figure=figure)
+    outputs.write(output.breakdown_document("analyze", b, group_by=group_by, fusion=fusion), figure=figure)
     if not outputs.stdout_taken:
         table.print_breakdown(b, group_by, out)
         if b.total.joules is not None:
@@ -282,7 +284,9 @@ def schema_cmd(command: str = typer.Argument(..., help="a command name as the JS
 def _register_commands() -> None:
     from tstack.cli import accel as cli_accel
     from tstack.cli import fpga as cli_fpga
+    from tstack.cli import fuse as cli_fuse
     from tstack.cli import integer as cli_int
+    from tstack.cli import nmc as cli_nmc
     from tstack.cli import opt as cli_opt
     from tstack.cli import perf as cli_perf
 
@@ -293,6 +297,8 @@ def _register_commands() -> None:
     app.add_typer(cli_int.app, name="int")
     app.add_typer(cli_accel.app, name="accel")
     app.add_typer(cli_fpga.app, name="fpga")
+    app.command()(cli_fuse.fuse)
+    app.command()(cli_nmc.nmc)
 
 
 _register_commands()

@@ -98,6 +98,12 @@ COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                   "measured_seconds": NUM, "predicted_seconds": NUM, "relative_error": NUM}),
     "calibrate": ({"out": STR, "name": STR, "threads": INT, "repeats": INT, "rounds": INT, "quick": BOOL, "host": {}},
                   {"table": STR, "points": INT, "min_seconds": NUM, "max_seconds": NUM}),
+    "fuse": ({"model": STR, "spec": RUN_SPEC, "device": STR, "profiles": LIST},
+             {"profile": STR, "group": STR, "seconds": NUM, "kernels": INT, "flops": NUM, "bytes": NUM,
+              "speedup": NUM}),
+    "nmc": ({"model": STR, "spec": RUN_SPEC, "device": STR, "memory": STR, "scope": STR, "alus": INT, "banks": INT},
+            {"name": STR, "group": STR, "kernels": INT, "bytes": NUM, "gpu_seconds": NUM,
+             "gpu_optimistic_seconds": NUM, "nmc_seconds": NUM, "speedup_vs_gpu": NUM, "speedup_vs_optimistic": NUM}),
     "int errors": ({"op": {}, "softmax_bits": INT},
                    {"op": STR, "domain": STR, "max_abs_error": NUM, "rms_error": NUM}),
 }

@@ -12,12 +12,13 @@ from collections.abc import Callable
 
 from tstack.hardware.device import DeviceSpec
 from tstack.studies.repro_002 import Row, reproduce_002
+from tstack.studies.repro_002_fusion import reproduce_fusion, reproduce_nmc
 from tstack.studies.repro_003 import reproduce_003_fpga
 
 Section = Callable[[DeviceSpec], list[Row]]
 
 SECTIONS: dict[str, dict[str, Section]] = {
-    "002": {"kernels": reproduce_002},
+    "002": {"kernels": reproduce_002, "fusion": reproduce_fusion, "nmc": reproduce_nmc},
     "003": {"fpga": reproduce_003_fpga},
 }
 
