@@ -32,6 +32,10 @@ ANALYTIC = {
     "accel gemm": ["accel", "gemm", "128", "768", "768", "--mapping", "auto,best"],
     "accel dse": ["accel", "dse", "bert-base", "--seq", "64", "--executor", "serial"],
     "accel repro": ["accel", "repro", "--seq", "64"],
+    "cluster run": ["cluster", "bert-large", "--gpus", "16", "--tp", "2", "--pp", "2", "--seq", "128",
+                    "--overlap", "none,layer"],
+    "cluster search": ["cluster", "search", "gpt2", "--gpus", "8", "--global-batch", "16", "--seq", "256",
+                       "--executor", "serial"],
 }
 # commands that run PyTorch: small sizes
 MEASURED = {

@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 from tstack.hardware.device import DeviceSpec
 from tstack.studies.repro_002 import Row, reproduce_002
+from tstack.studies.repro_002_cluster import reproduce_002_cluster
 
 Section = Callable[[DeviceSpec], list[Row]]
 
 SECTIONS: dict[str, dict[str, Section]] = {
-    "002": {"kernels": reproduce_002},
+    "002": {"kernels": reproduce_002, "multi-device": reproduce_002_cluster},
 }
 
 TITLES = {"002": "Demystifying BERT (002)"}
