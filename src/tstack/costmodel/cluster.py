@@ -169,8 +169,8 @@ def _pointwise_split(op: Op, tp: int, sp: bool) -> tuple[int, int]:
         return rows, cols
     if part == "output" and op.name == "softmax" and cols > 2:
         return rows, math.ceil(cols / tp)  # the cross-entropy over this rank's slice of the vocabulary
-    if part == "output" and sp and op.kind != OpKind.GATHER and op.name not in ("bias-grad",) and not op.is_gemm:
-        return math.ceil(rows / tp), cols
+    if part == "output" and sp and op.name != "bias-grad":
+        return math.ceil(rows / tp), cols  # the final norm and the head's element-wise kernels, sharded by sequence
     return rows, cols
 
 
@@ -402,12 +402,12 @@ def compose(fam: Family, net: NetworkSpec, dp: Any, tp: int, pp: Any, interleave
     dp, pp, v, m = (np.asarray(x) for x in (dp, pp, interleave, micro_batches))
     zero, ovl = np.asarray(zero), np.asarray(overlap_layer, bool)
     per_stage = fam.layers / pp
-    first = np.where(pp == 1, 1.0, 0.0)  # with one stage the embedding and head are on the same rank
+    one_stage = np.where(pp == 1, 1.0, 0.0)  # with one stage the embedding and head are on the same rank
     # Compute per micro-batch on the first stage (embedding) and the last (head); the slowest sets the pace.
-    t_first_f = per_stage * fam.layer_fwd + fam.emb_fwd + first * fam.head_fwd
-    t_first_b = per_stage * fam.layer_bwd + fam.emb_bwd + first * fam.head_bwd
-    t_last_f = per_stage * fam.layer_fwd + fam.head_fwd + first * fam.emb_fwd
-    t_last_b = per_stage * fam.layer_bwd + fam.head_bwd + first * fam.emb_bwd
+    t_first_f = per_stage * fam.layer_fwd + fam.emb_fwd + one_stage * fam.head_fwd
+    t_first_b = per_stage * fam.layer_bwd + fam.emb_bwd + one_stage * fam.head_bwd
+    t_last_f = per_stage * fam.layer_fwd + fam.head_fwd + one_stage * fam.emb_fwd
+    t_last_b = per_stage * fam.layer_bwd + fam.head_bwd + one_stage * fam.emb_bwd
     last_slower = (t_last_f + t_last_b) > (t_first_f + t_first_b)
     compute = np.maximum(t_first_f + t_first_b, t_last_f + t_last_b)
     tp_one = comm_seconds(net, "all-reduce", fam.tp_message_bytes, tp, 1)
@@ -418,13 +418,13 @@ def compose(fam: Family, net: NetworkSpec, dp: Any, tp: int, pp: Any, interleave
     steady = m * stage
     bubble = (pp - 1) / v * stage
     # Data parallelism: the rank's gradients (its stage's parameters), ZeRO's gathers.
-    params_first = per_stage * fam.params_layer + fam.params_emb + first * fam.params_head
-    params_last = per_stage * fam.params_layer + fam.params_head + (1 - first) * fam.tied_copy + first * fam.params_emb
+    params_first = per_stage * fam.params_layer + fam.params_emb + one_stage * fam.params_head
+    params_last = per_stage * fam.params_layer + fam.params_head + (1 - one_stage) * fam.tied_copy + one_stage * fam.params_emb
     params = np.maximum(params_first, params_last)
     head_here = last_slower | (pp == 1)  # the slowest stage's backward: head (if it has it), layers, embedding
     emb_here = ~last_slower | (pp == 1)
     g_layer = fam.params_layer * fam.grad_bytes
-    g_first = np.where(head_here, (fam.params_head + (1 - first) * fam.tied_copy) * fam.grad_bytes, 0.0)
+    g_first = np.where(head_here, (fam.params_head + (1 - one_stage) * fam.tied_copy) * fam.grad_bytes, 0.0)
     g_last = np.where(emb_here, fam.params_emb * fam.grad_bytes, 0.0)
     sharded = zero >= 1
 
