@@ -255,3 +255,47 @@ def test_illegal_layouts_name_the_field():
         C.evaluate(spec, run, V100, PCIE, C.Layout(pp=5))
     with pytest.raises(SpecError, match="global_batch=3"):
         C.evaluate(spec, run, V100, PCIE, C.Layout(dp=2, global_batch=3))
+
+
+# ---------------------------------------------------------------- mixture of experts, expert parallelism
+
+def test_one_expert_is_the_dense_model():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
+    lay = C.Layout(dp=4, tp=2, global_batch=8)
+    dense = C.evaluate(spec, run, A100, DGX, lay)
+    moe = C.evaluate(spec, run, A100, DGX, lay, moe=C.MoE(1, 1))
+    assert moe.seconds == pytest.approx(dense.seconds, rel=1e-12)
+    assert moe.memory()["total"] == pytest.approx(dense.memory()["total"], rel=1e-12)
+
+
+def test_expert_ffn_processes_top_k_times_the_tokens():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", batch=2, seq=128)
+    ops = build(spec, run, collapse=True)
+    routed = C.slice_workload(ops, 1, top_k=2)
+
+    def flops(workload, block):
+        return sum(op.flops * op.count for op in workload if op.label("block") == block)
+
+    assert flops(routed, "fc") == 2 * flops(ops, "fc")
+    assert flops(routed, "attention") == flops(ops, "attention")
+
+
+def test_expert_parallel_parameters_and_all_to_all_by_hand():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
+    lay = C.Layout(dp=8, ep=4, micro_batch=2)
+    r = C.evaluate(spec, run, A100, DGX, lay, moe=C.MoE(8, 2))
+    ffn = 2 * 768 * 3072 + 3072 + 768
+    assert C.ffn_params_tp(spec, 1) == ffn
+    assert r.values["params_layer"] == P.layer_params(spec) - ffn + 8 // 4 * ffn  # two experts per rank
+    # dispatch and combine, forward and backward: 4 all-to-alls per layer of 2·256 tokens × top-2 × 768 × 2 bytes
+    a2a = collective_seconds(DGX, "all-to-all", 2 * 256 * 2 * 768 * 2, 4)
+    assert r.values["ep_a2a"] == pytest.approx(4 * 12 * a2a)
+    assert a2a == pytest.approx(3 * 5e-6 + 3 / 4 * 1572864 / (300e9 * 0.8))  # (n − 1)/n of the buffer, n − 1 steps
+
+
+def test_expert_parallel_needs_experts_it_divides():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=128)
+    with pytest.raises(SpecError, match="ep=2 needs a mixture of experts"):
+        C.evaluate(spec, run, A100, DGX, C.Layout(dp=2, ep=2))
+    with pytest.raises(SpecError, match="ep=4 must divide dp=4 and experts=6"):
+        C.evaluate(spec, run, A100, DGX, C.Layout(dp=4, ep=4), moe=C.MoE(6, 1))

@@ -93,9 +93,18 @@ def test_cli_overlap_list_gives_one_layout_each():
     assert none["seconds_per_iteration"] > layer["seconds_per_iteration"]
 
 
+def test_cli_mixture_of_experts():
+    doc = _json(["cluster", "gpt2", "--gpus", "8", "--dp", "8", "--experts", "8", "--top-k", "2", "--ep", "8",
+                 "--seq", "256"])
+    s = doc["summary"]
+    assert (s["experts"], s["top_k"], s["ep"]) == (8, 2, 8)
+    assert any(r["group"] == "EP all-to-all" for r in doc["records"])
+
+
 @pytest.mark.parametrize("argv,message", [
     (["cluster", "bert-large", "--gpus", "10", "--tp", "4"], "--gpus=10 is not a multiple of tp·pp=4"),
     (["cluster", "bert-large", "--tp", "3"], "tp=3 must divide heads=16"),
+    (["cluster", "gpt2", "--experts", "4", "--top-k", "5"], "--top-k=5 must be an integer in [1, 4]"),
     (["cluster", "bert-large", "--recompute", "some"], "--recompute='some' is not one of none, selective, full"),
     (["cluster", "bert-large", "--device", "xeon-gold-5220-2s"], "needs a GPU device"),
     (["cluster", "search", "bert-large", "--gpus", "0", "--global-batch", "8"], "--gpus=0"),

@@ -26,7 +26,7 @@ from tstack.cli.common import (
     progress,
     worker_count,
 )
-from tstack.costmodel.cluster import OVERLAP, RECOMPUTE, ClusterResult, Layout, evaluate
+from tstack.costmodel.cluster import OVERLAP, RECOMPUTE, ClusterResult, Layout, MoE, evaluate
 from tstack.errors import SpecError
 from tstack.hardware.device import DeviceSpec, load_device
 from tstack.hardware.network import load_network, network_presets
@@ -75,6 +75,8 @@ def _layout_name(lay: Layout) -> str:
         parts.append("sp")
     if lay.zero:
         parts.append(f"zero{lay.zero}")
+    if lay.ep > 1:
+        parts.append(f"ep{lay.ep}")
     parts.append(f"overlap-{lay.overlap}")
     return " ".join(parts)
 
@@ -102,6 +104,10 @@ def run_cmd(
     zero: int = typer.Option(0, help="ZeRO stage 0-3 (3 = FSDP)"),
     overlap: str = typer.Option("layer", help="comma-separated gradient communication overlap: none, layer "
                                               "(002 §5.1); one layout each"),
+    experts: int = typer.Option(0, help="make every FFN a mixture of this many experts (0: dense)"),
+    top_k: int = typer.Option(1, help="experts each token is routed to (with --experts)"),
+    ep: int = typer.Option(1, help="expert-parallel ranks inside each data-parallel group (must divide dp and "
+                                   "--experts)"),
     precision: str = PRECISION_OPT,
     optimizer: str = OPTIMIZER_OPT,
     device: str = DEVICE_OPT,
@@ -117,6 +123,9 @@ def run_cmd(
                         ("--seq", seq)):
         check_int(name, value, 1, MAX_BATCH)
     check_int("--zero", zero, 0, 3)
+    check_int("--experts", experts, 0, 1 << 20)
+    check_int("--top-k", top_k, 1, max(1, experts))
+    check_int("--ep", ep, 1, MAX_GPUS)
     check_choice("--recompute", recompute, RECOMPUTE)
     overlaps = list(dict.fromkeys(parse_names("--overlap", overlap, OVERLAP)))
     if batch is not None and micro_batch is not None and batch != micro_batch:
@@ -134,7 +143,8 @@ def run_cmd(
     dev, net = _target(device), load_network(network)
     results = [evaluate(spec, run, dev, net, Layout(dp=dp, tp=tp, pp=pp, interleave=interleave, micro_batch=mb,
                                                      global_batch=global_batch or mb * dp, recompute=recompute,
-                                                     seq_parallel=seq_parallel, zero=zero, overlap=o))
+                                                     seq_parallel=seq_parallel, zero=zero, overlap=o, ep=ep),
+                        moe=MoE(experts, top_k) if experts else None)
                for o in overlaps]
     summaries = [_summary(r) for r in results]
     records = [{"layout": s["layout"], **row} for r, s in zip(results, summaries) for row in r.records()]

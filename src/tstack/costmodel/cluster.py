@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from tstack import checks
 from tstack.costmodel.backend import CostModel, cost_workload
 from tstack.errors import SpecError
 from tstack.hardware.device import DeviceSpec
@@ -56,7 +57,25 @@ ROW = ("out_proj", "fc2", "down_proj")  # weight split by input rows; an all-red
 VOCAB = ("lm_head", "mlm.decoder")  # vocabulary-parallel output projections
 COLUMN_NLPFAST = ("Q-Gen", "K/V-Gen", "linear trans-1")  # the bias-gradient reductions of column-split linears
 ACT_GROUPS = frozenset(ACT_GROUP.values())
-COMM_GROUPS = ("TP collectives", "PP p2p", "DP gradients", "ZeRO gathers")
+
+
+@dataclass(frozen=True)
+class MoE:
+    """A mixture of experts in place of every FFN: ``experts`` FFNs, each token routed to ``top_k`` of them (the
+    ModelSpec has no experts, so a dense model becomes a MoE with this). Routing is taken as balanced; the router's
+    E×T×H GEMM is left out (under 1% of the FFN's FLOPs for E ≤ 64, H ≥ 1024)."""
+
+    experts: int
+    top_k: int = 1
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        checks.integer(problems, "experts", self.experts, 1, 1 << 20)
+        checks.integer(problems, "top_k", self.top_k, 1, 1 << 20)
+        if not problems and self.top_k > self.experts:
+            problems.append(f"top_k={self.top_k} exceeds experts={self.experts}")
+        if problems:
+            raise SpecError(problems, "moe")
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,7 @@ class Layout:
     seq_parallel: bool = False
     zero: int = 0
     overlap: str = "layer"
+    ep: int = 1  # expert-parallel ranks inside each data-parallel group (with a MoE)
 
     def __post_init__(self) -> None:
         if self.global_batch == 0 and isinstance(self.micro_batch, int) and isinstance(self.dp, int):
@@ -88,11 +108,11 @@ class Layout:
         return self.global_batch // (self.dp * self.micro_batch)
 
 
-def layout_problems(model: ModelSpec, layout: Layout, seq: int) -> list[str]:
+def layout_problems(model: ModelSpec, layout: Layout, seq: int, moe: MoE | None = None) -> list[str]:
     """Every reason the layout cannot run the model, one line each (empty when it is legal)."""
     problems: list[str] = []
     lay = layout
-    for name in ("dp", "tp", "pp", "interleave", "micro_batch", "global_batch"):
+    for name in ("dp", "tp", "pp", "interleave", "micro_batch", "global_batch", "ep"):
         value = getattr(lay, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             problems.append(f"{name}={value!r} must be an integer ≥ 1")
@@ -104,8 +124,13 @@ def layout_problems(model: ModelSpec, layout: Layout, seq: int) -> list[str]:
         problems.append(f"zero={lay.zero!r} is not one of 0, 1, 2, 3")
     if problems:
         return problems
-    if lay.tp > 1 and model.arch == "memnet":
-        problems.append("tp > 1 needs an encoder or decoder model (a memory network has no layers to slice)")
+    if (lay.tp > 1 or lay.pp > 1 or moe is not None) and model.arch == "memnet":
+        problems.append("tp > 1, pp > 1 and experts need an encoder or decoder model (a memory network has hops, "
+                        "not layers)")
+    if lay.ep > 1 and moe is None:
+        problems.append(f"ep={lay.ep} needs a mixture of experts (experts ≥ 1)")
+    if lay.dp % lay.ep or (moe is not None and moe.experts % lay.ep):
+        problems.append(f"ep={lay.ep} must divide dp={lay.dp}" + (f" and experts={moe.experts}" if moe else ""))
     for name, value in (("heads", model.heads), ("kv_heads", model.kv_heads), ("ffn", model.ffn)):
         if value % lay.tp:
             problems.append(f"tp={lay.tp} must divide {name}={value}")
@@ -123,8 +148,8 @@ def layout_problems(model: ModelSpec, layout: Layout, seq: int) -> list[str]:
     return problems
 
 
-def check_layout(model: ModelSpec, layout: Layout, seq: int) -> None:
-    problems = layout_problems(model, layout, seq)
+def check_layout(model: ModelSpec, layout: Layout, seq: int, moe: MoE | None = None) -> None:
+    problems = layout_problems(model, layout, seq, moe)
     if problems:
         raise SpecError(problems, "layout")
 
@@ -139,9 +164,12 @@ def _suffix(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def _sliced_mnk(op: Op, tp: int) -> tuple[int, int, int, int]:
-    """(M, N, K, batch) of one rank's forward GEMM (Megatron's split, 002 Fig. 10)."""
+def _sliced_mnk(op: Op, tp: int, top_k: int = 1) -> tuple[int, int, int, int]:
+    """(M, N, K, batch) of one rank's forward GEMM (Megatron's split, 002 Fig. 10); an expert FFN sees top_k× the
+    tokens (each token goes to top_k experts; balanced routing)."""
     M, N, K, batch = op.gemm_shape
+    if op.label("block") == "fc":
+        N *= top_k
     if op.kind == OpKind.BGEMM:
         return M, N, K, batch // tp  # attention heads split across ranks
     if op.name in VOCAB:
@@ -153,11 +181,13 @@ def _sliced_mnk(op: Op, tp: int) -> tuple[int, int, int, int]:
     return M, N, K, batch
 
 
-def _pointwise_split(op: Op, tp: int, sp: bool) -> tuple[int, int]:
+def _pointwise_split(op: Op, tp: int, sp: bool, top_k: int = 1) -> tuple[int, int]:
     """(rows, cols) of one rank's element-wise or reduction kernel."""
     rows, cols = op.dim("rows"), op.dim("cols")
     group, part = op.label("group"), op.label("part")
     if part == "transformer":
+        if op.label("block") == "fc":
+            rows *= top_k  # the expert FFN's tokens (its activation and bias gradients)
         if group == SCALE_MASK_SM:
             return rows // tp, cols  # rows are B·heads·Sq
         if group in ACT_GROUPS or group == "RoPE":
@@ -174,20 +204,21 @@ def _pointwise_split(op: Op, tp: int, sp: bool) -> tuple[int, int]:
     return rows, cols
 
 
-def slice_workload(ops: tuple[Op, ...], tp: int, sp: bool = False) -> tuple[Op, ...]:
+def slice_workload(ops: tuple[Op, ...], tp: int, sp: bool = False, top_k: int = 1) -> tuple[Op, ...]:
     """The ops one of ``tp`` tensor-parallel ranks runs (Megatron-LM; 002 Fig. 10): a pure Op → Op transformation.
 
     GEMMs keep their kind and pass; a backward GEMM is derived from its sliced forward by the 002 Table 2b rules, so
     FLOPs and bytes follow the formulas the workload uses. Element-wise kernels shrink with the dimension that is
     split (heads for softmax, the FFN width for the activation); LayerNorm, dropout and residual stay whole (sharded
     along the sequence under ``sp``). Embedding lookups stay whole; the optimizer ops are rebuilt separately.
+    With ``top_k`` > 1 (a mixture of experts) the FFN kernels process top_k× the tokens.
     """
-    if tp == 1 and not sp:
+    if tp == 1 and not sp and top_k == 1:
         return ops
     forward: dict[tuple[str, str], tuple[int, int, int, int]] = {}
     for op in ops:
         if op.is_gemm and op.label("pass") == "fwd":
-            forward[(op.label("layer"), op.name)] = _sliced_mnk(op, tp)
+            forward[(op.label("layer"), op.name)] = _sliced_mnk(op, tp, top_k)
     out = []
     for op in ops:
         if op.is_gemm:
@@ -197,7 +228,7 @@ def slice_workload(ops: tuple[Op, ...], tp: int, sp: bool = False) -> tuple[Op, 
             width = DTYPE_BYTES[op.dtype]
             counts = F.gemm(*mnk, batch, width, width)
         elif op.kind in (OpKind.ELEMENTWISE, OpKind.REDUCTION) and op.dim("rows"):
-            rows, cols = _pointwise_split(op, tp, sp)
+            rows, cols = _pointwise_split(op, tp, sp, top_k)
             if (rows, cols) == (op.dim("rows"), op.dim("cols")):
                 out.append(op)
                 continue
@@ -225,6 +256,12 @@ def layer_params_tp(model: ModelSpec, tp: int, cross: bool = False) -> int:
     split = attentions * (2 * H * H + 2 * H * Hk + qkv_bias) + (3 if model.gated_ffn else 2) * H * Fd + fc1_bias
     whole = attentions * out_bias + fc2_bias + (attentions + 1) * P.norm_params(model)
     return split // tp + whole
+
+
+def ffn_params_tp(model: ModelSpec, tp: int) -> int:
+    """One FFN's (one expert's) parameters on a tensor-parallel rank: weights and FC-1 biases split, FC-2 bias whole."""
+    fc1_bias, fc2_bias = ((2 if model.gated_ffn else 1) * model.ffn, model.hidden) if model.bias else (0, 0)
+    return ((3 if model.gated_ffn else 2) * model.hidden * model.ffn + fc1_bias) // tp + fc2_bias
 
 
 def embedding_params_tp(model: ModelSpec, tp: int) -> int:
@@ -270,6 +307,10 @@ class Family:
     weight_bytes: int
     grad_bytes: int
     optim_bytes: int
+    params_ffn: int = 0  # one expert's FFN on this tensor-parallel rank (a MoE layer holds experts/ep of them)
+    experts: int = 1
+    a2a_collectives: float = 0.0  # all-to-alls per MoE layer and micro-batch (dispatch and combine, fwd and bwd)
+    a2a_bytes: float = 0.0  # the routed tokens of one all-to-all
 
 
 def _run(run: RunSpec, micro_batch: int, recompute: str) -> RunSpec:
@@ -277,11 +318,11 @@ def _run(run: RunSpec, micro_batch: int, recompute: str) -> RunSpec:
 
 
 def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recompute: str,
-               sp: bool) -> tuple[Op, ...]:
+               sp: bool, top_k: int = 1) -> tuple[Op, ...]:
     """One rank's ops for one micro-batch: the sliced workload, selective recomputation, this rank's optimizer."""
     r = _run(run, micro_batch, recompute)
     ops = tuple(op for op in build(model, r, collapse=True) if op.label("part") != "optimizer")
-    ops = slice_workload(ops, tp, sp)
+    ops = slice_workload(ops, tp, sp, top_k)
     if recompute == "selective":  # the attention core again before its backward (Korthikanti et al. 2022 §5)
         ops += tuple(emit.with_pass(op, "recompute") for op in ops if op.label("pass") == "fwd"
                      and op.label("part") == "transformer" and op.label("group") in (ATTN_BGEMM, SCALE_MASK_SM))
@@ -299,11 +340,12 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
 
 
 def activation_bytes_per_layer(model: ModelSpec, seq: int, micro_batch: int, tp: int, sp: bool, recompute: str,
-                               act_bytes: int) -> float:
+                               act_bytes: int, top_k: int = 1) -> float:
     """Korthikanti et al. 2022 eq. 1–6 (fp16 values: s·b·h·(34 + 5·a·s/h) for one unsliced GPT layer), generalized
-    to an FFN of width F (the 16 of 34 is 4F/h; 8F/h for a gated FFN) and scaled by the activation width / 2."""
+    to an FFN of width F (the 16 of 34 is 4F/h; 8F/h for a gated FFN; × top_k routed copies in a MoE) and scaled by
+    the activation width / 2."""
     s, b, h, a = seq, micro_batch, model.hidden, model.heads
-    mlp_sliced = (8 if model.gated_ffn else 4) * model.ffn / h
+    mlp_sliced = (8 if model.gated_ffn else 4) * model.ffn / h * top_k
     replicated, sliced, attn = 10.0, 8.0 + mlp_sliced, 5.0 * a * s / h
     if recompute == "full":
         per = 2.0 / (tp if sp else 1)
@@ -314,9 +356,10 @@ def activation_bytes_per_layer(model: ModelSpec, seq: int, micro_batch: int, tp:
 
 
 def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_batch: int, recompute: str,
-           sp: bool, cost_model: CostModel | None = None) -> Family:
+           sp: bool, cost_model: CostModel | None = None, moe: MoE | None = None) -> Family:
     """Cost one family: build, slice and cost its workload once."""
-    ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp), device, cost_model)
+    top_k = moe.top_k if moe else 1
+    ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp, top_k), device, cost_model)
     L = total_layers(model)
     part: dict[tuple[str, str], float] = {}
     groups: dict[str, list[float]] = {}
@@ -356,10 +399,13 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
         tp_collectives_fwd=fwd_collectives, tp_collectives_bwd=bwd_collectives,
         tp_collectives_emb=2.0 if tp > 1 and model.head in ("lm", "bert-pretrain") else 0.0,
         tp_message_bytes=float(tokens * model.hidden * act), p2p_bytes=float(tokens * model.hidden * act / tp),
-        act_layer_bytes=activation_bytes_per_layer(model, run.seq, micro_batch, tp, sp, recompute, act),
+        act_layer_bytes=activation_bytes_per_layer(model, run.seq, micro_batch, tp, sp, recompute, act, top_k),
         act_head_bytes=float(4 * tokens * math.ceil(model.vocab / tp)) if model.head in ("lm", "bert-pretrain") else 0.0,
         weight_bytes=2 if mixed else 4, grad_bytes=2 if mixed else 4,
         optim_bytes=(4 if mixed else 0) + 4 * moments,
+        params_ffn=ffn_params_tp(model, tp), experts=moe.experts if moe else 1,
+        a2a_collectives=(4.0 + (2.0 if recompute == "full" else 0.0)) if moe else 0.0,
+        a2a_bytes=float(tokens * top_k * model.hidden * act / (tp if sp else 1)),
     )
 
 
@@ -397,11 +443,15 @@ def _overlapped(first: Any, bwd_layer: Any, last: Any, comm_first: Any, comm_lay
 
 
 def compose(fam: Family, net: NetworkSpec, dp: Any, tp: int, pp: Any, interleave: Any, micro_batches: Any,
-            zero: Any, overlap_layer: Any) -> dict[str, Any]:
+            zero: Any, overlap_layer: Any, ep: Any = 1) -> dict[str, Any]:
     """Seconds and bytes per device for arrays of layouts of one family (numpy broadcasting; scalars work too)."""
-    dp, pp, v, m = (np.asarray(x) for x in (dp, pp, interleave, micro_batches))
+    dp, pp, v, m, ep = (np.asarray(x) for x in (dp, pp, interleave, micro_batches, ep))
     zero, ovl = np.asarray(zero), np.asarray(overlap_layer, bool)
     per_stage = fam.layers / pp
+    # A MoE layer holds experts/ep FFNs; its optimizer work grows with its parameters.
+    expert_params = fam.experts / ep * fam.params_ffn
+    params_layer = fam.params_layer - fam.params_ffn + expert_params
+    opt_layer = fam.opt_layer * params_layer / fam.params_layer if fam.params_layer else fam.opt_layer
     one_stage = np.where(pp == 1, 1.0, 0.0)  # with one stage the embedding and head are on the same rank
     # Compute per micro-batch on the first stage (embedding) and the last (head); the slowest sets the pace.
     t_first_f = per_stage * fam.layer_fwd + fam.emb_fwd + one_stage * fam.head_fwd
@@ -414,34 +464,40 @@ def compose(fam: Family, net: NetworkSpec, dp: Any, tp: int, pp: Any, interleave
     tp_comm = tp_one * (per_stage * (fam.tp_collectives_fwd + fam.tp_collectives_bwd)
                         + fam.tp_collectives_emb * np.where(pp == 1, 1.0, 0.5))  # embedding on the first, head on the last
     p2p = np.where(pp > 1, 2 * v * comm_seconds(net, "p2p", fam.p2p_bytes, 2, tp * dp), 0.0)
-    stage = compute + tp_comm + p2p
+    a2a = per_stage * fam.a2a_collectives * comm_seconds(net, "all-to-all", fam.a2a_bytes, ep, tp)
+    stage = compute + tp_comm + p2p + a2a
     steady = m * stage
     bubble = (pp - 1) / v * stage
     # Data parallelism: the rank's gradients (its stage's parameters), ZeRO's gathers.
-    params_first = per_stage * fam.params_layer + fam.params_emb + one_stage * fam.params_head
-    params_last = per_stage * fam.params_layer + fam.params_head + (1 - one_stage) * fam.tied_copy + one_stage * fam.params_emb
+    params_first = per_stage * params_layer + fam.params_emb + one_stage * fam.params_head
+    params_last = per_stage * params_layer + fam.params_head + (1 - one_stage) * fam.tied_copy + one_stage * fam.params_emb
     params = np.maximum(params_first, params_last)
     head_here = last_slower | (pp == 1)  # the slowest stage's backward: head (if it has it), layers, embedding
     emb_here = ~last_slower | (pp == 1)
-    g_layer = fam.params_layer * fam.grad_bytes
+    g_layer = params_layer * fam.grad_bytes
     g_first = np.where(head_here, (fam.params_head + (1 - one_stage) * fam.tied_copy) * fam.grad_bytes, 0.0)
     g_last = np.where(emb_here, fam.params_emb * fam.grad_bytes, 0.0)
     sharded = zero >= 1
 
-    def reduce(nbytes: Any) -> Any:
-        return np.where(sharded, comm_seconds(net, "reduce-scatter", nbytes, dp, tp),
-                        comm_seconds(net, "all-reduce", nbytes, dp, tp))
+    def reduce(nbytes: Any, n: Any = dp, stride: Any = tp) -> Any:
+        return np.where(sharded, comm_seconds(net, "reduce-scatter", nbytes, n, stride),
+                        comm_seconds(net, "all-reduce", nbytes, n, stride))
 
     def gather(nbytes: Any) -> Any:
         return comm_seconds(net, "all-gather", nbytes, dp, tp)
 
     b_first, b_last = np.where(head_here, fam.head_bwd, 0.0), np.where(emb_here, fam.emb_bwd, 0.0)
-    r_first, r_layer, r_last = reduce(g_first), reduce(g_layer), reduce(g_last)
+    r_first, r_last = reduce(g_first), reduce(g_last)
+    if fam.experts > 1:  # the experts' gradients are reduced over the dp/ep replicas of each expert
+        expert_bytes = expert_params * fam.grad_bytes
+        r_layer = reduce(g_layer - expert_bytes) + reduce(expert_bytes, dp // ep, tp * ep)
+    else:
+        r_layer = reduce(g_layer)
     hidden = _overlapped(b_first, fam.layer_bwd, b_last, r_first, r_layer, r_last, per_stage)
     dp_grad = np.where(ovl, hidden, r_first + per_stage * r_layer + r_last)
     # ZeRO 1–2 gather the updated shards after the step; ZeRO-3/FSDP gathers every layer's parameters in forward
     # and again in backward for each micro-batch (prefetched one layer ahead under overlap), and the rest whole.
-    w_all, w_layer = params * fam.weight_bytes, fam.params_layer * fam.weight_bytes
+    w_all, w_layer = params * fam.weight_bytes, params_layer * fam.weight_bytes
     ag_layer = gather(w_layer)
     gather_f = np.where(ovl, ag_layer + (per_stage - 1) * np.maximum(0.0, ag_layer - fam.layer_fwd), per_stage * ag_layer)
     gather_b = np.where(ovl, ag_layer + (per_stage - 1) * np.maximum(0.0, ag_layer - fam.layer_bwd), per_stage * ag_layer)
@@ -449,7 +505,7 @@ def compose(fam: Family, net: NetworkSpec, dp: Any, tp: int, pp: Any, interleave
     gathers = np.where(zero == 3, zero3, np.where(sharded, gather(w_all), 0.0))
     rest_params = fam.params_emb + fam.params_head
     rate = fam.opt_rest / rest_params if rest_params else 0.0
-    opt = (per_stage * fam.opt_layer + rate * (params - per_stage * fam.params_layer)) / np.where(sharded, dp, 1)
+    opt = (per_stage * opt_layer + rate * (params - per_stage * params_layer)) / np.where(sharded, dp, 1)
     seconds = steady + bubble + dp_grad + gathers + opt
     # Memory of the rank that holds the most.
     in_flight = np.minimum(m, pp) * np.where(v > 1, 1 + (pp - 1) / (pp * v), 1.0)
@@ -457,16 +513,18 @@ def compose(fam: Family, net: NetworkSpec, dp: Any, tp: int, pp: Any, interleave
     weights = params * fam.weight_bytes / np.where(zero == 3, dp, 1)
     grads = params * fam.grad_bytes / np.where(zero >= 2, dp, 1)
     optim = params * fam.optim_bytes / np.where(sharded, dp, 1)
-    return {"seconds": seconds, "compute": m * compute, "tp_comm": m * tp_comm, "p2p": m * p2p, "bubble": bubble,
+    return {"seconds": seconds, "compute": m * compute, "tp_comm": m * tp_comm, "p2p": m * p2p, "ep_a2a": m * a2a,
+            "bubble": bubble, "params_layer": params_layer * np.ones_like(seconds),
             "dp_grad": dp_grad, "zero_gather": gathers, "optimizer": opt, "stage_compute": compute,
             "last_slower": last_slower, "params": params, "weights": weights, "gradients": grads, "optim": optim,
             "activations": act, "memory": weights + grads + optim + act}
 
 
-def model_flops(model: ModelSpec, seq: int, sequences: int) -> float:
-    """Megatron's model FLOPs of one iteration (Narayanan et al. 2021, eq. 3, no recomputation counted)."""
+def model_flops(model: ModelSpec, seq: int, sequences: int, top_k: int = 1) -> float:
+    """Megatron's model FLOPs of one iteration (Narayanan et al. 2021, eq. 3, no recomputation counted):
+    72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) = 3·B·s·(l·(24h² + 4sh) + 2hV); a MoE's FFN term 16h² counts top_k times."""
     s, h, L, V = seq, model.hidden, total_layers(model), model.vocab
-    return 72.0 * sequences * s * L * h * h * (1 + s / (6 * h) + V / (12 * L * h))
+    return 3.0 * sequences * s * (L * ((8 + 16 * top_k) * h * h + 4 * s * h) + 2 * h * V)
 
 
 # ---------------------------------------------------------------- one layout, with its breakdown
@@ -482,6 +540,7 @@ class ClusterResult:
     layout: Layout
     family: Family
     values: dict[str, float]
+    moe: MoE | None = None
 
     @property
     def seconds(self) -> float:
@@ -493,7 +552,7 @@ class ClusterResult:
 
     @property
     def model_tflops_per_device(self) -> float:
-        flops = model_flops(self.model, self.run.seq, self.layout.global_batch)
+        flops = model_flops(self.model, self.run.seq, self.layout.global_batch, self.moe.top_k if self.moe else 1)
         return flops / (self.seconds * self.layout.gpus) / 1e12
 
     def memory(self) -> dict[str, float]:
@@ -509,7 +568,10 @@ class ClusterResult:
                 "seq_parallel": lay.seq_parallel, "zero": lay.zero, "overlap": lay.overlap, "seq": self.run.seq,
                 "precision": self.run.precision, "optimizer": self.run.optimizer,
                 "seconds_per_iteration": self.seconds, "model_tflops_per_device": self.model_tflops_per_device,
-                "model_flops_per_iteration": model_flops(self.model, self.run.seq, lay.global_batch),
+                "model_flops_per_iteration": model_flops(self.model, self.run.seq, lay.global_batch,
+                                                         self.moe.top_k if self.moe else 1),
+                "experts": self.moe.experts if self.moe else 0, "top_k": self.moe.top_k if self.moe else 0,
+                "ep": lay.ep,
                 "memory_bytes_per_device": self.memory(), "memory_capacity_bytes": self.device.memory_capacity,
                 "fits": self.fits,
                 "bubble_fraction": (lay.pp - 1) / (lay.interleave * lay.micro_batches)}
@@ -535,25 +597,30 @@ class ClusterResult:
         sp = lay.seq_parallel and lay.tp > 1
         add("communication", "communication", "TP reduce-scatter+all-gather" if sp else "TP all-reduce", v["tp_comm"])
         add("communication", "communication", "PP p2p", v["p2p"])
+        add("communication", "communication", "EP all-to-all", v["ep_a2a"])
         add("communication", "communication", "DP reduce-scatter" if lay.zero else "DP all-reduce", v["dp_grad"])
         add("communication", "communication", "ZeRO all-gather", v["zero_gather"])
         add("bubble", "bubble", "pipeline bubble", v["bubble"])
         rest = fam.params_emb + fam.params_head
-        rest_fraction = (v["params"] - per_stage * fam.params_layer) / rest if rest else 0.0
+        rest_fraction = (v["params"] - per_stage * v["params_layer"]) / rest if rest else 0.0
+        layer_scale = v["params_layer"] / fam.params_layer if fam.params_layer else 1.0  # experts/ep FFNs
         shard = lay.dp if lay.zero else 1
         for group, per in fam.opt_groups.items():
-            add("optimizer", "optimizer", group, (per_stage * per[0] + per[1] * rest_fraction) / shard)
+            add("optimizer", "optimizer", group, (per_stage * per[0] * layer_scale + per[1] * rest_fraction) / shard)
         return rows
 
 
 def evaluate(model: ModelSpec, run: RunSpec, device: DeviceSpec, network: NetworkSpec, layout: Layout,
-             cost_model: CostModel | None = None) -> ClusterResult:
+             cost_model: CostModel | None = None, moe: MoE | None = None) -> ClusterResult:
     """Time and memory per device of one training iteration under ``layout`` (``run`` gives seq, precision,
-    optimizer and dropout; its batch is replaced by the layout's micro-batch)."""
-    check_layout(model, layout, run.seq)
+    optimizer and dropout; its batch is replaced by the layout's micro-batch); ``moe`` turns every FFN into experts,
+    spread over ``layout.ep`` ranks with all-to-alls (2 forward, 2 backward per layer; 2 more under full
+    recomputation) of the routed tokens."""
+    check_layout(model, layout, run.seq, moe)
     fam = family(model, run, device, layout.tp, layout.micro_batch, layout.recompute,
-                 layout.seq_parallel and layout.tp > 1, cost_model)
+                 layout.seq_parallel and layout.tp > 1, cost_model, moe)
     values = compose(fam, network, layout.dp, layout.tp, layout.pp, layout.interleave, layout.micro_batches,
-                     layout.zero, layout.overlap == "layer")
+                     layout.zero, layout.overlap == "layer", layout.ep)
     plain = {k: float(np.asarray(x)) for k, x in values.items()}
-    return ClusterResult(model, _run(run, layout.micro_batch, layout.recompute), device, network, layout, fam, plain)
+    return ClusterResult(model, _run(run, layout.micro_batch, layout.recompute), device, network, layout, fam, plain,
+                         moe)
