@@ -223,6 +223,8 @@ def search_cmd(
     if outputs.stdout_taken:
         return
     out.print(f"{result.evaluated} layouts evaluated, {len(rows)} fit {units.si(dev.memory_capacity, 'B')}")
+    if not rows:
+        return
     for title, picked in (("fastest layouts that fit", [r for r in records if r["rank"] <= top]),
                           ("Pareto set (time vs memory)", [r for r in records if r["pareto"]])):
         t = Table(title=f"{spec.name} on {gpus} × {dev.name} ({net.name}), global batch {global_batch}: {title}",
