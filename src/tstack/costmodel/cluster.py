@@ -16,6 +16,8 @@ Communication comes from the network model (``hardware.network``). Composition, 
                  layer with the backward (overlap layer: 002 §5.1, the maximum of computation and communication for
                  every pair of consecutive layers; the first layer's communication stays exposed)
     optimizer  = the optimizer's ops on this rank's parameters (1/tp of the sliced tensors; 1/dp more under ZeRO)
+    experts    = with a ``MoE``, the FFN kernels see top_k× the tokens, a rank holds experts/ep FFNs, and each layer
+                 adds 2 forward + 2 backward all-to-alls of the routed tokens over the ep ranks (not overlapped)
 
 Memory per device follows Korthikanti et al. 2022 (§4): activations per layer s·b·h·(10 + 24/t + 5·a·s/(h·t)) bytes
 in fp16 and its variants for sequence parallelism and selective / full recomputation; the first pipeline stage holds
