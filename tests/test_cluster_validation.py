@@ -52,3 +52,19 @@ def test_selective_recompute_saves_what_table5_says():
         full_r = _predict(name, tp, pp, v, gb, mb, "full", False).seconds
         sel_r = _predict(name, tp, pp, v, gb, mb, "selective", True).seconds
         assert abs((1 - sel_r / full_r) - (1 - sel / full)) < 0.05
+
+
+def test_fig11_trends_of_002():
+    """002 §5.2's qualitative claims on Fig. 11 (the numbers and their gaps are `tstack repro 002 --section
+    multi-device`): overlap hides D1's communication; 8-way slicing communicates more than 2-way; LAMB's share falls
+    with the slicing; the replicated DR+RC+LN grows."""
+    from tstack.studies.repro_002_cluster import fig11, reproduce_002_cluster, share
+    from tstack.workload.labels import DR_RC_LN, LAMB
+
+    r = fig11()
+    comm = {k: share(v, "communication") for k, v in r.items()}
+    assert comm["S1"] == 0 and comm["D2"] < comm["D1"] / 4 and comm["T1"] < comm["T2"]
+    assert share(r["T2"], group=LAMB) < share(r["T1"], group=LAMB) < share(r["S1"], group=LAMB)
+    assert share(r["T2"], "compute", DR_RC_LN) > share(r["S1"], "compute", DR_RC_LN)
+    rows = {row.key: row for row in reproduce_002_cluster()}
+    assert rows["fig11.d1.comm"].paper == "19%" and rows["fig11.t2.comm"].target == (0.42, 0.42)
