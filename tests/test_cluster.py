@@ -86,7 +86,7 @@ def test_bad_network_names_the_field():
 # ---------------------------------------------------------------- one device is `analyze`
 
 @pytest.mark.parametrize("model,precision,optimizer", [("bert-large", "fp32", "lamb"), ("gpt2", "fp16-mixed", "adam"),
-                                                       ("llama-70b", "bf16-mixed", "adam")])
+                                                       ("llama-70b", "bf16-mixed", "adam"), ("memnet", "fp32", "sgd")])
 @pytest.mark.parametrize("overlap", ["none", "layer"])
 @pytest.mark.parametrize("zero", [0, 3])
 def test_one_device_equals_analyze(model, precision, optimizer, overlap, zero):

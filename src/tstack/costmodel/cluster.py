@@ -374,7 +374,7 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
             slot = 0 if op.label("layer") != "-" else 1
             opt_groups.setdefault(op.label("group"), [0.0, 0.0])[slot] += c.seconds / (L if slot == 0 else 1)
             continue
-        key = "transformer" if where == "transformer" else "embedding" if where == "embedding" else "output"
+        key = "transformer" if where in ("transformer", "memory hops") else "embedding" if where == "embedding" else "output"
         part[(key, pass_)] = part.get((key, pass_), 0.0) + c.seconds
         slot = {"transformer": 0, "embedding": 1, "output": 2}[key]
         groups.setdefault(op.label("group"), [0.0, 0.0, 0.0])[slot] += c.seconds / (L if slot == 0 else 1)
