@@ -57,6 +57,8 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("fpga", "cross"): ["nlpfast-bert-f4x", "--designed-for", "nlpfast-bert-h4x"],
     ("fuse",): ["bert-base", "--seq", "64", "--fusion", "none,flash"],
     ("nmc",): ["bert-base", "--seq", "64"],
+    ("cluster", "run"): ["bert-base", "--seq", "64"],
+    ("cluster", "search"): ["bert-base", "--gpus", "4", "--global-batch", "8", "--seq", "64", "--executor", "serial"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).
@@ -244,7 +246,8 @@ def test_bad_value_ends_in_one_line(path, option, kind, value, tmp_path):
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
           deadline=None)
-@given(case=st.sampled_from([c for c in CASES if c[0][0] in ("analyze", "sweep", "accel", "fpga", "repro", "presets")]),
+@given(case=st.sampled_from([c for c in CASES if c[0][0] in ("analyze", "sweep", "accel", "fpga", "repro", "presets",
+                                                            "cluster")]),
        junk=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))
 def test_random_junk_in_analytic_commands(case, junk, tmp_path_factory):
     """Random text where a number, a name or a path goes: exit 2 with one line, or a clean success."""

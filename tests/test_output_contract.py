@@ -37,6 +37,10 @@ ANALYTIC = {
     "fpga cross": ["fpga", "cross", "nlpfast-bert-f4x", "--designed-for", "nlpfast-bert-h4x"],
     "fuse": ["fuse", "bert-base", "--seq", "64", "--fusion", "none,apex,flash"],
     "nmc": ["nmc", "bert-base", "--seq", "64", "--precision", "fp16-mixed", "--memory", "hbm2-pim-shared"],
+    "cluster run": ["cluster", "bert-large", "--gpus", "16", "--tp", "2", "--pp", "2", "--seq", "128",
+                    "--overlap", "none,layer"],
+    "cluster search": ["cluster", "search", "gpt2", "--gpus", "8", "--global-batch", "16", "--seq", "256",
+                       "--executor", "serial"],
 }
 # commands that run PyTorch: small sizes
 MEASURED = {

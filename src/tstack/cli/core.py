@@ -283,6 +283,7 @@ def schema_cmd(command: str = typer.Argument(..., help="a command name as the JS
 
 def _register_commands() -> None:
     from tstack.cli import accel as cli_accel
+    from tstack.cli import cluster as cli_cluster
     from tstack.cli import fpga as cli_fpga
     from tstack.cli import fuse as cli_fuse
     from tstack.cli import integer as cli_int
@@ -299,6 +300,7 @@ def _register_commands() -> None:
     app.add_typer(cli_fpga.app, name="fpga")
     app.command()(cli_fuse.fuse)
     app.command()(cli_nmc.nmc)
+    app.add_typer(cli_cluster.app, name="cluster")
 
 
 _register_commands()

@@ -12,20 +12,21 @@ from collections.abc import Callable
 
 from tstack.hardware.device import DeviceSpec
 from tstack.studies.repro_002 import Row, reproduce_002
+from tstack.studies.repro_002_cluster import reproduce_002_cluster
 from tstack.studies.repro_002_fusion import reproduce_fusion, reproduce_nmc
 from tstack.studies.repro_003 import reproduce_003_fpga
 
 Section = Callable[[DeviceSpec], list[Row]]
 
 SECTIONS: dict[str, dict[str, Section]] = {
-    "002": {"kernels": reproduce_002, "fusion": reproduce_fusion, "nmc": reproduce_nmc},
+    "002": {"kernels": reproduce_002, "fusion": reproduce_fusion, "nmc": reproduce_nmc, "multi-device": reproduce_002_cluster},
     "003": {"fpga": reproduce_003_fpga},
 }
 
 TITLES = {"002": "Demystifying BERT (002)", "003": "NLP-Fast (003)"}
 
-# Sections that model no GPU: their title does not name the --device.
-DEVICE_FREE = {("003", "fpga")}
+# Sections that do not run on --device (an FPGA, or 002's own V100 cluster): their title does not name it.
+DEVICE_FREE = {("003", "fpga"), ("002", "multi-device")}
 
 
 def title(paper: str, name: str, device: DeviceSpec) -> str:

@@ -1,0 +1,301 @@
+"""The multi-device model: collectives against their hand formulas, one device against `analyze`, Megatron's slicing
+against 002 Fig. 10, the pipeline bubble and the memory per stage against hand derivations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tstack.api import analyze
+from tstack.costmodel import cluster as C
+from tstack.errors import SpecError
+from tstack.hardware.device import load_device
+from tstack.hardware.network import (
+    Level,
+    NetworkSpec,
+    collective_seconds,
+    load_network,
+    network_presets,
+    volume_factor,
+)
+from tstack.models import load_model
+from tstack.spec import RunSpec
+from tstack.workload import params as P
+from tstack.workload.build import build
+
+V100, A100 = load_device("v100"), load_device("a100-80gb")
+PCIE, DGX = load_network("pcie4"), load_network("dgx-a100")
+
+
+# ---------------------------------------------------------------- networks and collectives
+
+def test_presets_load_with_sources():
+    assert {"pcie4", "dgx-v100", "dgx-a100", "dgx-h100"} <= set(network_presets())
+    for name in network_presets():
+        net = load_network(name)
+        assert net.sources and net.levels[-1].size == 0
+
+
+@given(n=st.integers(2, 4096))
+def test_volume_factors_are_the_hand_formulas(n):
+    assert volume_factor("all-reduce", n) == pytest.approx(2 * (n - 1) / n)
+    assert volume_factor("reduce-scatter", n) == pytest.approx((n - 1) / n)
+    assert volume_factor("all-gather", n) == pytest.approx((n - 1) / n)
+    assert volume_factor("all-reduce", n, "tree") == 2.0
+    # a reduce-scatter then an all-gather move what one all-reduce moves (sequence parallelism's premise)
+    assert volume_factor("reduce-scatter", n) + volume_factor("all-gather", n) == pytest.approx(volume_factor("all-reduce", n))
+
+
+def test_ring_all_reduce_on_pcie4_is_the_hand_formula():
+    # 128 GPUs, 1 GB: 2·127 steps of 5 µs + 2·127/128 · 1e9 B / (31.5e9 B/s · 0.914)
+    hand = 2 * 127 * 5e-6 + 2 * 127 / 128 * 1e9 / (31.5e9 * 0.914)
+    assert collective_seconds(PCIE, "all-reduce", 1e9, 128) == pytest.approx(hand)
+    hand_rs = 127 * 5e-6 + 127 / 128 * 1e9 / (31.5e9 * 0.914)
+    assert collective_seconds(PCIE, "reduce-scatter", 1e9, 128) == pytest.approx(hand_rs)
+
+
+def test_hierarchical_all_reduce_is_three_rings():
+    # 16 GPUs on 2 DGX A100 nodes: reduce-scatter over 8 on NVSwitch, all-reduce of 1/8 over 2 on InfiniBand,
+    # all-gather over 8 on NVSwitch.
+    nv, ib = 300e9 * 0.8, 25e9 * 0.9
+    b = 8e8
+    hand = (7 * 5e-6 + 7 / 8 * b / nv) + (2 * 7e-6 + 2 * 1 / 2 * (b / 8) / ib) + (7 * 5e-6 + 7 / 8 * b / nv)
+    assert collective_seconds(DGX, "all-reduce", b, 16) == pytest.approx(hand)
+    # the same group as one flat ring runs at the InfiniBand rate
+    flat = 30 * 7e-6 + 2 * 15 / 16 * b / ib
+    assert collective_seconds(DGX, "all-reduce", b, 16, algorithm="ring") == pytest.approx(flat)
+    # a group with one rank per node (stride 8) only uses InfiniBand
+    assert collective_seconds(DGX, "all-reduce", b, 4, stride=8) == pytest.approx(6 * 7e-6 + 1.5 * b / ib)
+
+
+def test_tree_all_reduce_latency_is_logarithmic():
+    net = NetworkSpec("flat", (Level("link", 0, 1e10, 1e-5, 1.0),), algorithm="tree")
+    assert collective_seconds(net, "all-reduce", 1e6, 64) == pytest.approx(2 * 6 * 1e-5 + 2 * 1e6 / 1e10)
+
+
+def test_bad_network_names_the_field():
+    with pytest.raises(SpecError, match="efficiency"):
+        Level("x", 0, 1e10, 1e-6, 1.5)
+    with pytest.raises(SpecError, match="size 0"):
+        NetworkSpec("x", (Level("x", 8, 1e10, 1e-6, 0.5),))
+
+
+# ---------------------------------------------------------------- one device is `analyze`
+
+@pytest.mark.parametrize("model,precision,optimizer", [("bert-large", "fp32", "lamb"), ("gpt2", "fp16-mixed", "adam"),
+                                                       ("llama-70b", "bf16-mixed", "adam"), ("memnet", "fp32", "sgd")])
+@pytest.mark.parametrize("overlap", ["none", "layer"])
+@pytest.mark.parametrize("zero", [0, 3])
+def test_one_device_equals_analyze(model, precision, optimizer, overlap, zero):
+    spec = load_model(model)
+    run = RunSpec(mode="train", batch=2, seq=64, precision=precision, optimizer=optimizer)
+    r = C.evaluate(spec, run, A100, DGX, C.Layout(micro_batch=2, zero=zero, overlap=overlap))
+    assert r.seconds == pytest.approx(analyze(spec, run, A100).total.seconds, rel=1e-12)
+    assert sum(x["seconds"] for x in r.records()) == pytest.approx(r.seconds, rel=1e-12)
+
+
+def test_full_recompute_on_one_device_is_checkpointing_every_layer():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", batch=1, seq=128, precision="fp16-mixed", optimizer="adam")
+    r = C.evaluate(spec, run, A100, DGX, C.Layout(recompute="full"))
+    assert r.seconds == pytest.approx(analyze(spec, run.replace(checkpoint="every-1"), A100).total.seconds, rel=1e-12)
+
+
+def test_gradient_accumulation_repeats_forward_and_backward_only():
+    spec, run = load_model("bert-base"), RunSpec(mode="train", batch=4, seq=64)
+    b = analyze(spec, run, A100)
+    opt = b.group_by("part")["optimizer"].seconds
+    r = C.evaluate(spec, run, A100, DGX, C.Layout(micro_batch=4, global_batch=12))
+    assert r.seconds == pytest.approx(3 * (b.total.seconds - opt) + opt, rel=1e-12)
+
+
+# ---------------------------------------------------------------- tensor slicing (002 Fig. 10)
+
+def _fwd(ops, name):
+    return next(op for op in ops if op.name == name and op.label("pass") == "fwd")
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+def test_tensor_slicing_shapes_are_fig10(m):
+    spec, run = load_model("bert-large"), RunSpec(mode="train", batch=2, seq=128)
+    H, Fd, h, T = spec.hidden, spec.ffn, spec.heads, 2 * 128
+    ops = C.slice_workload(build(spec, run, collapse=True), m)
+    # Fig. 10(b): FC-1 is split by columns (F/m outputs), GeLU runs on T × F/m, FC-2 by rows (K = F/m); the
+    # LayerNorm after FC-2's all-reduce is replicated on T × H.
+    assert _fwd(ops, "ffn.fc1").gemm_shape == (Fd // m, T, H, 1)
+    assert _fwd(ops, "ffn.fc2").gemm_shape == (H, T, Fd // m, 1)
+    gelu = _fwd(ops, "bias-gelu")
+    assert (gelu.dim("rows"), gelu.dim("cols")) == (T, Fd // m)
+    ln = next(op for op in ops if op.name == "layernorm" and op.label("part") == "transformer")
+    assert (ln.dim("rows"), ln.dim("cols")) == (T, H)
+    # attention: Q/K/V split by columns, the output projection by rows, the heads across ranks
+    assert _fwd(ops, "attn.q_proj").gemm_shape == (H // m, T, H, 1)
+    assert _fwd(ops, "attn.out_proj").gemm_shape == (H, T, H // m, 1)
+    assert _fwd(ops, "attn.score").gemm_shape[3] == 2 * h // m
+    # backward GEMMs follow 002 Table 2b from the sliced forward: FC-1's grad-act is H × T × F/m
+    bwd = next(op for op in ops if op.name == "ffn.fc1" and op.label("pass") == "bwd-act")
+    assert bwd.gemm_shape == (H, T, Fd // m, 1)
+
+
+@given(m=st.sampled_from([1, 2, 4, 8, 16]))
+@settings(max_examples=10, deadline=None)
+def test_layer_gemm_flops_split_exactly(m):
+    spec, run = load_model("bert-large"), RunSpec(mode="train", batch=1, seq=128)
+    ops = build(spec, run, collapse=True)
+    layer = [op for op in ops if op.is_gemm and op.label("part") == "transformer"]
+    sliced = [op for op in C.slice_workload(ops, m) if op.is_gemm and op.label("part") == "transformer"]
+    assert sum(op.flops * op.count for op in sliced) * m == sum(op.flops * op.count for op in layer)
+
+
+@given(name=st.sampled_from(["bert-large", "gpt2", "llama-70b", "transformer-base", "megatron-22b"]))
+@settings(max_examples=5, deadline=None)
+def test_layer_params_at_tp1_are_the_workload_counts(name):
+    spec = load_model(name)
+    assert C.layer_params_tp(spec, 1) == P.layer_params(spec)
+    assert C.embedding_params_tp(spec, 1) == P.embedding_params(spec)
+    assert C.head_params_tp(spec, 1) == P.head_params(spec)
+
+
+def test_layer_params_split_megatron_style():
+    spec = load_model("megatron-22b")  # h = 6144, F = 4h, biases: q/k/v and fc1 split; out, fc2 and norms whole
+    h = spec.hidden
+    split = 4 * h * h + 3 * h + 8 * h * h + 4 * h
+    assert C.layer_params_tp(spec, 8) == split // 8 + 2 * h + 2 * 2 * h
+
+
+# ---------------------------------------------------------------- pipeline bubble and memory: hand derivations
+
+def test_pipeline_bubble_is_p_minus_1_over_v_m():
+    spec, run = load_model("megatron-22b"), RunSpec(mode="train", seq=2048, precision="fp16-mixed", optimizer="adam")
+    for pp, v, m in ((4, 1, 8), (4, 3, 8), (8, 2, 16)):
+        r = C.evaluate(spec, run, A100, DGX, C.Layout(tp=8, pp=pp, interleave=v, global_batch=m))
+        steady = r.values["compute"] + r.values["tp_comm"] + r.values["p2p"]
+        assert r.values["bubble"] == pytest.approx(steady * (pp - 1) / (v * m))
+        assert r.summary()["bubble_fraction"] == pytest.approx((pp - 1) / (v * m))
+
+
+def test_stage_time_hand_derivation():
+    spec, run = load_model("megatron-22b"), RunSpec(mode="train", seq=2048, precision="fp16-mixed", optimizer="adam")
+    lay = C.Layout(tp=8, pp=4, global_batch=8)
+    r = C.evaluate(spec, run, A100, DGX, lay)
+    f = r.family
+    per = 48 // 4
+    first = per * (f.layer_fwd + f.layer_bwd) + f.emb_fwd + f.emb_bwd
+    last = per * (f.layer_fwd + f.layer_bwd) + f.head_fwd + f.head_bwd
+    stage = max(first, last)
+    assert r.values["compute"] == pytest.approx(8 * stage)
+    # 2 all-reduces forward and 2 backward per layer of b·s·h fp16 bytes over 8 NVSwitch ranks, and one for the
+    # embedding or the head
+    ar = collective_seconds(DGX, "all-reduce", 2048 * 6144 * 2, 8)
+    assert r.values["tp_comm"] == pytest.approx(8 * ar * (4 * per + 1))
+    # p2p: forward activation and backward gradient, b·s·h/t bytes each, between nodes (stride tp·dp = 8)
+    p2p = collective_seconds(DGX, "p2p", 2048 * 6144 * 2 / 8, 2, 8)
+    assert r.values["p2p"] == pytest.approx(8 * 2 * p2p)
+
+
+def test_activation_memory_is_korthikanti():
+    spec = load_model("gpt3-175b")  # a = 96, h = 12288, s = 2048, b = 1, t = 8, fp16
+    s, b, h, a, t = 2048, 1, 12288, 96, 8
+    act = lambda sp, rc: C.activation_bytes_per_layer(spec, s, b, t, sp, rc, 2)  # noqa: E731
+    assert act(False, "none") == pytest.approx(s * b * h * (10 + 24 / t + 5 * a * s / (h * t)))
+    assert act(True, "none") == pytest.approx(s * b * h / t * (34 + 5 * a * s / h))
+    assert act(True, "selective") == pytest.approx(s * b * h / t * 34)
+    assert act(False, "full") == pytest.approx(2 * s * b * h)
+    assert C.activation_bytes_per_layer(spec, s, b, 1, False, "none", 2) == pytest.approx(s * b * h * (34 + 5 * a * s / h))
+
+
+def test_memory_per_stage_hand_derivation():
+    spec = load_model("gpt3-175b")
+    run = RunSpec(mode="train", seq=2048, precision="fp16-mixed", optimizer="adam")
+    lay = C.Layout(tp=8, pp=8, interleave=3, global_batch=64, recompute="selective", seq_parallel=True)
+    r = C.evaluate(spec, run, A100, DGX, lay)
+    per_layer = C.layer_params_tp(spec, 8)
+    first = 12 * per_layer + C.embedding_params_tp(spec, 8)
+    last = 12 * per_layer + math.ceil(51200 / 8) * 12288 + C.head_params_tp(spec, 8)  # the tied word table too
+    params = max(first, last)
+    mem = r.memory()
+    assert mem["weights"] == pytest.approx(2 * params)
+    assert mem["gradients"] == pytest.approx(2 * params)
+    assert mem["optimizer"] == pytest.approx(12 * params)
+    # the first stage holds p = 8 micro-batches of its 12 layers, × (1 + (p − 1)/(p·v)) interleaved
+    act_layer = 2048 * 12288 / 8 * 34
+    assert mem["activations"] == pytest.approx(12 * act_layer * 8 * (1 + 7 / 24))
+    assert r.fits
+    zero = C.evaluate(spec, run, A100, DGX, C.Layout(dp=4, tp=8, pp=8, interleave=3, global_batch=64,
+                                                     recompute="selective", seq_parallel=True, zero=3))
+    assert zero.memory()["optimizer"] == pytest.approx(12 * params / 4)
+    assert zero.memory()["weights"] == pytest.approx(2 * params / 4)
+
+
+def test_overflowing_layout_is_reported_not_fitting():
+    spec, run = load_model("gpt3-175b"), RunSpec(mode="train", seq=2048, precision="fp16-mixed", optimizer="adam")
+    r = C.evaluate(spec, run, A100, DGX, C.Layout(tp=8))
+    assert not r.fits and r.summary()["memory_bytes_per_device"]["total"] > A100.memory_capacity
+
+
+def test_data_parallel_overlap_hides_all_but_the_last_layer():
+    spec, run = load_model("bert-large"), RunSpec(mode="train", seq=128)
+    lay = C.Layout(dp=128, micro_batch=16)
+    none = C.evaluate(spec, run, V100, PCIE, C.Layout(dp=128, micro_batch=16, overlap="none"))
+    layer = C.evaluate(spec, run, V100, PCIE, lay)
+    f = layer.family
+    grad = lambda p: collective_seconds(PCIE, "all-reduce", 4 * p, 128)  # noqa: E731
+    assert none.values["dp_grad"] == pytest.approx(grad(f.params_head) + 24 * grad(f.params_layer) + grad(f.params_emb))
+    assert layer.values["dp_grad"] < 0.2 * none.values["dp_grad"]
+    assert layer.values["dp_grad"] >= grad(f.params_emb)  # the first layer's gradients cannot hide
+
+
+def test_illegal_layouts_name_the_field():
+    spec, run = load_model("bert-large"), RunSpec(mode="train", seq=128)
+    with pytest.raises(SpecError, match="tp=3 must divide heads=16"):
+        C.evaluate(spec, run, V100, PCIE, C.Layout(tp=3))
+    with pytest.raises(SpecError, match="pp=5 must divide"):
+        C.evaluate(spec, run, V100, PCIE, C.Layout(pp=5))
+    with pytest.raises(SpecError, match="global_batch=3"):
+        C.evaluate(spec, run, V100, PCIE, C.Layout(dp=2, global_batch=3))
+
+
+# ---------------------------------------------------------------- mixture of experts, expert parallelism
+
+def test_one_expert_is_the_dense_model():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
+    lay = C.Layout(dp=4, tp=2, global_batch=8)
+    dense = C.evaluate(spec, run, A100, DGX, lay)
+    moe = C.evaluate(spec, run, A100, DGX, lay, moe=C.MoE(1, 1))
+    assert moe.seconds == pytest.approx(dense.seconds, rel=1e-12)
+    assert moe.memory()["total"] == pytest.approx(dense.memory()["total"], rel=1e-12)
+
+
+def test_expert_ffn_processes_top_k_times_the_tokens():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", batch=2, seq=128)
+    ops = build(spec, run, collapse=True)
+    routed = C.slice_workload(ops, 1, top_k=2)
+
+    def flops(workload, block):
+        return sum(op.flops * op.count for op in workload if op.label("block") == block)
+
+    assert flops(routed, "fc") == 2 * flops(ops, "fc")
+    assert flops(routed, "attention") == flops(ops, "attention")
+
+
+def test_expert_parallel_parameters_and_all_to_all_by_hand():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
+    lay = C.Layout(dp=8, ep=4, micro_batch=2)
+    r = C.evaluate(spec, run, A100, DGX, lay, moe=C.MoE(8, 2))
+    ffn = 2 * 768 * 3072 + 3072 + 768
+    assert C.ffn_params_tp(spec, 1) == ffn
+    assert r.values["params_layer"] == P.layer_params(spec) - ffn + 8 // 4 * ffn  # two experts per rank
+    # dispatch and combine, forward and backward: 4 all-to-alls per layer of 2·256 tokens × top-2 × 768 × 2 bytes
+    a2a = collective_seconds(DGX, "all-to-all", 2 * 256 * 2 * 768 * 2, 4)
+    assert r.values["ep_a2a"] == pytest.approx(4 * 12 * a2a)
+    assert a2a == pytest.approx(3 * 5e-6 + 3 / 4 * 1572864 / (300e9 * 0.8))  # (n − 1)/n of the buffer, n − 1 steps
+
+
+def test_expert_parallel_needs_experts_it_divides():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=128)
+    with pytest.raises(SpecError, match="ep=2 needs a mixture of experts"):
+        C.evaluate(spec, run, A100, DGX, C.Layout(dp=2, ep=2))
+    with pytest.raises(SpecError, match="ep=4 must divide dp=4 and experts=6"):
+        C.evaluate(spec, run, A100, DGX, C.Layout(dp=4, ep=4), moe=C.MoE(6, 1))
