@@ -422,3 +422,135 @@ def gemm_timing(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int = 1,
                       b * s.array_macs, b * s.spad_read, b * s.spad_write, b * s.acc, b * ideal, b * s.store_cycles,
                       I0, b * s.requests, b * s.hit_requests, b * s.store_requests, b * s.dram_read_bytes,
                       b * s.tiles, b * s.dma_bound)
+
+
+# ---------------------------------------------------------------- bounds for the best-mapping search
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Per mapping (numpy arrays): a lower bound on ``gemm_timing``'s cycles and the exact access counts its energy
+    needs (the GemmTiming field names, so ``energy.gemm_energy`` takes it as it is)."""
+
+    cycles: object
+    array_macs: object
+    spad_read_bytes: object
+    spad_write_bytes: object
+    acc_bytes: object
+    load_bytes: object
+    store_bytes: object
+    dram_read_bytes: object
+
+
+def _class_arrays(n: int, tile):
+    """(size, count) arrays of the full tiles and the remainder tile along ``n`` for each tile size (count 0: none)."""
+    import numpy as np
+
+    full, rem = np.divmod(n, tile)
+    return ((tile, full), (np.where(rem > 0, rem, 1.0), (rem > 0).astype(float)))
+
+
+def _first(classes):
+    """(size, count) of the first tile class present: the full tiles, or the remainder when there are none."""
+    import numpy as np
+
+    (full, nf), (rem, nr) = classes
+    return np.where(nf > 0, full, rem), None
+
+
+def _last(classes):
+    """(size, count) of the last tile class present: the remainder, or the full tiles when there is none."""
+    import numpy as np
+
+    (full, nf), (rem, nr) = classes
+    return np.where(nr > 0, rem, full), None
+
+
+def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 1) -> Bounds:
+    """The search's bound for each mapping, vectorized: every term of ``gemm_timing`` in closed form, except that a row
+    of w bytes is taken at its fewest requests (each mvin chunk of L bytes needs at least ceil(L / largest request))
+    and the stores but the last one are left out. So ``cycles`` <= gemm_timing(...).cycles; the byte
+    and MAC counts are the ones gemm_timing sums (same formulas, tile class by tile class)."""
+    import numpy as np
+
+    D, I, J, K = hw.dim, shape.I, shape.J, shape.K  # noqa: E741 - Gemmini's names
+    # floats throughout: sizes stay exact below 2^53, and products such as MACs would overflow int64 on huge shapes
+    ti = np.array([m.ti for m in ms], dtype=float) * D
+    tj = np.array([m.tj for m in ms], dtype=float) * D
+    tk = np.array([m.tk for m in ms], dtype=float) * D
+    jik = np.array([m.order == "jik" for m in ms])
+    keep = np.array([m.reuse for m in ms]) & (K <= tk)
+    # _hits, vectorized
+    ri0, cj0 = np.minimum(I, ti), np.minimum(J, tj)
+    I0, J0 = -(-I // ti), -(-J // tj)
+    near = ri0 * K + K * cj0 + ri0 * cj0 * out_bytes
+    far = np.where(jik, I * K + K * cj0 + I * cj0 * out_bytes, K * J + ri0 * K + ri0 * J * out_bytes)
+    reuse_i, reuse_j = (I0 - 1) / I0, (J0 - 1) / J0
+    l2 = hw.l2.bytes
+    hit_a = np.where(jik, np.where(far <= l2, reuse_j, 0.0), np.where(near <= l2, reuse_j, 0.0))
+    hit_b = np.where(jik, np.where(near <= l2, reuse_i, 0.0), np.where(far <= l2, reuse_i, 0.0))
+    share_a, share_b = np.ones(len(ms)), np.ones(len(ms))
+    hit_a = np.where(keep & ~jik, 0.0, hit_a)
+    share_a = np.where(keep & ~jik, 1 / J0, share_a)
+    hit_b = np.where(keep & jik, 0.0, hit_b)
+    share_b = np.where(keep & jik, 1 / I0, share_b)
+
+    d, ov = hw.dma, hw.overheads
+    top = request_sizes(hw)[0]
+    chunk_req = -(-d.mvin_row_bytes // top)
+
+    def fewest(w):
+        whole, tail = np.divmod(w, d.mvin_row_bytes)
+        return whole * chunk_req + -(-tail // top)
+
+    lat_l2, lat_dram = hw.cycles(hw.l2.latency_s), hw.cycles(hw.dram.latency_s)
+    lat_a = hit_a * lat_l2 + (1 - hit_a) * lat_dram
+    lat_b = hit_b * lat_l2 + (1 - hit_b) * lat_dram
+    db, ws = double_buffered(hw), hw.mesh.dataflow == "WS"
+    R = C = D
+    z = np.zeros(len(ms))
+    cycles, array_macs, spad_read, spad_write, acc, dram = z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), z.copy()
+    for ri, ni in _class_arrays(I, ti):
+        for cj, nj in _class_arrays(J, tj):
+            acc += ni * nj * 4 * ri * cj  # mvout reads each finished tile once
+            for dk, nk in _class_arrays(K, tk):
+                n = ni * nj * nk
+                bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
+                streamed, folds = (ri, bj * bk) if ws else (dk, bi * bj)
+                streamed = streamed * 2 if hw.accumulator.ports == 1 else streamed
+                if hw.mesh.weight_double_buffer:
+                    mesh = folds * np.maximum(streamed, R) + R + (R + C - 2)
+                else:
+                    mesh = folds * (2 * R + C + streamed - 2)
+                commands = (bi * bk + 2 * bk * bj + bi * bj * bk) * ov.command_cycles
+                stage = np.maximum(mesh, commands)
+                ba, bb = share_a * ri * dk, share_b * dk * cj
+                lat = (share_a * ri * fewest(dk) * lat_a + share_b * dk * fewest(cj) * lat_b) / d.requests_in_flight
+                missed = ba * (1 - hit_a) + bb * (1 - hit_b)
+                load = np.maximum(np.maximum(lat, (ba + bb) / d.bus_bytes_per_cycle), missed / _dram_rate(hw))
+                tile = np.maximum(stage, load) if db else stage + load
+                tile = np.maximum(tile, ov.call_cycles) if ov.calls_overlap else tile + ov.call_cycles
+                cycles += n * tile
+                if ws:
+                    array_macs += n * (bj * bk * ri * D * D)
+                    spad_read += n * (dk * cj + ri * dk * bj)
+                    acc += n * (8 * ri * cj * bk)
+                else:
+                    array_macs += n * (bi * bj * dk * D * D)
+                    spad_read += n * (ri * dk * bj + dk * cj * bi)
+                    acc += n * (8 * ri * cj)
+                spad_write += n * (ba + bb)
+                dram += n * missed
+    if ov.calls_overlap:
+        cycles += ov.call_cycles  # the first call is exposed
+    (ri, _), (cj, _), (dk, _) = (_first(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj), (K, tk)))
+    if db:  # the prologue: the first tile's loads, all from DRAM, hidden behind nothing
+        first = ri * dk + dk * cj
+        cycles += np.maximum(np.maximum((ri * fewest(dk) + dk * fewest(cj)) * lat_dram / d.requests_in_flight,
+                                        first / _dram_rate(hw)), first / d.bus_bytes_per_cycle) + lat_dram
+    (ri, _), (cj, _) = (_last(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj)))
+    out = cj * out_bytes  # the last store, into the L2
+    cycles += np.maximum(ri * fewest(out) * lat_l2 / d.requests_in_flight, ri * out / d.bus_bytes_per_cycle) + lat_l2
+    b = shape.batch
+    store = np.full(len(ms), float(I) * J * out_bytes * b)
+    return Bounds(b * cycles, b * array_macs, b * spad_read, b * spad_write, b * acc, b * spad_write, store, b * dram)
