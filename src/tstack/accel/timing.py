@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from tstack.hardware.accel import AccelSpec
 
 
@@ -444,26 +446,20 @@ class Bounds:
 
 def _class_arrays(n: int, tile):
     """(size, count) arrays of the full tiles and the remainder tile along ``n`` for each tile size (count 0: none)."""
-    import numpy as np
-
     full, rem = np.divmod(n, tile)
     return ((tile, full), (np.where(rem > 0, rem, 1.0), (rem > 0).astype(float)))
 
 
 def _first(classes):
-    """(size, count) of the first tile class present: the full tiles, or the remainder when there are none."""
-    import numpy as np
-
-    (full, nf), (rem, nr) = classes
-    return np.where(nf > 0, full, rem), None
+    """The size of the first tile class present: the full tiles, or the remainder when there are none."""
+    (full, n_full), (rem, _) = classes
+    return np.where(n_full > 0, full, rem)
 
 
 def _last(classes):
-    """(size, count) of the last tile class present: the remainder, or the full tiles when there is none."""
-    import numpy as np
-
-    (full, nf), (rem, nr) = classes
-    return np.where(nr > 0, rem, full), None
+    """The size of the last tile class present: the remainder, or the full tiles when there is none."""
+    (full, _), (rem, n_rem) = classes
+    return np.where(n_rem > 0, rem, full)
 
 
 def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 1) -> Bounds:
@@ -471,8 +467,6 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
     of w bytes is taken at its fewest requests (each mvin chunk of L bytes needs at least ceil(L / largest request))
     and the stores but the last one are left out. So ``cycles`` <= gemm_timing(...).cycles; the byte
     and MAC counts are the ones gemm_timing sums (same formulas, tile class by tile class)."""
-    import numpy as np
-
     D, I, J, K = hw.dim, shape.I, shape.J, shape.K  # noqa: E741 - Gemmini's names
     # floats throughout: sizes stay exact below 2^53, and products such as MACs would overflow int64 on huge shapes
     ti = np.array([m.ti for m in ms], dtype=float) * D
@@ -543,12 +537,12 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
                 dram += n * missed
     if ov.calls_overlap:
         cycles += ov.call_cycles  # the first call is exposed
-    (ri, _), (cj, _), (dk, _) = (_first(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj), (K, tk)))
+    ri, cj, dk = (_first(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj), (K, tk)))
     if db:  # the prologue: the first tile's loads, all from DRAM, hidden behind nothing
         first = ri * dk + dk * cj
         cycles += np.maximum(np.maximum((ri * fewest(dk) + dk * fewest(cj)) * lat_dram / d.requests_in_flight,
                                         first / _dram_rate(hw)), first / d.bus_bytes_per_cycle) + lat_dram
-    (ri, _), (cj, _) = (_last(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj)))
+    ri, cj = (_last(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj)))
     out = cj * out_bytes  # the last store, into the L2
     cycles += np.maximum(ri * fewest(out) * lat_l2 / d.requests_in_flight, ri * out / d.bus_bytes_per_cycle) + lat_l2
     b = shape.batch
