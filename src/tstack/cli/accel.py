@@ -237,7 +237,8 @@ def run_cmd(
 
 def gemm_record(hw: AccelSpec, shape: GemmShape, name: str, objective: str, full_rows: bool, m: Mapping,
                 t: GemmTiming) -> dict[str, Any]:
-    """One mapping of one GEMM: tiles, cycles, seconds, utilization, energy by component."""
+    """One mapping of one GEMM: tiles, cycles, seconds, utilization, the DMA's requests and where its bytes came from
+    (L2 or DRAM), energy by component (``l2_joules`` and ``dram_joules`` split the traffic's)."""
     e = gemm_energy(hw, t)
     secs = hw.seconds(t.cycles)
     spad, acc = mp.limits(hw)
@@ -248,7 +249,9 @@ def gemm_record(hw: AccelSpec, shape: GemmShape, name: str, objective: str, full
             "utilization": t.utilization, "joules": e.total, "joule_seconds": e.total * secs,
             "spad_rows_used": (m.ti * m.tk + m.tk * m.tj) * D, "spad_rows_available": spad,
             "acc_rows_used": m.ti * m.tj * D, "acc_rows_available": acc, "double_buffered": double_buffered(hw),
-            **_energy_fields(e)}
+            "tiles": t.tiles, "dma_bound_tiles": t.dma_bound_tiles, "load_requests": t.load_requests,
+            "l2_hit_requests": t.hit_requests, "l2_hit_rate": t.hit_rate, "store_requests": t.store_requests,
+            "l2_read_bytes": t.l2_read_bytes, "dram_read_bytes": t.dram_read_bytes, **_energy_fields(e)}
 
 
 @app.command()
