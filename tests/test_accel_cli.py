@@ -147,6 +147,7 @@ def test_gemm_json_carries_the_dma_counts_and_the_l2_dram_split(capsys):
     _, t = mp.auto(hw, GemmShape(128, 3072, 768))
     assert rec["load_requests"] == t.load_requests and rec["store_requests"] == t.store_requests
     assert rec["l2_hit_rate"] == t.hit_rate and rec["dma_bound_tiles"] == t.dma_bound_tiles
+    assert rec["dram_rate_bound_tiles"] == t.dram_rate_bound_tiles <= t.dma_bound_tiles
     assert rec["l2_read_bytes"] + rec["dram_read_bytes"] == pytest.approx(rec["load_bytes"])
     # tiles of 80×80×768: ceil(128/80) = 2 row tiles × ceil(3072/80) = 39 column tiles × one K step
     assert rec["tiles"] == 2 * 39 and 0 < rec["l2_hit_rate"] < 1

@@ -90,6 +90,7 @@ def test_misaligned_weight_tiles_are_dma_bound():
     mesh stage; the aligned ones do not."""
     t = gemm_timing(BASE, GemmShape(128, 768, 768), Mapping(5, 5, 48))
     assert 0 < t.dma_bound_tiles < t.tiles
+    assert t.dram_rate_bound_tiles == 0  # bound by the requests' latency, not by DRAM's byte rate
     assert t.utilization < 0.8
 
 

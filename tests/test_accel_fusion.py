@@ -23,6 +23,7 @@ def test_fused_w2_streams_the_weight_from_dram_once_per_row_tile():
     weight, a = 3072 * 768, 512 * 3072
     assert t.dram_read_bytes == pytest.approx(16 * weight + a)
     assert t.dma_bound_tiles == t.tiles  # 24 KiB of W2 per 3,118-cycle tile: 8.2 B/cycle > 7.5 B/cycle of DRAM
+    assert t.dram_rate_bound_tiles == t.tiles  # 24,576 B / 7.5 = 3,277 cycles > 416 requests · 120 / 16 = 3,120
     non_fused = pair_cost(IBERT, W2, "layernorm", "non-fused")
     assert non_fused.timing.dram_read_bytes < t.dram_read_bytes / 2
     assert fused.gemm_s > non_fused.gemm_s  # the re-streaming slows the matmul ...

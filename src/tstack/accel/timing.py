@@ -84,6 +84,7 @@ class GemmTiming:
     dram_read_bytes: float = 0.0  # loaded bytes that missed the L2; the rest of load_bytes hit it
     tiles: float = 0.0
     dma_bound_tiles: float = 0.0  # tiles whose loads take longer than their mesh stage
+    dram_rate_bound_tiles: float = 0.0  # of those, the tiles whose load is set by DRAM's byte rate (the rest: requests)
 
     @property
     def utilization(self) -> float:
@@ -232,6 +233,7 @@ class _Sums:
     dram_read_bytes: float = 0.0
     tiles: float = 0.0
     dma_bound: float = 0.0
+    dram_rate_bound: float = 0.0
     first_load: float = -1.0
     last_store: float = 0.0
 
@@ -295,15 +297,16 @@ def _mesh_part(hw: AccelSpec, ri: int, cj: int, dk: int) -> tuple[float, float, 
     return mesh, commands, array_macs, spad_read, acc
 
 
-def _load(c: _Ctx, req_a: float, req_b: float, bytes_a: float, bytes_b: float) -> tuple[float, float, float]:
-    """(cycles, hit requests, DRAM bytes) of one tile's loads: Little's law over the in-flight slots, at least the
-    bus time and, for the misses, the DRAM time."""
+def _load(c: _Ctx, req_a: float, req_b: float, bytes_a: float, bytes_b: float) -> tuple[float, float, float, bool]:
+    """(cycles, hit requests, DRAM bytes, whether DRAM's byte rate sets the cycles) of one tile's loads: Little's law
+    over the in-flight slots, at least the bus time and, for the misses, the DRAM time."""
     ra, rb, ba, bb = req_a * c.share_a, req_b * c.share_b, bytes_a * c.share_a, bytes_b * c.share_b
     hits = ra * c.hit_a + rb * c.hit_b
     misses = ra + rb - hits
     dram = ba * (1 - c.hit_a) + bb * (1 - c.hit_b)
-    cycles = max((hits * c.lat_l2 + misses * c.lat_dram) / c.inflight, (ba + bb) / c.bus, dram / c.dram_rate)
-    return cycles, hits, dram
+    by_rate = dram / c.dram_rate
+    cycles = max((hits * c.lat_l2 + misses * c.lat_dram) / c.inflight, (ba + bb) / c.bus, by_rate)
+    return cycles, hits, dram, cycles == by_rate > 0
 
 
 def _store(c: _Ctx, requests: float, nbytes: float) -> float:
@@ -324,7 +327,7 @@ def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int,
         req_a = sum(cnt * tile_requests(off, K, ri, dk, c.chunk, c.sizes)
                     for off, cnt in _positions(nk, m.tk * D, k_first, c.top)) / nk
         req_b = tile_requests(j_offset, J, dk, cj, c.chunk, c.sizes)  # B: dk rows of cj bytes, J bytes apart
-        load, hits, dram = _load(c, req_a, req_b, ri * dk, dk * cj)
+        load, hits, dram, by_rate = _load(c, req_a, req_b, ri * dk, dk * cj)
         stage = max(mesh, commands)
         if c.db:
             tile = max(stage, load)
@@ -347,6 +350,7 @@ def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int,
         s.tiles += k
         if load > stage:
             s.dma_bound += k
+            s.dram_rate_bound += k if by_rate else 0.0
         if s.first_load < 0:
             full_a = tile_requests(0, K, ri, dk, c.chunk, c.sizes)
             s.first_load = max((full_a + req_b) * c.lat_dram / c.inflight, (ri * dk + dk * cj) / c.dram_rate,
@@ -423,7 +427,7 @@ def gemm_timing(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int = 1,
     return GemmTiming(b * total, b * s.mesh, b * s.dma, b * overhead, b * s.load_bytes, b * s.store_bytes, shape.macs,
                       b * s.array_macs, b * s.spad_read, b * s.spad_write, b * s.acc, b * ideal, b * s.store_cycles,
                       I0, b * s.requests, b * s.hit_requests, b * s.store_requests, b * s.dram_read_bytes,
-                      b * s.tiles, b * s.dma_bound)
+                      b * s.tiles, b * s.dma_bound, b * s.dram_rate_bound)
 
 
 # ---------------------------------------------------------------- bounds for the best-mapping search

@@ -249,7 +249,8 @@ def gemm_record(hw: AccelSpec, shape: GemmShape, name: str, objective: str, full
             "utilization": t.utilization, "joules": e.total, "joule_seconds": e.total * secs,
             "spad_rows_used": (m.ti * m.tk + m.tk * m.tj) * D, "spad_rows_available": spad,
             "acc_rows_used": m.ti * m.tj * D, "acc_rows_available": acc, "double_buffered": double_buffered(hw),
-            "tiles": t.tiles, "dma_bound_tiles": t.dma_bound_tiles, "load_requests": t.load_requests,
+            "tiles": t.tiles, "dma_bound_tiles": t.dma_bound_tiles, "dram_rate_bound_tiles": t.dram_rate_bound_tiles,
+            "load_requests": t.load_requests,
             "l2_hit_requests": t.hit_requests, "l2_hit_rate": t.hit_rate, "store_requests": t.store_requests,
             "l2_read_bytes": t.l2_read_bytes, "dram_read_bytes": t.dram_read_bytes, **_energy_fields(e)}
 
@@ -322,7 +323,9 @@ def gemm(
                       f"store; mesh busy {r['mesh_cycles']:,.0f}, DMA busy {r['dma_cycles']:,.0f}, ideal "
                       f"{r['ideal_cycles']:,.0f}")
             mesh_bound = tm.tiles - tm.dma_bound_tiles
-            out.print(f"  tiles {tm.tiles:,.0f}: mesh-bound {mesh_bound:,.0f}, DMA-bound {tm.dma_bound_tiles:,.0f}; "
+            rate_bound = tm.dram_rate_bound_tiles
+            out.print(f"  tiles {tm.tiles:,.0f}: mesh-bound {mesh_bound:,.0f}, DMA-bound {tm.dma_bound_tiles:,.0f} "
+                      f"(by requests {tm.dma_bound_tiles - rate_bound:,.0f}, by DRAM rate {rate_bound:,.0f}); "
                       f"load requests {tm.load_requests:,.0f} (L2 hit rate {units.percent(tm.hit_rate)}), store "
                       f"requests {tm.store_requests:,.0f}")
             out.print(f"  bytes in {units.si(tm.load_bytes, 'B')} (L2 {units.si(tm.l2_read_bytes, 'B')}, DRAM "
