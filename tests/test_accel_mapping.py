@@ -121,7 +121,8 @@ def _fold_sizes(n: int) -> list[int]:
 
 
 def _exhaustive(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> dict[str, float]:
-    """The reference: the best score per objective over every tile count of every dimension, both loop orders."""
+    """The reference: the best score per objective over every tile count of every dimension, both loop orders. It is
+    found with ``mp.search`` (branch and bound), which gives what timing every candidate gives (tested below)."""
     bI, bJ, bK = shape.blocks(hw.dim)
     try:
         pool = [mp.heuristic(hw, shape, full_rows)]
@@ -130,14 +131,10 @@ def _exhaustive(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> dic
     pool += [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti in _fold_sizes(bI)
              for tj in ([bJ] if full_rows else _fold_sizes(bJ)) for tk in _fold_sizes(bK) for order in mp.ORDERS]
     best = dict.fromkeys(mp.OBJECTIVES, math.inf)
-    for m in pool:
-        try:
-            mp.check(hw, shape, m)
-        except mp.Infeasible:
-            continue
-        t = gemm_timing(hw, shape, m)
-        for o in mp.OBJECTIVES:
-            best[o] = min(best[o], mp.score(hw, t, o))
+    for o in mp.OBJECTIVES:
+        found = mp.search(hw, shape, pool, o)
+        if found is not None:
+            best[o] = mp.score(hw, found[1], o)
     return best
 
 
@@ -269,18 +266,26 @@ def test_search_bounds_never_exceed_the_timing(hw, shape, out_bytes, data):
             assert b <= mp.score(hw, gemm_timing(hw, shape, m, out_bytes), objective)
 
 
-def _scan(hw: AccelSpec, shape: GemmShape, objective: str, full_rows: bool, out_bytes: int):
-    """The search without bounds: time every candidate, keep the first with the lowest score."""
-    try:
-        pool = [mp.heuristic(hw, shape, full_rows)]
-    except mp.Infeasible:
-        pool = []
+def _scan(hw: AccelSpec, shape: GemmShape, pool: list[Mapping], objective: str, out_bytes: int):
+    """The search without bounds: time every legal candidate, keep the first with the lowest score."""
     found = None
-    for m in pool + mp.candidates(hw, shape, full_rows):
+    for m in pool:
+        try:
+            mp.check(hw, shape, m)
+        except mp.Infeasible:
+            continue
         t = gemm_timing(hw, shape, m, out_bytes)
         if found is None or mp.score(hw, t, objective) < found[0]:
             found = (mp.score(hw, t, objective), m, t)
     return found
+
+
+def _grid_pool(hw: AccelSpec, shape: GemmShape, full_rows: bool) -> list[Mapping]:
+    try:
+        pool = [mp.heuristic(hw, shape, full_rows)]
+    except mp.Infeasible:
+        pool = []
+    return pool + mp.candidates(hw, shape, full_rows)
 
 
 @settings(max_examples=30, deadline=None)
@@ -288,7 +293,7 @@ def _scan(hw: AccelSpec, shape: GemmShape, objective: str, full_rows: bool, out_
                                           st.integers(1, 2)),
        objective=st.sampled_from(mp.OBJECTIVES), full_rows=st.booleans(), out_bytes=st.sampled_from([1, 4]))
 def test_branch_and_bound_finds_what_timing_every_candidate_finds(hw, shape, objective, full_rows, out_bytes):
-    ref = _scan(hw, shape, objective, full_rows, out_bytes)
+    ref = _scan(hw, shape, _grid_pool(hw, shape, full_rows), objective, out_bytes)
     if ref is None:
         with pytest.raises(mp.Infeasible):
             mp.best(hw, shape, objective, full_rows, out_bytes)
@@ -297,11 +302,24 @@ def test_branch_and_bound_finds_what_timing_every_candidate_finds(hw, shape, obj
     assert (m, t) == (ref[1], ref[2])
 
 
+@settings(max_examples=15, deadline=None)
+@given(hw=search_configs, shape=st.builds(GemmShape, st.integers(1, 160), st.integers(1, 160), st.integers(1, 160)),
+       objective=st.sampled_from(mp.OBJECTIVES))
+def test_branch_and_bound_over_every_tile_count_is_the_exhaustive_search(hw, shape, objective):
+    """Small shapes, every tile count of every dimension (legal or not), both orders: the same mapping and timing."""
+    bI, bJ, bK = shape.blocks(hw.dim)
+    pool = [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti in _fold_sizes(bI) for tj in _fold_sizes(bJ)
+            for tk in _fold_sizes(bK) for order in mp.ORDERS]
+    ref = _scan(hw, shape, pool, objective, 1)
+    found = mp.search(hw, shape, pool, objective)
+    assert found == (None if ref is None else (ref[1], ref[2]))
+
+
 @pytest.mark.parametrize("preset", ["gemmini-baseline", "gemmini-ibert"])
 def test_branch_and_bound_times_few_candidates_on_bert(preset, monkeypatch):
     """The bounds prune: on the BERT-base FFN GEMM the search times under a tenth of its candidates, same answer."""
     hw, shape = load_accel(preset), GemmShape(512, 768, 3072)
-    ref = _scan(hw, shape, "latency", False, 1)
+    ref = _scan(hw, shape, _grid_pool(hw, shape, False), "latency", 1)
     calls = []
 
     def counting(*args, **kwargs):

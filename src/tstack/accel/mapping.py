@@ -237,9 +237,9 @@ def lower_bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], objective: 
     return joules if objective == "energy" else joules * hw.seconds(b.cycles * slack)
 
 
-def best(hw: AccelSpec, shape: GemmShape, objective: str = "latency", full_rows: bool = False,
-         out_bytes: int = 1) -> tuple[Mapping, GemmTiming]:
-    """The legal mapping with the lowest objective (the heuristic's own mapping is always a candidate).
+def search(hw: AccelSpec, shape: GemmShape, pool: list[Mapping], objective: str = "latency",
+           out_bytes: int = 1) -> tuple[Mapping, GemmTiming] | None:
+    """The legal mapping of ``pool`` with the lowest objective, or None when none is legal.
 
     Branch and bound: candidates are timed in the order of their lower bounds (``lower_bounds``), and the search stops
     at the first bound above the best score found. Every candidate it skips scores at least its bound, so the result
@@ -247,11 +247,6 @@ def best(hw: AccelSpec, shape: GemmShape, objective: str = "latency", full_rows:
     """
     if objective not in OBJECTIVES:
         raise TstackError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
-    try:
-        pool: list[Mapping] = [heuristic(hw, shape, full_rows)]
-    except Infeasible:
-        pool = []
-    pool += candidates(hw, shape, full_rows)
     found: tuple[float, int, GemmTiming] | None = None
     bound = lower_bounds(hw, shape, pool, objective, out_bytes) if pool else []
     for idx in np.argsort(bound, kind="stable").tolist():
@@ -265,10 +260,21 @@ def best(hw: AccelSpec, shape: GemmShape, objective: str = "latency", full_rows:
         v = score(hw, t, objective)
         if found is None or v < found[0] or (v == found[0] and idx < found[1]):
             found = (v, idx, t)
+    return None if found is None else (pool[found[1]], found[2])
+
+
+def best(hw: AccelSpec, shape: GemmShape, objective: str = "latency", full_rows: bool = False,
+         out_bytes: int = 1) -> tuple[Mapping, GemmTiming]:
+    """The legal mapping with the lowest objective among the heuristic's own and the grid's ``candidates``."""
+    try:
+        pool: list[Mapping] = [heuristic(hw, shape, full_rows)]
+    except Infeasible:
+        pool = []
+    found = search(hw, shape, pool + candidates(hw, shape, full_rows), objective, out_bytes)
     if found is None:
         raise Infeasible(f"no legal mapping of GEMM {shape.I}×{shape.J}×{shape.K} on {hw.name}"
                          + (" with whole rows in the accumulator" if full_rows else ""))
-    return pool[found[1]], found[2]
+    return found
 
 
 Mapper = Callable[[AccelSpec, GemmShape, bool, int], tuple[Mapping, GemmTiming]]
