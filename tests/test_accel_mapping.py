@@ -329,3 +329,21 @@ def test_branch_and_bound_times_few_candidates_on_bert(preset, monkeypatch):
     monkeypatch.setattr(mp, "gemm_timing", counting)
     assert mp.best(hw, shape)[0] == ref[1]
     assert len(calls) < len(mp.candidates(hw, shape)) / 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(hw=search_configs, shape=small_shapes, out_bytes=st.sampled_from([1, 4]), data=st.data())
+def test_search_bounds_count_the_bytes_and_macs_the_timing_counts(hw, shape, out_bytes, data):
+    """``timing.bounds`` restates the L2 hits and the per-tile counts vectorized: they must equal gemm_timing's."""
+    from tstack.accel.timing import bounds
+
+    pool = mp.candidates(hw, shape)
+    if not pool:
+        return
+    picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=10))
+    b = bounds(hw, shape, picked, out_bytes)
+    for i, m in enumerate(picked):
+        t = gemm_timing(hw, shape, m, out_bytes)
+        for name in ("array_macs", "spad_read_bytes", "spad_write_bytes", "acc_bytes", "load_bytes", "store_bytes",
+                     "dram_read_bytes"):
+            assert getattr(b, name)[i] == pytest.approx(getattr(t, name), rel=1e-12), name

@@ -200,13 +200,13 @@ def _dram_rate(hw: AccelSpec) -> float:
     return hw.dram.bandwidth / hw.clock_hz
 
 
-def mesh_cycles(hw: AccelSpec, streamed: int, folds: int) -> float:
+def mesh_cycles(hw: AccelSpec, streamed: float | np.ndarray, folds: float | np.ndarray) -> float | np.ndarray:
     """Mesh cycles of ``folds`` weight (WS) or output (OS) folds, each streaming ``streamed`` rows (§ module doc)."""
     R = C = hw.dim
     if hw.accumulator.ports == 1:  # read-modify-write of a single-ported accumulator takes two cycles per row
-        streamed *= 2
+        streamed = streamed * 2  # not in place: an array argument is the caller's
     if hw.mesh.weight_double_buffer:
-        return folds * max(streamed, R) + R + (R + C - 2)
+        return folds * np.maximum(streamed, R) + R + (R + C - 2)  # numpy: also per candidate in ``bounds``
     return folds * (2 * R + C + streamed - 2)
 
 
@@ -286,11 +286,11 @@ def _mesh_part(hw: AccelSpec, ri: int, cj: int, dk: int) -> tuple[float, float, 
     D = hw.dim
     bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
     if hw.mesh.dataflow == "WS":
-        mesh, array_macs = mesh_cycles(hw, ri, bj * bk), bj * bk * ri * D * D
+        mesh, array_macs = float(mesh_cycles(hw, ri, bj * bk)), bj * bk * ri * D * D
         spad_read = dk * cj + ri * dk * bj  # each B block preloaded once, A re-read once per J block
         acc = 2 * 4 * ri * cj * bk  # a read-modify-write of int32 partial sums per K block
     else:
-        mesh, array_macs = mesh_cycles(hw, dk, bi * bj), bi * bj * dk * D * D
+        mesh, array_macs = float(mesh_cycles(hw, dk, bi * bj)), bi * bj * dk * D * D
         spad_read = ri * dk * bj + dk * cj * bi
         acc = 2 * 4 * ri * cj  # one accumulate of the PE results per K tile
     commands = (bi * bk + bk * bj + bj * bk + bi * bj * bk) * hw.overheads.command_cycles
@@ -438,14 +438,14 @@ class Bounds:
     """Per mapping (numpy arrays): a lower bound on ``gemm_timing``'s cycles and the exact access counts its energy
     needs (the GemmTiming field names, so ``energy.gemm_energy`` takes it as it is)."""
 
-    cycles: object
-    array_macs: object
-    spad_read_bytes: object
-    spad_write_bytes: object
-    acc_bytes: object
-    load_bytes: object
-    store_bytes: object
-    dram_read_bytes: object
+    cycles: np.ndarray
+    array_macs: np.ndarray
+    spad_read_bytes: np.ndarray
+    spad_write_bytes: np.ndarray
+    acc_bytes: np.ndarray
+    load_bytes: np.ndarray
+    store_bytes: np.ndarray
+    dram_read_bytes: np.ndarray
 
 
 def _class_arrays(n: int, tile):
@@ -469,8 +469,9 @@ def _last(classes):
 def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 1) -> Bounds:
     """The search's bound for each mapping, vectorized: every term of ``gemm_timing`` in closed form, except that a row
     of w bytes is taken at its fewest requests (each mvin chunk of L bytes needs at least ceil(L / largest request))
-    and the stores but the last one are left out. So ``cycles`` <= gemm_timing(...).cycles; the byte
-    and MAC counts are the ones gemm_timing sums (same formulas, tile class by tile class)."""
+    and the stores but the last one are left out. So ``cycles`` <= gemm_timing(...).cycles; the byte and MAC counts
+    are the ones gemm_timing sums, tile class by tile class (_hits and _mesh_part per candidate; tests/
+    test_accel_mapping.py checks both against gemm_timing on random mappings)."""
     D, I, J, K = hw.dim, shape.I, shape.J, shape.K  # noqa: E741 - Gemmini's names
     # floats throughout: sizes stay exact below 2^53, and products such as MACs would overflow int64 on huge shapes
     ti = np.array([m.ti for m in ms], dtype=float) * D
@@ -505,7 +506,6 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
     lat_a = hit_a * lat_l2 + (1 - hit_a) * lat_dram
     lat_b = hit_b * lat_l2 + (1 - hit_b) * lat_dram
     db, ws = double_buffered(hw), hw.mesh.dataflow == "WS"
-    R = C = D
     z = np.zeros(len(ms))
     cycles, array_macs, spad_read, spad_write, acc, dram = z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), z.copy()
     for ri, ni in _class_arrays(I, ti):
@@ -514,12 +514,7 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
             for dk, nk in _class_arrays(K, tk):
                 n = ni * nj * nk
                 bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
-                streamed, folds = (ri, bj * bk) if ws else (dk, bi * bj)
-                streamed = streamed * 2 if hw.accumulator.ports == 1 else streamed
-                if hw.mesh.weight_double_buffer:
-                    mesh = folds * np.maximum(streamed, R) + R + (R + C - 2)
-                else:
-                    mesh = folds * (2 * R + C + streamed - 2)
+                mesh = mesh_cycles(hw, ri, bj * bk) if ws else mesh_cycles(hw, dk, bi * bj)
                 commands = (bi * bk + 2 * bk * bj + bi * bj * bk) * ov.command_cycles
                 stage = np.maximum(mesh, commands)
                 ba, bb = share_a * ri * dk, share_b * dk * cj
