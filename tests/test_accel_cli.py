@@ -87,6 +87,8 @@ def test_run_json_has_the_run_and_one_record_per_hardware_and_schedule(capsys):
     assert {(o["hardware"], o["schedule"]) for o in ops} == {("gemmini-ibert", "non-fused"), ("gemmini-ibert", "fused")}
     gemms = [o for o in ops if "ti" in o]
     assert gemms and all({"m", "n", "k", "gemm_batch", "cycles", "tk", "order"} <= set(o) for o in gemms)
+    assert all(o["l2_read_bytes"] + o["dram_read_bytes"] == pytest.approx(o["load_bytes"]) for o in gemms)
+    assert all(0 <= o["dram_rate_bound_tiles"] <= o["dma_bound_tiles"] <= o["tiles"] for o in gemms)
     first = [o for o in ops if o["schedule"] == "non-fused"]
     assert sum(o["total_seconds"] for o in first) == pytest.approx(doc["records"][0]["seconds"])
 

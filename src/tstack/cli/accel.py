@@ -110,12 +110,16 @@ def result_record(r: Result, reference_seconds: float | None = None, **labels: A
 
 
 def _mapping_fields(hw: AccelSpec, m: Mapping | None, t: GemmTiming | None) -> dict[str, Any]:
+    """A mapped GEMM's tiles, cycles, bytes and DMA counts (requests, L2 hits, L2 and DRAM bytes)."""
     if m is None or t is None:
         return {}
     return {"ti": m.ti, "tj": m.tj, "tk": m.tk, "tile_m": m.ti * hw.dim, "tile_n": m.tj * hw.dim,
             "tile_k": m.tk * hw.dim, "order": m.order, "reuse": m.reuse, "cycles": t.cycles,
             "mesh_cycles": t.mesh_cycles, "dma_cycles": t.dma_cycles, "ideal_cycles": t.ideal_cycles,
-            "load_bytes": t.load_bytes, "store_bytes": t.store_bytes}
+            "load_bytes": t.load_bytes, "store_bytes": t.store_bytes, "tiles": t.tiles,
+            "dma_bound_tiles": t.dma_bound_tiles, "dram_rate_bound_tiles": t.dram_rate_bound_tiles,
+            "load_requests": t.load_requests, "l2_hit_requests": t.hit_requests, "l2_hit_rate": t.hit_rate,
+            "store_requests": t.store_requests, "l2_read_bytes": t.l2_read_bytes, "dram_read_bytes": t.dram_read_bytes}
 
 
 def op_record(r: Result, rec: AccelOp) -> dict[str, Any]:
@@ -249,10 +253,7 @@ def gemm_record(hw: AccelSpec, shape: GemmShape, name: str, objective: str, full
             "utilization": t.utilization, "joules": e.total, "joule_seconds": e.total * secs,
             "spad_rows_used": (m.ti * m.tk + m.tk * m.tj) * D, "spad_rows_available": spad,
             "acc_rows_used": m.ti * m.tj * D, "acc_rows_available": acc, "double_buffered": double_buffered(hw),
-            "tiles": t.tiles, "dma_bound_tiles": t.dma_bound_tiles, "dram_rate_bound_tiles": t.dram_rate_bound_tiles,
-            "load_requests": t.load_requests,
-            "l2_hit_requests": t.hit_requests, "l2_hit_rate": t.hit_rate, "store_requests": t.store_requests,
-            "l2_read_bytes": t.l2_read_bytes, "dram_read_bytes": t.dram_read_bytes, **_energy_fields(e)}
+            **_energy_fields(e)}
 
 
 @app.command()
