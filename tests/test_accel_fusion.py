@@ -48,12 +48,12 @@ def test_the_l2_has_an_lru_cliff_at_the_reuse_distance():
 
 
 def test_a_fully_reused_tile_hits_and_a_streamed_matrix_misses():
-    """One 32-row A panel re-read for each of 24 J tiles hits 23 times; W (1 MiB, one row tile) is read once: all
-    misses."""
+    """32×3072×256 in tiles of 32×32×256: the one A panel (32×256) is read for each of the 96 J tiles, and its 95
+    re-reads hit (reuse distance 8 + 8 + 1 KiB); W (256×3072 = 768 KiB, one row tile) is streamed once: all misses."""
     t = gemm_timing(IBERT, GemmShape(32, 3072, 256), Mapping(2, 2, 16))
     a, w = 32 * 256, 256 * 3072
     assert t.dram_read_bytes == pytest.approx(a + w)
-    assert t.l2_read_bytes == pytest.approx(95 * a)  # 96 J tiles: the A panel's 95 re-reads hit
+    assert t.l2_read_bytes == pytest.approx(95 * a)
 
 
 def test_repro_reports_the_sign_of_both_layernorm_fusion_effects_with_their_physics():
