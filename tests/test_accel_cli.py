@@ -87,6 +87,8 @@ def test_run_json_has_the_run_and_one_record_per_hardware_and_schedule(capsys):
     assert {(o["hardware"], o["schedule"]) for o in ops} == {("gemmini-ibert", "non-fused"), ("gemmini-ibert", "fused")}
     gemms = [o for o in ops if "ti" in o]
     assert gemms and all({"m", "n", "k", "gemm_batch", "cycles", "tk", "order"} <= set(o) for o in gemms)
+    assert all(o["l2_read_bytes"] + o["dram_read_bytes"] == pytest.approx(o["load_bytes"]) for o in gemms)
+    assert all(0 <= o["dram_rate_bound_tiles"] <= o["dma_bound_tiles"] <= o["tiles"] for o in gemms)
     first = [o for o in ops if o["schedule"] == "non-fused"]
     assert sum(o["total_seconds"] for o in first) == pytest.approx(doc["records"][0]["seconds"])
 
@@ -136,6 +138,22 @@ def test_gemm_explain_and_json(capsys):
         line = row_of(out, f" {name} ")
         assert f"{m.ti}×{m.tj}×{m.tk}" in line and units.seconds(rec["seconds"]) in line
         assert units.si(rec["joules"], "J") in line and units.percent(rec["utilization"]) in line
+
+
+def test_gemm_json_carries_the_dma_counts_and_the_l2_dram_split(capsys):
+    """128×3072×768 with auto (5,5,48) on the baseline: the record's DMA fields are the timing's, and the L2 and DRAM
+    bytes add up to the bytes loaded."""
+    doc = json_doc(capsys, "gemm", "128", "3072", "768", "--hw", "gemmini-baseline")
+    (rec,) = doc["records"]
+    hw = load_accel("gemmini-baseline")
+    _, t = mp.auto(hw, GemmShape(128, 3072, 768))
+    assert rec["load_requests"] == t.load_requests and rec["store_requests"] == t.store_requests
+    assert rec["l2_hit_rate"] == t.hit_rate and rec["dma_bound_tiles"] == t.dma_bound_tiles
+    assert rec["dram_rate_bound_tiles"] == t.dram_rate_bound_tiles <= t.dma_bound_tiles
+    assert rec["l2_read_bytes"] + rec["dram_read_bytes"] == pytest.approx(rec["load_bytes"])
+    # tiles of 80×80×768: ceil(128/80) = 2 row tiles × ceil(3072/80) = 39 column tiles × one K step
+    assert rec["tiles"] == 2 * 39 and 0 < rec["l2_hit_rate"] < 1
+    assert rec["dram_joules"] == pytest.approx((rec["dram_read_bytes"] + rec["store_bytes"]) * hw.energy.dram_byte)
 
 
 def test_gemm_maps_a_huge_shape_with_the_bounded_search(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tstack.accel.mapping import best
 from tstack.accel.timing import GemmShape, Mapping, gemm_timing, request_sizes, row_requests, tile_requests
 from tstack.hardware.accel import load_accel
 
@@ -89,6 +90,7 @@ def test_misaligned_weight_tiles_are_dma_bound():
     mesh stage; the aligned ones do not."""
     t = gemm_timing(BASE, GemmShape(128, 768, 768), Mapping(5, 5, 48))
     assert 0 < t.dma_bound_tiles < t.tiles
+    assert t.dram_rate_bound_tiles == 0  # bound by the requests' latency, not by DRAM's byte rate
     assert t.utilization < 0.8
 
 
@@ -121,3 +123,52 @@ def test_energy_splits_l2_and_dram_bytes():
     e = gemm_energy(BASE, t)
     assert e.dram == pytest.approx((t.dram_read_bytes + t.store_bytes) * BASE.energy.dram_byte)
     assert e.l2 == pytest.approx((t.load_bytes + t.store_bytes) * BASE.energy.l2_byte)
+
+
+# ---------------------------------------------------------------- where the DMA is hidden, GEMV, output-stationary
+
+HIDDEN = BASE.changed(mesh={"weight_double_buffer": False}, accumulator={"bytes": 1024 * 1024},
+                      dma={"bus_bytes_per_cycle": 4096, "requests_in_flight": 4096}, l2={"latency_s": 0.0},
+                      dram={"latency_s": 0.0, "bandwidth": 1e13}, overheads={"call_cycles": 0.0, "command_cycles": 0.0})
+
+
+@pytest.mark.parametrize(("I", "J", "K", "tj", "tk"), [(128, 768, 768, 8, 16), (100, 300, 200, 3, 5),
+                                                       (512, 64, 1000, 4, 8), (17, 1000, 33, 7, 3)])
+def test_scalesim_fold_count_holds_where_the_dma_is_hidden(I, J, K, tj, tk):  # noqa: E741
+    """The full DMA path (not the resident shortcut) with memories fast enough to hide it: SCALE-Sim's WS fold count,
+    ceil(K/R)·ceil(J/C) folds of 2R + C + I − 2 cycles with all I rows in one tile, within 0.1% (the rest is the first
+    load and the last store, a few cycles at 4 KiB per cycle)."""
+    shape = GemmShape(I, J, K)
+    bI, bJ, bK = shape.blocks(16)
+    t = gemm_timing(HIDDEN, shape, Mapping(bI, min(tj, bJ), min(tk, bK)))
+    assert t.dma_bound_tiles == 0
+    assert t.cycles == pytest.approx(-(-K // 16) * -(-J // 16) * (2 * 16 + 16 + I - 2), rel=1e-3)
+
+
+def test_a_decode_gemv_streams_its_weight_at_the_dram_rate():
+    """I = 1 (decode): each 16×16 weight block is preloaded for one row of A, so the mesh needs DIM cycles per block
+    (J·K/DIM in all) and the weight (3072·768 bytes, read once: nothing re-reads it) must come from DRAM. The best
+    mapping is DRAM-bound on every tile and within 2% of weight bytes / 7.5 B/cycle."""
+    shape = GemmShape(1, 3072, 768)
+    _, t = best(BASE, shape)
+    weight = 3072 * 768
+    assert t.mesh_cycles >= weight / 16
+    assert t.dma_bound_tiles == t.tiles
+    assert t.dram_read_bytes >= weight
+    floor = weight / (BASE.dram.bandwidth / BASE.clock_hz)
+    assert floor <= t.cycles <= 1.02 * floor
+    # tiled_matmul_auto's 144-byte weight rows (9 blocks) cost 3 to 5 requests each: request-bound, over twice slower
+    auto = gemm_timing(BASE, shape, Mapping(1, 9, 48))
+    assert auto.cycles > 2 * t.cycles and auto.load_requests > 2 * t.load_requests
+
+
+def test_output_stationary_tiles_do_not_overlap_their_loads():
+    """OS is single-buffered in tiled_matmul_auto: each tile's loads and mesh run one after the other, so the total is
+    at least the mesh time plus the load time; the same tiles on WS overlap them."""
+    os_hw = BASE.changed(mesh={"dataflow": "OS"})
+    shape, m = GemmShape(128, 768, 768), Mapping(8, 8, 48)
+    t = gemm_timing(os_hw, shape, m)
+    loads = t.dma_cycles - t.store_cycles
+    assert t.cycles >= t.mesh_cycles + loads
+    ws = gemm_timing(BASE.changed(accumulator={"bytes": 128 * 1024}), shape, Mapping(8, 8, 24))
+    assert ws.cycles < ws.mesh_cycles + ws.dma_cycles - ws.store_cycles

@@ -121,7 +121,8 @@ def _fold_sizes(n: int) -> list[int]:
 
 
 def _exhaustive(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> dict[str, float]:
-    """The reference: the best score per objective over every tile count of every dimension, both loop orders."""
+    """The reference: the best score per objective over every tile count of every dimension, both loop orders. It is
+    found with ``mp.search`` (branch and bound), which gives what timing every candidate gives (tested below)."""
     bI, bJ, bK = shape.blocks(hw.dim)
     try:
         pool = [mp.heuristic(hw, shape, full_rows)]
@@ -130,14 +131,10 @@ def _exhaustive(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> dic
     pool += [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti in _fold_sizes(bI)
              for tj in ([bJ] if full_rows else _fold_sizes(bJ)) for tk in _fold_sizes(bK) for order in mp.ORDERS]
     best = dict.fromkeys(mp.OBJECTIVES, math.inf)
-    for m in pool:
-        try:
-            mp.check(hw, shape, m)
-        except mp.Infeasible:
-            continue
-        t = gemm_timing(hw, shape, m)
-        for o in mp.OBJECTIVES:
-            best[o] = min(best[o], mp.score(hw, t, o))
+    for o in mp.OBJECTIVES:
+        found = mp.search(hw, shape, pool, o)
+        if found is not None:
+            best[o] = mp.score(hw, found[1], o)
     return best
 
 
@@ -244,3 +241,109 @@ def test_tile_sizes_are_even_tiles_within_the_cap(n, cap):
     assert all(-(-n // -(-n // t)) == t for t in sizes)  # each the smallest tile of its tile count
     assert -(-n // -(-n // top)) in sizes  # the largest tiles that fit are always tried
     assert len(sizes) <= 400
+
+
+# ---------------------------------------------------------------- branch and bound: same answer, fewer timings
+
+search_configs = st.builds(lambda spad, acc, dim, df, ports, overlap, l2: AccelSpec(name="r").changed(
+    mesh={"rows": dim, "cols": dim, "dataflow": df}, scratchpad={"bytes": spad * KiB},
+    accumulator={"bytes": acc * KiB, "ports": ports}, overheads={"calls_overlap": overlap}, l2={"bytes": l2 * KiB}),
+    st.sampled_from([16, 64, 256]), st.sampled_from([16, 64, 256]), st.sampled_from([8, 16]),
+    st.sampled_from(["WS", "OS"]), st.sampled_from([1, 2]), st.booleans(), st.sampled_from([0, 64, 512]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(hw=search_configs, shape=small_shapes, out_bytes=st.sampled_from([1, 4]), data=st.data())
+def test_search_bounds_never_exceed_the_timing(hw, shape, out_bytes, data):
+    """The bound of every candidate is at most its cycles and its energy (what makes skipping it safe)."""
+    pool = mp.candidates(hw, shape)
+    picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=20)) if pool else []
+    if not picked:
+        return
+    for objective in mp.OBJECTIVES:
+        bound = mp.lower_bounds(hw, shape, picked, objective, out_bytes)
+        for m, b in zip(picked, bound):
+            assert b <= mp.score(hw, gemm_timing(hw, shape, m, out_bytes), objective)
+
+
+def _scan(hw: AccelSpec, shape: GemmShape, pool: list[Mapping], objective: str, out_bytes: int):
+    """The search without bounds: time every legal candidate, keep the first with the lowest score."""
+    found = None
+    for m in pool:
+        try:
+            mp.check(hw, shape, m)
+        except mp.Infeasible:
+            continue
+        t = gemm_timing(hw, shape, m, out_bytes)
+        if found is None or mp.score(hw, t, objective) < found[0]:
+            found = (mp.score(hw, t, objective), m, t)
+    return found
+
+
+def _grid_pool(hw: AccelSpec, shape: GemmShape, full_rows: bool) -> list[Mapping]:
+    try:
+        pool = [mp.heuristic(hw, shape, full_rows)]
+    except mp.Infeasible:
+        pool = []
+    return pool + mp.candidates(hw, shape, full_rows)
+
+
+@settings(max_examples=30, deadline=None)
+@given(hw=search_configs, shape=st.builds(GemmShape, st.integers(1, 400), st.integers(1, 400), st.integers(1, 400),
+                                          st.integers(1, 2)),
+       objective=st.sampled_from(mp.OBJECTIVES), full_rows=st.booleans(), out_bytes=st.sampled_from([1, 4]))
+def test_branch_and_bound_finds_what_timing_every_candidate_finds(hw, shape, objective, full_rows, out_bytes):
+    ref = _scan(hw, shape, _grid_pool(hw, shape, full_rows), objective, out_bytes)
+    if ref is None:
+        with pytest.raises(mp.Infeasible):
+            mp.best(hw, shape, objective, full_rows, out_bytes)
+        return
+    m, t = mp.best(hw, shape, objective, full_rows, out_bytes)
+    assert (m, t) == (ref[1], ref[2])
+
+
+@settings(max_examples=15, deadline=None)
+@given(hw=search_configs, shape=st.builds(GemmShape, st.integers(1, 160), st.integers(1, 160), st.integers(1, 160)),
+       objective=st.sampled_from(mp.OBJECTIVES))
+def test_branch_and_bound_over_every_tile_count_is_the_exhaustive_search(hw, shape, objective):
+    """Small shapes, every tile count of every dimension (legal or not), both orders: the same mapping and timing."""
+    bI, bJ, bK = shape.blocks(hw.dim)
+    pool = [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti in _fold_sizes(bI) for tj in _fold_sizes(bJ)
+            for tk in _fold_sizes(bK) for order in mp.ORDERS]
+    ref = _scan(hw, shape, pool, objective, 1)
+    found = mp.search(hw, shape, pool, objective)
+    assert found == (None if ref is None else (ref[1], ref[2]))
+
+
+@pytest.mark.parametrize("preset", ["gemmini-baseline", "gemmini-ibert"])
+def test_branch_and_bound_times_few_candidates_on_bert(preset, monkeypatch):
+    """The bounds prune: on the BERT-base FFN GEMM the search times under a tenth of its candidates, same answer."""
+    hw, shape = load_accel(preset), GemmShape(512, 768, 3072)
+    ref = _scan(hw, shape, _grid_pool(hw, shape, False), "latency", 1)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return gemm_timing(*args, **kwargs)
+
+    monkeypatch.setattr(mp, "gemm_timing", counting)
+    assert mp.best(hw, shape)[0] == ref[1]
+    assert len(calls) < len(mp.candidates(hw, shape)) / 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(hw=search_configs, shape=small_shapes, out_bytes=st.sampled_from([1, 4]), data=st.data())
+def test_search_bounds_count_the_bytes_and_macs_the_timing_counts(hw, shape, out_bytes, data):
+    """``timing.bounds`` restates the L2 hits and the per-tile counts vectorized: they must equal gemm_timing's."""
+    from tstack.accel.timing import bounds
+
+    pool = mp.candidates(hw, shape)
+    if not pool:
+        return
+    picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=10))
+    b = bounds(hw, shape, picked, out_bytes)
+    for i, m in enumerate(picked):
+        t = gemm_timing(hw, shape, m, out_bytes)
+        for name in ("array_macs", "spad_read_bytes", "spad_write_bytes", "acc_bytes", "load_bytes", "store_bytes",
+                     "dram_read_bytes"):
+            assert getattr(b, name)[i] == pytest.approx(getattr(t, name), rel=1e-12), name

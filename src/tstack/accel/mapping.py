@@ -13,8 +13,10 @@ import bisect
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from tstack.accel.energy import gemm_energy
-from tstack.accel.timing import GemmShape, GemmTiming, Mapping, double_buffered, gemm_timing
+from tstack.accel.timing import GemmShape, GemmTiming, Mapping, bounds, double_buffered, gemm_timing
 from tstack.errors import TstackError
 from tstack.hardware.accel import AccelSpec
 
@@ -224,29 +226,55 @@ def score(hw: AccelSpec, timing: GemmTiming, objective: str) -> float:
     return joules if objective == "energy" else joules * hw.seconds(timing.cycles)
 
 
-def best(hw: AccelSpec, shape: GemmShape, objective: str = "latency", full_rows: bool = False,
-         out_bytes: int = 1) -> tuple[Mapping, GemmTiming]:
-    """The legal mapping with the lowest objective (the heuristic's own mapping is always a candidate)."""
+def lower_bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], objective: str, out_bytes: int = 1):
+    """A lower bound on each mapping's objective (numpy array): cycles from ``timing.bounds``, joules from its exact
+    access counts, EDP their product; less a relative 1e-9 for the different order of the floating-point sums."""
+    b = bounds(hw, shape, ms, out_bytes)
+    slack = 1 - 1e-9
+    if objective == "latency":
+        return b.cycles * slack
+    joules = gemm_energy(hw, b).total * slack
+    return joules if objective == "energy" else joules * hw.seconds(b.cycles * slack)
+
+
+def search(hw: AccelSpec, shape: GemmShape, pool: list[Mapping], objective: str = "latency",
+           out_bytes: int = 1) -> tuple[Mapping, GemmTiming] | None:
+    """The legal mapping of ``pool`` with the lowest objective, or None when none is legal.
+
+    Branch and bound: candidates are timed in the order of their lower bounds (``lower_bounds``), and the search stops
+    at the first bound above the best score found. Every candidate it skips scores at least its bound, so the result
+    is the one timing every candidate gives, ties going to the earlier candidate (tests/test_accel_mapping.py).
+    """
     if objective not in OBJECTIVES:
         raise TstackError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
-    found: tuple[float, Mapping, GemmTiming] | None = None
+    found: tuple[float, int, GemmTiming] | None = None
+    bound = lower_bounds(hw, shape, pool, objective, out_bytes) if pool else []
+    for idx in np.argsort(bound, kind="stable").tolist():
+        if found is not None and bound[idx] > found[0]:
+            break
+        try:
+            check(hw, shape, pool[idx])
+        except Infeasible:
+            continue
+        t = gemm_timing(hw, shape, pool[idx], out_bytes)
+        v = score(hw, t, objective)
+        if found is None or v < found[0] or (v == found[0] and idx < found[1]):
+            found = (v, idx, t)
+    return None if found is None else (pool[found[1]], found[2])
+
+
+def best(hw: AccelSpec, shape: GemmShape, objective: str = "latency", full_rows: bool = False,
+         out_bytes: int = 1) -> tuple[Mapping, GemmTiming]:
+    """The legal mapping with the lowest objective among the heuristic's own and the grid's ``candidates``."""
     try:
         pool: list[Mapping] = [heuristic(hw, shape, full_rows)]
     except Infeasible:
         pool = []
-    for m in [*pool, *candidates(hw, shape, full_rows)]:
-        try:
-            check(hw, shape, m)
-        except Infeasible:
-            continue
-        t = gemm_timing(hw, shape, m, out_bytes)
-        v = score(hw, t, objective)
-        if found is None or v < found[0]:
-            found = (v, m, t)
+    found = search(hw, shape, pool + candidates(hw, shape, full_rows), objective, out_bytes)
     if found is None:
         raise Infeasible(f"no legal mapping of GEMM {shape.I}×{shape.J}×{shape.K} on {hw.name}"
                          + (" with whole rows in the accumulator" if full_rows else ""))
-    return found[1], found[2]
+    return found
 
 
 Mapper = Callable[[AccelSpec, GemmShape, bool, int], tuple[Mapping, GemmTiming]]

@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from tstack.hardware.accel import AccelSpec
 
 
@@ -82,6 +84,7 @@ class GemmTiming:
     dram_read_bytes: float = 0.0  # loaded bytes that missed the L2; the rest of load_bytes hit it
     tiles: float = 0.0
     dma_bound_tiles: float = 0.0  # tiles whose loads take longer than their mesh stage
+    dram_rate_bound_tiles: float = 0.0  # of those, the tiles whose load is set by DRAM's byte rate (the rest: requests)
 
     @property
     def utilization(self) -> float:
@@ -197,13 +200,13 @@ def _dram_rate(hw: AccelSpec) -> float:
     return hw.dram.bandwidth / hw.clock_hz
 
 
-def mesh_cycles(hw: AccelSpec, streamed: int, folds: int) -> float:
+def mesh_cycles(hw: AccelSpec, streamed: float | np.ndarray, folds: float | np.ndarray) -> float | np.ndarray:
     """Mesh cycles of ``folds`` weight (WS) or output (OS) folds, each streaming ``streamed`` rows (§ module doc)."""
     R = C = hw.dim
     if hw.accumulator.ports == 1:  # read-modify-write of a single-ported accumulator takes two cycles per row
-        streamed *= 2
+        streamed = streamed * 2  # not in place: an array argument is the caller's
     if hw.mesh.weight_double_buffer:
-        return folds * max(streamed, R) + R + (R + C - 2)
+        return folds * np.maximum(streamed, R) + R + (R + C - 2)  # numpy: also per candidate in ``bounds``
     return folds * (2 * R + C + streamed - 2)
 
 
@@ -230,6 +233,7 @@ class _Sums:
     dram_read_bytes: float = 0.0
     tiles: float = 0.0
     dma_bound: float = 0.0
+    dram_rate_bound: float = 0.0
     first_load: float = -1.0
     last_store: float = 0.0
 
@@ -282,26 +286,27 @@ def _mesh_part(hw: AccelSpec, ri: int, cj: int, dk: int) -> tuple[float, float, 
     D = hw.dim
     bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
     if hw.mesh.dataflow == "WS":
-        mesh, array_macs = mesh_cycles(hw, ri, bj * bk), bj * bk * ri * D * D
+        mesh, array_macs = float(mesh_cycles(hw, ri, bj * bk)), bj * bk * ri * D * D
         spad_read = dk * cj + ri * dk * bj  # each B block preloaded once, A re-read once per J block
         acc = 2 * 4 * ri * cj * bk  # a read-modify-write of int32 partial sums per K block
     else:
-        mesh, array_macs = mesh_cycles(hw, dk, bi * bj), bi * bj * dk * D * D
+        mesh, array_macs = float(mesh_cycles(hw, dk, bi * bj)), bi * bj * dk * D * D
         spad_read = ri * dk * bj + dk * cj * bi
         acc = 2 * 4 * ri * cj  # one accumulate of the PE results per K tile
     commands = (bi * bk + bk * bj + bj * bk + bi * bj * bk) * hw.overheads.command_cycles
     return mesh, commands, array_macs, spad_read, acc
 
 
-def _load(c: _Ctx, req_a: float, req_b: float, bytes_a: float, bytes_b: float) -> tuple[float, float, float]:
-    """(cycles, hit requests, DRAM bytes) of one tile's loads: Little's law over the in-flight slots, at least the
-    bus time and, for the misses, the DRAM time."""
+def _load(c: _Ctx, req_a: float, req_b: float, bytes_a: float, bytes_b: float) -> tuple[float, float, float, bool]:
+    """(cycles, hit requests, DRAM bytes, whether DRAM's byte rate sets the cycles) of one tile's loads: Little's law
+    over the in-flight slots, at least the bus time and, for the misses, the DRAM time."""
     ra, rb, ba, bb = req_a * c.share_a, req_b * c.share_b, bytes_a * c.share_a, bytes_b * c.share_b
     hits = ra * c.hit_a + rb * c.hit_b
     misses = ra + rb - hits
     dram = ba * (1 - c.hit_a) + bb * (1 - c.hit_b)
-    cycles = max((hits * c.lat_l2 + misses * c.lat_dram) / c.inflight, (ba + bb) / c.bus, dram / c.dram_rate)
-    return cycles, hits, dram
+    by_rate = dram / c.dram_rate
+    cycles = max((hits * c.lat_l2 + misses * c.lat_dram) / c.inflight, (ba + bb) / c.bus, by_rate)
+    return cycles, hits, dram, cycles == by_rate > 0
 
 
 def _store(c: _Ctx, requests: float, nbytes: float) -> float:
@@ -322,7 +327,7 @@ def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int,
         req_a = sum(cnt * tile_requests(off, K, ri, dk, c.chunk, c.sizes)
                     for off, cnt in _positions(nk, m.tk * D, k_first, c.top)) / nk
         req_b = tile_requests(j_offset, J, dk, cj, c.chunk, c.sizes)  # B: dk rows of cj bytes, J bytes apart
-        load, hits, dram = _load(c, req_a, req_b, ri * dk, dk * cj)
+        load, hits, dram, by_rate = _load(c, req_a, req_b, ri * dk, dk * cj)
         stage = max(mesh, commands)
         if c.db:
             tile = max(stage, load)
@@ -345,6 +350,7 @@ def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int,
         s.tiles += k
         if load > stage:
             s.dma_bound += k
+            s.dram_rate_bound += k if by_rate else 0.0
         if s.first_load < 0:
             full_a = tile_requests(0, K, ri, dk, c.chunk, c.sizes)
             s.first_load = max((full_a + req_b) * c.lat_dram / c.inflight, (ri * dk + dk * cj) / c.dram_rate,
@@ -421,4 +427,123 @@ def gemm_timing(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int = 1,
     return GemmTiming(b * total, b * s.mesh, b * s.dma, b * overhead, b * s.load_bytes, b * s.store_bytes, shape.macs,
                       b * s.array_macs, b * s.spad_read, b * s.spad_write, b * s.acc, b * ideal, b * s.store_cycles,
                       I0, b * s.requests, b * s.hit_requests, b * s.store_requests, b * s.dram_read_bytes,
-                      b * s.tiles, b * s.dma_bound)
+                      b * s.tiles, b * s.dma_bound, b * s.dram_rate_bound)
+
+
+# ---------------------------------------------------------------- bounds for the best-mapping search
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Per mapping (numpy arrays): a lower bound on ``gemm_timing``'s cycles and the exact access counts its energy
+    needs (the GemmTiming field names, so ``energy.gemm_energy`` takes it as it is)."""
+
+    cycles: np.ndarray
+    array_macs: np.ndarray
+    spad_read_bytes: np.ndarray
+    spad_write_bytes: np.ndarray
+    acc_bytes: np.ndarray
+    load_bytes: np.ndarray
+    store_bytes: np.ndarray
+    dram_read_bytes: np.ndarray
+
+
+def _class_arrays(n: int, tile):
+    """(size, count) arrays of the full tiles and the remainder tile along ``n`` for each tile size (count 0: none)."""
+    full, rem = np.divmod(n, tile)
+    return ((tile, full), (np.where(rem > 0, rem, 1.0), (rem > 0).astype(float)))
+
+
+def _first(classes):
+    """The size of the first tile class present: the full tiles, or the remainder when there are none."""
+    (full, n_full), (rem, _) = classes
+    return np.where(n_full > 0, full, rem)
+
+
+def _last(classes):
+    """The size of the last tile class present: the remainder, or the full tiles when there is none."""
+    (full, _), (rem, n_rem) = classes
+    return np.where(n_rem > 0, rem, full)
+
+
+def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 1) -> Bounds:
+    """The search's bound for each mapping, vectorized: every term of ``gemm_timing`` in closed form, except that a row
+    of w bytes is taken at its fewest requests (each mvin chunk of L bytes needs at least ceil(L / largest request))
+    and the stores but the last one are left out. So ``cycles`` <= gemm_timing(...).cycles; the byte and MAC counts
+    are the ones gemm_timing sums, tile class by tile class (_hits and _mesh_part per candidate; tests/
+    test_accel_mapping.py checks both against gemm_timing on random mappings)."""
+    D, I, J, K = hw.dim, shape.I, shape.J, shape.K  # noqa: E741 - Gemmini's names
+    # floats throughout: sizes stay exact below 2^53, and products such as MACs would overflow int64 on huge shapes
+    ti = np.array([m.ti for m in ms], dtype=float) * D
+    tj = np.array([m.tj for m in ms], dtype=float) * D
+    tk = np.array([m.tk for m in ms], dtype=float) * D
+    jik = np.array([m.order == "jik" for m in ms])
+    keep = np.array([m.reuse for m in ms]) & (K <= tk)
+    # _hits, vectorized
+    ri0, cj0 = np.minimum(I, ti), np.minimum(J, tj)
+    I0, J0 = -(-I // ti), -(-J // tj)
+    near = ri0 * K + K * cj0 + ri0 * cj0 * out_bytes
+    far = np.where(jik, I * K + K * cj0 + I * cj0 * out_bytes, K * J + ri0 * K + ri0 * J * out_bytes)
+    reuse_i, reuse_j = (I0 - 1) / I0, (J0 - 1) / J0
+    l2 = hw.l2.bytes
+    hit_a = np.where(jik, np.where(far <= l2, reuse_j, 0.0), np.where(near <= l2, reuse_j, 0.0))
+    hit_b = np.where(jik, np.where(near <= l2, reuse_i, 0.0), np.where(far <= l2, reuse_i, 0.0))
+    share_a, share_b = np.ones(len(ms)), np.ones(len(ms))
+    hit_a = np.where(keep & ~jik, 0.0, hit_a)
+    share_a = np.where(keep & ~jik, 1 / J0, share_a)
+    hit_b = np.where(keep & jik, 0.0, hit_b)
+    share_b = np.where(keep & jik, 1 / I0, share_b)
+
+    d, ov = hw.dma, hw.overheads
+    top = request_sizes(hw)[0]
+    chunk_req = -(-d.mvin_row_bytes // top)
+
+    def fewest(w):
+        whole, tail = np.divmod(w, d.mvin_row_bytes)
+        return whole * chunk_req + -(-tail // top)
+
+    lat_l2, lat_dram = hw.cycles(hw.l2.latency_s), hw.cycles(hw.dram.latency_s)
+    lat_a = hit_a * lat_l2 + (1 - hit_a) * lat_dram
+    lat_b = hit_b * lat_l2 + (1 - hit_b) * lat_dram
+    db, ws = double_buffered(hw), hw.mesh.dataflow == "WS"
+    z = np.zeros(len(ms))
+    cycles, array_macs, spad_read, spad_write, acc, dram = z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), z.copy()
+    for ri, ni in _class_arrays(I, ti):
+        for cj, nj in _class_arrays(J, tj):
+            acc += ni * nj * 4 * ri * cj  # mvout reads each finished tile once
+            for dk, nk in _class_arrays(K, tk):
+                n = ni * nj * nk
+                bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
+                mesh = mesh_cycles(hw, ri, bj * bk) if ws else mesh_cycles(hw, dk, bi * bj)
+                commands = (bi * bk + 2 * bk * bj + bi * bj * bk) * ov.command_cycles
+                stage = np.maximum(mesh, commands)
+                ba, bb = share_a * ri * dk, share_b * dk * cj
+                lat = (share_a * ri * fewest(dk) * lat_a + share_b * dk * fewest(cj) * lat_b) / d.requests_in_flight
+                missed = ba * (1 - hit_a) + bb * (1 - hit_b)
+                load = np.maximum(np.maximum(lat, (ba + bb) / d.bus_bytes_per_cycle), missed / _dram_rate(hw))
+                tile = np.maximum(stage, load) if db else stage + load
+                tile = np.maximum(tile, ov.call_cycles) if ov.calls_overlap else tile + ov.call_cycles
+                cycles += n * tile
+                if ws:
+                    array_macs += n * (bj * bk * ri * D * D)
+                    spad_read += n * (dk * cj + ri * dk * bj)
+                    acc += n * (8 * ri * cj * bk)
+                else:
+                    array_macs += n * (bi * bj * dk * D * D)
+                    spad_read += n * (ri * dk * bj + dk * cj * bi)
+                    acc += n * (8 * ri * cj)
+                spad_write += n * (ba + bb)
+                dram += n * missed
+    if ov.calls_overlap:
+        cycles += ov.call_cycles  # the first call is exposed
+    ri, cj, dk = (_first(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj), (K, tk)))
+    if db:  # the prologue: the first tile's loads, all from DRAM, hidden behind nothing
+        first = ri * dk + dk * cj
+        cycles += np.maximum(np.maximum((ri * fewest(dk) + dk * fewest(cj)) * lat_dram / d.requests_in_flight,
+                                        first / _dram_rate(hw)), first / d.bus_bytes_per_cycle) + lat_dram
+    ri, cj = (_last(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj)))
+    out = cj * out_bytes  # the last store, into the L2
+    cycles += np.maximum(ri * fewest(out) * lat_l2 / d.requests_in_flight, ri * out / d.bus_bytes_per_cycle) + lat_l2
+    b = shape.batch
+    store = np.full(len(ms), float(I) * J * out_bytes * b)
+    return Bounds(b * cycles, b * array_macs, b * spad_read, b * spad_write, b * acc, b * spad_write, store, b * dram)

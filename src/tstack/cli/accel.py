@@ -110,12 +110,16 @@ def result_record(r: Result, reference_seconds: float | None = None, **labels: A
 
 
 def _mapping_fields(hw: AccelSpec, m: Mapping | None, t: GemmTiming | None) -> dict[str, Any]:
+    """A mapped GEMM's tiles, cycles, bytes and DMA counts (requests, L2 hits, L2 and DRAM bytes)."""
     if m is None or t is None:
         return {}
     return {"ti": m.ti, "tj": m.tj, "tk": m.tk, "tile_m": m.ti * hw.dim, "tile_n": m.tj * hw.dim,
             "tile_k": m.tk * hw.dim, "order": m.order, "reuse": m.reuse, "cycles": t.cycles,
             "mesh_cycles": t.mesh_cycles, "dma_cycles": t.dma_cycles, "ideal_cycles": t.ideal_cycles,
-            "load_bytes": t.load_bytes, "store_bytes": t.store_bytes}
+            "load_bytes": t.load_bytes, "store_bytes": t.store_bytes, "tiles": t.tiles,
+            "dma_bound_tiles": t.dma_bound_tiles, "dram_rate_bound_tiles": t.dram_rate_bound_tiles,
+            "load_requests": t.load_requests, "l2_hit_requests": t.hit_requests, "l2_hit_rate": t.hit_rate,
+            "store_requests": t.store_requests, "l2_read_bytes": t.l2_read_bytes, "dram_read_bytes": t.dram_read_bytes}
 
 
 def op_record(r: Result, rec: AccelOp) -> dict[str, Any]:
@@ -237,7 +241,8 @@ def run_cmd(
 
 def gemm_record(hw: AccelSpec, shape: GemmShape, name: str, objective: str, full_rows: bool, m: Mapping,
                 t: GemmTiming) -> dict[str, Any]:
-    """One mapping of one GEMM: tiles, cycles, seconds, utilization, energy by component."""
+    """One mapping of one GEMM: tiles, cycles, seconds, utilization, the DMA's requests and where its bytes came from
+    (L2 or DRAM), energy by component (``l2_joules`` and ``dram_joules`` split the traffic's)."""
     e = gemm_energy(hw, t)
     secs = hw.seconds(t.cycles)
     spad, acc = mp.limits(hw)
@@ -319,7 +324,9 @@ def gemm(
                       f"store; mesh busy {r['mesh_cycles']:,.0f}, DMA busy {r['dma_cycles']:,.0f}, ideal "
                       f"{r['ideal_cycles']:,.0f}")
             mesh_bound = tm.tiles - tm.dma_bound_tiles
-            out.print(f"  tiles {tm.tiles:,.0f}: mesh-bound {mesh_bound:,.0f}, DMA-bound {tm.dma_bound_tiles:,.0f}; "
+            rate_bound = tm.dram_rate_bound_tiles
+            out.print(f"  tiles {tm.tiles:,.0f}: mesh-bound {mesh_bound:,.0f}, DMA-bound {tm.dma_bound_tiles:,.0f} "
+                      f"(by requests {tm.dma_bound_tiles - rate_bound:,.0f}, by DRAM rate {rate_bound:,.0f}); "
                       f"load requests {tm.load_requests:,.0f} (L2 hit rate {units.percent(tm.hit_rate)}), store "
                       f"requests {tm.store_requests:,.0f}")
             out.print(f"  bytes in {units.si(tm.load_bytes, 'B')} (L2 {units.si(tm.l2_read_bytes, 'B')}, DRAM "
