@@ -16,7 +16,6 @@ from typing import Any
 
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
 
 from tstack.accel import mapping as mp
 from tstack.accel.energy import COMPONENTS, ComponentEnergy, gemm_energy
@@ -27,6 +26,7 @@ from tstack.accel.timing import GemmShape, GemmTiming, Mapping, double_buffered
 from tstack.cli.common import (
     CSV_OPT,
     JSON_OPT,
+    DefaultRunGroup,
     Outputs,
     check_choice,
     check_int,
@@ -62,16 +62,7 @@ MAX_DSE_POINTS = 4096  # design points of one `accel dse`
 MAPPINGS = ("auto", "best")
 
 
-class _DefaultRun(TyperGroup):
-    """A group whose unknown first word is the model of the `run` command, so `tstack accel bert-base` works."""
-
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
-app = typer.Typer(cls=_DefaultRun, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(cls=DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Gemmini-style accelerator model: whole-model latency and energy, GEMM mapping, design-space "
                        "exploration. `tstack accel MODEL ...` is short for `tstack accel run MODEL ...`.")
 out = console()

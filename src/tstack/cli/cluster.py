@@ -13,10 +13,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tstack.cli.accel import _DefaultRun
 from tstack.cli.common import (
     CSV_OPT,
     JSON_OPT,
+    DefaultRunGroup,
     Outputs,
     check_choice,
     check_int,
@@ -36,7 +36,7 @@ from tstack.report import output, units
 from tstack.search.cluster import SearchSpace, families, search
 from tstack.spec import MAX_BATCH, OPTIMIZERS, PRECISIONS, RunSpec
 
-app = typer.Typer(cls=_DefaultRun, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(cls=DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Multi-device training: data, tensor, pipeline and sequence parallelism, recomputation, ZeRO. "
                        "`tstack cluster MODEL ...` is short for `tstack cluster run MODEL ...`.")
 out = console()

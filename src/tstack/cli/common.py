@@ -23,6 +23,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
 from tstack.errors import SpecError, TstackError
 from tstack.report import files, output
@@ -321,3 +322,13 @@ def worker_count(option: str, workers: int | None) -> int:
     if not 1 <= workers <= cores:
         raise SpecError([f"{option}={workers} must be in [1, {cores}] (the cores available to this process)"])
     return workers
+
+
+class DefaultRunGroup(TyperGroup):
+    """A command group whose unknown first word is the model of its `run` command: `tstack accel bert-base` is
+    `tstack accel run bert-base` (accel, fpga, cluster)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)

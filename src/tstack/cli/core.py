@@ -373,7 +373,7 @@ def _shortened(message: str) -> str:
 
 def _command_path(argv: list[str] | None) -> str:
     words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")][:2]
-    groups = {"opt", "int", "accel", "fpga"}
+    groups = {g.name for g in app.registered_groups}
     return "tstack " + (" ".join(words[:2]) if words and words[0] in groups else (words[0] if words else "")).strip()
 
 

@@ -12,8 +12,17 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from tstack.cli.accel import _DefaultRun
-from tstack.cli.common import CSV_OPT, JSON_OPT, Outputs, check_choice, check_float, check_int, console, parse_names
+from tstack.cli.common import (
+    CSV_OPT,
+    JSON_OPT,
+    DefaultRunGroup,
+    Outputs,
+    check_choice,
+    check_float,
+    check_int,
+    console,
+    parse_names,
+)
 from tstack.costmodel.fpga import Skip, energy, op_table, parse_variant
 from tstack.hardware.fpga import RESOURCES, FpgaSpec, fpga_presets, load_fpga
 from tstack.models import load_model
@@ -21,7 +30,7 @@ from tstack.report import output, units
 from tstack.search.fpga_alloc import METHODS, Allocation, allocate, cross
 from tstack.spec import ModelSpec
 
-app = typer.Typer(cls=_DefaultRun, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(cls=DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="HLS-style FPGA model of NLP-Fast (003): latency per operation, adaptive resource allocation "
                        "(Algorithm 1), design mismatch. `tstack fpga MODEL ...` is short for `tstack fpga run MODEL ...`.")
 out = console()
