@@ -177,3 +177,14 @@ def test_cli_runs_the_named_sections_and_tags_each_record(capsys) -> None:
     assert len(doc["records"]) == len(SECTIONS["002"]["kernels"](load_device("mi100")))
     assert run(["repro", "002", "--section", "nope"]) == 2
     assert "'nope' not in" in capsys.readouterr().err
+
+
+def test_a_factor_gap_is_relative_to_the_nearest_end() -> None:
+    from tstack.studies.repro_002 import RATIO
+
+    # 9× against the paper's 6–8×: 9/8 − 1 = +12.5%; 3× against 6–8×: 3/6 − 1 = −50%; 7× is inside.
+    assert Row("k", "c", "6–8×", 9.0, unit=RATIO, target=(6, 8)).gap == pytest.approx(0.125)
+    assert Row("k", "c", "6–8×", 3.0, unit=RATIO, target=(6, 8)).gap == pytest.approx(-0.5)
+    assert Row("k", "c", "6–8×", 7.0, unit=RATIO, target=(6, 8)).gap == 0.0
+    assert format_gap(Row("k", "c", "6–8×", 9.0, unit=RATIO, target=(6, 8))) == "+12.5%"
+    assert format_value(Row("k", "c", "6–8×", 9.0, unit=RATIO, target=(6, 8))) == "9×"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from tstack.studies.repro_002 import INCREASE, SHARE, Row
+from tstack.studies.repro_002 import INCREASE, RATIO, SHARE, Row
 
 
 def format_value(row: Row) -> str:
@@ -19,15 +19,20 @@ def format_value(row: Row) -> str:
         return f"{100 * v:.1f}%"
     if row.unit == INCREASE:
         return f"{100 * v:+.1f}%"
+    if row.unit == RATIO:
+        return f"{v:.3g}×"
     return f"{v:.3g}"
 
 
 def format_gap(row: Row) -> str:
-    """Distance to the paper's value or range in percentage points ('in range' inside it, '' without a number)."""
+    """Distance to the paper's value or range: percentage points, or percent of the paper's factor for a ratio
+    ('in range' inside it, '' without a number)."""
     g = row.gap
     if g is None:
         return ""
-    return "in range" if g == 0 else f"{100 * g:+.1f} pp"
+    if g == 0:
+        return "in range"
+    return f"{100 * g:+.1f}%" if row.unit == RATIO else f"{100 * g:+.1f} pp"
 
 
 def repro_table(rows: Sequence[Row], title: str = "Demystifying BERT (002) reproduced", notes: bool = True) -> Table:
@@ -51,9 +56,10 @@ def print_repro_table(rows: Sequence[Row], console: Console | None = None, title
 
 
 def summary_line(rows: Sequence[Row]) -> str:
-    """How many numeric claims fall inside the paper's value or range, and within 5 points of it."""
+    """How many numeric claims fall inside the paper's value or range, and within 5 points of it (5% of it for a
+    factor)."""
     scored = [r for r in rows if r.gap is not None]
     inside = sum(1 for r in scored if r.gap == 0)
     within5 = sum(1 for r in scored if abs(r.gap) <= 0.05)
     return (f"{inside}/{len(scored)} numeric claims inside the paper's value or range; "
-            f"{within5}/{len(scored)} within 5 percentage points.")
+            f"{within5}/{len(scored)} within 5 percentage points (5% for factors).")

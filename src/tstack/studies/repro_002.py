@@ -22,8 +22,8 @@ from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.labels import ATTENTION_OPS, ATTN_BGEMM, DR_RC_LN, GELU, LAMB, LINEAR_FC, LINEAR_GEMM, MASTER_COPY
 from tstack.workload.op import GEMM_KINDS
 
-# Units of Row.tstack: a fraction of the iteration time, a relative increase, or text.
-SHARE, INCREASE, TEXT = "share", "increase", "text"
+# Units of Row.tstack: a fraction of the iteration time, a relative increase, a factor ("6–8×"), or text.
+SHARE, INCREASE, RATIO, TEXT = "share", "increase", "ratio", "text"
 # The configurations 002 §3.2.1 names in its discussion of Fig. 3: (phase, batch, precision).
 FIG3 = ((1, 4, "fp32"), (1, 32, "fp32"), (2, 4, "fp32"), (1, 32, "fp16-mixed"), (2, 4, "fp16-mixed"))
 PHASE_SEQ = {1: 128, 2: 512}
@@ -48,11 +48,17 @@ class Row:
 
     @property
     def gap(self) -> float | None:
-        """tstack minus the nearest end of the paper's range (0 inside it); None without a numeric target."""
+        """tstack minus the nearest end of the paper's range (0 inside it); None without a numeric target.
+
+        For a factor (unit RATIO) the gap is relative: tstack over the nearest end, minus 1.
+        """
         if self.target is None or not isinstance(self.tstack, float):
             return None
         lo, hi = self.target
-        return self.tstack - lo if self.tstack < lo else self.tstack - hi if self.tstack > hi else 0.0
+        end = lo if self.tstack < lo else hi if self.tstack > hi else None
+        if end is None:
+            return 0.0
+        return self.tstack / end - 1 if self.unit == RATIO else self.tstack - end
 
 
 def config_name(phase: int, batch: int, precision: str) -> str:
