@@ -282,6 +282,7 @@ def schema_cmd(command: str = typer.Argument(..., help="a command name as the JS
 def _register_commands() -> None:
     from tstack.cli import accel as cli_accel
     from tstack.cli import integer as cli_int
+    from tstack.cli import nas as cli_nas
     from tstack.cli import opt as cli_opt
     from tstack.cli import perf as cli_perf
 
@@ -291,6 +292,7 @@ def _register_commands() -> None:
     app.add_typer(cli_opt.app, name="opt")
     app.add_typer(cli_int.app, name="int")
     app.add_typer(cli_accel.app, name="accel")
+    app.add_typer(cli_nas.app, name="nas")
 
 
 _register_commands()
