@@ -52,6 +52,9 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("accel", "gemm"): ["64", "64", "64"],
     ("accel", "dse"): ["bert-base", "--seq", "64", "--executor", "serial"],
     ("accel", "repro"): ["--seq", "64"],
+    ("nas", "train"): ["--out", "s.pt", "--corpus", "shipped", "--steps", "1", "--batch", "1", "--eval-windows", "1"],
+    ("nas", "search"): ["s.pt", "--budget", "2", "--population", "2", "--iterations", "1", "--executor", "serial"],
+    ("nas", "plot"): ["result.json", "--out", "fig.png"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).
@@ -232,7 +235,7 @@ def check_bad_input(path, option, kind, value, cwd: Path) -> None:
                          ids=[f"{' '.join(p)} {o} {k}:{v[:12]!r}" for p, o, k, v in CASES])
 def test_bad_value_ends_in_one_line(path, option, kind, value, tmp_path):
     if path in (("profile",), ("calibrate",), ("validate",), ("opt", "bench"), ("opt", "tradeoff"),
-                ("opt", "schedule"), ("int", "convert"), ("int", "accuracy")):
+                ("opt", "schedule"), ("int", "convert"), ("int", "accuracy"), ("nas", "train"), ("nas", "search")):
         pytest.importorskip("torch")
     check_bad_input(path, option, kind, value, tmp_path)
 

@@ -458,7 +458,10 @@ def nsga2(ev: Evaluator, objective: str, population: int, iterations: int, mutat
     """NSGA-II (pymoo) over the index of each dimension's choice: integer SBX crossover and polynomial mutation
     (each variable with probability ``mutation``), duplicates eliminated; infeasible subnets get infinite
     objectives and a violated constraint. Same stopping rule as ``evolution``."""
-    from pymoo.algorithms.moo.nsga2 import NSGA2
+    try:
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+    except ImportError:
+        raise TstackError("--algorithm nsga2 needs pymoo: pip install 'tstack[nas]'") from None
     from pymoo.core.problem import Problem
     from pymoo.operators.crossover.sbx import SBX
     from pymoo.operators.mutation.pm import PM
