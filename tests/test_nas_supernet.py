@@ -56,7 +56,7 @@ def test_subnet_forward_equals_a_plain_model_with_the_same_weights(net, arch):
         assert torch.allclose(plain(ids), net(ids, arch), atol=1e-5, rtol=1e-5)
 
 
-def test_sandwich_rule_trains_largest_and_smallest_each_step(net):
+def test_sandwich_rule_trains_largest_and_smallest_each_step(net, tmp_path):
     ids = torch.randint(0, 256, (2, TINY.seq + 1), generator=torch.Generator().manual_seed(2))
     done = sandwich_step(net, ids, random.Random(0), random_subnets=1)
     assert [a for a, _ in done][:2] == [TINY.largest, TINY.smallest] and len(done) == 3
@@ -71,15 +71,8 @@ def test_sandwich_rule_trains_largest_and_smallest_each_step(net):
 
     cfg = TrainConfig(steps=3, batch=2, warmup=1, checkpoint_every=10, corpus="shipped", random_subnets=2)
     text = corpora.load("shipped", 4096)
-    _, log = train(TINY, text, cfg, _tmp(net))
+    _, log = train(TINY, text, cfg, tmp_path / "s.pt")
     assert all(t[0] == TINY.largest and t[1] == TINY.smallest and len(t) == 4 for t in log.trained)
-
-
-def _tmp(net):
-    import tempfile
-    from pathlib import Path
-
-    return Path(tempfile.mkdtemp()) / "s.pt"
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -53,7 +53,7 @@ def train(
     space: str = typer.Option("paper-small", "--space", help=SPACE_HELP),
     corpus: str = typer.Option("web", "--corpus", help="web (World English Bible, 4 MB, the default) or shipped "
                                                        "(tstack's 41 KB of documents; for quick tries)"),
-    steps: int = typer.Option(3000, "--steps", help="optimizer steps (each trains largest, smallest and random subnets)"),
+    steps: int = typer.Option(2000, "--steps", help="optimizer steps (each trains largest, smallest and random subnets)"),
     out_path: Path = typer.Option(..., "--out", help="checkpoint file (written every --checkpoint-every steps)"),
     batch: int | None = typer.Option(None, "--batch", help="sequences per step (default: the space's)"),
     lr: float | None = typer.Option(None, "--lr", help="peak learning rate (default: the space's)"),

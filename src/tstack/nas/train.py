@@ -34,7 +34,7 @@ CHECKPOINT_FORMAT = "tstack.nas.supernet/1"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 2000
     batch: int = 16
     lr: float = 1e-3
     warmup: int = 100
