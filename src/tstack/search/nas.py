@@ -421,12 +421,18 @@ def _sample_new(ev: Evaluator, rng: random.Random, n: int) -> list[Arch]:
 
 def evolution(ev: Evaluator, objective: str, population: int, iterations: int, mutation: float,
               seed: int = 0) -> SearchResult:
-    """000 §IV's evolutionary search: a random first population, then per iteration ``population`` children of the
+    """000 §IV's evolutionary search: a random first population (of feasible subnets), then per iteration ``population`` children of the
     retained subnets (half by crossover then mutation, half by mutation alone); after every iteration only the
     Pareto-optimal subnets in (objective, perplexity) are retained. It ends after ``iterations`` iterations, or
     earlier when the evaluation budget is spent or the space is exhausted."""
     rng = random.Random(seed)
-    kept = pareto_set(ev.evaluate(_sample_new(ev, rng, population)), objective)
+    first: list[Candidate] = []
+    while len(first) < population and not ev.done:  # infeasible draws are skipped: draw until the population is full
+        todo = _sample_new(ev, rng, population - len(first))
+        if not todo:
+            break
+        first += ev.evaluate(todo)
+    kept = pareto_set(first, objective)
     generations = 1
     while generations < iterations and not ev.done and kept:
         children = []
