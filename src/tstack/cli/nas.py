@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,14 @@ from tstack.cli.common import (
     check_float,
     check_int,
     console,
+    duration,
     need_torch,
     parse_names,
     progress,
     worker_count,
 )
 from tstack.costmodel.backend import load_target
-from tstack.errors import SpecError
+from tstack.errors import SpecError, TstackError
 from tstack.parallel import EXECUTORS
 from tstack.report import output, units
 from tstack.search import nas
@@ -109,7 +112,7 @@ def train(
     outputs.write(output.document("nas train", run, records, summary))
     if outputs.stdout_taken:
         return
-    t = Table(title=f"supernet {sp.name}: {state['step']}/{steps} steps in {units.seconds(state['train_seconds'])} "
+    t = Table(title=f"supernet {sp.name}: {state['step']}/{steps} steps in {duration(state['train_seconds'])} "
                     f"on {summary['device']}")
     for c in ("subnet", "role", "perplexity"):
         t.add_column(c)
@@ -185,17 +188,9 @@ def search(
     baseline = nas.Candidate(base_arch, evaluator(base_arch), base_cost, nas.weight_bytes(space, base_arch, target))
     constraints = nas.Constraints(max_latency, max_energy, max_weight_bytes)
     results: list[nas.SearchResult] = []
-    for i, name in enumerate(algorithms):
-        used = budget if i == 0 else len(results[0].candidates)
-        gens = iterations if i == 0 else 10 * iterations  # followers run until they used the first one's budget
-        start = time.perf_counter()
-        with progress(f"search ({name})", used, "evaluations") as advance:
-            ev = nas.Evaluator(space, hw_cost, evaluator, used, constraints,
-                               weights=lambda a: nas.weight_bytes(space, a, target), executor=executor,
-                               workers=workers, progress=advance)
-            r = _run(name, ev, objective, population, gens, mutation, seed)
-        r.seconds = time.perf_counter() - start
-        results.append(r)
+    with _ray_session(executor, workers):
+        _search_all(results, algorithms, space, hw_cost, evaluator, budget, constraints, target, executor, workers,
+                    objective, population, iterations, mutation, seed)
     records, reductions, summary = [], [], {"lut_fill_seconds": lut_fill_s, "lut_rows": len(lut)}
     for r in results:
         front = {c.arch for c in r.front}
@@ -225,6 +220,47 @@ def search(
                   units.seconds(r.seconds))
     out.print(t)
     nas_figures.print_reductions(out, doc)
+
+
+def _search_all(results: list[nas.SearchResult], algorithms: list[str], space: nas.Space, hw_cost: Any, evaluator: Any,
+                budget: int, constraints: nas.Constraints, target: Any, executor: str, workers: int, objective: str,
+                population: int, iterations: int, mutation: float, seed: int) -> None:
+    """Each algorithm in turn; those after the first get the number of evaluations the first used."""
+    for i, name in enumerate(algorithms):
+        used = budget if i == 0 else len(results[0].candidates)
+        gens = iterations if i == 0 else 10 * iterations  # followers run until they used the first one's budget
+        start = time.perf_counter()
+        with progress(f"search ({name})", used, "evaluations") as advance:
+            ev = nas.Evaluator(space, hw_cost, evaluator, used, constraints,
+                               weights=lambda a: nas.weight_bytes(space, a, target), executor=executor,
+                               workers=workers, progress=advance)
+            r = _run(name, ev, objective, population, gens, mutation, seed)
+        r.seconds = time.perf_counter() - start
+        results.append(r)
+
+
+@contextmanager
+def _ray_session(executor: str, workers: int) -> Iterator[None]:
+    """One local Ray instance for the whole search (parallel.pmap starts and stops one per call otherwise, and a
+    search calls it once per generation)."""
+    if executor != "ray":
+        yield
+        return
+    try:
+        import ray
+    except ImportError:
+        raise TstackError("--executor ray needs Ray: pip install 'tstack[ray]'") from None
+    if ray.is_initialized():
+        yield
+        return
+    import logging
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)  # as pmap does
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _run(name: str, ev: nas.Evaluator, objective: str, population: int, iterations: int, mutation: float,

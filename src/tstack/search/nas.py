@@ -421,10 +421,10 @@ def _sample_new(ev: Evaluator, rng: random.Random, n: int) -> list[Arch]:
 
 def evolution(ev: Evaluator, objective: str, population: int, iterations: int, mutation: float,
               seed: int = 0) -> SearchResult:
-    """000 §IV's evolutionary search: a random first population (of feasible subnets), then per iteration ``population`` children of the
-    retained subnets (half by crossover then mutation, half by mutation alone); after every iteration only the
-    Pareto-optimal subnets in (objective, perplexity) are retained. It ends after ``iterations`` iterations, or
-    earlier when the evaluation budget is spent or the space is exhausted."""
+    """000 §IV's evolutionary search: a random first population (of feasible subnets), then per iteration
+    ``population`` children of the retained subnets (half by crossover then mutation, half by mutation alone);
+    after every iteration only the Pareto-optimal subnets in (objective, perplexity) are retained. It ends after
+    ``iterations`` iterations, or earlier when the evaluation budget is spent or the space is exhausted."""
     rng = random.Random(seed)
     first: list[Candidate] = []
     while len(first) < population and not ev.done:  # infeasible draws are skipped: draw until the population is full
