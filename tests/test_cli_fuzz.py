@@ -55,6 +55,7 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("nas", "train"): ["--out", "s.pt", "--corpus", "shipped", "--steps", "1", "--batch", "1", "--eval-windows", "1"],
     ("nas", "search"): ["s.pt", "--budget", "2", "--population", "2", "--iterations", "1", "--executor", "serial"],
     ("nas", "plot"): ["result.json", "--out", "fig.png"],
+    ("nas", "measure"): ["result.json", "--device", "a100", "--repeats", "1"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).

@@ -103,6 +103,15 @@ def test_perplexity_evaluator_reads_the_checkpoint(tmp_path):
     assert evaluate(MID) == pytest.approx(perplexity(net, MID, text.validation, 4), rel=1e-6)
 
 
+def test_measure_times_each_subnet_on_the_cpu(tmp_path):
+    from tstack.nas.measure import measure
+
+    text = corpora.load("shipped", 4096)
+    train(TINY, text, TrainConfig(steps=1, batch=2, warmup=1, corpus="shipped", max_bytes=4096), tmp_path / "s.pt")
+    timings = measure(tmp_path / "s.pt", [TINY.smallest, TINY.largest], repeats=2)
+    assert len(timings) == 2 and all(t.median > 0 and len(t.samples) == 2 for t in timings)
+
+
 def test_schedule_is_linear_warmup_then_linear_decay():
     assert [lr_factor(s, 2, 6) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
 

@@ -314,6 +314,58 @@ def plot(
         nas_figures.print_reductions(out, doc)
 
 
+@app.command()
+def measure(
+    result: Path = typer.Argument(..., help="a JSON document written by `tstack nas search --json`"),
+    device: str = typer.Option(..., "--device", "-d", help="device preset or .yaml that predicts this CPU (e.g. the "
+                                                          "file `tstack calibrate` writes)"),
+    algorithm: str = typer.Option("evolution", "--algorithm", help="whose Pareto front to measure"),
+    threads: int = typer.Option(1, "--threads", help="intra-op threads"),
+    repeats: int = typer.Option(10, "--repeats", help="timed samples per subnet"),
+    json_path: Path | None = JSON_OPT,
+    csv_path: Path | None = CSV_OPT,
+) -> None:
+    """Measure the Pareto subnets' real forward latency on this CPU and set it against a device's prediction."""
+    check_choice("--algorithm", algorithm, nas.ALGORITHMS)
+    check_int("--threads", threads, 1, 4096)
+    check_int("--repeats", repeats, 1, 10_000)
+    outputs = Outputs(json_path, csv_path)
+    target = load_target(device)
+    doc = _read_result(result)
+    need_torch()
+    from scipy.stats import spearmanr
+
+    from tstack.nas.measure import measure as measure_subnets
+
+    space = nas.space_from_dict(doc["run"]["space"])
+    archs = sorted({nas.Arch(r["layers"], r["heads"], r["hidden"], r["ffn"]) for r in doc["records"]
+                    if r["algorithm"] == algorithm and r["pareto"]})
+    if not archs:
+        raise SpecError([f"--algorithm={algorithm!r}: RESULT has no Pareto subnets of that algorithm"])
+    timings = measure_subnets(doc["run"]["checkpoint"], archs, threads, repeats=repeats)
+    records = []
+    for a, t in zip(archs, timings):
+        predicted = nas.direct_cost(space, a, target).latency_s
+        records.append(_subnet_record(a, measured_seconds=t.median, predicted_seconds=predicted,
+                                      relative_error=(predicted - t.median) / t.median))
+    rho = spearmanr([r["measured_seconds"] for r in records], [r["predicted_seconds"] for r in records])[0]
+    errors = sorted(abs(r["relative_error"]) for r in records)
+    summary = {"subnets": len(records), "spearman": float(rho) if len(records) > 1 else None,
+               "median_abs_relative_error": errors[len(errors) // 2]}
+    run = {"result": str(result), "device": target.name, "algorithm": algorithm, "threads": threads, "repeats": repeats}
+    outputs.write(output.document("nas measure", run, records, summary))
+    if outputs.stdout_taken:
+        return
+    t = Table(title=f"{algorithm} front on this CPU ({threads} thread(s)) vs {target.name}: Spearman "
+                    f"{summary['spearman'] if summary['spearman'] is None else round(summary['spearman'], 3)}")
+    for c in ("subnet", "measured", "predicted", "error"):
+        t.add_column(c)
+    for r in records:
+        t.add_row(r["subnet"], units.seconds(r["measured_seconds"]), units.seconds(r["predicted_seconds"]),
+                  units.percent(r["relative_error"]))
+    out.print(t)
+
+
 MAX_RESULT_BYTES = 1 << 28
 
 
