@@ -94,7 +94,8 @@ def train(
     text = corpora.load(corpus, max_bytes)
     config = tr.TrainConfig(steps=steps, batch=batch, lr=lr, warmup=warmup, random_subnets=random_subnets,
                             checkpoint_every=checkpoint_every, seed=seed, corpus=corpus, max_bytes=max_bytes)
-    todo = steps if stop_after is None else min(steps, stop_after)
+    done = tr.load_checkpoint(out_path)["step"] if resume else 0
+    todo = steps - done if stop_after is None else min(steps - done, stop_after)
     with progress("train", todo, "steps") as advance:
         net, log = tr.train(sp, text, config, out_path, resume=resume, stop_after=stop_after,
                             progress=lambda n, loss: advance(n))
