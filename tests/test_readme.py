@@ -127,6 +127,32 @@ def test_readme_integer_commands_run_in_order(tmp_path):
     assert "cosine" in proc.stdout
 
 
+NAS_SHRINK = (("--steps 2000", "--steps 2 --batch 1 --eval-windows 1"),
+              ("--iterations 40 --population 40", "--iterations 1 --population 4 --budget 4"),
+              ("--algorithm evolution,random --executor ray", "--algorithm evolution,random --budget 4 --executor serial"),
+              ("--device cpu.yaml", "--device cpu.yaml --repeats 1"))
+
+
+def test_readme_nas_block_runs_in_order_shrunk(tmp_path):
+    """The NAS shell block, in order in one folder, at a few steps and evaluations (the full run takes 25 minutes;
+    docs/nas.md has its figures). Ray is left to the parallel-map tests: here the second search runs serially."""
+    pytest.importorskip("torch")
+    pytest.importorskip("pymoo")
+    block = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)[0]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("tstack nas")
+             or line.startswith("tstack calibrate")]
+    assert [c.split()[2] if c.startswith("tstack nas") else "calibrate" for c in lines] == [
+        "train", "search", "search", "plot", "calibrate"]
+    for line in lines:
+        for old, new in NAS_SHRINK:
+            line = line.replace(old, new)
+        for command in line.split(" && "):
+            proc = _run(command, tmp_path)
+            assert proc.returncode == 0, (command, proc.stderr)
+            _check_outputs(command, tmp_path)
+    assert (tmp_path / "supernet.pt").stat().st_size > 0
+
+
 def test_shipped_example_config_is_the_published_one():
     shipped = json.loads((ROOT / "examples" / "bert-base-uncased" / "config.json").read_text())
     assert shipped == HF_CONFIGS["bert-base-uncased"]

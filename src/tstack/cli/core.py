@@ -287,6 +287,7 @@ def _register_commands() -> None:
     from tstack.cli import fpga as cli_fpga
     from tstack.cli import fuse as cli_fuse
     from tstack.cli import integer as cli_int
+    from tstack.cli import nas as cli_nas
     from tstack.cli import nmc as cli_nmc
     from tstack.cli import opt as cli_opt
     from tstack.cli import perf as cli_perf
@@ -301,6 +302,7 @@ def _register_commands() -> None:
     app.command()(cli_fuse.fuse)
     app.command()(cli_nmc.nmc)
     app.add_typer(cli_cluster.app, name="cluster")
+    app.add_typer(cli_nas.app, name="nas")
 
 
 _register_commands()

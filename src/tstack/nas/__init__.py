@@ -1,0 +1,1 @@
+"""Weight-sharing supernet for hardware-aware NAS (000 §IV; needs PyTorch): corpus, supernet, training, perplexity."""
