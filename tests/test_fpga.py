@@ -111,7 +111,8 @@ def tables(draw, k_max=6, lanes_max=None):
         depth=np.array([draw(st.integers(0, 40)) for _ in range(k)], dtype=float),
         prefetch_bytes=np.array([draw(floats) for _ in range(k)]), spill_bytes=np.array([draw(floats) for _ in range(k)]),
         write_bytes=np.array([draw(floats) for _ in range(k)]), cost=cost, budget=budget, clock_hz=1e8,
-        bytes_per_s=draw(st.sampled_from([1e8, 1e9, 1e10])), layers=draw(st.integers(1, 4)))
+        bytes_per_s=draw(st.sampled_from([1e8, 1e9, 1e10])), layers=draw(st.integers(1, 4)),
+        stream_bytes=np.array([draw(floats) for _ in range(k)]) if draw(st.booleans()) else None)
 
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
