@@ -41,9 +41,15 @@ class Core:
     stages: int
 
 
-# Single-precision cores of the Xilinx Floating-Point Operator (PG060) as Vivado HLS instantiates them by default
-# (fmul max_dsp, fadd full_dsp, fexp from the HLS math library, fdiv and fsqrt in fabric), with the resources the HLS
-# synthesis reports give for them; docs/fpga.md has the table, its provenance and how far it may be off.
+# Single-precision cores as Vivado HLS instantiates them by default (the Xilinx Floating-Point Operator, PG060, for
+# fmul max_dsp, fadd full_dsp, fdiv and fsqrt in fabric; fexp from the HLS math library, which 003 §V-B says it used).
+# Provenance: LUT/FF/DSP and stages are the figures of the "Instance" utilization lines of Vivado HLS synthesis
+# reports for these cores at a 100 MHz target (fmul_32ns_32ns_32_4_max_dsp: 3 DSP, 143 FF, 321 LUT;
+# fadd_32ns_32ns_32_5_full_dsp: 2, 205, 390; fdiv_32ns_32ns_32_16_no_dsp: 0, 761, 994; fsqrt_32ns_32ns_32_16_no_dsp:
+# 0, 458, 562), as recalled; they are the commonly quoted 7-series numbers, not checked against PG060's resource
+# tables (which Xilinx publishes on a separate "Performance and Resource Utilization" page) or an UltraScale+ run in
+# this session (no network). fexp (7 DSP, 277 FF, 935 LUT, 10 stages) and fcmp (72 LUT, 66 FF, 1 stage) are
+# estimates without a checkable source. docs/fpga.md has the table and what the allocation is sensitive to.
 CORES = {
     "fmul": Core(lut=321, ff=143, dsp=3, stages=4),
     "fadd": Core(lut=390, ff=205, dsp=2, stages=5),

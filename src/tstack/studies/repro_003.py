@@ -15,7 +15,7 @@ from tstack.accel.mapping import Infeasible
 from tstack.api import analyze
 from tstack.costmodel.fpga import Skip, Variant, energy, op_table, parse_variant
 from tstack.hardware.device import DeviceSpec, load_device
-from tstack.hardware.fpga import FpgaSpec, load_fpga
+from tstack.hardware.fpga import RESOURCES, FpgaSpec, load_fpga
 from tstack.models import load_model
 from tstack.search.fpga_alloc import allocate, cross, exact
 from tstack.spec import ModelSpec
@@ -126,7 +126,27 @@ def _fig17_rows(fpga: FpgaSpec) -> list[Row]:
         Row("fig17b-ffn", "BERT: feed-forward latency, F vs baseline (Fig. 17b)", "-67.7%",
             u["F"]["feed-forward"] / u["base"]["feed-forward"] - 1, "layernorm/residual counted in the feed-forward "
             "unit; uniform lanes", INCREASE, (-0.677, -0.677)),
+        _fig17_needed(bert, fpga, "feed-forward", 0.677, "F"),
     ]
+
+
+def _fig17_needed(model: ModelSpec, fpga: FpgaSpec, unit: str, cut: float, variant: str) -> Row:
+    """The MAC lanes a design would need for ``variant`` to cut ``unit``'s latency by ``cut`` through data movement
+    alone, with this model's traffic: at best the baseline's reads and writes of the unit are all exposed (time
+    compute + memory) and the variant hides them all (time compute), so cut = memory / (compute + memory) needs
+    compute = memory · (1 - cut) / cut. Compared with the most fp32 MAC lanes the part's DSPs allow."""
+    t = op_table(model, model.default_seq, fpga)
+    ops = [i for i, u in enumerate(t.units) if u == unit]
+    mem_s = sum(t.prefetch_bytes[i] + t.streamed[i] + t.spill_bytes[i] + t.write_bytes[i] for i in ops) / t.bytes_per_s
+    macs = sum(t.work[i] for i in ops if t.lane_kinds[i] == "mac")
+    need = macs / (mem_s * (1 - cut) / cut) / fpga.clock_hz
+    dsp_max = fpga.dsps // int(t.cost[ops[0]][RESOURCES.index("dsp")]) if t.lane_kinds[ops[0]] == "mac" else 0
+    return Row(f"fig17-needed-{unit.split()[-1]}", f"BERT {unit}: MAC lanes {variant} would need for 003's "
+               f"-{cut:.1%} by data movement alone (diagnosis)", "not reported", f"{need:,.0f} lanes",
+               f"the unit moves {mem_s * t.bytes_per_s / 1e6:.0f} MB a layer in the baseline ({mem_s * 1e3:.1f} ms at "
+               f"{t.bytes_per_s / 1e9:.1f} GB/s) for {macs / 1e9:.2f} G MACs; the {fpga.dsps:,} DSPs allow at most "
+               f"{dsp_max:,} fp32 MAC lanes at {fpga.clock_hz / 1e6:.0f} MHz: 003's baseline must move more data than "
+               "Table III's working sets once each, which 003 does not describe", TEXT)
 
 
 def _fig18_rows(fpga: FpgaSpec) -> list[Row]:
