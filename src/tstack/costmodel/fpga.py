@@ -13,8 +13,10 @@ the operation stalls: ``stall_i = max(0, memory_i - compute_i)``. An intermediat
 DRAM (its working set does not stay on chip) cannot be prefetched while it is being produced: it is read after that
 operation ends (``spill_i``, exposed). Model partitioning keeps intermediates on chip (003 Table III): partial-head
 update (P) keeps Q, K, V and A, the column-based algorithm (C) the scores S and probabilities P, feed-forward
-splitting (F) T1 and T2. Zero skipping (ZS) removes softmax and weighted-sum work at the score skip rate and V-Gen
-work at the V-Gen skip rate. docs/fpga.md derives every figure.
+splitting (F) T1 and T2. An operation is prefetched only where its Table III working set fits the part's BRAM +
+UltraRAM twice; otherwise its inputs are read exposed too (003 §VI-D: partitioning "enabling data prefetching").
+Zero skipping (ZS) removes softmax and weighted-sum work at the score skip rate and V-Gen work at the V-Gen skip
+rate. A memory network (003 Fig. 2a) has its own four operations per hop. docs/fpga.md derives every figure.
 """
 
 from __future__ import annotations
