@@ -35,8 +35,11 @@ app = typer.Typer(cls=DefaultRunGroup, add_completion=False, pretty_exceptions_e
                        "(Algorithm 1), design mismatch. `tstack fpga MODEL ...` is short for `tstack fpga run MODEL ...`.")
 out = console()
 MAX_SEQ = 2**16
+MAX_SLOTS = 10**10  # memory-network slots (003 Table IV: 10^8)
 FPGA_OPT = typer.Option("vcu118", "--fpga", help="FPGA preset or .yaml file (presets: " + ", ".join(fpga_presets()) + ")")
-SEQ_OPT = typer.Option(None, "--seq", "-s", help=f"sequence length, 1..{MAX_SEQ} (default: the model's)")
+SEQ_OPT = typer.Option(None, "--seq", "-s", help=f"sequence length, 1..{MAX_SEQ}; a memory network's memory slots, "
+                       f"1..{MAX_SLOTS} (default: the model's)")
+QUERIES_OPT = typer.Option(1, "--queries", help="questions per memory-network pass, 1..1000000 (memnet only)")
 SKIP_OPT = typer.Option(Skip.score, "--skip-rate", help="share of softmax and weighted-sum work zero skipping removes "
                                                          "(default: tstack's MiniLM measurement, docs/zeroskip.md)")
 VGEN_OPT = typer.Option(Skip.vgen, "--vgen-skip", help="share of V rows V-Gen skipping does not generate")
@@ -50,9 +53,10 @@ def _setup(fpga: str, skip_rate: float, vgen_skip: float) -> tuple[FpgaSpec, Ski
     return load_fpga(fpga), Skip(skip_rate, vgen_skip)
 
 
-def _model(name: str, seq: int | None) -> tuple[ModelSpec, int]:
-    check_int("--seq", seq, 1, MAX_SEQ)
+def _model(name: str, seq: int | None, queries: int = 1) -> tuple[ModelSpec, int]:
+    check_int("--queries", queries, 1, 10**6)
     spec = load_model(name)
+    check_int("--seq", seq, 1, MAX_SLOTS if spec.arch == "memnet" else MAX_SEQ)
     return spec, seq if seq is not None else spec.default_seq
 
 
@@ -76,6 +80,7 @@ def run_cmd(
                                                                       "(= P+C+F), ZS, joined with '+' (e.g. P+C+ZS)"),
     alloc: str = typer.Option("uniform", "--alloc", help="lanes per operation: " + ", ".join(METHODS)),
     seq: int | None = SEQ_OPT,
+    queries: int = QUERIES_OPT,
     skip_rate: float = SKIP_OPT,
     vgen_skip: float = VGEN_OPT,
     json_out: Path | None = JSON_OPT,
@@ -86,10 +91,10 @@ def run_cmd(
     check_choice("--alloc", alloc, METHODS)
     vs = [parse_variant(v) for v in parse_names("--variants", variants)]
     dev, skip = _setup(fpga, skip_rate, vgen_skip)
-    spec, seq = _model(model, seq)
+    spec, seq = _model(model, seq, queries)
     records, summary = [], []
     for v in vs:
-        t = op_table(spec, seq, dev, v, skip)
+        t = op_table(spec, seq, dev, v, skip, queries)
         a = allocate(t, alloc)
         tm = t.timing(np.array(a.lanes))
         e = energy(t, dev, np.array(a.lanes))
@@ -105,18 +110,19 @@ def run_cmd(
                                              for u, s in tm.by_unit().items()}, **_utilization(t, a.lanes)})
     for s in summary:
         s["speedup_over_first"] = summary[0]["seconds"] / s["seconds"]
-    desc = {"model": spec.name, "seq": seq, "fpga": dev.name, "variants": [v.name for v in vs], "alloc": alloc,
-            "skip_rate": skip.score, "vgen_skip": skip.vgen}
+    desc = {"model": spec.name, "seq": seq, "queries": queries, "fpga": dev.name, "variants": [v.name for v in vs],
+            "alloc": alloc, "skip_rate": skip.score, "vgen_skip": skip.vgen}
     outputs.write(output.document("fpga run", desc, records, summary={"variants": summary}))
     if outputs.stdout_taken:
         return
     tab = Table(title=f"{spec.name} (s={seq}) on {dev.name}, {alloc} lanes", title_justify="left", show_edge=False)
-    for col in ("variant", "latency", "speed-up", "query gen", "attention", "feed-forward", "energy", "power"):
+    unit_names = list(dict.fromkeys(t.units))
+    for col in ("variant", "latency", "speed-up", *unit_names, "energy", "power"):
         tab.add_column(col, no_wrap=True)
     for s in summary:
         tab.add_row(s["variant"], units.seconds(s["seconds"]), units.ratio(s["speedup_over_first"]),
-                    units.seconds(s["query_generator_seconds"]), units.seconds(s["multi_head_self_attention_seconds"]),
-                    units.seconds(s["feed_forward_seconds"]), units.si(s["joules"], "J"), units.si(s["watts"], "W"))
+                    *(units.seconds(s[f"{u.replace(' ', '_').replace('-', '_')}_seconds"]) for u in unit_names),
+                    units.si(s["joules"], "J"), units.si(s["watts"], "W"))
     out.print(tab)
 
 
@@ -128,6 +134,7 @@ def allocate_cmd(
                                help="comma-separated: " + ", ".join(METHODS) + " (exact: the milp optimum)"),
     variant: str = VARIANT_OPT,
     seq: int | None = SEQ_OPT,
+    queries: int = QUERIES_OPT,
     skip_rate: float = SKIP_OPT,
     vgen_skip: float = VGEN_OPT,
     json_out: Path | None = JSON_OPT,
@@ -141,12 +148,12 @@ def allocate_cmd(
     dev, skip = _setup(fpga, skip_rate, vgen_skip)
     records, operations = [], []
     for name in names:
-        spec, s = _model(name, seq)
-        t = op_table(spec, s, dev, v, skip)
+        spec, s = _model(name, seq, queries)
+        t = op_table(spec, s, dev, v, skip, queries)
         operations = list(t.names)
         uniform_s = allocate(t, "uniform").seconds
         records += [_alloc_record(spec.name, allocate(t, m), t, uniform_s) | {"seq": s} for m in methods]
-    desc = {"models": names, "fpga": dev.name, "methods": methods, "variant": v.name, "seq": seq,
+    desc = {"models": names, "fpga": dev.name, "methods": methods, "variant": v.name, "seq": seq, "queries": queries,
             "skip_rate": skip.score, "vgen_skip": skip.vgen}
     outputs.write(output.document("fpga allocate", desc, records, operations=operations))
     if outputs.stdout_taken:

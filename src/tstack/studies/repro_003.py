@@ -15,7 +15,7 @@ from tstack.accel.mapping import Infeasible
 from tstack.api import analyze
 from tstack.costmodel.fpga import Skip, Variant, energy, op_table, parse_variant
 from tstack.hardware.device import DeviceSpec, load_device
-from tstack.hardware.fpga import FpgaSpec, load_fpga
+from tstack.hardware.fpga import RESOURCES, FpgaSpec, load_fpga
 from tstack.models import load_model
 from tstack.search.fpga_alloc import allocate, cross, exact
 from tstack.spec import ModelSpec
@@ -39,8 +39,9 @@ def _x(v: float) -> str:
     return f"{v:.2f}×"
 
 
-def _seconds(model: ModelSpec, fpga: FpgaSpec, variant: str, method: str = "uniform", skip: Skip = Skip()) -> float:
-    return allocate(op_table(model, model.default_seq, fpga, parse_variant(variant), skip), method).seconds
+def _seconds(model: ModelSpec, fpga: FpgaSpec, variant: str, method: str = "uniform", skip: Skip = Skip(),
+             queries: int = 1) -> float:
+    return allocate(op_table(model, model.default_seq, fpga, parse_variant(variant), skip, queries), method).seconds
 
 
 def _units(model: ModelSpec, fpga: FpgaSpec, variant: str) -> dict[str, float]:
@@ -51,7 +52,14 @@ def _units(model: ModelSpec, fpga: FpgaSpec, variant: str) -> dict[str, float]:
 def _traffic(model: ModelSpec, fpga: FpgaSpec, variant: str) -> float:
     """DRAM bytes of one inference: prefetches, spills and write-backs of every layer."""
     t = op_table(model, model.default_seq, fpga, parse_variant(variant))
-    return float(t.prefetch_bytes.sum() + t.spill_bytes.sum() + t.write_bytes.sum()) * t.layers
+    return t.dram_bytes * t.layers
+
+
+def _unbuffered(model: ModelSpec, fpga: FpgaSpec) -> list[str]:
+    """The baseline's operations whose working set (003 Table III) does not fit the part's on-chip memory twice."""
+    t = op_table(model, model.default_seq, fpga)
+    roomy = op_table(model, model.default_seq, replace(fpga, uram_blocks=10**6))
+    return [n for n, a, b in zip(t.names, t.spill_bytes, roomy.spill_bytes) if a > b]
 
 
 def _fig16_rows(fpga: FpgaSpec) -> list[Row]:
@@ -72,14 +80,38 @@ def _fig16_rows(fpga: FpgaSpec) -> list[Row]:
         ]
     bert = load_model("nlpfast-bert")
     bound = _traffic(bert, fpga, "base") / _traffic(bert, fpga, "MP")
+    spilled = {n: _unbuffered(load_model(n), fpga) for n in CONFIGS}
     rows.append(Row("fig16-mp-bound", "BERT: the most MP can gain in this model, at any bandwidth (diagnosis)",
                     "not reported", _x(bound), "DRAM bytes of the baseline over MP's: even a fully memory-bound design "
-                    "gains no more, because every variant reads each layer's weights once; 2.60× needs a baseline that "
-                    "re-reads weights or tiles (Table III's quadratic working sets not fitting on chip), which this "
-                    "model does not charge", TEXT))
-    rows.append(Row("fig16-memnet", "MemNet on the FPGA", "in Fig. 16", "not modelled",
-                    "the FPGA model covers encoder and encoder-decoder Transformers only", TEXT))
+                    f"gains no more, because every variant reads each layer's weights once. Baseline operations whose "
+                    f"Table III working set exceeds twice the {fpga.on_chip_bytes / 1e6:.1f} MB of BRAM + UltraRAM (read "
+                    "exposed, not prefetched): " + "; ".join(f"{n}: {', '.join(v) or 'none'}" for n, v in
+                                                             spilled.items()), TEXT))
+    rows += _memnet_rows(fpga)
     return rows
+
+
+def _memnet_rows(fpga: FpgaSpec) -> list[Row]:
+    """MemNet (003 Table IV: 10^8 memory slots, d = 64) for one question, and for 32 as a sensitivity (003 gives no
+    question count; 32 is what `tstack opt bench` runs)."""
+    m = load_model("memnet")
+    out = {}
+    for nq in (1, 32):
+        base, mp, mpzs, paper_zs = (_seconds(m, fpga, v, skip=k, queries=nq) for v, k in
+                                    (("base", Skip()), ("MP", Skip()), ("MP+ZS", Skip()), ("MP+ZS", PAPER_SKIP)))
+        out[nq] = base, mp, mpzs, paper_zs
+    (base, mp, mpzs, paper_zs), (b32, m32, z32, p32) = out[1], out[32]
+    return [
+        Row("fig16-mp-memnet", "memnet: model partitioning (column-based) over the baseline design", "up to 2.60×",
+            _x(base / mp), f"uniform lanes, one question; {base:.2f} s -> {mp:.2f} s (memory-bound: the two "
+            f"{m.default_seq * m.hidden * 4 / 1e9:.1f} GB memories per hop at {fpga.memory_bytes_per_s / 1e9:.1f} GB/s); "
+            f"32 questions: {b32 / m32:.2f}×", TEXT),
+        Row("fig16-zs-memnet", "memnet: zero skipping on top of MP", "a further 1.20×", _x(mp / mpzs),
+            f"one question, at tstack's MiniLM rate; at 003's rates {mp / paper_zs:.2f}×; 32 questions: "
+            f"{m32 / z32:.2f}× (003's rates {m32 / p32:.2f}×)", TEXT),
+        Row("fig16-all-memnet", "memnet: all schemes over the baseline design", "up to 2.89×", _x(base / mpzs),
+            f"one question; 32 questions: {b32 / z32:.2f}× (003's rates {b32 / p32:.2f}×)", TEXT),
+    ]
 
 
 def _fig17_rows(fpga: FpgaSpec) -> list[Row]:
@@ -94,7 +126,27 @@ def _fig17_rows(fpga: FpgaSpec) -> list[Row]:
         Row("fig17b-ffn", "BERT: feed-forward latency, F vs baseline (Fig. 17b)", "-67.7%",
             u["F"]["feed-forward"] / u["base"]["feed-forward"] - 1, "layernorm/residual counted in the feed-forward "
             "unit; uniform lanes", INCREASE, (-0.677, -0.677)),
+        _fig17_needed(bert, fpga, "feed-forward", 0.677, "F"),
     ]
+
+
+def _fig17_needed(model: ModelSpec, fpga: FpgaSpec, unit: str, cut: float, variant: str) -> Row:
+    """The MAC lanes a design would need for ``variant`` to cut ``unit``'s latency by ``cut`` through data movement
+    alone, with this model's traffic: at best the baseline's reads and writes of the unit are all exposed (time
+    compute + memory) and the variant hides them all (time compute), so cut = memory / (compute + memory) needs
+    compute = memory · (1 - cut) / cut. Compared with the most fp32 MAC lanes the part's DSPs allow."""
+    t = op_table(model, model.default_seq, fpga)
+    ops = [i for i, u in enumerate(t.units) if u == unit]
+    mem_s = sum(t.prefetch_bytes[i] + t.streamed[i] + t.spill_bytes[i] + t.write_bytes[i] for i in ops) / t.bytes_per_s
+    macs = sum(t.work[i] for i in ops if t.lane_kinds[i] == "mac")
+    need = macs / (mem_s * (1 - cut) / cut) / fpga.clock_hz
+    dsp_max = fpga.dsps // int(t.cost[ops[0]][RESOURCES.index("dsp")]) if t.lane_kinds[ops[0]] == "mac" else 0
+    return Row(f"fig17-needed-{unit.split()[-1]}", f"BERT {unit}: MAC lanes {variant} would need for 003's "
+               f"-{cut:.1%} by data movement alone (diagnosis)", "not reported", f"{need:,.0f} lanes",
+               f"the unit moves {mem_s * t.bytes_per_s / 1e6:.0f} MB a layer in the baseline ({mem_s * 1e3:.1f} ms at "
+               f"{t.bytes_per_s / 1e9:.1f} GB/s) for {macs / 1e9:.2f} G MACs; the {fpga.dsps:,} DSPs allow at most "
+               f"{dsp_max:,} fp32 MAC lanes at {fpga.clock_hz / 1e6:.0f} MHz: 003's baseline must move more data than "
+               "Table III's working sets once each, which 003 does not describe", TEXT)
 
 
 def _fig18_rows(fpga: FpgaSpec) -> list[Row]:
@@ -161,11 +213,22 @@ def _energy_rows(fpga: FpgaSpec, cpu: DeviceSpec) -> list[Row]:
             f"FPGA {e.seconds:.2f} s × {e.watts:.2f} W = {e.joules:.1f} J (static {e.static_j:.1f} J); CPU: tstack's "
             f"roofline on {cpu.name}, encoder layers {cpu_s * 1e3:.0f} ms × {CPU_WATTS:.0f} W TDP = {cpu_j:.1f} J",
             TEXT),
-        Row("energy-memnet", "MemNet: energy efficiency of the FPGA design over the CPU", "6.54×", "not modelled",
-            "the FPGA model covers Transformers only", TEXT),
+        _memnet_energy_row(fpga, cpu),
         Row("adaptive-total", "BERT: all optimizations + adaptive allocation over the uniform baseline design",
             "up to 4.47× (§I)", _x(_seconds(m, fpga, "base") / e.seconds), "", TEXT),
     ]
+
+
+def _memnet_energy_row(fpga: FpgaSpec, cpu: DeviceSpec) -> Row:
+    m = load_model("memnet")
+    t = op_table(m, m.default_seq, fpga, Variant(frozenset({"P", "C", "F", "ZS"})))
+    e = energy(t, fpga, np.array(allocate(t, ADAPTIVE).lanes))
+    cpu_s = analyze(m, device=cpu, batch=1).group_by("part")["memory hops"].seconds
+    cpu_j = cpu_s * CPU_WATTS
+    return Row("energy-memnet", "MemNet: energy efficiency of the FPGA design over the CPU (same work)", "6.54×",
+               _x(cpu_j / e.joules), f"one question; FPGA {e.seconds:.2f} s × {e.watts:.2f} W = {e.joules:.1f} J "
+               f"(static {e.static_j:.1f} J, DRAM {e.dram_j:.1f} J); CPU: tstack's roofline on {cpu.name}, memory hops "
+               f"{cpu_s * 1e3:.0f} ms × {CPU_WATTS:.0f} W TDP = {cpu_j:.1f} J", TEXT)
 
 
 def reproduce_003_fpga(device: DeviceSpec | None = None, fpga: str = "vcu118") -> list[Row]:
