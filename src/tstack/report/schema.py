@@ -19,9 +19,10 @@ OPT_STR = {"type": ["string", "null"]}
 LIST = {"type": "array"}
 
 RUN_SPEC = {"type": "object", "required": ["mode", "batch", "seq", "tgt_seq", "precision", "optimizer", "checkpoint",
-                                           "dropout", "phase", "kv_len"],
+                                           "dropout", "phase", "kv_len", "execution", "attention", "mlm_fraction"],
             "properties": {"mode": STR, "batch": INT, "seq": INT, "tgt_seq": INT, "precision": STR, "optimizer": STR,
-                           "checkpoint": STR, "dropout": BOOL, "phase": STR, "kv_len": INT}}
+                           "checkpoint": STR, "dropout": BOOL, "phase": STR, "kv_len": INT, "execution": STR,
+                           "attention": STR, "mlm_fraction": NUM}}
 
 OP_RECORD = {"kind": STR, "name": STR, "part": STR, "layer": STR, "block": STR, "group": STR, "nlpfast": STR,
              "pass": STR, "dtype": STR, "M": INT, "N": INT, "K": INT, "gemm_batch": INT, "count": INT, "flops": NUM,

@@ -124,9 +124,10 @@ def pointwise(ctx: Ctx, name: str, rows: int, cols: int, labels: dict[str, str])
     return Step(fwd, tuple(bwd))
 
 
-def copy(ctx: Ctx, name: str, read: int, written: int, labels: dict[str, str]) -> Step:
-    """A framework copy of activations (eager KV-cache concatenation, repeat_kv): ``read`` and ``written`` elements."""
-    counts = F.Counts(0, (read + written) * ctx.act_bytes, (("rows", written), ("cols", 1)))
+def copy(ctx: Ctx, name: str, rows: int, cols: int, repeat: int, labels: dict[str, str]) -> Step:
+    """A framework copy of activations (eager execution): reads rows×cols elements and writes them ``repeat`` times
+    (kv-cache-cat: torch.cat of the cache and the new K or V, repeat 1; repeat-kv: K or V once per query head)."""
+    counts = F.Counts(0, rows * cols * (1 + repeat) * ctx.act_bytes, (("rows", rows), ("cols", cols), ("repeat", repeat)))
     return Step(_op(ctx, OpKind.COPY, name, counts, ctx.act, labels))
 
 

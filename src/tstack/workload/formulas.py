@@ -81,15 +81,6 @@ register("rmsnorm-bwd", Formula(RED, 9, 2, 1, row_stats=1, vec_reads=1, vec_writ
 register("rope", Formula(EW, 3, 1, 1), ("rope",))  # x·cos + rot(x)·sin; backward is the inverse rotation
 register("embedding-sum", Formula(EW, 2, 3, 1), ("embedding-sum",))  # word + position + type; backward fans the gradient out
 register("position-add", Formula(EW, 1, 2, 1))  # x + sinusoidal table row
-# Framework copies of eager execution (0 FLOPs): DynamicCache's torch.cat of the cache and the new K or V,
-# and repeat_kv's expansion of K or V to one copy per query head (bytes from the elements read and written)
-register("kv-cache-cat", Formula(OpKind.COPY, 0, 1, 1))
-register("repeat-kv", Formula(OpKind.COPY, 0, 1, 1))
-# Mixture of Experts: each routed token's expert output scaled by its routing weight and added into the output
-register("moe-combine", Formula(EW, 2, 2, 1), ("moe-combine-bwd",))  # ·w, +
-register("moe-combine-bwd", Formula(EW, 3, 2, 1))  # dy·w (1); dw = Σ dy·x (2)
-register("sigmoid-gate", Formula(EW, 5, 2, 1), ("sigmoid-gate-bwd",))  # σ(g)·y: neg, exp, +1, divide, ·y
-register("sigmoid-gate-bwd", Formula(EW, 6, 3, 2))  # σ recomputed (4), dy·σ, dg = dy·y·σ(1−σ) folded (2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,17 +58,13 @@ def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> l
             steps.append(emit.pointwise(ctx, "rope", Tkv, m.kv_hidden, L("RoPE", "K/V-Gen")))
     eager = r.execution == "eager"
     if eager and r.phase == "decode" and shape.Skv_new:  # DynamicCache: torch.cat(cache, new) for K and V
-        cached = B * (Skv - shape.Skv_new) * m.kv_hidden
-        for _ in ("k", "v"):
-            steps.append(emit.copy(ctx, "kv-cache-cat", cached + Tkv * m.kv_hidden, cached + Tkv * m.kv_hidden,
-                                   L(LINEAR_GEMM, "K/V-Gen")))
+        steps += [emit.copy(ctx, "kv-cache-cat", B * Skv, m.kv_hidden, 1, L(LINEAR_GEMM, "K/V-Gen")) for _ in "kv"]
     if r.attention == "sdpa":
         steps.append(emit.sdpa(ctx, f"{prefix}.sdpa", (shape.Sq, Skv, dh, B * m.heads), L(ATTN_BGEMM, "dot product")))
     else:
         if eager and group_size > 1:  # eager repeat_kv materializes K and V once per query head
-            for _ in ("k", "v"):
-                steps.append(emit.copy(ctx, "repeat-kv", B * Skv * m.kv_hidden, B * Skv * m.heads * dh,
-                                       L(ATTN_BGEMM, "dot product")))
+            steps += [emit.copy(ctx, "repeat-kv", B * Skv * hk, dh, group_size, L(ATTN_BGEMM, "dot product"))
+                      for _ in "kv"]
         # Scores: the queries of a KV group share its keys, so one B-GEMM per (sequence, KV head).
         score_rows = B * m.heads * shape.Sq
         steps.append(emit.bgemm(ctx, f"{prefix}.score", (Skv, shape.Sq * group_size, dh), B * hk,
@@ -142,12 +138,15 @@ def moe(ctx: Ctx, layer: str, tokens: int) -> list[Step]:
              emit.pointwise(ctx, "softmax", tokens, m.experts, router)]
     for n, c in routed_tokens(tokens, m.experts, m.top_k):
         steps += dense_ffn(ctx.at_count(c), layer, n, m.ffn, prefix="moe.expert")
+    # Each expert's output times its routing weight, index_add-ed into the layer output (T·k rows in all).
     combine = labels(layer, "fc", "MoE combine", "linear trans-2")
-    steps.append(emit.pointwise(ctx, "moe-combine", tokens * m.top_k, m.hidden, combine))
-    if m.shared_expert_ffn:
+    steps += [emit.pointwise(ctx, "scale", tokens * m.top_k, m.hidden, combine),
+              emit.pointwise(ctx, "residual", tokens * m.top_k, m.hidden, combine)]
+    if m.shared_expert_ffn:  # sigmoid(gate(x)) (T×1, negligible) times the shared expert's output, added
         steps += dense_ffn(ctx, layer, tokens, m.shared_expert_ffn, prefix="moe.shared")
-        steps.append(emit.linear(ctx, "moe.shared_gate", (1, tokens, m.hidden), router, False))
-        steps.append(emit.pointwise(ctx, "sigmoid-gate", tokens, m.hidden, router))
+        steps += [emit.linear(ctx, "moe.shared_gate", (1, tokens, m.hidden), router, False),
+                  emit.pointwise(ctx, "scale", tokens, m.hidden, combine),
+                  emit.pointwise(ctx, "residual", tokens, m.hidden, combine)]
     return steps
 
 
