@@ -52,6 +52,8 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("accel", "gemm"): ["64", "64", "64"],
     ("accel", "dse"): ["bert-base", "--seq", "64", "--executor", "serial"],
     ("accel", "repro"): ["--seq", "64"],
+    ("import-trace",): ["tests/data/bert-tiny-cpu-trace.json", "--model", "tests/data/bert-tiny", "--batch", "2",
+                        "--seq", "16"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).

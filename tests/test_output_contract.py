@@ -32,6 +32,8 @@ ANALYTIC = {
     "accel gemm": ["accel", "gemm", "128", "768", "768", "--mapping", "auto,best"],
     "accel dse": ["accel", "dse", "bert-base", "--seq", "64", "--executor", "serial"],
     "accel repro": ["accel", "repro", "--seq", "64"],
+    "import-trace": ["import-trace", "tests/data/bert-tiny-cpu-trace.json", "--model", "tests/data/bert-tiny",
+                     "--batch", "2", "--seq", "16"],
 }
 # commands that run PyTorch: small sizes
 MEASURED = {

@@ -17,6 +17,15 @@ from tstack.profiler.chrome import import_trace, steps  # noqa: E402
 B, S = 2, 12  # S differs from every head width, so QKᵀ (S×S×dh) and P·V (dh×S×S) cannot be confused
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy shared host more threads spin against each other under the profiler."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def record(model, ids, path, steps_n: int = 2, **kw) -> None:
     """Record ``steps_n`` forward passes, each marked ProfilerStep#i as torch.profiler's schedule marks them."""
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_modules=True,
@@ -77,3 +86,20 @@ def test_llama_gqa_cpu_trace_maps_every_gemm(tmp_path):
     assert all(g.K == 1 for g in imp.unmatched) and len(imp.unmatched) <= 1
     imp = type(imp)(**{**imp.__dict__, "unmatched": ()})
     check_every_gemm_maps(imp, build(spec, run), same_batch=False)
+
+
+def test_shipped_trace_imports_without_torch_and_validates(tmp_path):
+    """tests/data holds a CPU trace of tests/data/bert-tiny (B=2, S=16): `validate --trace` compares its 17 GEMMs."""
+    from tstack import load_model
+    from tstack.cli.core import run
+
+    spec = load_model("tests/data/bert-tiny")
+    imp = import_trace("tests/data/bert-tiny-cpu-trace.json", spec, RunSpec(batch=2, seq=16))
+    assert imp.step == "ProfilerStep#2" and len(imp.matched) == 17 and not imp.unmatched and not imp.missing
+    out = tmp_path / "v.json"
+    assert run(["-q", "validate", "tests/data/bert-tiny", "--trace", "tests/data/bert-tiny-cpu-trace.json", "-d",
+                "xeon-gold-5220-2s", "--batch", "2", "--seq", "16", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert len(doc["records"]) == 17 and doc["summary"]["configurations"][0]["step"] == "ProfilerStep#2"
+    assert run(["-q", "import-trace", "tests/data/bert-tiny-cpu-trace.json", "--model", "tests/data/bert-tiny",
+                "--step", "9"]) == 2  # a step the trace does not mark: one clear error, exit code 2

@@ -290,10 +290,12 @@ def _register_commands() -> None:
     from tstack.cli import integer as cli_int
     from tstack.cli import opt as cli_opt
     from tstack.cli import perf as cli_perf
+    from tstack.cli import trace as cli_trace
 
     app.command()(cli_perf.profile)
     app.command()(cli_perf.calibrate)
     app.command()(cli_perf.validate)
+    app.command(name="import-trace")(cli_trace.import_trace)
     app.add_typer(cli_opt.app, name="opt")
     app.add_typer(cli_int.app, name="int")
     app.add_typer(cli_accel.app, name="accel")
