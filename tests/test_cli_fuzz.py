@@ -32,6 +32,7 @@ from tstack.cli.core import app, run
 CASE_LIMIT_S = 60  # first imports of torch/transformers happen inside a case
 OUTPUTS = {"json", "csv", "plot", "out", "trace"}
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # A small valid command line per command: required arguments and options that keep a valid run short.
 BASE: dict[tuple[str, ...], list[str]] = {
     ("analyze",): ["bert-base", "--seq", "64"],
@@ -52,8 +53,8 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("accel", "gemm"): ["64", "64", "64"],
     ("accel", "dse"): ["bert-base", "--seq", "64", "--executor", "serial"],
     ("accel", "repro"): ["--seq", "64"],
-    ("import-trace",): ["tests/data/bert-tiny-cpu-trace.json", "--model", "tests/data/bert-tiny", "--batch", "2",
-                        "--seq", "16"],
+    ("import-trace",): [str(EXAMPLES / "bert-tiny-cpu-trace.json"), "--model", str(EXAMPLES / "bert-tiny"), "--batch",
+                        "2", "--seq", "16"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).
@@ -113,9 +114,17 @@ BAD = {
 }
 
 
+# Options named like an output that read a file on one command: (command, option).
+INPUT_OPTIONS = {(("validate",), "--trace")}
+
+
+def _kind_at(path, param) -> str:
+    return "in" if (path, param.opts[0] if param.opts else None) in INPUT_OPTIONS else _kind(param)
+
+
 def _outputs(path) -> list[str]:
     cmd = dict(_commands())[path]
-    return [p.opts[0] for p in cmd.params if p.opts and p.opts[0].startswith("--") and _kind(p) == "out"]
+    return [p.opts[0] for p in cmd.params if p.opts and p.opts[0].startswith("--") and _kind_at(path, p) == "out"]
 
 
 def _cases():
@@ -125,7 +134,7 @@ def _cases():
             cases.append((path, None, None, None))  # reported by test_every_command_has_a_base
             continue
         for param in cmd.params:
-            kind = _kind(param)
+            kind = _kind_at(path, param)
             if kind == "flag" or param.name in ("help",):
                 continue
             flag = param.opts[0] if param.opts and param.opts[0].startswith("-") else None

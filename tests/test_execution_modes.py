@@ -88,3 +88,27 @@ def test_eager_framework_copies_run_and_match_reference(name, rows, cols, repeat
     p.run()
     assert p.output().numel() == rows * cols * repeat
     assert torch.equal(p.output(), reference(op, before)["y"].to(p.output().dtype))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"execution": "jit"}, "execution='jit' is not one of eager, graphs"),
+    ({"attention": "flash"}, "attention='flash' is not one of unfused, sdpa"),
+    ({"mlm_fraction": 0.0}, "mlm_fraction=0.0 must be a number in [1e-06, 1]"),
+])
+def test_bad_run_fields_name_field_value_and_allowed(fields, message):
+    from tstack.errors import SpecError
+
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        RunSpec(**fields)
+
+
+def test_model_shape_fields_are_validated_together():
+    from tstack.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"top_k=0 must be in \[1, experts=4\]"):
+        LLAMA.replace(experts=4)
+    explicit = LLAMA.replace(hidden=200, head_dim=64)  # 8 heads of 64 need not divide hidden
+    assert (explicit.q_hidden, explicit.kv_hidden) == (512, 128)
+    assert LLAMA.replace(hidden=512).head_dim == 64  # a derived head_dim follows hidden
+    with pytest.raises(SpecError, match=r"heads=8 must divide hidden=100 \(or give head_dim\)"):
+        LLAMA.replace(hidden=100)

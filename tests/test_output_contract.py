@@ -22,6 +22,7 @@ from tstack.cli.core import run
 from tstack.report.output import SCHEMA_VERSION
 from tstack.report.schema import COMMANDS, schema
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # command -> a small command line whose --json - document is checked
 ANALYTIC = {
     "analyze": ["analyze", "gpt2", "--phase", "decode", "--kv-len", "511", "--batch", "8", "--device", "h100"],
@@ -32,7 +33,7 @@ ANALYTIC = {
     "accel gemm": ["accel", "gemm", "128", "768", "768", "--mapping", "auto,best"],
     "accel dse": ["accel", "dse", "bert-base", "--seq", "64", "--executor", "serial"],
     "accel repro": ["accel", "repro", "--seq", "64"],
-    "import-trace": ["import-trace", "tests/data/bert-tiny-cpu-trace.json", "--model", "tests/data/bert-tiny",
+    "import-trace": ["import-trace", str(EXAMPLES / "bert-tiny-cpu-trace.json"), "--model", str(EXAMPLES / "bert-tiny"),
                      "--batch", "2", "--seq", "16"],
 }
 # commands that run PyTorch: small sizes

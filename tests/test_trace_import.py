@@ -89,17 +89,21 @@ def test_llama_gqa_cpu_trace_maps_every_gemm(tmp_path):
 
 
 def test_shipped_trace_imports_without_torch_and_validates(tmp_path):
-    """tests/data holds a CPU trace of tests/data/bert-tiny (B=2, S=16): `validate --trace` compares its 17 GEMMs."""
+    """examples/ holds a CPU trace of examples/bert-tiny (B=2, S=16): `validate --trace` compares its 17 GEMMs."""
+    from pathlib import Path
+
     from tstack import load_model
     from tstack.cli.core import run
 
-    spec = load_model("tests/data/bert-tiny")
-    imp = import_trace("tests/data/bert-tiny-cpu-trace.json", spec, RunSpec(batch=2, seq=16))
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    model, trace = str(examples / "bert-tiny"), str(examples / "bert-tiny-cpu-trace.json")
+    spec = load_model(model)
+    imp = import_trace(trace, spec, RunSpec(batch=2, seq=16))
     assert imp.step == "ProfilerStep#2" and len(imp.matched) == 17 and not imp.unmatched and not imp.missing
     out = tmp_path / "v.json"
-    assert run(["-q", "validate", "tests/data/bert-tiny", "--trace", "tests/data/bert-tiny-cpu-trace.json", "-d",
+    assert run(["-q", "validate", model, "--trace", trace, "-d",
                 "xeon-gold-5220-2s", "--batch", "2", "--seq", "16", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert len(doc["records"]) == 17 and doc["summary"]["configurations"][0]["step"] == "ProfilerStep#2"
-    assert run(["-q", "import-trace", "tests/data/bert-tiny-cpu-trace.json", "--model", "tests/data/bert-tiny",
-                "--step", "9"]) == 2  # a step the trace does not mark: one clear error, exit code 2
+    # a step the trace does not mark: one clear error, exit code 2
+    assert run(["-q", "import-trace", trace, "--model", model, "--step", "9"]) == 2

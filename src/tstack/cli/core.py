@@ -132,8 +132,8 @@ def analyze(
     dropout: bool = typer.Option(True, help="dropout kernels in training"),
     phase: str = typer.Option("prefill", help="prefill | decode (decoders)"),
     kv_len: int = typer.Option(0, help="tokens already in the KV cache (decode)"),
-    execution: str = typer.Option("eager", help="eager (a launch per kernel, framework copies) | graphs (CUDA graphs "
-                                                "or compiled: launches amortized)"),
+    execution: str | None = typer.Option(None, help="eager (a launch per kernel, framework copies) | graphs (CUDA "
+                                                       "graphs or compiled; default: eager, graphs on an accelerator)"),
     attention: str = typer.Option("unfused", help="unfused (score matrix in memory) | sdpa (fused flash attention)"),
     mlm_fraction: float = typer.Option(0.15, help="share of positions an MLM head scores (BERT: 0.15; HF heads: 1)"),
     device: str = typer.Option("a100", "--device", "-d", help="device or accelerator preset (e.g. a100, "
@@ -157,6 +157,7 @@ def analyze(
     if not isinstance(dev, DeviceSpec) and mode != "infer":
         raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
     precision = default_precision(dev) if precision is None else precision
+    execution = execution or ("eager" if isinstance(dev, DeviceSpec) else "graphs")  # an accelerator runs a graph
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len,
                     execution=execution, attention=attention, mlm_fraction=mlm_fraction)
     b = analyze_config(spec, run, dev)
