@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tstack import ModelSpec, RunSpec, analyze, build, load_device
 from tstack.hardware.device import device_presets
-from tstack.workload.op import Op
+from tstack.workload.op import LABEL_KEYS, Op
 
 LLAMA = ModelSpec(name="gqa", arch="decoder", layers=2, hidden=256, heads=8, kv_heads=2, ffn=512, vocab=1000,
                   max_positions=4096, activation="silu", gated_ffn=True, norm="rmsnorm", norm_position="pre",
@@ -112,3 +114,40 @@ def test_model_shape_fields_are_validated_together():
     assert LLAMA.replace(hidden=512).head_dim == 64  # a derived head_dim follows hidden
     with pytest.raises(SpecError, match=r"heads=8 must divide hidden=100 \(or give head_dim\)"):
         LLAMA.replace(hidden=100)
+
+
+@st.composite
+def shaped(draw):
+    heads = draw(st.sampled_from([2, 4, 8]))
+    experts = draw(st.sampled_from([0, 4, 8]))
+    model = LLAMA.replace(heads=heads, kv_heads=draw(st.sampled_from([k for k in (1, 2, heads) if heads % k == 0])),
+                          head_dim=draw(st.sampled_from([0, 16, 48])), experts=experts,
+                          top_k=draw(st.integers(1, experts)) if experts else 0,
+                          shared_expert_ffn=draw(st.sampled_from([0, 64])) if experts else 0,
+                          sliding_window=draw(st.sampled_from([0, 7])), qkv_bias=draw(st.booleans()))
+    decode = draw(st.booleans())
+    run = RunSpec(mode="infer" if decode else draw(st.sampled_from(["infer", "train"])), batch=draw(st.integers(1, 3)),
+                  seq=1 if decode else draw(st.integers(1, 40)), phase="decode" if decode else "prefill",
+                  kv_len=draw(st.integers(1, 40)) if decode else 0, precision="bf16-mixed")
+    return model, run
+
+
+@settings(max_examples=40, deadline=None)
+@given(shaped())
+def test_modes_keep_the_gemm_work_and_every_op_well_formed(pair):
+    """Execution mode never changes the GEMM work; every op has all labels in order and GEMM FLOPs of 2·M·N·K."""
+    model, run = pair
+    eager, graphs = build(model, run), build(model, run.replace(execution="graphs"))
+
+    def gemm_flops(ops):
+        return sum(o.flops * o.count for o in ops if o.is_gemm)
+
+    assert gemm_flops(eager) == gemm_flops(graphs) > 0
+    assert all(o.launch for o in eager) and not any(o.launch for o in graphs)
+    if not model.sliding_window and not run.training:  # a fused kernel does the same products
+        assert gemm_flops(build(model, run.replace(attention="sdpa"))) == gemm_flops(eager)
+    for o in eager:
+        assert tuple(k for k, _ in o.labels) == LABEL_KEYS and o.bytes > 0 and o.flops >= 0 and o.count >= 1
+        if o.is_gemm and o.name != "attn.sdpa":
+            M, N, K, batch = o.gemm_shape
+            assert o.flops == 2 * M * N * K * batch

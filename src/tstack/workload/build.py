@@ -210,7 +210,7 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, int, int]]) -> list[Op]:
                   ("nlpfast", "optimizer"), ("pass", "update"))
         dtype = ctx.gemm_dtype if kind == OpKind.COPY else "fp32"  # copies convert to/from the model's half dtype
         return Op(kind=kind, name=kname, dims=(("params", params),), dtype=dtype, flops=flops, bytes=traffic,
-                  labels=labels, count=count)
+                  labels=labels, count=count, launch=ctx.launch)
 
     half = emit.DTYPE_BYTES[ctx.gemm_dtype]
     for layer, p, c in groups:
