@@ -27,7 +27,7 @@ from tstack.costmodel.cost import Cost
 from tstack.errors import SpecError
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.build import build
-from tstack.workload.op import Op
+from tstack.workload.op import Op, OpKind
 
 GEMM_NAMES = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"})
 _STEP = re.compile(r"^ProfilerStep#(\d+)$")
@@ -73,7 +73,8 @@ class TraceImport:
                         "K": g.K, "gemm_batch": g.batch, "count": 1, "flops": g.flops, "bytes": op.bytes,
                         "seconds": g.seconds, "aten": g.aten, "module": g.module, "matched": True})
         for g in self.unmatched:
-            out.append({"kind": "bgemm" if g.batch > 1 or g.aten.endswith("bmm") else "gemm", "name": "-",
+            kind = OpKind.BGEMM if g.aten.endswith("bmm") else OpKind.GEMM
+            out.append({"kind": kind.value, "name": "-",
                         **{k: "-" for k in ("part", "layer", "block", "group", "nlpfast", "pass")}, "dtype": "-",
                         "M": g.M, "N": g.N, "K": g.K, "gemm_batch": g.batch, "count": 1, "flops": g.flops,
                         "bytes": None, "seconds": g.seconds, "aten": g.aten, "module": g.module, "matched": False})
