@@ -177,3 +177,14 @@ def test_unsupported_moe_layout_names_the_fields():
     data = llama_like(transformers.Qwen2MoeConfig, decoder_sparse_step=2).to_dict()
     with pytest.raises(SpecError, match="decoder_sparse_step=2"):
         from_hf_config(data, "tiny", "test")
+
+
+def test_opt_350m_full_size_parameters_on_the_meta_device():
+    """OPT-350m's published shapes: 331,196,416 parameters (the issue saw +7.45% before project_in/out were read)."""
+    cfg = transformers.OPTConfig(hidden_size=1024, word_embed_proj_dim=512, num_hidden_layers=24, ffn_dim=4096,
+                                 num_attention_heads=16, vocab_size=50272, max_position_embeddings=2048,
+                                 do_layer_norm_before=False)
+    with torch.device("meta"):
+        model = transformers.OPTForCausalLM(cfg)
+    # embeddings 50272·512 + positions 2050·1024 + project_in/out 2·512·1024 + 24 layers × 12,596,224
+    assert param_count(imported(cfg)) == model.num_parameters() == 331_196_416
