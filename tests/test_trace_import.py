@@ -107,3 +107,30 @@ def test_shipped_trace_imports_without_torch_and_validates(tmp_path):
     assert len(doc["records"]) == 17 and doc["summary"]["configurations"][0]["step"] == "ProfilerStep#2"
     # a step the trace does not mark: one clear error, exit code 2
     assert run(["-q", "import-trace", trace, "--model", model, "--step", "9"]) == 2
+
+
+def test_cuda_trace_times_each_product_by_its_kernels(tmp_path):
+    """A CUDA trace: each GEMM's time is the summed duration of the GPU kernels with its External id (a split-K
+    GEMM launches two), not the CPU op's launch time."""
+    spec = from_hf_config(transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                                  num_attention_heads=4, intermediate_size=80,
+                                                  max_position_embeddings=32).to_dict(), "bert-tiny", "test")
+    run = RunSpec(batch=B, seq=S)
+    gemms = [o for o in build(spec, run) if o.is_gemm]
+    events = [{"name": "ProfilerStep#3", "cat": "user_annotation", "ph": "X", "pid": 1, "tid": 1, "ts": 0,
+               "dur": 10_000}]
+    for i, o in enumerate(gemms):
+        M, N, K, batch = o.gemm_shape
+        dims = [[M], [N, K], [K, M], [], []] if o.kind == "gemm" else [[batch, N, K], [batch, K, M]]
+        name = "aten::addmm" if o.kind == "gemm" else "aten::bmm"
+        events.append({"name": name, "cat": "cpu_op", "ph": "X", "pid": 1, "tid": 1, "ts": 100 + 200 * i, "dur": 50,
+                       "args": {"Input Dims": dims, "External id": 1000 + i}})
+        for part in range(2):
+            events.append({"name": "sm80_gemm", "cat": "kernel", "ph": "X", "pid": 0, "tid": 7, "ts": 120 + 200 * i,
+                           "dur": 3 + i, "args": {"External id": 1000 + i}})
+    path = tmp_path / "cuda.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    imp = import_trace(path, spec, run)
+    assert imp.cuda and imp.step == "ProfilerStep#3" and imp.step_seconds == pytest.approx(0.01)
+    assert [g.seconds for g, _ in imp.matched] == pytest.approx([2 * (3 + i) * 1e-6 for i in range(len(gemms))])
+    check_every_gemm_maps(imp, tuple(gemms), same_batch=True)
