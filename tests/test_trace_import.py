@@ -126,7 +126,7 @@ def test_cuda_trace_times_each_product_by_its_kernels(tmp_path):
         events.append({"name": name, "cat": "cpu_op", "ph": "X", "pid": 1, "tid": 1, "ts": 100 + 200 * i, "dur": 50,
                        "args": {"Input Dims": dims, "External id": 1000 + i}})
         for part in range(2):
-            events.append({"name": "sm80_gemm", "cat": "kernel", "ph": "X", "pid": 0, "tid": 7, "ts": 120 + 200 * i,
+            events.append({"name": "sm80_gemm", "cat": "kernel", "ph": "X", "pid": 0, "tid": 7, "ts": 120 + 200 * i + 10 * part,
                            "dur": 3 + i, "args": {"External id": 1000 + i}})
     path = tmp_path / "cuda.json"
     path.write_text(json.dumps({"traceEvents": events}))
