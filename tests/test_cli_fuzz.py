@@ -32,6 +32,7 @@ from tstack.cli.core import app, run
 CASE_LIMIT_S = 60  # first imports of torch/transformers happen inside a case
 OUTPUTS = {"json", "csv", "plot", "out", "trace"}
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # A small valid command line per command: required arguments and options that keep a valid run short.
 BASE: dict[tuple[str, ...], list[str]] = {
     ("analyze",): ["bert-base", "--seq", "64"],
@@ -63,6 +64,8 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("nas", "search"): ["s.pt", "--budget", "2", "--population", "2", "--iterations", "1", "--executor", "serial"],
     ("nas", "plot"): ["result.json", "--out", "fig.png"],
     ("nas", "measure"): ["result.json", "--device", "a100", "--repeats", "1"],
+    ("import-trace",): [str(EXAMPLES / "bert-tiny-cpu-trace.json"), "--model", str(EXAMPLES / "bert-tiny"), "--batch",
+                        "2", "--seq", "16"],
 }
 
 # Values that are valid for one option although invalid for its kind elsewhere: (command, option, value).
@@ -122,9 +125,17 @@ BAD = {
 }
 
 
+# Options named like an output that read a file on one command: (command, option).
+INPUT_OPTIONS = {(("validate",), "--trace")}
+
+
+def _kind_at(path, param) -> str:
+    return "in" if (path, param.opts[0] if param.opts else None) in INPUT_OPTIONS else _kind(param)
+
+
 def _outputs(path) -> list[str]:
     cmd = dict(_commands())[path]
-    return [p.opts[0] for p in cmd.params if p.opts and p.opts[0].startswith("--") and _kind(p) == "out"]
+    return [p.opts[0] for p in cmd.params if p.opts and p.opts[0].startswith("--") and _kind_at(path, p) == "out"]
 
 
 def _cases():
@@ -134,7 +145,7 @@ def _cases():
             cases.append((path, None, None, None))  # reported by test_every_command_has_a_base
             continue
         for param in cmd.params:
-            kind = _kind(param)
+            kind = _kind_at(path, param)
             if kind == "flag" or param.name in ("help",):
                 continue
             flag = param.opts[0] if param.opts and param.opts[0].startswith("-") else None

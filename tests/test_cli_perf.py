@@ -52,7 +52,9 @@ def test_profile_writes_rows_json_csv_and_a_trace(tiny):
         assert float(r["seconds"]) > 0
         assert float(r["call_p10_seconds"]) <= float(r["call_seconds"]) <= float(r["call_p90_seconds"])
     trace = json.loads((tiny / "t.json").read_text())
-    assert sum(e["ph"] == "X" for e in trace["traceEvents"]) == 2 * n_ops
+    ops = [e for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") != "user_annotation"]
+    assert len(ops) == 2 * n_ops  # and one ProfilerStep#0 annotation per configuration
+    assert sum(e.get("name") == "ProfilerStep#0" for e in trace["traceEvents"]) == 2
     doc = json.loads((tiny / "p.json").read_text())
     assert doc["schema_version"] == 1 and doc["command"] == "profile"
     run = doc["run"]

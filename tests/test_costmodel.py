@@ -23,7 +23,7 @@ DEVICES = {name: load_device(name) for name in device_presets()}
 
 
 def gemm_op(M: int, N: int, K: int, batch: int = 1, dtype: str = "fp16", count: int = 1) -> Op:
-    width = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}[dtype]
+    width = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "int8": 1}[dtype]
     c = F.gemm(M, N, K, batch, width, width)
     return Op(OpKind.GEMM if batch == 1 else OpKind.BGEMM, "g", c.dims, dtype, c.flops, c.bytes, LABELS, count)
 

@@ -98,11 +98,14 @@ def test_hf_bert_base_uncased(hf_config, write_hf_config):
     assert m.name == "bert-base-uncased"  # the folder a config.json lives in names the model
     assert (m.arch, m.layers, m.hidden, m.heads, m.kv_heads, m.ffn) == ("encoder", 12, 768, 12, 12, 3072)
     assert (m.vocab, m.max_positions, m.type_vocab, m.activation) == (30522, 512, 2, "gelu")
-    assert (m.norm, m.norm_position, m.position, m.head) == ("layernorm", "post", "learned", "bert-pretrain")
+    # the head follows "architectures": BertForMaskedLM has no pooler and no NSP head
+    assert (m.norm, m.norm_position, m.position, m.head) == ("layernorm", "post", "learned", "mlm")
 
 
 def test_hf_bert_base_matches_the_preset(hf_config, write_hf_config):
-    m = load_model(write_hf_config(hf_config("bert-base-uncased")))
+    config = hf_config("bert-base-uncased")
+    config["architectures"] = ["BertForPreTraining"]
+    m = load_model(write_hf_config(config))
     same = dict(name="x", description="", source="")
     assert dataclasses.replace(m, **same) == dataclasses.replace(load_model("bert-base"), **same)
 
@@ -273,6 +276,7 @@ def test_yaml_model_unknown_field_names_it(tmp_path):
 def test_yaml_model_heads_not_dividing_hidden(tmp_path):
     data = _preset_dict()
     data["heads"] = 5
+    del data["head_dim"]  # 0: hidden / heads
     with pytest.raises(tstack.SpecError) as info:
         load_model(_write_yaml(tmp_path, data))
     assert "heads=5 must divide hidden=768" in str(info.value)

@@ -22,6 +22,7 @@ from tstack.cli.core import run
 from tstack.report.output import SCHEMA_VERSION
 from tstack.report.schema import COMMANDS, schema
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # command -> a small command line whose --json - document is checked
 ANALYTIC = {
     "analyze": ["analyze", "gpt2", "--phase", "decode", "--kv-len", "511", "--batch", "8", "--device", "h100"],
@@ -41,6 +42,8 @@ ANALYTIC = {
                     "--overlap", "none,layer"],
     "cluster search": ["cluster", "search", "gpt2", "--gpus", "8", "--global-batch", "16", "--seq", "256",
                        "--executor", "serial"],
+    "import-trace": ["import-trace", str(EXAMPLES / "bert-tiny-cpu-trace.json"), "--model", str(EXAMPLES / "bert-tiny"),
+                     "--batch", "2", "--seq", "16"],
 }
 # commands that run PyTorch: small sizes
 MEASURED = {

@@ -92,7 +92,7 @@ def test_spec_error_is_a_tstack_error_and_a_value_error():
 
 BAD_RUNS = [
     ({"mode": "training"}, "mode", "training", "infer, train"),
-    ({"precision": "fp8"}, "precision", "fp8", "fp32, fp16-mixed, bf16-mixed, int8"),
+    ({"precision": "fp8"}, "precision", "fp8", "fp32, tf32, fp16-mixed, bf16-mixed, int8"),
     ({"precision": "FP32"}, "precision", "FP32", "fp32"),
     ({"optimizer": "adagrad"}, "optimizer", "adagrad", "lamb, adam, sgd"),
     ({"checkpoint": "every-0"}, "checkpoint", "every-0", "none, sqrt, every-K"),
@@ -110,7 +110,7 @@ BAD_RUNS = [
     ({"tgt_seq": -3}, "tgt_seq", -3, "[1, "),
     ({"kv_len": -1}, "kv_len", -1, "[0, "),
     ({"dropout": "no"}, "dropout", "no", "true or false"),
-    ({"mode": "train", "precision": "int8"}, "precision", "int8", "fp32, fp16-mixed, bf16-mixed"),
+    ({"mode": "train", "precision": "int8"}, "precision", "int8", "fp32, tf32, fp16-mixed, bf16-mixed"),
     ({"mode": "train", "phase": "decode", "kv_len": 10}, "phase", "decode", "prefill"),
     ({"phase": "decode", "kv_len": 0}, "kv_len", 0, "≥ 1"),
 ]

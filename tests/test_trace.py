@@ -14,7 +14,8 @@ from tstack.report.files import write_trace
 
 
 def x_events(trace: dict, pid: int) -> list[dict]:
-    return [e for e in trace["traceEvents"] if e["ph"] == "X" and e["pid"] == pid]
+    """The op (or kernel) events of a process; the ProfilerStep annotation is not one."""
+    return [e for e in trace["traceEvents"] if e["ph"] == "X" and e["pid"] == pid and e.get("cat") != "user_annotation"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,15 @@ def test_one_x_event_per_op_with_labels_and_durations(predicted):
         assert e["args"]["flops"] == op.flops * op.count and e["args"]["bytes"] == op.bytes * op.count
         assert e["args"]["dims"] == dict(op.dims)
     names = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
-    assert names == {"embedding", "transformer", "output", "optimizer"}  # one track per part
+    assert names == {"embedding", "transformer", "output", "optimizer", "iteration"}  # one track per part
+
+
+def test_iteration_is_marked_as_torch_profiler_marks_it(predicted):
+    trace = breakdown_trace(predicted)
+    steps = [e for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "user_annotation"]
+    assert [e["name"] for e in steps] == ["ProfilerStep#0"]
+    assert steps[0]["ts"] == 0 and steps[0]["dur"] == pytest.approx(predicted.total.seconds * 1e6, abs=1e-2)
+    assert trace["distributedInfo"]["rank"] == 0
 
 
 def test_ops_are_end_to_end_and_non_decreasing_per_track(predicted):

@@ -306,6 +306,8 @@ def _min_output_bytes(o: Op) -> int:
         return M * N * batch * width
     if o.label("pass") == "update":
         return 4 * o.dim("params")  # every optimizer kernel reads or writes one fp32 value per parameter
+    if o.kind == "copy":  # eager framework copies write rows×cols elements `repeat` times
+        return o.dim("rows") * o.dim("cols") * o.dim("repeat") * width
     if o.kind == "gather":
         # forward writes rows×cols (its dims name the table it reads); backward also writes the
         # whole table gradient (table×cols)

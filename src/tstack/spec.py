@@ -22,9 +22,12 @@ ACTIVATIONS = ("gelu", "gelu-tanh", "relu", "silu")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("post", "pre")
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
-HEADS = ("bert-pretrain", "lm", "memnet-answer", "none")
+HEADS = ("bert-pretrain", "mlm", "lm", "memnet-answer", "none")
+DROPOUTS = ("all", "attention", "none")  # where the model has dropout layers (LLaMA family: none)
 MODES = ("infer", "train")
-PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "int8")
+PRECISIONS = ("fp32", "tf32", "fp16-mixed", "bf16-mixed", "int8")
+EXECUTIONS = ("eager", "graphs")  # eager: one launch per kernel and framework copies; graphs: CUDA graphs / compiled
+ATTENTIONS = ("unfused", "sdpa")  # unfused: score matrix in memory; sdpa: a fused (flash) attention kernel
 OPTIMIZERS = ("lamb", "adam", "sgd")
 PHASES = ("prefill", "decode")
 _CHECKPOINT_RE = re.compile(r"^(none|sqrt|every-([1-9][0-9]*))$")
@@ -63,6 +66,15 @@ class ModelSpec:
     head: str = "bert-pretrain"
     tie_embeddings: bool = True
     hops: int = 0  # memnet only
+    head_dim: int = 0  # 0 means hidden / heads; explicit in Mistral-Nemo-style configs
+    embed_dim: int = 0  # word-embedding width when projected to hidden (OPT-350m word_embed_proj_dim); 0: none
+    position_offset: int = 0  # extra rows of a learned position table (OPT: 2, RoBERTa: pad_token_id + 1)
+    qkv_bias: bool = False  # Q/K/V projections carry biases even when bias is false (Qwen2)
+    dropout: str = ""  # "" means the family's: none for RMSNorm gated (LLaMA-family) models, all otherwise
+    experts: int = 0  # Mixture-of-Experts feed-forward: experts per layer (0: dense); ffn is each expert's width
+    top_k: int = 0  # experts each token is routed to
+    shared_expert_ffn: int = 0  # Qwen-MoE shared expert width (0: none), gated by a sigmoid of a 1-wide Linear
+    sliding_window: int = 0  # attention window in tokens (0: full attention)
     default_seq: int = 128
     description: str = ""
     source: str = ""
@@ -70,6 +82,10 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if type(self.kv_heads) is int and self.kv_heads == 0 and isinstance(self.heads, int):  # not False, not 0.0
             object.__setattr__(self, "kv_heads", self.heads)
+        if type(self.head_dim) is int and self.head_dim == 0 and _positive(self.hidden) and _positive(self.heads):
+            object.__setattr__(self, "head_dim", self.hidden // self.heads if self.hidden % self.heads == 0 else 0)
+        if self.dropout == "":
+            object.__setattr__(self, "dropout", "none" if (self.norm, self.gated_ffn) == ("rmsnorm", True) else "all")
         problems: list[str] = []
         for name in ("name", "description", "source"):
             if not isinstance(getattr(self, name), str):
@@ -89,7 +105,11 @@ class ModelSpec:
         checks.choice(problems, "norm_position", self.norm_position, NORM_POSITIONS)
         checks.choice(problems, "position", self.position, POSITIONS)
         checks.choice(problems, "head", self.head, HEADS)
-        for name in ("gated_ffn", "bias", "tie_embeddings"):
+        checks.choice(problems, "dropout", self.dropout, DROPOUTS)
+        for name, hi in (("embed_dim", MAX_HIDDEN), ("position_offset", MAX_POSITIONS), ("experts", 1 << 16),
+                         ("top_k", 1 << 16), ("shared_expert_ffn", MAX_FFN), ("sliding_window", MAX_SEQ)):
+            checks.integer(problems, name, getattr(self, name), 0, hi)
+        for name in ("gated_ffn", "bias", "tie_embeddings", "qkv_bias"):
             checks.flag(problems, name, getattr(self, name))
         if not problems:
             self._check_relations(problems)
@@ -97,8 +117,13 @@ class ModelSpec:
             raise SpecError(problems, f"model {show(self.name, 40)}")
 
     def _check_relations(self, problems: list[str]) -> None:
-        if self.hidden % self.heads:
-            problems.append(f"heads={self.heads} must divide hidden={self.hidden}")
+        if self.head_dim == 0:
+            problems.append(f"heads={self.heads} must divide hidden={self.hidden} (or give head_dim)")
+        else:
+            checks.integer(problems, "head_dim", self.head_dim, 1, MAX_HIDDEN)
+        if (self.experts == 0) != (self.top_k == 0) or self.top_k > self.experts:
+            problems.append(f"top_k={self.top_k} must be in [1, experts={self.experts}] for a Mixture-of-Experts "
+                            "model, 0 with experts=0")
         if self.heads % self.kv_heads:
             problems.append(f"kv_heads={self.kv_heads} must divide heads={self.heads}")
         for name, arch in (("decoder_layers", "enc-dec"), ("hops", "memnet")):
@@ -109,8 +134,14 @@ class ModelSpec:
                 problems.append(f"{name}={value} is only allowed for arch {arch}")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def q_hidden(self) -> int:
+        """Width of the Q projection and of the attention output (hidden unless head_dim is explicit)."""
+        return self.heads * self.head_dim
+
+    @property
+    def embed_width(self) -> int:
+        """Width of the word-embedding table (and of the LM head's input)."""
+        return self.embed_dim or self.hidden
 
     @property
     def kv_hidden(self) -> int:
@@ -121,6 +152,8 @@ class ModelSpec:
         """A copy with fields changed (validated again); kv_heads follows heads unless given."""
         if "heads" in changes and "kv_heads" not in changes and self.kv_heads == self.heads:
             changes["kv_heads"] = 0
+        if {"hidden", "heads"} & set(changes) and "head_dim" not in changes and self.head_dim * self.heads == self.hidden:
+            changes["head_dim"] = 0
         return dataclasses.replace(self, **changes)
 
 
@@ -138,6 +171,9 @@ class RunSpec:
     dropout: bool = True
     phase: str = "prefill"
     kv_len: int = 0  # decode: tokens already in the KV cache
+    execution: str = "eager"
+    attention: str = "unfused"
+    mlm_fraction: float = 0.15  # share of positions an MLM head scores (BERT masks 15%; HF's heads score all: 1.0)
 
     def __post_init__(self) -> None:
         if type(self.tgt_seq) is int and self.tgt_seq == 0 and isinstance(self.seq, int):  # not False, not 0.0
@@ -150,13 +186,16 @@ class RunSpec:
         checks.choice(problems, "precision", self.precision, PRECISIONS)
         checks.choice(problems, "optimizer", self.optimizer, OPTIMIZERS)
         checks.choice(problems, "phase", self.phase, PHASES)
+        checks.choice(problems, "execution", self.execution, EXECUTIONS)
+        checks.choice(problems, "attention", self.attention, ATTENTIONS)
+        checks.number(problems, "mlm_fraction", self.mlm_fraction, 1e-6, 1.0)
         checks.flag(problems, "dropout", self.dropout)
         checks.integer(problems, "kv_len", self.kv_len, 0, MAX_SEQ)
         if not isinstance(self.checkpoint, str) or not _CHECKPOINT_RE.fullmatch(self.checkpoint):
             problems.append(f"checkpoint={show(self.checkpoint)} is not one of none, sqrt, every-K (K ≥ 1)")
         if not problems:
             if self.mode == "train" and self.precision == "int8":
-                problems.append("precision='int8' is inference-only; training allows fp32, fp16-mixed, bf16-mixed")
+                problems.append("precision='int8' is inference-only; training allows fp32, tf32, fp16-mixed, bf16-mixed")
             if self.mode == "train" and self.phase == "decode":
                 problems.append("phase='decode' is inference-only; training uses phase=prefill")
             if self.phase == "decode" and self.kv_len < 1:
@@ -181,6 +220,10 @@ class RunSpec:
         if "seq" in changes and "tgt_seq" not in changes and self.tgt_seq == self.seq:
             changes["tgt_seq"] = 0
         return dataclasses.replace(self, **changes)
+
+
+def _positive(v: Any) -> bool:
+    return type(v) is int and v > 0
 
 
 def model_from_dict(data: Any, where: str) -> ModelSpec:

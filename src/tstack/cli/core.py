@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -71,12 +72,12 @@ def _global(
 
 
 def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: int, precision: str,
-              optimizer: str, checkpoint: str, dropout: bool, phase: str, kv_len: int) -> RunSpec:
+              optimizer: str, checkpoint: str, dropout: bool, phase: str, kv_len: int, **more: Any) -> RunSpec:
     """The run; without --seq a decode step has 1 new token and a prefill the model's default length."""
     if seq is None:
         seq = 1 if phase == "decode" else model_seq
     return RunSpec(mode=mode, batch=batch, seq=seq, tgt_seq=tgt_seq, precision=precision,
-                   optimizer=optimizer, checkpoint=checkpoint, dropout=dropout, phase=phase, kv_len=kv_len)
+                   optimizer=optimizer, checkpoint=checkpoint, dropout=dropout, phase=phase, kv_len=kv_len, **more)
 
 
 @app.command()
@@ -124,13 +125,17 @@ def analyze(
     seq: int | None = typer.Option(None, "--seq", "-s", help="sequence length (default: the model's; decode: 1 new "
                                                             "token)"),
     tgt_seq: int = typer.Option(0, help="target length of an enc-dec model (default: --seq)"),
-    precision: str | None = typer.Option(None, help="fp32 | fp16-mixed | bf16-mixed | int8 (default: fp32; int8 on "
-                                                     "an accelerator)"),
+    precision: str | None = typer.Option(None, help="fp32 | tf32 | fp16-mixed | bf16-mixed | int8 (default: fp32; int8 "
+                                                     "on an accelerator)"),
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
     checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
     dropout: bool = typer.Option(True, help="dropout kernels in training"),
     phase: str = typer.Option("prefill", help="prefill | decode (decoders)"),
     kv_len: int = typer.Option(0, help="tokens already in the KV cache (decode)"),
+    execution: str | None = typer.Option(None, help="eager (a launch per kernel, framework copies) | graphs (CUDA "
+                                                       "graphs or compiled; default: eager, graphs on an accelerator)"),
+    attention: str = typer.Option("unfused", help="unfused (score matrix in memory) | sdpa (fused flash attention)"),
+    mlm_fraction: float = typer.Option(0.15, help="share of positions an MLM head scores (BERT: 0.15; HF heads: 1)"),
     device: str = typer.Option("a100", "--device", "-d", help="device or accelerator preset (e.g. a100, "
                                                               "gemmini-ibert), or a device or accelerator .yaml file"),
     group_by: str | None = typer.Option(None, help="layer, block, pass, kind, group (002), nlpfast-op, dtype, name, "
@@ -154,7 +159,9 @@ def analyze(
     if not isinstance(dev, DeviceSpec) and mode != "infer":
         raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
     precision = default_precision(dev) if precision is None else precision
-    run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len)
+    execution = execution or ("eager" if isinstance(dev, DeviceSpec) else "graphs")  # an accelerator runs a graph
+    run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len,
+                    execution=execution, attention=attention, mlm_fraction=mlm_fraction)
     b = analyze_config(spec, run, dev, fusion=fusion)
     if group_by is not None:
         b.group_by(group_by)  # validate the key before anything is written
@@ -291,10 +298,12 @@ def _register_commands() -> None:
     from tstack.cli import nmc as cli_nmc
     from tstack.cli import opt as cli_opt
     from tstack.cli import perf as cli_perf
+    from tstack.cli import trace as cli_trace
 
     app.command()(cli_perf.profile)
     app.command()(cli_perf.calibrate)
     app.command()(cli_perf.validate)
+    app.command(name="import-trace")(cli_trace.import_trace)
     app.add_typer(cli_opt.app, name="opt")
     app.add_typer(cli_int.app, name="int")
     app.add_typer(cli_accel.app, name="accel")

@@ -447,18 +447,30 @@ def validate(
     warmup: int = typer.Option(3, help="warm-up runs per kernel"),
     repeats: int = typer.Option(10, help="timed runs per kernel (median)"),
     rounds: int = typer.Option(3, help="passes over the workload's kernels; each keeps its fastest pass's median"),
+    trace: Path | None = typer.Option(None, "--trace", help="compare with this torch.profiler Chrome trace (its GEMMs "
+                                                           "and its step time) instead of measuring"),
+    precision: str = typer.Option("fp32", help="fp32 | tf32 | fp16-mixed | bf16-mixed (with --trace: the traced run's)"),
+    execution: str = typer.Option("eager", help="eager | graphs (with --trace: how the traced run launched kernels)"),
+    attention: str = typer.Option("unfused", help="unfused | sdpa (with --trace: the traced run's attention)"),
     json_out: Path | None = JSON_OPT,
     csv_out: Path | None = CSV_OPT,
     plot: Path | None = typer.Option(None, "--plot", help="figure of predicted vs measured per op (.png, .svg, .pdf)"),
 ) -> None:
-    """Measure and predict the same workload; print per-op and end-to-end error."""
+    """Measure and predict the same workload (or read a trace of it); print per-op and end-to-end error."""
     outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
     check_int("--threads", threads, 1, MAX_THREADS)
     plan = _plan(warmup, repeats, rounds)
     spec, dev = load_model(model), load_device(device)
-    configs = [RunSpec(mode=mode, batch=b, seq=s) for b in parse_ints("--batch", batch)
+    configs = [RunSpec(mode=mode, batch=b, seq=s, precision=precision, execution=execution, attention=attention)
+               for b in parse_ints("--batch", batch)
                for s in (parse_ints("--seq", seq) if seq is not None else [spec.default_seq])]
     predictions = [analyze_config(spec, run, dev) for run in configs]  # every configuration checked first
+    if trace is not None:
+        if len(configs) > 1:
+            raise SpecError([f"--trace holds one run: give one --batch and one --seq (got {len(configs)} "
+                             "configurations)"])
+        _validate_trace(trace, predictions[0], dev, outputs, device)
+        return
     need_torch()
     cal = dev.calibration
     cal_threads = cal.threads if cal else None
@@ -508,6 +520,34 @@ def validate(
     outputs.write(doc, figure=figure)
     if not outputs.stdout_taken:
         _print_validation(results)
+
+
+def _validate_trace(trace: Path, predicted: Any, dev: Any, outputs: Outputs, device: str) -> None:
+    """validate --trace: the trace's GEMMs against their predictions, and its step time against the whole prediction."""
+    from tstack.breakdown import Breakdown
+    from tstack.costmodel.backend import cost_workload
+    from tstack.profiler.chrome import import_trace
+    from tstack.profiler.validate import Validation
+
+    spec, run = predicted.model, predicted.run
+    imp = import_trace(trace, spec, run)
+    ops, costs = cost_workload(imp.measured.ops, dev)
+    v = Validation(Breakdown(spec, run, dev.name, ops, costs), imp.measured)
+    config = {"model": spec.name, "mode": run.mode, "batch": run.batch, "seq": run.seq, "precision": run.precision}
+    records = [{**config, **rec} for rec in v.records()]
+    end_to_end = (predicted.total.seconds - imp.step_seconds) / imp.step_seconds
+    summary = {**v.summary(), "step": imp.step, "step_seconds": imp.step_seconds, "predicted_step_seconds":
+               predicted.total.seconds, "step_error": end_to_end, "unmatched_trace_gemms": len(imp.unmatched),
+               "missing_gemms": len(imp.missing)}
+    run_info = {"model": spec.name, "model_spec": asdict(spec), "configurations": [asdict(run)], "device": dev.name,
+                "device_file": device, "trace": str(trace), "threads": 0, "warmup": 0, "repeats": 0, "rounds": 0,
+                "host": _host()}
+    outputs.write(output.document("validate", run_info, records, summary={"configurations": [summary]}))
+    if not outputs.stdout_taken:
+        _print_validation([v])
+        out.print(f"step {imp.step}: predicted {units.si(predicted.total.seconds, 's')}, traced "
+                  f"{units.si(imp.step_seconds, 's')} ({_error(predicted.total.seconds, imp.step_seconds)}); "
+                  f"{len(imp.matched)} GEMMs compared, {len(imp.unmatched)} traced GEMMs unmatched")
 
 
 def _error(p: float, m: float) -> str:

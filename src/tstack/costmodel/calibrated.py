@@ -40,6 +40,8 @@ def calibrated(op: Op, dev: DeviceSpec) -> Cost:
     t = table_lookup(op, dev.calibration) if dev.calibration is not None else None
     if t is None:
         return base
+    if not op.launch:  # the tables time kernels launched one by one; a graph replay does not pay the launch
+        t = max(t - dev.launch_overhead, min(t, base.seconds / op.count))  # never below the roofline's busy time
     seconds = t * op.count
     f = seconds / base.seconds
     return Cost(seconds=seconds, flops=base.flops, bytes=base.bytes, compute_s=base.compute_s * f,

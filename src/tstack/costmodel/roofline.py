@@ -1,7 +1,9 @@
 """Roofline cost model with size-dependent efficiency: (op, device) -> Cost.
 
 time = max(FLOPs / (peak · compute efficiency), bytes / (bandwidth · memory efficiency))
-       + launch overhead, per instance, times the Op's count. See hardware.Efficiency for
+       + launch overhead, per instance, times the Op's count. The launch overhead is paid by
+ops launched one by one (eager execution); CUDA-graph / compiled runs (``op.launch`` false)
+replay the graph with the launches amortized away. See hardware.Efficiency for
 the efficiency terms (tile and wave quantization, K-loop length, kernel size).
 """
 
@@ -14,7 +16,7 @@ from tstack.hardware.device import DeviceSpec
 from tstack.workload.op import Op, OpKind
 
 # Storage dtypes that compute on the vector units in fp32 (int32 accumulators, casts).
-_VECTOR_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "fp32", "int32": "fp32"}
+_VECTOR_DTYPE = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "fp32", "int32": "fp32"}
 
 
 SPLIT_K_MIN = 256  # a split-K slice is at least this deep
@@ -61,7 +63,7 @@ def roofline(op: Op, dev: DeviceSpec) -> Cost:
     n = op.count
     compute_s = op.flops / (peak * eff) if op.flops else 0.0
     memory_s = op.bytes / (dev.memory_bandwidth * memory_efficiency(op.bytes, dev)) if op.bytes else 0.0
-    overhead_s = dev.launch_overhead
+    overhead_s = dev.launch_overhead if op.launch else 0.0
     # Only the dominant resource's time is spent; the other is hidden under it.
     busy = max(compute_s, memory_s)
     hidden_c, hidden_m = (busy, 0.0) if compute_s >= memory_s else (0.0, busy)

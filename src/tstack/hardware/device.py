@@ -13,7 +13,7 @@ from tstack.loader import label, load_spec, presets_in, show, unknown_fields
 from tstack.spec import preset_dir
 
 UNITS = ("matrix", "vector")
-DTYPES = ("fp32", "fp16", "bf16", "int8")
+DTYPES = ("fp32", "tf32", "fp16", "bf16", "int8")  # tf32: fp32 storage, TF32 tensor-core GEMMs
 
 
 @dataclass(frozen=True)

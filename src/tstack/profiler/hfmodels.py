@@ -43,12 +43,16 @@ SUPPORTED = ("BERT-style encoders (post-LN LayerNorm, learned positions), GPT-2-
 def _family(spec: ModelSpec) -> str:
     """'bert', 'gpt2' or 'llama': the HF family whose kernels match the spec; a TstackError otherwise."""
     s = spec
+    if s.experts or s.embed_dim or s.sliding_window:
+        raise TstackError(f"model {s.name!r}: Mixture-of-Experts, projected-embedding (OPT-350m) and sliding-window "
+                          "models are imported and predicted but not profiled as HuggingFace modules")
     if s.arch == "encoder" and (s.norm, s.norm_position, s.position, s.gated_ffn, s.bias) == ("layernorm", "post", "learned",
                                                                                               False, True):
-        if s.kv_heads == s.heads and s.head in ("bert-pretrain", "none"):
+        if s.kv_heads == s.heads and s.head_dim * s.heads == s.hidden and s.head in ("bert-pretrain", "mlm", "none"):
             return "bert"
     if s.arch == "decoder" and s.head in ("lm", "none") and s.norm_position == "pre":
-        if (s.norm, s.position, s.gated_ffn, s.bias) == ("layernorm", "learned", False, True) and s.kv_heads == s.heads:
+        if ((s.norm, s.position, s.gated_ffn, s.bias) == ("layernorm", "learned", False, True) and s.kv_heads == s.heads
+                and s.head_dim * s.heads == s.hidden):
             return "gpt2"
         if (s.norm, s.position, s.gated_ffn) == ("rmsnorm", "rotary", True):
             return "llama"
@@ -75,11 +79,15 @@ def to_hf_config(spec: ModelSpec, dropout: bool = True) -> Any:
             n_positions=spec.max_positions, activation_function=_GPT2_ACT[spec.activation], resid_pdrop=p, embd_pdrop=p,
             attn_pdrop=p, bos_token_id=0, eos_token_id=0, tie_word_embeddings=spec.tie_embeddings,
             attn_implementation="eager")
-    return transformers.LlamaConfig(
+    # Q/K/V biases without the others are Qwen2's attention; LLaMA's biases are all or none.
+    cls = transformers.Qwen2Config if spec.qkv_bias and not spec.bias else transformers.LlamaConfig
+    bias = {} if cls is transformers.Qwen2Config else {"attention_bias": spec.bias, "mlp_bias": spec.bias}
+    return cls(
         vocab_size=spec.vocab, hidden_size=spec.hidden, num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads, intermediate_size=spec.ffn, hidden_act=_LLAMA_ACT[spec.activation],
-        max_position_embeddings=spec.max_positions, tie_word_embeddings=spec.tie_embeddings, attention_bias=spec.bias,
-        mlp_bias=spec.bias, bos_token_id=0, eos_token_id=0, pad_token_id=None, attn_implementation="eager")
+        num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim, intermediate_size=spec.ffn,
+        hidden_act=_LLAMA_ACT[spec.activation], max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=spec.tie_embeddings, attention_dropout=0.1 if dropout and spec.dropout != "none" else 0.0,
+        bos_token_id=0, eos_token_id=0, pad_token_id=None, attn_implementation="eager", **bias)
 
 
 def build_hf_model(spec: ModelSpec, seed: int = 0, training: bool = False, dropout: bool = True) -> torch.nn.Module:
@@ -94,11 +102,15 @@ def build_hf_model(spec: ModelSpec, seed: int = 0, training: bool = False, dropo
     fam, config = _family(spec), to_hf_config(spec, dropout)
     if fam == "bert":
         cls = transformers.BertForPreTraining if training and spec.head == "bert-pretrain" else transformers.BertModel
-        kwargs = {} if cls is transformers.BertForPreTraining else {"add_pooling_layer": spec.head == "bert-pretrain"}
+        if spec.head == "mlm":
+            cls = transformers.BertForMaskedLM  # no pooler, no NSP
+        kwargs = {} if cls is not transformers.BertModel else {"add_pooling_layer": spec.head == "bert-pretrain"}
     else:
         lm = spec.head == "lm"
         cls = {"gpt2": (transformers.GPT2Model, transformers.GPT2LMHeadModel),
                "llama": (transformers.LlamaModel, transformers.LlamaForCausalLM)}[fam][lm]
+        if isinstance(config, transformers.Qwen2Config):
+            cls = (transformers.Qwen2Model, transformers.Qwen2ForCausalLM)[lm]
         kwargs = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

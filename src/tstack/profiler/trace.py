@@ -1,7 +1,9 @@
 """Chrome / Perfetto trace JSON (open in ui.perfetto.dev or chrome://tracing) of a Breakdown and of measured kernels.
 
 Process 1 lays the Breakdown's ops end to end in op order, one track (thread) per ``part``, each op an ``"X"``
-event whose ``dur`` is its seconds in µs and whose args carry every label, its dims, FLOPs and bytes. For a
+event whose ``dur`` is its seconds in µs and whose args carry every label, its dims, FLOPs and bytes. The
+iteration is marked the way torch.profiler marks one (a ``ProfilerStep#0`` user annotation over all of it), and the
+trace names its rank (``distributedInfo``) as PyTorch's do, so Holistic Trace Analysis can load it. For a
 measured profile, process 2 holds the raw kernels of one profiled step at their measured start times, one track
 per CPU thread, with the module they ran in and the labels they were attributed to.
 """
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 
 US = 1e6  # trace timestamps and durations are in microseconds
 OPS_PID, KERNELS_PID = 1, 2
+STEP_TID = 0  # the track of the ProfilerStep#0 annotation
 
 
 def _us(seconds: float) -> float:
@@ -47,6 +50,9 @@ def breakdown_trace(b: Breakdown, kernels: Sequence[KernelEvent] = (), meta: Map
         t += cost.seconds
     for part, tid in tracks.items():
         events += _meta("thread_name", OPS_PID, tid, part, tid)
+    events.append({"name": "ProfilerStep#0", "cat": "user_annotation", "ph": "X", "pid": OPS_PID, "tid": STEP_TID,
+                   "ts": 0.0, "dur": _us(t), "args": {}})
+    events += _meta("thread_name", OPS_PID, STEP_TID, "iteration", 0)
     if kernels:
         events += _meta("process_name", KERNELS_PID, None, "measured kernels (one profiled step)", 1)
         threads: dict[int, int] = {}
@@ -58,7 +64,8 @@ def breakdown_trace(b: Breakdown, kernels: Sequence[KernelEvent] = (), meta: Map
                            "tid": tid, "ts": _us(k.start_s), "dur": _us(k.seconds), "args": args})
         for thread, tid in threads.items():
             events += _meta("thread_name", KERNELS_PID, tid, f"thread {thread}", tid)
-    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {**b.summary(), **(meta or {})}}
+    return {"traceEvents": events, "displayTimeUnit": "ms", "distributedInfo": {"rank": 0, "world_size": 1},
+            "otherData": {**b.summary(), **(meta or {})}}
 
 
 def profile_trace(p: ModuleProfile) -> dict:

@@ -19,9 +19,10 @@ OPT_STR = {"type": ["string", "null"]}
 LIST = {"type": "array"}
 
 RUN_SPEC = {"type": "object", "required": ["mode", "batch", "seq", "tgt_seq", "precision", "optimizer", "checkpoint",
-                                           "dropout", "phase", "kv_len"],
+                                           "dropout", "phase", "kv_len", "execution", "attention", "mlm_fraction"],
             "properties": {"mode": STR, "batch": INT, "seq": INT, "tgt_seq": INT, "precision": STR, "optimizer": STR,
-                           "checkpoint": STR, "dropout": BOOL, "phase": STR, "kv_len": INT}}
+                           "checkpoint": STR, "dropout": BOOL, "phase": STR, "kv_len": INT, "execution": STR,
+                           "attention": STR, "mlm_fraction": NUM}}
 
 OP_RECORD = {"kind": STR, "name": STR, "part": STR, "layer": STR, "block": STR, "group": STR, "nlpfast": STR,
              "pass": STR, "dtype": STR, "M": INT, "N": INT, "K": INT, "gemm_batch": INT, "count": INT, "flops": NUM,
@@ -100,6 +101,10 @@ COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                   "repeats": INT, "rounds": INT, "host": {}},
                  {**{k: v for k, v in MEASURED_RECORD.items() if k not in ("bound", "bytes", "flops", "dtype", "seconds")},
                   "measured_seconds": NUM, "predicted_seconds": NUM, "relative_error": NUM}),
+    "import-trace": ({"model": STR, "model_spec": {"type": "object"}, "spec": RUN_SPEC, "trace": STR},
+                     {**{k: v for k, v in OP_RECORD.items() if k not in ("intensity_flop_per_byte", "utilization",
+                                                                         "joules", "bound")},
+                      "aten": STR, "module": STR, "matched": BOOL}),
     "calibrate": ({"out": STR, "name": STR, "threads": INT, "repeats": INT, "rounds": INT, "quick": BOOL, "host": {}},
                   {"table": STR, "points": INT, "min_seconds": NUM, "max_seconds": NUM}),
     "fuse": ({"model": STR, "spec": RUN_SPEC, "device": STR, "profiles": LIST},

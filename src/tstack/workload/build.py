@@ -27,7 +27,6 @@ from tstack.workload.op import Op, OpKind
 
 Workload = tuple[Op, ...]
 OPTIMIZER_GROUP = {"lamb": LAMB, "adam": "Adam", "sgd": "SGD"}  # the 002 group name of each optimizer
-MLM_FRACTION = 0.15  # BERT masks 15% of tokens; its MLM head runs on those positions only
 
 
 def check_pair(model: ModelSpec, run: RunSpec) -> None:
@@ -49,25 +48,29 @@ def _emb_labels(group: str = EMBEDDING) -> dict[str, str]:
 
 
 def embedding(ctx: Ctx, S: int) -> list[Step]:
-    """Lookups, their sum, and (BERT) the embedding LayerNorm and dropout."""
+    """Lookups (and OPT's project_in of narrower word embeddings), their sum, and (BERT) the embedding LayerNorm
+    and dropout."""
     m, B = ctx.model, ctx.run.batch
     T, L = B * S, _emb_labels()
-    steps = [emit.embedding_lookup(ctx, "word_embeddings", T, m.vocab, L)]
+    steps = [emit.embedding_lookup(ctx, "word_embeddings", T, m.vocab, L, m.embed_width)]
     if m.arch == "memnet":
         return steps
+    if m.embed_dim:
+        steps.append(emit.linear(ctx, "project_in", (m.hidden, T, m.embed_dim), L, False))
+    lookups = len(steps)
     if m.position == "learned":
-        steps.append(emit.embedding_lookup(ctx, "position_embeddings", T, m.max_positions, L))
+        steps.append(emit.embedding_lookup(ctx, "position_embeddings", T, m.max_positions + m.position_offset, L))
     if m.type_vocab:
         steps.append(emit.embedding_lookup(ctx, "token_type_embeddings", T, m.type_vocab, L))
-    if len(steps) == 3:
+    if len(steps) - lookups == 2:
         steps.append(emit.pointwise(ctx, "embedding-sum", T, m.hidden, L))
-    elif len(steps) == 2:
+    elif len(steps) - lookups == 1:
         steps.append(emit.pointwise(ctx, "residual", T, m.hidden, L))
     elif m.position == "sinusoidal":
         steps.append(emit.pointwise(ctx, "position-add", T, m.hidden, L))
     if m.arch == "encoder":
         steps.append(emit.pointwise(ctx, m.norm, T, m.hidden, L))
-    if ctx.run.training and ctx.run.dropout and m.arch in ("encoder", "enc-dec"):
+    if ctx.dropout and m.arch in ("encoder", "enc-dec"):
         steps.append(emit.pointwise(ctx, "dropout", T, m.hidden, L))
     return steps
 
@@ -149,22 +152,30 @@ def head(ctx: Ctx) -> list[Step]:
         # Training scores every target token; inference only the last one per sequence.
         S = r.tgt_seq if m.arch == "enc-dec" else r.seq
         T = B * S if r.training else B
-        steps = [emit.pointwise(ctx, m.norm, B * (1 if r.phase == "decode" else S), H, L())] if m.norm_position == "pre" else []
-        steps.append(emit.linear(ctx, "lm_head", (V, T, H), L(), False))
+        T_all = B * (1 if r.phase == "decode" else S)
+        steps = [emit.pointwise(ctx, m.norm, T_all, H, L())] if m.norm_position == "pre" else []
+        if m.embed_dim:  # OPT-350m: project_out runs in the decoder, on every position
+            steps.append(emit.linear(ctx, "project_out", (m.embed_dim, T_all, H), L(), False))
+        steps.append(emit.linear(ctx, "lm_head", (V, T, m.embed_width), L(), False))
         if r.training:
             steps.append(emit.pointwise(ctx, "softmax", T, V, L()))  # log-softmax of the cross-entropy loss
         return steps
-    steps = [emit.linear(ctx, "pooler", (H, B, H), L(), m.bias)]  # bert-pretrain: [CLS] pooler (+ tanh, folded)
-    if r.training:
-        Tm = B * math.ceil(MLM_FRACTION * r.seq)
+    # The MLM head scores run.mlm_fraction of the positions (BERT masks 15%; HF's heads score all, fraction 1).
+    Tm = B * math.ceil(r.mlm_fraction * r.seq)
+    steps = []
+    if m.head == "bert-pretrain":  # [CLS] pooler (+ tanh, folded); NSP in training
+        steps.append(emit.linear(ctx, "pooler", (H, B, H), L(), m.bias))
+        if r.training:
+            steps.append(emit.linear(ctx, "nsp", (2, B, H), L(), m.bias))
+    if r.training or m.head == "mlm":  # RoBERTa / BertForMaskedLM ("mlm") have no pooler and no NSP
         steps += [
-            emit.linear(ctx, "nsp", (2, B, H), L(), m.bias),
             emit.linear(ctx, "mlm.dense", (H, Tm, H), L(), False),
             emit.pointwise(ctx, layers.ACT_KERNEL[m.activation], Tm, H, L()),
             emit.pointwise(ctx, m.norm, Tm, H, L()),
             emit.linear(ctx, "mlm.decoder", (V, Tm, H), L(), m.bias),
-            emit.pointwise(ctx, "softmax", Tm, V, L()),
         ]
+    if r.training:
+        steps.append(emit.pointwise(ctx, "softmax", Tm, V, L()))  # log-softmax of the cross-entropy loss
     return steps
 
 
@@ -199,7 +210,7 @@ def optimizer(ctx: Ctx, groups: list[tuple[str, int, int]]) -> list[Op]:
                   ("nlpfast", "optimizer"), ("pass", "update"))
         dtype = ctx.gemm_dtype if kind == OpKind.COPY else "fp32"  # copies convert to/from the model's half dtype
         return Op(kind=kind, name=kname, dims=(("params", params),), dtype=dtype, flops=flops, bytes=traffic,
-                  labels=labels, count=count)
+                  labels=labels, count=count, launch=ctx.launch)
 
     half = emit.DTYPE_BYTES[ctx.gemm_dtype]
     for layer, p, c in groups:

@@ -10,8 +10,8 @@ from tstack.workload.op import DTYPE_BYTES, Op, OpKind
 
 # Activation storage dtype per precision; int8 inference keeps GEMM operands in int8 and
 # the non-GEMM kernels in fp32 (dequantize → op → requantize, as in I-BERT's baseline).
-ACT_DTYPE = {"fp32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "int8": "fp32"}
-GEMM_DTYPE = {"fp32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "int8": "int8"}
+ACT_DTYPE = {"fp32": "fp32", "tf32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "int8": "fp32"}
+GEMM_DTYPE = {"fp32": "fp32", "tf32": "tf32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "int8": "int8"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,21 @@ class Ctx:
         return cls(model, run, ACT_DTYPE[run.precision], GEMM_DTYPE[run.precision])
 
     @property
+    def launch(self) -> bool:
+        """Each kernel pays a host launch (eager execution; CUDA graphs replay them)."""
+        return self.run.execution == "eager"
+
+    @property
+    def dropout(self) -> bool:
+        """Dropout after sublayers and embeddings: training, asked for, and the model has it."""
+        return self.run.training and self.run.dropout and self.model.dropout == "all"
+
+    @property
+    def attn_dropout(self) -> bool:
+        """Dropout on the attention probabilities."""
+        return self.run.training and self.run.dropout and self.model.dropout in ("all", "attention")
+
+    @property
     def act_bytes(self) -> int:
         return DTYPE_BYTES[self.act]
 
@@ -50,10 +65,14 @@ class Ctx:
         """int8 GEMMs write int8 after a fused requantization; others write their own dtype."""
         return DTYPE_BYTES[self.gemm_dtype]
 
+    def at_count(self, factor: int) -> Ctx:
+        """The same context for ``factor`` identical instances per current instance."""
+        return Ctx(self.model, self.run, self.act, self.gemm_dtype, self.count * factor)
+
 
 def _op(ctx: Ctx, kind: str, name: str, counts: F.Counts, dtype: str, labels: dict[str, str]) -> Op:
     return Op(kind=kind, name=name, dims=counts.dims, dtype=dtype, flops=counts.flops, bytes=counts.bytes,
-              labels=tuple(labels.items()), count=ctx.count)
+              labels=tuple(labels.items()), count=ctx.count, launch=ctx.launch)
 
 
 def _bwd_labels(labels: dict[str, str], pass_: str) -> dict[str, str]:
@@ -105,9 +124,39 @@ def pointwise(ctx: Ctx, name: str, rows: int, cols: int, labels: dict[str, str])
     return Step(fwd, tuple(bwd))
 
 
-def embedding_lookup(ctx: Ctx, name: str, tokens: int, table_rows: int, labels: dict[str, str]) -> Step:
-    """Gather `tokens` rows of an embedding table; backward zero-fills and scatter-adds the table gradient."""
-    H = ctx.model.hidden
+def copy(ctx: Ctx, name: str, rows: int, cols: int, repeat: int, labels: dict[str, str]) -> Step:
+    """A framework copy of activations (eager execution): reads rows×cols elements and writes them ``repeat`` times
+    (kv-cache-cat: torch.cat of the cache and the new K or V, repeat 1; repeat-kv: K or V once per query head)."""
+    counts = F.Counts(0, rows * cols * (1 + repeat) * ctx.act_bytes, (("rows", rows), ("cols", cols), ("repeat", repeat)))
+    return Step(_op(ctx, OpKind.COPY, name, counts, ctx.act, labels))
+
+
+def sdpa(ctx: Ctx, name: str, shape: tuple[int, int, int, int], labels: dict[str, str]) -> Step:
+    """A fused (flash) attention kernel: Sq queries against Skv keys of width dh, per (sequence, head) in ``batch``.
+
+    Dims M=Skv, N=Sq, K=2·dh (the two products of depth dh; backward K=5·dh). Forward: QKᵀ and P·V
+    (2·2·Sq·Skv·dh FLOPs) without the score matrix in memory: reads Q, K, V, writes O and the fp32 row log-sum-exp.
+    Backward recomputes QKᵀ and runs dV, dP, dQ, dK: five products.
+    """
+    Sq, Skv, dh, batch = shape
+    product = 2 * Sq * Skv * dh * batch
+    b = DTYPE_BYTES[ctx.gemm_dtype]
+    qkvo = batch * (2 * Sq + 2 * Skv) * dh * b
+    dims = (("M", Skv), ("N", Sq), ("K", 2 * dh), ("batch", batch))
+    fwd = _op(ctx, OpKind.BGEMM, name, F.Counts(2 * product, qkvo + batch * Sq * 4, dims), ctx.gemm_dtype, labels)
+    if not ctx.run.training:
+        return Step(fwd)
+    bwd_bytes = 2 * qkvo + batch * Sq * 4  # reads Q, K, V, O, dO, lse; writes dQ, dK, dV
+    bwd_dims = (("M", Skv), ("N", Sq), ("K", 5 * dh), ("batch", batch))
+    bwd = _op(ctx, OpKind.BGEMM, name, F.Counts(5 * product, bwd_bytes, bwd_dims), ctx.gemm_dtype,
+              _bwd_labels(labels, "bwd-act"))
+    return Step(fwd, (bwd,))
+
+
+def embedding_lookup(ctx: Ctx, name: str, tokens: int, table_rows: int, labels: dict[str, str], width: int = 0) -> Step:
+    """Gather `tokens` rows of an embedding table (``width`` wide, hidden by default); backward zero-fills and
+    scatter-adds the table gradient."""
+    H = width or ctx.model.hidden
     lookup = F.gather(tokens, H, ctx.act_bytes)
     fwd = _op(ctx, OpKind.GATHER, name, F.Counts(lookup.flops, lookup.bytes, lookup.dims + (("table", table_rows),)),
               ctx.act, labels)

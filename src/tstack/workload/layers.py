@@ -31,36 +31,53 @@ def labels(layer: str, block: str, group: str, nlpfast: str, part: str = "transf
 
 
 def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> list[Step]:
-    """Q/K/V-Gen, QKᵀ, scale, mask, softmax, dropout, P·V and the output projection."""
-    m, B = ctx.model, ctx.run.batch
-    H, dh, hk = m.hidden, m.head_dim, m.kv_heads
+    """Q/K/V-Gen, QKᵀ, scale, mask, softmax, dropout, P·V and the output projection.
+
+    Under ``attention=sdpa`` the part between the projections is one fused kernel (keys capped at the sliding
+    window); unfused, a sliding window is a mask over the full score matrix. Eager execution adds the framework
+    copies: the KV-cache concatenation of a decode step and repeat_kv of grouped-query attention.
+    """
+    m, r, B = ctx.model, ctx.run, ctx.run.batch
+    H, Hq, dh, hk = m.hidden, m.q_hidden, m.head_dim, m.kv_heads
     group_size = m.heads // hk
     T, Tkv = B * shape.Sq, B * shape.Skv_new
+    qkv_bias = m.bias or m.qkv_bias
+    window = m.sliding_window
+    Skv = min(shape.Skv, window) if window and (r.attention == "sdpa" or r.phase == "decode") else shape.Skv
 
     def L(group: str, nlp: str) -> dict[str, str]:
         return labels(layer, "attention", group, nlp)
 
-    steps = [emit.linear(ctx, f"{prefix}.q_proj", (H, T, H), L(LINEAR_GEMM, "Q-Gen"), m.bias)]
+    steps = [emit.linear(ctx, f"{prefix}.q_proj", (Hq, T, H), L(LINEAR_GEMM, "Q-Gen"), qkv_bias)]
     if shape.Skv_new:
         for name in ("k_proj", "v_proj"):
-            steps.append(emit.linear(ctx, f"{prefix}.{name}", (m.kv_hidden, Tkv, H), L(LINEAR_GEMM, "K/V-Gen"), m.bias))
+            steps.append(emit.linear(ctx, f"{prefix}.{name}", (m.kv_hidden, Tkv, H), L(LINEAR_GEMM, "K/V-Gen"), qkv_bias))
     if m.position == "rotary":
-        steps.append(emit.pointwise(ctx, "rope", T, H, L("RoPE", "Q-Gen")))
+        steps.append(emit.pointwise(ctx, "rope", T, Hq, L("RoPE", "Q-Gen")))
         if shape.Skv_new:
             steps.append(emit.pointwise(ctx, "rope", Tkv, m.kv_hidden, L("RoPE", "K/V-Gen")))
-    # Scores: the queries of a KV group share its keys, so one B-GEMM per (sequence, KV head).
-    score_rows = B * m.heads * shape.Sq
-    steps.append(emit.bgemm(ctx, f"{prefix}.score", (shape.Skv, shape.Sq * group_size, dh), B * hk,
-                            L(ATTN_BGEMM, "dot product")))
-    sm = L(SCALE_MASK_SM, "softmax")
-    steps.append(emit.pointwise(ctx, "scale", score_rows, shape.Skv, sm))
-    steps.append(emit.pointwise(ctx, "mask", score_rows, shape.Skv, sm))
-    steps.append(emit.pointwise(ctx, "softmax", score_rows, shape.Skv, sm))
-    if ctx.run.training and ctx.run.dropout:
-        steps.append(emit.pointwise(ctx, "dropout", score_rows, shape.Skv, sm))
-    steps.append(emit.bgemm(ctx, f"{prefix}.context", (dh, shape.Sq * group_size, shape.Skv), B * hk,
-                            L(ATTN_BGEMM, "weighted sum")))
-    steps.append(emit.linear(ctx, f"{prefix}.out_proj", (H, T, H), L(LINEAR_GEMM, "attention FC"), m.bias))
+    eager = r.execution == "eager"
+    if eager and r.phase == "decode" and shape.Skv_new:  # DynamicCache: torch.cat(cache, new) for K and V
+        steps += [emit.copy(ctx, "kv-cache-cat", B * Skv, m.kv_hidden, 1, L(LINEAR_GEMM, "K/V-Gen")) for _ in "kv"]
+    if r.attention == "sdpa":
+        steps.append(emit.sdpa(ctx, f"{prefix}.sdpa", (shape.Sq, Skv, dh, B * m.heads), L(ATTN_BGEMM, "dot product")))
+    else:
+        if eager and group_size > 1:  # eager repeat_kv materializes K and V once per query head
+            steps += [emit.copy(ctx, "repeat-kv", B * Skv * hk, dh, group_size, L(ATTN_BGEMM, "dot product"))
+                      for _ in "kv"]
+        # Scores: the queries of a KV group share its keys, so one B-GEMM per (sequence, KV head).
+        score_rows = B * m.heads * shape.Sq
+        steps.append(emit.bgemm(ctx, f"{prefix}.score", (Skv, shape.Sq * group_size, dh), B * hk,
+                                L(ATTN_BGEMM, "dot product")))
+        sm = L(SCALE_MASK_SM, "softmax")
+        steps.append(emit.pointwise(ctx, "scale", score_rows, Skv, sm))
+        steps.append(emit.pointwise(ctx, "mask", score_rows, Skv, sm))
+        steps.append(emit.pointwise(ctx, "softmax", score_rows, Skv, sm))
+        if ctx.attn_dropout:
+            steps.append(emit.pointwise(ctx, "dropout", score_rows, Skv, sm))
+        steps.append(emit.bgemm(ctx, f"{prefix}.context", (dh, shape.Sq * group_size, Skv), B * hk,
+                                L(ATTN_BGEMM, "weighted sum")))
+    steps.append(emit.linear(ctx, f"{prefix}.out_proj", (H, T, Hq), L(LINEAR_GEMM, "attention FC"), m.bias))
     return steps
 
 
@@ -69,7 +86,7 @@ def add_norm(ctx: Ctx, layer: str, tokens: int, part: str = "transformer") -> li
     L = labels(layer, DR_RC_LN, DR_RC_LN, "layernorm/residual", part)
     H = ctx.model.hidden
     steps = []
-    if ctx.run.training and ctx.run.dropout:
+    if ctx.dropout:
         steps.append(emit.pointwise(ctx, "dropout", tokens, H, L))
     steps.append(emit.pointwise(ctx, "residual", tokens, H, L))
     steps.append(emit.pointwise(ctx, ctx.model.norm, tokens, H, L))
@@ -77,23 +94,59 @@ def add_norm(ctx: Ctx, layer: str, tokens: int, part: str = "transformer") -> li
 
 
 def ffn(ctx: Ctx, layer: str, tokens: int) -> list[Step]:
-    """W1 (or gate and up), the activation with its bias, W2."""
+    """W1 (or gate and up), the activation with its bias, W2; a Mixture of Experts when the model has experts."""
+    if ctx.model.experts:
+        return moe(ctx, layer, tokens)
+    return dense_ffn(ctx, layer, tokens, ctx.model.ffn)
+
+
+def dense_ffn(ctx: Ctx, layer: str, tokens: int, width: int, prefix: str = "ffn") -> list[Step]:
     m = ctx.model
-    H, Fd = m.hidden, m.ffn
+    H = m.hidden
     act_group = ACT_GROUP[m.activation]
 
     def L(group: str, nlp: str) -> dict[str, str]:
         return labels(layer, "fc", group, nlp)
 
     if m.gated_ffn:
-        steps = [emit.linear(ctx, f"ffn.{n}", (Fd, tokens, H), L(FC_GEMM, "linear trans-1"), m.bias)
+        steps = [emit.linear(ctx, f"{prefix}.{n}", (width, tokens, H), L(FC_GEMM, "linear trans-1"), m.bias)
                  for n in ("gate_proj", "up_proj")]
-        steps.append(emit.pointwise(ctx, GATED_KERNEL[m.activation], tokens, Fd, L(act_group, "activation")))
+        steps.append(emit.pointwise(ctx, GATED_KERNEL[m.activation], tokens, width, L(act_group, "activation")))
     else:
         # The FC-1 bias is added inside the fused bias+activation kernel (002 "bias+GeLU").
-        steps = [emit.linear(ctx, FFN_FC1, (Fd, tokens, H), L(FC_GEMM, "linear trans-1"), False),
-                 emit.pointwise(ctx, ACT_KERNEL[m.activation], tokens, Fd, L(act_group, "activation"))]
-    steps.append(emit.linear(ctx, FFN_FC2, (H, tokens, Fd), L(FC_GEMM, "linear trans-2"), m.bias))
+        steps = [emit.linear(ctx, FFN_FC1 if prefix == "ffn" else f"{prefix}.fc1", (width, tokens, H),
+                             L(FC_GEMM, "linear trans-1"), False),
+                 emit.pointwise(ctx, ACT_KERNEL[m.activation], tokens, width, L(act_group, "activation"))]
+    steps.append(emit.linear(ctx, FFN_FC2 if prefix == "ffn" else f"{prefix}.fc2", (H, tokens, width),
+                             L(FC_GEMM, "linear trans-2"), m.bias))
+    return steps
+
+
+def routed_tokens(tokens: int, experts: int, top_k: int) -> list[tuple[int, int]]:
+    """(tokens, experts) groups under balanced routing: the T·k assignments spread as evenly as the experts allow;
+    experts that receive no token launch nothing (HF loops over the experts hit)."""
+    q, rem = divmod(tokens * top_k, experts)
+    return [(n, c) for n, c in ((q + 1, rem), (q, experts - rem)) if n and c]
+
+
+def moe(ctx: Ctx, layer: str, tokens: int) -> list[Step]:
+    """Router GEMM, softmax and top-k, each expert's gated FFN on the tokens routed to it, the weighted combine,
+    and (Qwen-MoE) a shared expert gated by a sigmoid. The all-to-all of expert parallelism is not modelled."""
+    m = ctx.model
+    router = labels(layer, "fc", "Router", "linear trans-1")
+    steps = [emit.linear(ctx, "moe.router", (m.experts, tokens, m.hidden), router, False),
+             emit.pointwise(ctx, "softmax", tokens, m.experts, router)]
+    for n, c in routed_tokens(tokens, m.experts, m.top_k):
+        steps += dense_ffn(ctx.at_count(c), layer, n, m.ffn, prefix="moe.expert")
+    # Each expert's output times its routing weight, index_add-ed into the layer output (T·k rows in all).
+    combine = labels(layer, "fc", "MoE combine", "linear trans-2")
+    steps += [emit.pointwise(ctx, "scale", tokens * m.top_k, m.hidden, combine),
+              emit.pointwise(ctx, "residual", tokens * m.top_k, m.hidden, combine)]
+    if m.shared_expert_ffn:  # sigmoid(gate(x)) (T×1, negligible) times the shared expert's output, added
+        steps += dense_ffn(ctx, layer, tokens, m.shared_expert_ffn, prefix="moe.shared")
+        steps += [emit.linear(ctx, "moe.shared_gate", (1, tokens, m.hidden), router, False),
+                  emit.pointwise(ctx, "scale", tokens, m.hidden, combine),
+                  emit.pointwise(ctx, "residual", tokens, m.hidden, combine)]
     return steps
 
 

@@ -34,7 +34,7 @@ KINDS = tuple(k.value for k in OpKind)
 GEMM_KINDS = frozenset({OpKind.GEMM, OpKind.BGEMM})
 # Every Op carries these labels, in this order (builders create them in this order).
 LABEL_KEYS = ("part", "layer", "block", "group", "nlpfast", "pass")
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int32": 4, "int64": 8, "bool": 1}
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int32": 4, "int64": 8, "bool": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,8 @@ class Op:
 
     ``count`` is how many identical instances the workload runs (1 unless layers were
     collapsed for speed, see ``workload.build(collapse=True)``); totals multiply by it.
+    ``launch`` is whether each instance pays a host launch (eager execution); under CUDA graphs or a
+    compiled run the launches are replayed from the graph and amortized away.
     """
 
     kind: str
@@ -53,6 +55,7 @@ class Op:
     bytes: int
     labels: tuple[tuple[str, str], ...]
     count: int = 1
+    launch: bool = True
 
     def dim(self, key: str, default: int = 0) -> int:
         for k, v in self.dims:

@@ -11,13 +11,22 @@ def norm_params(m: ModelSpec) -> int:
 
 def attention_params(m: ModelSpec) -> int:
     """W_q, W_k, W_v, W_o (K and V narrower under grouped-query attention) and their biases."""
-    H, Hk = m.hidden, m.kv_hidden
-    weights = 2 * H * H + 2 * H * Hk
-    return weights + (2 * H + 2 * Hk if m.bias else 0)
+    H, Hq, Hk = m.hidden, m.q_hidden, m.kv_hidden
+    weights = 2 * H * Hq + 2 * H * Hk
+    qkv_bias = Hq + 2 * Hk if m.bias or m.qkv_bias else 0
+    return weights + qkv_bias + (H if m.bias else 0)
 
 
 def ffn_params(m: ModelSpec) -> int:
-    H, Fd = m.hidden, m.ffn
+    """A dense feed-forward block, or a Mixture of Experts: router, experts and the gated shared expert."""
+    if m.experts:
+        shared = dense_ffn_params(m, m.shared_expert_ffn) + m.hidden if m.shared_expert_ffn else 0
+        return m.experts * m.hidden + m.experts * dense_ffn_params(m, m.ffn) + shared
+    return dense_ffn_params(m, m.ffn)
+
+
+def dense_ffn_params(m: ModelSpec, Fd: int) -> int:
+    H = m.hidden
     if m.gated_ffn:
         return 3 * H * Fd + ((2 * Fd + H) if m.bias else 0)
     return 2 * H * Fd + ((Fd + H) if m.bias else 0)
@@ -32,9 +41,11 @@ def layer_params(m: ModelSpec, cross_attention: bool = False) -> int:
 def embedding_params(m: ModelSpec) -> int:
     if m.arch == "memnet":
         return (m.hops + 1) * m.vocab * m.hidden  # MemN2N with adjacent weight tying: A¹=B, Aᵏ⁺¹=Cᵏ
-    n = m.vocab * m.hidden + m.type_vocab * m.hidden
+    n = m.vocab * m.embed_width + m.type_vocab * m.hidden
+    if m.embed_dim:  # OPT-350m project_in and project_out (no biases)
+        n += 2 * m.embed_dim * m.hidden
     if m.position == "learned":
-        n += m.max_positions * m.hidden
+        n += (m.max_positions + m.position_offset) * m.hidden
     if m.arch == "encoder":
         n += norm_params(m)  # BERT's embedding LayerNorm
     return n
@@ -42,10 +53,13 @@ def embedding_params(m: ModelSpec) -> int:
 
 def head_params(m: ModelSpec) -> int:
     H, V = m.hidden, m.vocab
-    untied = 0 if m.tie_embeddings else V * H
+    untied = 0 if m.tie_embeddings else V * m.embed_width
+    mlm = H * H + H + norm_params(m) + V  # transform dense, its norm, decoder bias
     if m.head == "bert-pretrain":
-        pooler, mlm_dense, nsp = H * H + H, H * H + H + norm_params(m), 2 * H + 2
-        return pooler + mlm_dense + V + untied + nsp
+        pooler, nsp = H * H + H, 2 * H + 2
+        return pooler + mlm + untied + nsp
+    if m.head == "mlm":
+        return mlm + untied
     if m.head == "lm":
         finals = (2 if m.arch == "enc-dec" else 1) if m.norm_position == "pre" else 0
         return finals * norm_params(m) + untied

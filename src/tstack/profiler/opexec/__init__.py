@@ -33,7 +33,7 @@ Shapes (002 Table 2b convention, see ``workload.formulas``):
   half type is fp16 (bf16 would move the same bytes).
 """
 
-from tstack.profiler.opexec import gemm, norms, optimizer, pointwise  # noqa: F401  (each registers its builders)
+from tstack.profiler.opexec import copies, gemm, norms, optimizer, pointwise  # noqa: F401  (each registers its builders)
 from tstack.profiler.opexec.core import (
     BUILDERS,
     DROPOUT_P,

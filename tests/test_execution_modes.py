@@ -1,0 +1,153 @@
+"""Execution modes (eager vs CUDA graphs), attention kernels (unfused vs sdpa), tf32 and the GPU device presets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tstack import ModelSpec, RunSpec, analyze, build, load_device
+from tstack.hardware.device import device_presets
+from tstack.workload.op import LABEL_KEYS, Op
+
+LLAMA = ModelSpec(name="gqa", arch="decoder", layers=2, hidden=256, heads=8, kv_heads=2, ffn=512, vocab=1000,
+                  max_positions=4096, activation="silu", gated_ffn=True, norm="rmsnorm", norm_position="pre",
+                  position="rotary", bias=False, head="lm")
+GPUS = ("a100", "a100-80gb", "h100", "h100-pcie", "h200", "l4", "mi250x", "mi300x")
+
+
+def test_graphs_amortize_launches_and_drop_framework_copies():
+    decode = RunSpec(batch=1, seq=1, phase="decode", kv_len=511, precision="bf16-mixed")
+    eager = build(LLAMA, decode)
+    graphs = build(LLAMA, decode.replace(execution="graphs"))
+    copies = [o for o in eager if o.kind == "copy"]
+    # per layer: torch.cat of K and V (512 rows × 64) and repeat_kv of K and V (512·2 rows × 32, written 4 times)
+    assert sorted({(o.name, o.dims) for o in copies}) == [
+        ("kv-cache-cat", (("rows", 512), ("cols", 64), ("repeat", 1))),
+        ("repeat-kv", (("rows", 1024), ("cols", 32), ("repeat", 4)))]
+    assert len(copies) == 2 * 2 * 2 and sum(o.bytes for o in copies) == 2 * (2 * 512 * 64 * 2 * 2 + 2 * 1024 * 32 * 5 * 2)
+    assert not [o for o in graphs if o.kind == "copy"] and not any(o.launch for o in graphs)
+    dev = load_device("a100-80gb")
+    b_eager = analyze(LLAMA, decode, dev)
+    b_graphs = analyze(LLAMA, decode.replace(execution="graphs"), dev)
+    assert b_graphs.total.overhead_s == 0 < b_eager.total.overhead_s
+    assert b_eager.total.overhead_s == pytest.approx(dev.launch_overhead * len(eager))
+    assert b_graphs.total.seconds < b_eager.total.seconds - b_eager.total.overhead_s + 1e-12
+
+
+def test_sdpa_keeps_the_flops_and_drops_the_score_matrix():
+    run = RunSpec(batch=2, seq=256, precision="fp16-mixed")
+    unfused, fused = build(LLAMA, run), build(LLAMA, run.replace(attention="sdpa"))
+
+    def attn(ops: tuple[Op, ...]) -> list[Op]:
+        return [o for o in ops if o.label("group") in ("Attn B-GEMM", "Scale+Mask+DR+SM") and o.label("layer") == "L0"]
+
+    assert sum(o.flops for o in attn(fused)) == sum(o.flops for o in attn(unfused) if o.is_gemm)
+    assert {o.name for o in attn(fused)} == {"attn.sdpa"}
+    score_matrix = 2 * 8 * 256 * 256 * 2  # B·h·S·S fp16 elements of one layer
+    # fused: B·h (2Sq + 2Skv) dh fp16 (Q, O, K, V) + B·h·Sq fp32 log-sum-exp = 16·1024·32·2 + 16·256·4
+    assert sum(o.bytes for o in attn(fused)) == 1_064_960
+    assert sum(o.bytes for o in attn(fused)) < score_matrix < sum(o.bytes for o in attn(unfused))
+
+
+def test_sdpa_training_backward_is_five_products():
+    run = RunSpec(mode="train", batch=1, seq=128, precision="bf16-mixed", attention="sdpa")
+    ops = [o for o in build(LLAMA, run) if o.name == "attn.sdpa"]
+    fwd = sum(o.flops for o in ops if o.label("pass") == "fwd")
+    bwd = sum(o.flops for o in ops if o.label("pass") == "bwd-act")
+    assert 2 * bwd == 5 * fwd  # forward: QKᵀ, P·V; backward: QKᵀ again, dV, dP, dQ, dK
+
+
+@pytest.mark.parametrize("name", GPUS)
+def test_gpu_presets_have_sources_and_tf32_where_the_part_has_it(name):
+    dev = load_device(name)
+    assert dev.sources and dev.kind == "gpu"
+    tf32 = dev.peak("matrix", "tf32")
+    assert dev.peak("matrix", "fp32") <= tf32 <= dev.peak("matrix", "bf16")
+
+
+def test_tf32_is_faster_than_fp32_on_ampere_and_not_on_volta():
+    run = RunSpec(batch=8, seq=128)
+    fp32 = analyze("bert-large", run, "a100-80gb").total.seconds
+    tf32 = analyze("bert-large", run.replace(precision="tf32"), "a100-80gb").total.seconds
+    assert tf32 < fp32 / 2
+    assert "v100" in device_presets()
+    with pytest.raises(Exception, match="tf32"):
+        analyze("bert-large", run.replace(precision="tf32"), "v100")
+
+
+@pytest.mark.parametrize(("name", "rows", "cols", "repeat"), [("kv-cache-cat", 9, 32, 1), ("repeat-kv", 12, 16, 4)])
+def test_eager_framework_copies_run_and_match_reference(name, rows, cols, repeat):
+    torch = pytest.importorskip("torch")
+    from tstack.profiler.opexec import prepare, reference
+    from tstack.profiler.runtime import RuntimeConfig
+    from tstack.workload import formulas as F
+
+    c = F.Counts(0, rows * cols * (1 + repeat) * 4, (("rows", rows), ("cols", cols), ("repeat", repeat)))
+    op = Op(kind="copy", name=name, dims=c.dims, dtype="fp32", flops=0, bytes=c.bytes, labels=())
+    p = prepare(op, RuntimeConfig(device="cpu"))
+    before = {k: v.clone() for k, v in p.inputs.items()}
+    p.run()
+    assert p.output().numel() == rows * cols * repeat
+    assert torch.equal(p.output(), reference(op, before)["y"].to(p.output().dtype))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"execution": "jit"}, "execution='jit' is not one of eager, graphs"),
+    ({"attention": "flash"}, "attention='flash' is not one of unfused, sdpa"),
+    ({"mlm_fraction": 0.0}, "mlm_fraction=0.0 must be a number in [1e-06, 1]"),
+])
+def test_bad_run_fields_name_field_value_and_allowed(fields, message):
+    from tstack.errors import SpecError
+
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        RunSpec(**fields)
+
+
+def test_model_shape_fields_are_validated_together():
+    from tstack.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"top_k=0 must be in \[1, experts=4\]"):
+        LLAMA.replace(experts=4)
+    explicit = LLAMA.replace(hidden=200, head_dim=64)  # 8 heads of 64 need not divide hidden
+    assert (explicit.q_hidden, explicit.kv_hidden) == (512, 128)
+    assert LLAMA.replace(hidden=512).head_dim == 64  # a derived head_dim follows hidden
+    with pytest.raises(SpecError, match=r"heads=8 must divide hidden=100 \(or give head_dim\)"):
+        LLAMA.replace(hidden=100)
+
+
+@st.composite
+def shaped(draw):
+    heads = draw(st.sampled_from([2, 4, 8]))
+    experts = draw(st.sampled_from([0, 4, 8]))
+    model = LLAMA.replace(heads=heads, kv_heads=draw(st.sampled_from([k for k in (1, 2, heads) if heads % k == 0])),
+                          head_dim=draw(st.sampled_from([0, 16, 48])), experts=experts,
+                          top_k=draw(st.integers(1, experts)) if experts else 0,
+                          shared_expert_ffn=draw(st.sampled_from([0, 64])) if experts else 0,
+                          sliding_window=draw(st.sampled_from([0, 7])), qkv_bias=draw(st.booleans()))
+    decode = draw(st.booleans())
+    run = RunSpec(mode="infer" if decode else draw(st.sampled_from(["infer", "train"])), batch=draw(st.integers(1, 3)),
+                  seq=1 if decode else draw(st.integers(1, 40)), phase="decode" if decode else "prefill",
+                  kv_len=draw(st.integers(1, 40)) if decode else 0, precision="bf16-mixed")
+    return model, run
+
+
+@settings(max_examples=40, deadline=None)
+@given(shaped())
+def test_modes_keep_the_gemm_work_and_every_op_well_formed(pair):
+    """Execution mode never changes the GEMM work; every op has all labels in order and GEMM FLOPs of 2·M·N·K."""
+    model, run = pair
+    eager, graphs = build(model, run), build(model, run.replace(execution="graphs"))
+
+    def gemm_flops(ops):
+        return sum(o.flops * o.count for o in ops if o.is_gemm)
+
+    assert gemm_flops(eager) == gemm_flops(graphs) > 0
+    assert all(o.launch for o in eager) and not any(o.launch for o in graphs)
+    if not model.sliding_window and not run.training:  # a fused kernel does the same products
+        assert gemm_flops(build(model, run.replace(attention="sdpa"))) == gemm_flops(eager)
+    for o in eager:
+        assert tuple(k for k, _ in o.labels) == LABEL_KEYS and o.bytes > 0 and o.flops >= 0 and o.count >= 1
+        if o.is_gemm and o.name != "attn.sdpa":
+            M, N, K, batch = o.gemm_shape
+            assert o.flops == 2 * M * N * K * batch
