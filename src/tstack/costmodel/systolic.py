@@ -136,16 +136,21 @@ def _nonlinear(hw: AccelSpec, op: Op, produced_by: GemmTiming | None) -> AccelOp
         c = nl.folded_cost(hw, name, rows, cols)
         return AccelOp(op, "units", (Part(cat, 0.0, c.energy),))
     if chain:  # scale and mask folded as alone; side inputs accumulated into the rows the units read
-        folded = sum((nl.folded_cost(hw, n, rows, cols).energy for n in chain if n in ("scale", "mask")),
-                     ComponentEnergy())
         c = nl.standalone_cost(hw, name, rows, cols, side_inputs(op))
-        return AccelOp(op, "units", (Part(cat, c.seconds, c.energy + folded),))
+        return AccelOp(op, "units", (Part(cat, c.seconds, c.energy + _folded(hw, op)),))
     if name == "gelu" and produced_by is not None:  # applied by the activation units as fc1's output moves out
         units = nl.unit_cycles(hw, name, rows, cols)
         exposed = max(0.0, units - produced_by.store_cycles)
         return AccelOp(op, "units", (Part(cat, hw.seconds(exposed), nl.unit_energy(hw, name, rows, cols)),))
     c = nl.standalone_cost(hw, name, rows, cols)
     return AccelOp(op, "units", (Part(cat, c.seconds, c.energy),))
+
+
+def _folded(hw: AccelSpec, op: Op) -> ComponentEnergy:
+    """Energy of the scale and mask a fused chain took into its softmax on I-BERT units (as ``folded_cost`` alone)."""
+    rows, cols = _rows_cols(op)
+    folded = [n for n in members(op) if n in ("scale", "mask")] if op.name != nl_name(op) else []
+    return sum((nl.folded_cost(hw, n, rows, cols).energy for n in folded), ComponentEnergy())
 
 
 def _other(hw: AccelSpec, op: Op) -> AccelOp:
@@ -236,13 +241,13 @@ def cost_ops(hw: AccelSpec, ops: tuple[Op, ...], schedule: str = "non-fused", ma
             m, t = map_gemm(hw, gemm_shape(op), False, out_bytes)
             out[i] = _gemm(hw, op, m, t)
     for i, p in fused.items():
-        pc = pair_cost(hw, gemm_shape(ops[p]), ops[i].name, "fused", map_gemm)
+        name, side = nl_name(ops[i]), side_inputs(ops[i])
+        pc = pair_cost(hw, gemm_shape(ops[p]), name, "fused", map_gemm)
         out[p] = _gemm(hw, ops[p], pc.mapping, pc.timing, pc.gemm_s)
         rows, cols = _rows_cols(ops[i])
-        name, side = nl_name(ops[i]), side_inputs(ops[i])
         hit = (1 + side) * rows * cols <= hw.l2.bytes  # a fused chain's side inputs, mvin-accumulated as alone
         side_cycles = side * transfer_cycles(hw, rows, cols, hit)
-        energy = nl.unit_energy(hw, name, rows, cols) + transfer_energy(
+        energy = nl.unit_energy(hw, name, rows, cols) + _folded(hw, ops[i]) + transfer_energy(
             hw, 0 if hit else side * rows * cols, acc_bytes=4 * side * rows * cols, l2_bytes=side * rows * cols)
         out[i] = AccelOp(ops[i], "units", (Part(NL_CATEGORY[name], pc.nonlinear_s + hw.seconds(side_cycles), energy),))
     for i, op in enumerate(ops):
