@@ -131,3 +131,13 @@ def test_analyze_cli_fusion_on_an_accelerator(capsys):
     doc = json.loads(capsys.readouterr().out)
     flash = [r for r in doc["records"] if r.get("fusion") == "flash-attention"]
     assert {r["accel"] for r in flash} == {"matmul", "softmax"} and all(r["joules"] > 0 for r in flash)
+
+
+def test_fuse_command_compares_profiles_on_an_accelerator(capsys):
+    import json
+    assert cli(["fuse", "bert-base", "--mode", "infer", "--seq", "128", "--device", "gemmini-ibert",
+                "--fusion", "none,flash", "--json", "-"]) == 0
+    rows = {(r["profile"], r["group"]): r for r in json.loads(capsys.readouterr().out)["records"]}
+    assert rows[("flash", "total")]["speedup"] > 1
+    assert cli(["fuse", "bert-base", "--device", "gemmini-ibert"]) == 2  # a training run
+    assert "--mode" in capsys.readouterr().err
