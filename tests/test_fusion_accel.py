@@ -4,6 +4,8 @@ on Gemmini, against the unfused ops and against hand derivations from the accele
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tstack.accel import nonlinear as nl
 from tstack.accel.fusion import pair_cost
@@ -141,3 +143,23 @@ def test_fuse_command_compares_profiles_on_an_accelerator(capsys):
     assert rows[("flash", "total")]["speedup"] > 1
     assert cli(["fuse", "bert-base", "--device", "gemmini-ibert"]) == 2  # a training run
     assert "--mode" in capsys.readouterr().err
+
+
+@settings(max_examples=8, deadline=None)
+@given(seq=st.integers(1, 32).map(lambda k: 16 * k), hw=st.sampled_from(ACCELS))
+def test_flops_kept_and_fused_attention_and_chains_never_cost_more_on_units(seq, hw):
+    ops = build(load_model("bert-base"), RunSpec(seq=seq, precision="int8", mode="infer", batch=1))
+    acc = load_accel(hw)
+    plain = cost_ops(acc, ops)
+    flash = cost_ops(acc, fuse(ops, "flash", hw))
+    assert sum(r.op.flops * r.count for r in flash) == sum(r.op.flops * r.count for r in plain)
+    attn = ("attn.score", "scale", "mask", "softmax", "attn.context")
+    unfused = sum(r.seconds * r.count for r in plain if r.op.name in attn)
+    fused = sum(r.seconds * r.count for r in flash if r.op.label("fusion") == "flash-attention")
+    if acc.units.nonlinear == "accelerator":  # I-BERT: scores stay in the accumulator; chains drop transfers
+        assert fused <= unfused * (1 + 1e-12)
+        chains = ("residual", "layernorm", "embedding-sum")
+        assert (sum(r.seconds * r.count for r in flash if r.op.name.startswith("fused.") and nl_name(r.op) != r.op.name)
+                <= sum(r.seconds * r.count for r in plain if r.op.name in chains) * (1 + 1e-12))
+    else:  # the host cannot fuse the attention: its parts, unchanged
+        assert fused == pytest.approx(unfused, rel=1e-12)
