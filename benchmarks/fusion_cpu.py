@@ -12,9 +12,25 @@ the workload's layer under profile none and under inductor (without Q/K/V concat
 layer's three Linear modules do not get).
 
 Predicted: the same kernels as tstack Ops (workload formulas, workload.fusion's rules, the Fig. 12 decompositions
-of studies.repro_002_fusion) costed by the roofline on a host device built from three micro-benchmarks run here
-and printed: a streaming add's bandwidth at the cases' sizes, one tiny op's dispatch time (the launch overhead),
-and a 1024³ GEMM's FLOP/s (the CPU's vector units do both GEMMs and element-wise work: one peak for both).
+of studies.repro_002_fusion) costed by the roofline on a host device built from micro-benchmarks run here, in the
+same process, and printed:
+
+- memory bandwidth: a streaming add at the cases' sizes; launch overhead: one tiny op's dispatch time;
+- matrix rate: a 1024³ GEMM's FLOP/s (GEMMs only);
+- vector rate: an inductor-compiled chain of 32 multiply-adds per element (64 FLOPs; one load and one store) over
+  fp32 operands resident in the L2: the arithmetic rate of the simple FLOPs (add, multiply, compare) the workload
+  counts. An eager element-wise multiply is no measure of it: it moves 12 bytes per FLOP and is bound by the cache;
+- transcendentals: eager exp, erf and sqrt on the same operands, each per element in FLOPs at that rate (its time
+  per element × the vector rate, its own load and store included). The workload counts each as one FLOP; the host
+  model adds (cost − 1) FLOPs per element for the one each kernel computes (softmax: exp; GeLU: erf; Adam: sqrt),
+  before fusion, so a fused kernel carries its members' counts. LayerNorm's rsqrt is once per row: not counted.
+  Dropout draws no random numbers here (the cases multiply by a mask drawn once, kernels.fused), so it gets none.
+
+Every vector micro-benchmark is timed at 64 Ki fp32 elements per operand (two operands, 512 KiB, inside the L2) and
+at one element (the same call's dispatch), each the smallest median of 3 rounds of 30 calls; the difference is the
+work of 64 Ki elements.
+
+None of these is fitted to the fusion figures; each is a separate kernel timed before them.
 A benchmark: it prints, it asserts nothing but the values' agreement. The load average is printed next to the
 figures: on a shared machine they are noisy.
 """
@@ -28,9 +44,16 @@ import os
 import sys
 import time
 
+IN_CACHE = 64 * 1024  # elements per operand of the vector micro-benchmarks, inside the L2
+POLY_STEPS = 32  # multiply-adds per element of the vector-rate kernel: 2 FLOPs each
+# Kernel (Op name) -> (the transcendental it computes once per element, FLOPs per element the workload counts for it)
+TRANSCENDENTAL = {"softmax": ("exp", 5), "gelu": ("erf", 5), "bias-gelu": ("erf", 6), "adam.sqrt": ("sqrt", 1),
+                  "adam.fused": ("sqrt", 14)}
+
 
 def host_device(threads: int, elems: int):
-    """A DeviceSpec of this CPU from micro-benchmarks (bandwidth at ``elems`` fp32 elements per operand)."""
+    """A DeviceSpec of this CPU from micro-benchmarks (bandwidth at ``elems`` fp32 elements per operand), and the
+    measured cost of each transcendental in simple element-wise FLOPs."""
     import torch
 
     from tstack.hardware.device import Efficiency, load_device
@@ -41,23 +64,58 @@ def host_device(threads: int, elems: int):
     a, b, c = torch.randn(elems), torch.randn(elems), torch.empty(elems)
     x, y, z = torch.randn(1), torch.randn(1), torch.empty(1)
     m1, m2, m3 = torch.randn(1024, 1024), torch.randn(1024, 1024), torch.empty(1024, 1024)
+
+    def poly(t):
+        for _ in range(POLY_STEPS):
+            t = t * 0.999 + 0.001
+        return t
+
+    compiled = torch.compile(poly, backend="inductor", dynamic=False)
+
+    def vector(n: int) -> dict:
+        u, w = torch.rand(n) + 0.5, torch.empty(n)
+        compiled(u)  # compile for this size outside the timing
+        return {"poly": lambda: compiled(u), "exp": lambda: torch.exp(u, out=w), "erf": lambda: torch.erf(u, out=w),
+                "sqrt": lambda: torch.sqrt(u, out=w)}
+
     with controlled(cfg):
+        small, large = vector(1), vector(IN_CACHE)  # compiled under the fixed thread count
         add = time_callable(lambda: torch.add(a, b, out=c), cfg, warmup=3, repeats=20).median
         tiny = time_callable(lambda: torch.add(x, y, out=z), cfg, warmup=3, repeats=20).median
         mm = time_callable(lambda: torch.mm(m1, m2, out=m3), cfg, warmup=2, repeats=5).median
+
+        def best(f) -> float:
+            return min(time_callable(f, cfg, warmup=3, repeats=30).median for _ in range(3))
+
+        per_elem = {k: max(best(large[k]) - best(small[k]), 1e-12) / (IN_CACHE - 1) for k in small}
     bandwidth = 3 * 4 * elems / max(add - tiny, 1e-9)
     peak = 2 * 1024**3 / mm
+    vector_rate = 2 * POLY_STEPS / per_elem["poly"]
+    cost = {k: t * vector_rate for k, t in per_elem.items() if k != "poly"}
     base = load_device("xeon-gold-5220-2s")
     dev = dataclasses.replace(
         base, name="this-cpu", compute_units=threads, memory_bandwidth=bandwidth, launch_overhead=tiny,
-        peak_flops={"matrix": {"fp32": peak}, "vector": {"fp32": peak}},
+        peak_flops={"matrix": {"fp32": peak}, "vector": {"fp32": vector_rate}},
         efficiency=Efficiency(tile_m=96, tile_n=96, k_half=1.0, matrix_max=1.0, vector_max=1.0, memory_max=1.0,
                               bytes_half=1.0), sources=("micro-benchmarks of benchmarks/fusion_cpu.py",))
-    return dev, {"bandwidth_bytes_per_second": bandwidth, "launch_seconds": tiny, "gemm_flop_per_second": peak}
+    probe = {"bandwidth_bytes_per_second": bandwidth, "launch_seconds": tiny, "gemm_flop_per_second": peak,
+             "vector_flop_per_second": vector_rate, **{f"{k}_flops": c for k, c in cost.items()}}
+    return dev, cost, probe
 
 
-def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, layers: int, vocab: int, l2: int):
-    """(unfused, fused) tstack Ops of one rule at the case's shapes (fp32, no training copies)."""
+def with_transcendentals(ops, cost: dict[str, float]):
+    """The ops with each transcendental counted at its measured cost: (cost − 1) FLOPs more per element."""
+    out = []
+    for o in ops:
+        fn, per = TRANSCENDENTAL.get(o.name, (None, 0))
+        out.append(o if fn is None else dataclasses.replace(o, flops=o.flops + round(o.flops / per * (cost[fn] - 1))))
+    return out
+
+
+def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, layers: int, vocab: int, l2: int,
+                  cost: dict[str, float]):
+    """(unfused, fused) tstack Ops of one rule at the case's shapes (fp32, no training copies), transcendentals
+    counted at their ``cost`` (with_transcendentals) before fusion."""
     from tstack.kernels.fused import bert_adam_shapes
     from tstack.models import load_model
     from tstack.spec import RunSpec
@@ -75,20 +133,22 @@ def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, lay
     chains = {c.name: c for c in load_profile("inductor").chains}
     if rule == "scale-mask-softmax-dropout":
         rows = tokens // seq * heads * seq
-        unfused = [op(n, rows, seq) for n in ("scale", "mask", "softmax", "dropout")]
+        unfused = with_transcendentals([op(n, rows, seq) for n in ("scale", "mask", "softmax", "dropout")], cost)
         return unfused, list(fuse_chains(tuple(unfused), (chains[rule],), False))
     if rule == "dropout-residual-layernorm":
-        unfused = [op(n, tokens, hidden) for n in ("dropout", "residual", "layernorm")]
+        unfused = with_transcendentals([op(n, tokens, hidden) for n in ("dropout", "residual", "layernorm")], cost)
         return unfused, list(fuse_chains(tuple(unfused), (chains[rule],), False))
     if rule == "bias-gelu":
         E, C = tokens * 4 * hidden, 4 * hidden
         bias = F.Counts(E, 2 * E * 4 + C * 4, (("rows", tokens), ("cols", C)))  # x + b: read x and b, write
         gelu = F.Counts(5 * E, 2 * E * 4, (("rows", tokens), ("cols", C)))  # x/√2, erf, +1, ·x, ·½
-        return [op("bias-gelu", 0, 0, bias), op("bias-gelu", 0, 0, gelu)], [op("bias-gelu", tokens, C)]
+        return (with_transcendentals([op("bias", 0, 0, bias), op("gelu", 0, 0, gelu)], cost),
+                with_transcendentals([op("bias-gelu", tokens, C)], cost))
     if rule == "layernorm":
         return layernorm_ops(tokens, hidden)
     if rule == "adam":
-        return adam_ops([math.prod(s) for s in bert_adam_shapes(hidden, layers, vocab)])
+        unfused, fused = adam_ops([math.prod(s) for s in bert_adam_shapes(hidden, layers, vocab)])
+        return with_transcendentals(unfused, cost), with_transcendentals(fused, cost)
     if rule == "qkv":
         model = load_model("bert-base").replace(hidden=hidden, heads=heads, ffn=4 * hidden)
         serial, fused = qkv_ops(model, tokens)
@@ -97,7 +157,8 @@ def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, lay
     if rule == "attention":
         model = load_model("bert-base").replace(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden)
         ops = build(model, RunSpec(batch=tokens // seq, seq=seq))
-        attn = tuple(o for o in ops if o.label("group") in ("Attn B-GEMM", "Scale+Mask+DR+SM"))
+        attn = tuple(with_transcendentals([o for o in ops if o.label("group") in ("Attn B-GEMM", "Scale+Mask+DR+SM")],
+                                          cost))
         return list(attn), list(fuse_attention(attn, Attention({"default": l2}), "this-cpu"))
     raise ValueError(rule)
 
@@ -127,7 +188,7 @@ def layer_case(tokens: int, hidden: int, heads: int, seq: int):
     return Case(LAYER_RULE, f"{tokens // seq}×{seq}×{hidden}", run(layer), run(compiled), 1e-3)
 
 
-def predicted_layer(tokens: int, hidden: int, heads: int, seq: int):
+def predicted_layer(tokens: int, hidden: int, heads: int, seq: int, cost: dict[str, float]):
     """The layer's ops as built (profile none) and under inductor without Q/K/V concatenation (the reference
     layer keeps three Linear modules, which inductor does not merge)."""
     from tstack.models import load_model
@@ -136,7 +197,8 @@ def predicted_layer(tokens: int, hidden: int, heads: int, seq: int):
     from tstack.workload.fusion import fuse, load_profile
 
     model = load_model("bert-base").replace(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden)
-    ops = tuple(o for o in build(model, RunSpec(batch=tokens // seq, seq=seq)) if o.label("layer") == "L0")
+    ops = tuple(with_transcendentals([o for o in build(model, RunSpec(batch=tokens // seq, seq=seq))
+                                      if o.label("layer") == "L0"], cost))
     profile = dataclasses.replace(load_profile("inductor"), gemm_groups=())
     return list(ops), list(fuse(ops, profile))
 
@@ -173,7 +235,7 @@ def main() -> None:
     l2 = host_caches().get(2)
     l2_bytes = l2.size if l2 is not None else 1 << 20
     print(f"load average {os.getloadavg()}, {scheduling()}, threads {args.threads}, L2 {l2_bytes} bytes")
-    dev, probe = host_device(args.threads, args.tokens * args.hidden)
+    dev, cost, probe = host_device(args.threads, args.tokens * args.hidden)
     print("host micro-benchmarks:", {k: f"{v:.3g}" for k, v in probe.items()})
     cfg, plan = RuntimeConfig(threads=args.threads), TimingPlan(warmup=3, repeats=args.repeats, rounds=args.rounds)
     header = (f"{'rule':28} {'shape':>24} {'kernels meas':>13} {'kernels pred':>13} {'µs meas':>17} "
@@ -184,9 +246,9 @@ def main() -> None:
     for case in [*cases(**shape), layer_case(**layer_shape)]:
         m = measure_case(case, cfg, plan)
         if case.rule == LAYER_RULE:
-            unfused, fused = predicted_layer(**layer_shape)
+            unfused, fused = predicted_layer(**layer_shape, cost=cost)
         else:
-            unfused, fused = predicted_ops(case.rule, **shape, l2=l2_bytes)
+            unfused, fused = predicted_ops(case.rule, **shape, l2=l2_bytes, cost=cost)
         pu = Cost.total(cost_workload(tuple(unfused), dev)[1])
         pf = Cost.total(cost_workload(tuple(fused), dev)[1])
         print(f"{case.rule:28} {case.shape:>24} {m.unfused_kernels:>6}→{m.fused_kernels:<6} "

@@ -97,6 +97,49 @@ def test_one_device_equals_analyze(model, precision, optimizer, overlap, zero):
     assert sum(x["seconds"] for x in r.records()) == pytest.approx(r.seconds, rel=1e-12)
 
 
+@pytest.mark.parametrize("model,precision,optimizer", [("bert-large", "fp32", "lamb"), ("gpt2", "fp16-mixed", "adam")])
+@pytest.mark.parametrize("fusion", ["apex", "inductor", "flash"])
+def test_one_device_with_a_fusion_profile_equals_analyze_with_it(model, precision, optimizer, fusion):
+    spec = load_model(model)
+    run = RunSpec(mode="train", batch=2, seq=64, precision=precision, optimizer=optimizer)
+    r = C.evaluate(spec, run, A100, DGX, C.Layout(micro_batch=2), fusion=fusion)
+    fused = analyze(spec, run, A100, fusion=fusion).total.seconds
+    assert r.seconds == pytest.approx(fused, rel=1e-12)
+    assert fused < analyze(spec, run, A100).total.seconds
+    assert sum(x["seconds"] for x in r.records()) == pytest.approx(r.seconds, rel=1e-12)
+
+
+def test_fusion_applies_to_each_sliced_rank_and_flash_drops_the_score_activations():
+    spec, run = load_model("gpt2"), RunSpec(mode="train", batch=1, seq=512, precision="fp16-mixed", optimizer="adam")
+    lay = C.Layout(dp=2, tp=2, pp=2, micro_batch=1, global_batch=8)
+    plain, flash = C.evaluate(spec, run, A100, DGX, lay), C.evaluate(spec, run, A100, DGX, lay, fusion="flash")
+    assert flash.family.layer_fwd < plain.family.layer_fwd and flash.seconds < plain.seconds
+    ops = C.family_ops(spec, run, 2, 1, "none", False, fusion="flash", device="a100")
+    attn = [o for o in ops if o.label("fusion") == "flash-attention" and o.label("pass") == "fwd"]
+    assert attn and all(o.dim("batch") == spec.heads // 2 for o in attn)  # the rank's heads
+    # Korthikanti's 5·a·s/h attention term (score, softmax, dropout mask) is replaced by one fp32 log-sum-exp per
+    # query and head: per layer s·b·h·5·a·s/h/tp · 2 B / 2 − s·b·a·4/tp = 512·12·(5·512 − 4)/2 bytes fewer
+    a, s_ = spec.heads, run.seq
+    drop = s_ * spec.hidden * 5 * a * s_ / spec.hidden / 2 * 2 / 2 - s_ * a * 4 / 2
+    assert plain.family.act_layer_bytes - flash.family.act_layer_bytes == pytest.approx(drop, rel=1e-12)
+    assert drop == pytest.approx(512 * 12 * (5 * 512 - 4) / 2)
+    # a multi-tensor optimizer kernel's time is split over layers and embedding by parameters: totals kept
+    fam = C.family(spec, run, A100, 1, 1, "none", False, fusion="apex")
+    opt = analyze(spec, run.replace(batch=1), A100, fusion="apex").group_by("part")["optimizer"].seconds
+    assert fam.opt_layer * fam.layers + fam.opt_rest == pytest.approx(opt, rel=1e-12)
+
+
+def test_cluster_cli_takes_a_fusion_profile(capsys):
+    import json
+
+    from tstack.cli.core import run as cli
+    assert cli(["cluster", "gpt2", "--seq", "128", "--fusion", "flash", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run"]["fusion"] == "flash"
+    assert cli(["cluster", "gpt2", "--fusion", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
 def test_full_recompute_on_one_device_is_checkpointing_every_layer():
     spec, run = load_model("gpt2"), RunSpec(mode="train", batch=1, seq=128, precision="fp16-mixed", optimizer="adam")
     r = C.evaluate(spec, run, A100, DGX, C.Layout(recompute="full"))

@@ -7,12 +7,10 @@ from typing import Any
 
 from tstack.breakdown import Breakdown
 from tstack.costmodel.backend import CostModel, Target, cost_workload, default_precision, load_target
-from tstack.errors import SpecError
-from tstack.hardware.accel import AccelSpec
 from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.build import build
-from tstack.workload.fusion import Profile, fuse, load_profile
+from tstack.workload.fusion import Profile, fuse
 
 __all__ = ["CostModel", "analyze"]
 
@@ -38,11 +36,6 @@ def analyze(model: str | Path | ModelSpec, run: RunSpec | None = None, device: s
         run = run.replace(**run_fields)
     ops = build(spec, run)
     if fusion is not None:
-        profile = load_profile(fusion)
-        if isinstance(target, AccelSpec) and profile != load_profile("none"):
-            raise SpecError([f"fusion={profile.name!r}: {target.name} is an accelerator, whose backend costs the "
-                             "workload's own kernels and fuses by its schedules (tstack accel run --schedule); use "
-                             "fusion none there"])
-        ops = fuse(ops, profile, target.name)
+        ops = fuse(ops, fusion, target.name)
     ops, costs = cost_workload(ops, target, cost_model)
     return Breakdown(spec, run, target.name, ops, costs)

@@ -113,20 +113,28 @@ def unit_energy(hw: AccelSpec, name: str, rows: int, cols: int) -> ComponentEner
     return ComponentEnergy(units=int_ops_energy(hw, counts), accumulator=4 * rows * cols * c.passes * acc_byte(hw))
 
 
-def standalone_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
-    """A stand-alone (non-fused) op on I-BERT units: int32 rows moved into the accumulator, processed, int8 moved out."""
+def standalone_cost(hw: AccelSpec, name: str, rows: int, cols: int, side_inputs: int = 0) -> NlCost:
+    """A stand-alone (non-fused) op on I-BERT units: int32 rows moved into the accumulator, processed, int8 moved out.
+
+    ``side_inputs``: int8 tensors of the same shape added into the accumulator rows before the op (mvin with
+    accumulate), as a fused residual + LayerNorm does with the skip operand: one more transfer each, read from the L2
+    when it fits together with the op's input (the rule the stand-alone resadd uses)."""
     units = unit_cycles(hw, name, rows, cols)
     need = -(-cols // hw.dim) * hw.dim if int_op_cost(INT_KERNEL[name]).passes > 1 else hw.dim
     hit = 4 * rows * cols <= hw.l2.bytes  # the int32 results the matmul just wrote are still in the L2
+    side_hit = (1 + side_inputs) * rows * cols <= hw.l2.bytes
     dma = transfer_cycles(hw, rows, 4 * cols, hit) + transfer_cycles(hw, rows, cols, hit=True)
+    dma += side_inputs * transfer_cycles(hw, rows, cols, side_hit)
     blocks = -(-rows // hw.dim)
     if 2 * need <= hw.acc_rows and blocks > 1:  # two row blocks fit: moving one overlaps processing the other
         cycles = max(units, dma) + min(units, dma) / blocks
     else:
         cycles = units + dma
     dram = (0 if hit else 4 * rows * cols) + rows * cols  # the int8 output is written back once
-    energy = unit_energy(hw, name, rows, cols) + transfer_energy(hw, dram, acc_bytes=5 * rows * cols,
-                                                                 l2_bytes=5 * rows * cols)
+    dram += 0 if side_hit else side_inputs * rows * cols
+    n = rows * cols  # a side input accumulates into int32 rows: 4 accumulator bytes per element, as a resadd's
+    energy = unit_energy(hw, name, rows, cols) + transfer_energy(hw, dram, acc_bytes=(5 + 4 * side_inputs) * n,
+                                                                 l2_bytes=(5 + side_inputs) * n)
     return NlCost(hw.seconds(cycles), 0.0, energy, units)
 
 
@@ -134,3 +142,32 @@ def folded_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
     """Attention scale and mask with I-BERT: scale folded into the requantization factor, mask an add in the exp pass."""
     adds = rows * cols if name == "mask" else 0
     return NlCost(0.0, 0.0, ComponentEnergy(units=adds * hw.energy.int_add))
+
+
+# Element-wise kernels a fused chain folds into the loop of its nonlinear op on the host: the int8 tensors each adds
+# to the row being processed (a residual's skip operand; the position and token-type embeddings added to the word
+# embeddings), each read once, dequantized, and added (a load and an add per element).
+SIDE_INPUTS = {"residual": 1, "embedding-sum": 2}
+SIDE_OPS = 2  # load, add
+
+
+def host_chain_cost(hw: AccelSpec, names: tuple[str, ...], rows: int, cols: int) -> NlCost:
+    """A fused chain (workload.fusion) in one fp32 host loop: the nonlinear op's work and that of the members the
+    host folds in (scale, mask: as in ``host_cost``; side inputs: SIDE_INPUTS), one dequantized int8 input plus the
+    side inputs read and one requantized int8 output written: (2 + side inputs) bytes per element."""
+    side = sum(SIDE_INPUTS.get(n, 0) for n in names)
+    unknown = [n for n in names if n not in HOST_WORK and n not in SIDE_INPUTS]
+    if unknown or not any(HOST_WORK[n].traffic for n in names if n in HOST_WORK):
+        raise TstackError(f"host has no fused loop for {'+'.join(names)}: needs one of softmax, layernorm, gelu and "
+                          f"otherwise only {', '.join(sorted({*HOST_WORK, *SIDE_INPUTS} - set(INT_KERNEL)))}")
+    h, n = hw.host, rows * cols
+    works = [HOST_WORK[m] for m in names if m in HOST_WORK]
+    compute = n * sum(w.ops * h.op_cycles + w.transcendental * h.transcendental_cycles for w in works)
+    compute += rows * sum(w.row_divides * h.divide_cycles + w.row_transcendental * h.transcendental_cycles for w in works)
+    compute += n * side * (SIDE_OPS + DEQUANT_OPS) * h.op_cycles
+    quant = n * (DEQUANT_OPS + REQUANT_OPS) * h.op_cycles
+    nbytes = (2 + side) * n
+    e = hw.energy.host_instruction
+    op_energy = ComponentEnergy(host=compute * e) + transfer_energy(hw, nbytes)
+    return NlCost((compute + quant) / h.clock_hz + nbytes / h.memory_bandwidth, quant / h.clock_hz, op_energy,
+                  quant_energy=ComponentEnergy(host=quant * e))

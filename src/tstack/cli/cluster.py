@@ -35,6 +35,7 @@ from tstack.parallel import EXECUTORS
 from tstack.report import output, units
 from tstack.search.cluster import SearchSpace, families, search
 from tstack.spec import MAX_BATCH, OPTIMIZERS, PRECISIONS, RunSpec
+from tstack.workload.fusion import load_profile
 
 app = typer.Typer(cls=DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Multi-device training: data, tensor, pipeline and sequence parallelism, recomputation, ZeRO. "
@@ -112,6 +113,8 @@ def run_cmd(
     optimizer: str = OPTIMIZER_OPT,
     device: str = DEVICE_OPT,
     network: str = NETWORK_OPT,
+    fusion: str = typer.Option("none", "--fusion", help="fusion profile applied to each device's sliced workload: "
+                                                        "none | apex | inductor | flash, or a fusion .yaml file"),
     json_out: Path | None = JSON_OPT,
     csv_out: Path | None = CSV_OPT,
 ) -> None:
@@ -141,15 +144,16 @@ def run_cmd(
     spec = load_model(model)
     run = _run(spec.default_seq, seq, precision, optimizer)
     dev, net = _target(device), load_network(network)
+    profile = load_profile(fusion)
     results = [evaluate(spec, run, dev, net, Layout(dp=dp, tp=tp, pp=pp, interleave=interleave, micro_batch=mb,
                                                      global_batch=global_batch or mb * dp, recompute=recompute,
                                                      seq_parallel=seq_parallel, zero=zero, overlap=o, ep=ep),
-                        moe=MoE(experts, top_k) if experts else None)
+                        moe=MoE(experts, top_k) if experts else None, fusion=profile)
                for o in overlaps]
     summaries = [_summary(r) for r in results]
     records = [{"layout": s["layout"], **row} for r, s in zip(results, summaries) for row in r.records()]
     desc = output.run_description(spec, run.replace(batch=mb), device=dev.name, network=net.name, gpus=dp * tp * pp,
-                                  layouts=[s["layout"] for s in summaries])
+                                  layouts=[s["layout"] for s in summaries], fusion=profile.name)
     outputs.write(output.document("cluster run", desc, records, summary={**summaries[0], "layouts": summaries}))
     if outputs.stdout_taken:
         return

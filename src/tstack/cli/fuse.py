@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from tstack.cli.common import CSV_OPT, JSON_OPT, Outputs, check_int, console, parse_names
-from tstack.costmodel.backend import load_target
+from tstack.costmodel.backend import default_precision, load_target
 from tstack.errors import SpecError
 from tstack.hardware.device import DeviceSpec
 from tstack.models import load_model
@@ -23,23 +23,28 @@ def fuse(
     mode: str = typer.Option("train", help="infer | train"),
     batch: int = typer.Option(1, "--batch", "-b"),
     seq: int | None = typer.Option(None, "--seq", "-s", help="sequence length (default: the model's)"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16-mixed | bf16-mixed"),
+    precision: str | None = typer.Option(None, help="fp32 | fp16-mixed | bf16-mixed | int8 (default: fp32; int8 on "
+                                                    "an accelerator)"),
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
     checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
-    device: str = typer.Option("a100", "--device", "-d", help="device preset or device .yaml file"),
+    device: str = typer.Option("a100", "--device", "-d", help="device or accelerator preset (e.g. a100, "
+                                                              "gemmini-ibert), or a device or accelerator .yaml file"),
     fusion: str = typer.Option("none,apex,inductor,flash", "--fusion", "-f",
                                help="comma-separated fusion profiles (presets/fusion); speed-ups are against the first"),
     json_out: Path | None = JSON_OPT,
     csv_out: Path | None = CSV_OPT,
 ) -> None:
-    """Predict one iteration under each fusion profile: time, kernels and bytes per 002 group, and the speed-up."""
+    """Predict one iteration under each fusion profile: time, kernels and bytes per 002 group, and the speed-up.
+
+    On an accelerator (gemmini-*) the run is an int8 inference (--mode infer)."""
     outputs = Outputs(json=json_out, csv=csv_out)
     check_int("--seq", seq)
     profiles = list(dict.fromkeys(parse_names("--fusion", fusion, fusion_presets())))
     spec = load_model(model)
     dev = load_target(device)
-    if not isinstance(dev, DeviceSpec):
-        raise SpecError([f"--device={device[:40]!r} is an accelerator; fusion profiles are costed on devices"])
+    if not isinstance(dev, DeviceSpec) and mode != "infer":
+        raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
+    precision = default_precision(dev) if precision is None else precision
     run = RunSpec(mode=mode, batch=batch, seq=spec.default_seq if seq is None else seq, precision=precision,
                   optimizer=optimizer, checkpoint=checkpoint)
     rows, _ = compare(spec, run, dev, profiles)

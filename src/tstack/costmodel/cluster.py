@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from tstack.workload import emit
 from tstack.workload import formulas as F
 from tstack.workload import params as P
 from tstack.workload.build import build, optimizer
+from tstack.workload.fusion import LABEL_JOIN, Profile, fuse, load_profile
 from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, SCALE_MASK_SM
 from tstack.workload.layers import ACT_GROUP
 from tstack.workload.op import DTYPE_BYTES, Op, OpKind
@@ -320,8 +322,11 @@ def _run(run: RunSpec, micro_batch: int, recompute: str) -> RunSpec:
 
 
 def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recompute: str,
-               sp: bool, top_k: int = 1) -> tuple[Op, ...]:
-    """One rank's ops for one micro-batch: the sliced workload, selective recomputation, this rank's optimizer."""
+               sp: bool, top_k: int = 1, fusion: str | Path | Profile | None = None, device: str = "",
+               ) -> tuple[Op, ...]:
+    """One rank's ops for one micro-batch: the sliced workload, selective recomputation, this rank's optimizer;
+    then ``fusion`` (a workload.fusion profile) applied to them, as ``analyze`` applies it to its workload (``device``
+    names the preset whose on-chip memory a fused attention kernel tiles for)."""
     r = _run(run, micro_batch, recompute)
     ops = tuple(op for op in build(model, r, collapse=True) if op.label("part") != "optimizer")
     ops = slice_workload(ops, tp, sp, top_k)
@@ -338,31 +343,40 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
         groups.append(("-", head_params_tp(model, tp), 1))
     if model.arch == "memnet":
         groups = groups[:1]
-    return ops + tuple(optimizer(emit.Ctx.of(model, r), groups))
+    ops += tuple(optimizer(emit.Ctx.of(model, r), groups))
+    return ops if fusion is None else fuse(ops, fusion, device)
 
 
 def activation_bytes_per_layer(model: ModelSpec, seq: int, micro_batch: int, tp: int, sp: bool, recompute: str,
-                               act_bytes: int, top_k: int = 1) -> float:
+                               act_bytes: int, top_k: int = 1, flash: bool = False) -> float:
     """Korthikanti et al. 2022 eq. 1–6 (fp16 values: s·b·h·(34 + 5·a·s/h) for one unsliced GPT layer), generalized
     to an FFN of width F (the 16 of 34 is 4F/h; 8F/h for a gated FFN; × top_k routed copies in a MoE) and scaled by
-    the activation width / 2."""
+    the activation width / 2. ``flash``: a fused attention kernel (FlashAttention) keeps no score, softmax or dropout
+    mask (the 5·a·s/h term) but one fp32 log-sum-exp per query and head: s·b·a·4 bytes, sliced by tp."""
     s, b, h, a = seq, micro_batch, model.hidden, model.heads
     mlp_sliced = (8 if model.gated_ffn else 4) * model.ffn / h * top_k
     replicated, sliced, attn = 10.0, 8.0 + mlp_sliced, 5.0 * a * s / h
     if recompute == "full":
         per = 2.0 / (tp if sp else 1)
     else:
-        core = 0.0 if recompute == "selective" else attn / tp
+        core = 0.0 if recompute == "selective" or flash else attn / tp
         per = (replicated / (tp if sp else 1)) + sliced / tp + core
-    return s * b * h * per * act_bytes / 2
+    stats = s * b * a * 4 / tp if flash and recompute != "full" else 0.0
+    return s * b * h * per * act_bytes / 2 + stats
 
 
 def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_batch: int, recompute: str,
-           sp: bool, cost_model: CostModel | None = None, moe: MoE | None = None) -> Family:
-    """Cost one family: build, slice and cost its workload once."""
+           sp: bool, cost_model: CostModel | None = None, moe: MoE | None = None,
+           fusion: str | Path | Profile | None = None) -> Family:
+    """Cost one family: build, slice, fuse (``fusion``) and cost its workload once.
+
+    A multi-tensor optimizer kernel (fusion) spans the layers and the embedding and head parameters: its time is
+    split between them in proportion to their parameters on this rank (so a pipeline stage gets its layers' share)."""
     top_k = moe.top_k if moe else 1
-    ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp, top_k), device, cost_model)
+    ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp, top_k, fusion, device.name),
+                               device, cost_model)
     L = total_layers(model)
+    p_layers, p_rest = L * layer_params_tp(model, tp), embedding_params_tp(model, tp) + head_params_tp(model, tp)
     part: dict[tuple[str, str], float] = {}
     groups: dict[str, list[float]] = {}
     opt_groups: dict[str, list[float]] = {}
@@ -371,8 +385,11 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
         where = op.label("part")
         pass_ = "fwd" if op.label("pass") == "fwd" else "bwd"
         if where == "optimizer":
-            slot = 0 if op.label("layer") != "-" else 1
-            opt_groups.setdefault(op.label("group"), [0.0, 0.0])[slot] += c.seconds / (L if slot == 0 else 1)
+            layers = op.label("layer").split(LABEL_JOIN)
+            to_layers = 0.0 if layers == ["-"] else 1.0 if "-" not in layers else p_layers / (p_layers + p_rest)
+            slots = opt_groups.setdefault(op.label("group"), [0.0, 0.0])
+            slots[0] += c.seconds * to_layers / L
+            slots[1] += c.seconds * (1.0 - to_layers)
             continue
         key = "transformer" if where in ("transformer", "memory hops") else "embedding" if where == "embedding" else "output"
         part[(key, pass_)] = part.get((key, pass_), 0.0) + c.seconds
@@ -401,7 +418,8 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
         tp_collectives_fwd=fwd_collectives, tp_collectives_bwd=bwd_collectives,
         tp_collectives_emb=2.0 if tp > 1 and model.head in ("lm", "bert-pretrain") else 0.0,
         tp_message_bytes=float(tokens * model.hidden * act), p2p_bytes=float(tokens * model.hidden * act / tp),
-        act_layer_bytes=activation_bytes_per_layer(model, run.seq, micro_batch, tp, sp, recompute, act, top_k),
+        act_layer_bytes=activation_bytes_per_layer(model, run.seq, micro_batch, tp, sp, recompute, act, top_k,
+                                                   fusion is not None and load_profile(fusion).attention is not None),
         act_head_bytes=float(4 * tokens * math.ceil(model.vocab / tp)) if model.head in ("lm", "bert-pretrain") else 0.0,
         weight_bytes=2 if mixed else 4, grad_bytes=2 if mixed else 4,
         optim_bytes=(4 if mixed else 0) + 4 * moments,
@@ -613,14 +631,15 @@ class ClusterResult:
 
 
 def evaluate(model: ModelSpec, run: RunSpec, device: DeviceSpec, network: NetworkSpec, layout: Layout,
-             cost_model: CostModel | None = None, moe: MoE | None = None) -> ClusterResult:
+             cost_model: CostModel | None = None, moe: MoE | None = None,
+             fusion: str | Path | Profile | None = None) -> ClusterResult:
     """Time and memory per device of one training iteration under ``layout`` (``run`` gives seq, precision,
     optimizer and dropout; its batch is replaced by the layout's micro-batch); ``moe`` turns every FFN into experts,
     spread over ``layout.ep`` ranks with all-to-alls (2 forward, 2 backward per layer; 2 more under full
-    recomputation) of the routed tokens."""
+    recomputation) of the routed tokens; ``fusion`` (a workload.fusion profile) fuses each rank's sliced workload."""
     check_layout(model, layout, run.seq, moe)
     fam = family(model, run, device, layout.tp, layout.micro_batch, layout.recompute,
-                 layout.seq_parallel and layout.tp > 1, cost_model, moe)
+                 layout.seq_parallel and layout.tp > 1, cost_model, moe, fusion)
     values = compose(fam, network, layout.dp, layout.tp, layout.pp, layout.interleave, layout.micro_batches,
                      layout.zero, layout.overlap == "layer", layout.ep)
     plain = {k: float(np.asarray(x)) for k, x in values.items()}

@@ -17,12 +17,12 @@ tstack.costmodel.cost_workload uses); ``systolic(op, hw)`` costs one op alone (n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from tstack.accel import nonlinear as nl
 from tstack.accel.energy import ComponentEnergy, gemm_energy, transfer_energy
 from tstack.accel.fusion import PAIRS, check_schedule, pair_cost
-from tstack.accel.mapping import Mapper, mapper
+from tstack.accel.mapping import Infeasible, Mapper, mapper
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping, transfer_cycles
 from tstack.costmodel.cost import Cost
 from tstack.errors import SpecError, TstackError
@@ -36,6 +36,8 @@ CATEGORIES = (MATMUL, SOFTMAX, LAYERNORM, GELU, QUANT, OTHER)
 NL_CATEGORY = {"softmax": SOFTMAX, "layernorm": LAYERNORM, "bias-gelu": GELU, "scale": SOFTMAX, "mask": SOFTMAX}
 RESADD = ("residual", "embedding-sum")
 FC1 = FFN_FC1  # the matmul whose output the activation units turn into GELU on the way out
+ANCHORS = ("softmax", "layernorm", "bias-gelu")  # the nonlinear op that runs a fused chain (workload.fusion)
+FLASH = "flash-attention"  # the workload.fusion rule of a fused attention kernel
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,27 @@ def _rows_cols(op: Op) -> tuple[int, int]:
     return op.dim("rows"), op.dim("cols")
 
 
+def members(op: Op) -> tuple[str, ...]:
+    """The kernel names a fused op (workload.fusion) absorbed, in order; an op that fused nothing: its own name."""
+    absorbed = op.label("absorbed")
+    return tuple(absorbed.split("+")) if op.label("fusion") != "-" and absorbed != "-" else (op.name,)
+
+
+def nl_name(op: Op) -> str:
+    """The nonlinear op that runs ``op``: its own name, or for a fused chain (e.g. residual+layernorm,
+    scale+mask+softmax) the chain's softmax, LayerNorm or GELU, whose unit takes the other members into its pass."""
+    names = members(op)
+    if len(names) == 1 or op.is_gemm:
+        return op.name
+    anchors = [n for n in names if n in ANCHORS]
+    return anchors[-1] if len(anchors) == 1 else op.name
+
+
+def side_inputs(op: Op) -> int:
+    """Extra int8 tensors a fused chain adds into its nonlinear op's rows (a residual's skip operand, ...)."""
+    return sum(nl.SIDE_INPUTS.get(n, 0) for n in members(op)) if op.name != nl_name(op) else 0
+
+
 def _producers(ops: tuple[Op, ...]) -> dict[int, int]:
     """Index of each op → index of the last GEMM before it (the matmul whose output it consumes)."""
     out, last = {}, -1
@@ -101,21 +124,33 @@ def _producers(ops: tuple[Op, ...]) -> dict[int, int]:
 def _nonlinear(hw: AccelSpec, op: Op, produced_by: GemmTiming | None) -> AccelOp:
     """A Softmax/LayerNorm/GELU (or scale, mask) on the host or the I-BERT units."""
     rows, cols = _rows_cols(op)
-    cat = NL_CATEGORY[op.name]
-    name = "gelu" if op.name == "bias-gelu" else op.name
+    anchor = nl_name(op)
+    cat = NL_CATEGORY[anchor]
+    name = "gelu" if anchor == "bias-gelu" else anchor
+    chain = tuple("gelu" if n == "bias-gelu" else n for n in members(op)) if anchor != op.name else ()
     if hw.units.nonlinear == "host":
-        c = nl.host_cost(hw, name, rows, cols)
+        c = nl.host_chain_cost(hw, chain, rows, cols) if chain else nl.host_cost(hw, name, rows, cols)
         return AccelOp(op, "host", (Part(cat, c.seconds - c.quant_seconds, c.op_energy),
                                     Part(QUANT, c.quant_seconds, c.quant_energy)))
     if name in ("scale", "mask"):
         c = nl.folded_cost(hw, name, rows, cols)
         return AccelOp(op, "units", (Part(cat, 0.0, c.energy),))
+    if chain:  # scale and mask folded as alone; side inputs accumulated into the rows the units read
+        c = nl.standalone_cost(hw, name, rows, cols, side_inputs(op))
+        return AccelOp(op, "units", (Part(cat, c.seconds, c.energy + _folded(hw, op)),))
     if name == "gelu" and produced_by is not None:  # applied by the activation units as fc1's output moves out
         units = nl.unit_cycles(hw, name, rows, cols)
         exposed = max(0.0, units - produced_by.store_cycles)
         return AccelOp(op, "units", (Part(cat, hw.seconds(exposed), nl.unit_energy(hw, name, rows, cols)),))
     c = nl.standalone_cost(hw, name, rows, cols)
     return AccelOp(op, "units", (Part(cat, c.seconds, c.energy),))
+
+
+def _folded(hw: AccelSpec, op: Op) -> ComponentEnergy:
+    """Energy of the scale and mask a fused chain took into its softmax on I-BERT units (as ``folded_cost`` alone)."""
+    rows, cols = _rows_cols(op)
+    folded = [n for n in members(op) if n in ("scale", "mask")] if op.name != nl_name(op) else []
+    return sum((nl.folded_cost(hw, n, rows, cols).energy for n in folded), ComponentEnergy())
 
 
 def _other(hw: AccelSpec, op: Op) -> AccelOp:
@@ -133,6 +168,42 @@ def _other(hw: AccelSpec, op: Op) -> AccelOp:
     raise TstackError(f"accelerator model has no cost for op {op.name!r} (kind {op.kind})")
 
 
+def _summed(a: GemmTiming, b: GemmTiming) -> GemmTiming:
+    return GemmTiming(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(GemmTiming)})
+
+
+def flash_attention(hw: AccelSpec, op: Op, map_gemm: Mapper) -> AccelOp:
+    """A fused attention kernel (workload.fusion's flash rule: score B-GEMM, scale, mask, softmax, context B-GEMM).
+
+    With I-BERT units it is 000 §III's fused QKᵀ + Softmax pair (``accel.fusion.pair_cost``: whole-row tiles, the
+    normalization unit working on one row tile while the mesh computes the next, so the int32 scores never leave the
+    accumulator), then the context GEMM reading the int8 probabilities; scale and mask fold into the softmax as they
+    do unfused. When whole rows do not fit the accumulator the pair runs non-fused. With the nonlinear ops on the
+    host the scores must leave the accelerator for the host's softmax loop, so the kernel runs as its parts at the
+    unfused sequence's cost. FLOPs and bytes of the record stay the fused op's.
+    """
+    n_kv, n_q, d, batch = op.dim("M"), op.dim("N"), op.dim("K"), op.dim("batch")
+    score, context = GemmShape(I=n_q, J=n_kv, K=d, batch=batch), GemmShape(I=n_q, J=d, K=n_kv, batch=batch)
+    rows = n_q * batch
+    cm, ct = map_gemm(hw, context, False, 1)
+    if hw.units.nonlinear == "host":
+        sm, st = map_gemm(hw, score, False, 1)
+        c = nl.host_chain_cost(hw, ("scale", "mask", "softmax"), rows, n_kv)
+        soft = (Part(SOFTMAX, c.seconds - c.quant_seconds, c.op_energy), Part(QUANT, c.quant_seconds, c.quant_energy))
+        gemm_s = hw.seconds(st.cycles)
+    else:
+        try:
+            pc = pair_cost(hw, score, "softmax", "fused", map_gemm)
+            energy = nl.unit_energy(hw, "softmax", rows, n_kv)
+        except Infeasible:
+            pc = pair_cost(hw, score, "softmax", "non-fused", map_gemm)
+            energy = nl.standalone_cost(hw, "softmax", rows, n_kv).energy
+        sm, st, gemm_s = pc.mapping, pc.timing, pc.gemm_s
+        soft = (Part(SOFTMAX, pc.nonlinear_s, energy + nl.folded_cost(hw, "mask", rows, n_kv).energy),)
+    matmul = Part(MATMUL, gemm_s + hw.seconds(ct.cycles), gemm_energy(hw, st) + gemm_energy(hw, ct))
+    return AccelOp(op, "mesh", (matmul, *soft), hw.seconds(st.ideal_cycles + ct.ideal_cycles), sm, _summed(st, ct))
+
+
 def _fused_pairs(ops: tuple[Op, ...], producers: dict[int, int], schedule: str, hw: AccelSpec) -> dict[int, int]:
     """Nonlinear op index → matmul index of the 000 §III pairs that this schedule fuses (none when non-fused)."""
     if schedule == "non-fused":
@@ -140,7 +211,7 @@ def _fused_pairs(ops: tuple[Op, ...], producers: dict[int, int], schedule: str, 
     if hw.units.nonlinear != "accelerator":
         raise TstackError(f"--schedule fused needs the nonlinear ops on the accelerator; {hw.name} runs them on the host")
     names = set(PAIRS)
-    return {i: p for i, p in producers.items() if (ops[p].name, ops[i].name) in names}
+    return {i: p for i, p in producers.items() if (ops[p].name, nl_name(ops[i])) in names}
 
 
 def check_ops(hw: AccelSpec, ops: tuple[Op, ...]) -> None:
@@ -161,23 +232,28 @@ def cost_ops(hw: AccelSpec, ops: tuple[Op, ...], schedule: str = "non-fused", ma
     map_gemm = map_gemm or mapper("auto")
     producers = _producers(ops)
     fused = _fused_pairs(ops, producers, schedule, hw)
-    feeds_norm = {p for i, p in producers.items() if ops[i].name in ("softmax", "layernorm")}
-    out: dict[int, AccelOp] = {}
+    feeds_norm = {p for i, p in producers.items() if nl_name(ops[i]) in ("softmax", "layernorm")}
+    out: dict[int, AccelOp] = {i: flash_attention(hw, op, map_gemm) for i, op in enumerate(ops)
+                               if op.label("fusion") == FLASH}
     for i, op in enumerate(ops):
-        if op.is_gemm and i not in fused.values():
+        if op.is_gemm and i not in fused.values() and i not in out:
             out_bytes = 4 if i in feeds_norm and hw.units.nonlinear == "accelerator" else 1
             m, t = map_gemm(hw, gemm_shape(op), False, out_bytes)
             out[i] = _gemm(hw, op, m, t)
     for i, p in fused.items():
-        pc = pair_cost(hw, gemm_shape(ops[p]), ops[i].name, "fused", map_gemm)
+        name, side = nl_name(ops[i]), side_inputs(ops[i])
+        pc = pair_cost(hw, gemm_shape(ops[p]), name, "fused", map_gemm)
         out[p] = _gemm(hw, ops[p], pc.mapping, pc.timing, pc.gemm_s)
         rows, cols = _rows_cols(ops[i])
-        out[i] = AccelOp(ops[i], "units", (Part(NL_CATEGORY[ops[i].name], pc.nonlinear_s,
-                                                nl.unit_energy(hw, ops[i].name, rows, cols)),))
+        hit = (1 + side) * rows * cols <= hw.l2.bytes  # a fused chain's side inputs, mvin-accumulated as alone
+        side_cycles = side * transfer_cycles(hw, rows, cols, hit)
+        energy = nl.unit_energy(hw, name, rows, cols) + _folded(hw, ops[i]) + transfer_energy(
+            hw, 0 if hit else side * rows * cols, acc_bytes=4 * side * rows * cols, l2_bytes=side * rows * cols)
+        out[i] = AccelOp(ops[i], "units", (Part(NL_CATEGORY[name], pc.nonlinear_s + hw.seconds(side_cycles), energy),))
     for i, op in enumerate(ops):
         if i in out:
             continue
-        if op.name in NL_CATEGORY:
+        if nl_name(op) in NL_CATEGORY:
             p = producers.get(i)
             out[i] = _nonlinear(hw, op, out[p].timing if p is not None and ops[p].name == FC1 else None)
         else:
