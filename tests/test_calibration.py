@@ -144,3 +144,21 @@ def test_calibration_time_estimate_grows_with_the_grid_and_rounds():
     quick, full = estimate_seconds(Grid.quick(), cfg, 1, 5, 2e11), estimate_seconds(Grid(), cfg, 1, 5, 2e11)
     assert 0 < quick < 30 < full < 15 * 60  # the default grid is sized to finish within 15 minutes on 2 cores
     assert estimate_seconds(Grid(), cfg, 2, 5, 2e11) == pytest.approx(2 * full)
+
+
+@pytest.mark.parametrize(("attention", "fusion"), [("sdpa", None), ("unfused", "flash")])
+def test_fused_attention_kernel_is_priced_by_the_roofline_not_the_bgemm_table(tmp_path, attention, fusion):
+    # A fused attention kernel carries the B-GEMM kind, but the B-GEMM table times plain batched matmuls of its
+    # M×N×K: a table that answers 1 s for every B-GEMM must not be used for it, while the plain B-GEMMs take it.
+    g = (1.0, 1e6)
+    tables = {"bgemm.fp32": Table((g, g, g, g), (1.0,) * 16)}
+    path = tmp_path / "dev.yaml"
+    path.write_text(yaml.safe_dump(_device_with(tables)))
+    dev = load_device(path)
+    b = tstack.analyze("bert-base", device=dev, seq=128, attention=attention, fusion=fusion)
+    fused = [(o, c) for o, c in zip(b.ops, b.costs) if o.label("fusion") == "flash-attention" or o.name == "attn.sdpa"]
+    assert fused
+    for op, cost in fused:
+        assert cost.seconds == pytest.approx(roofline(op, dev).seconds, rel=1e-12)
+    plain = [(o, c) for o, c in zip(b.ops, b.costs) if o.kind == "bgemm" and (o, c) not in fused]
+    assert all(c.seconds == pytest.approx(o.count * o.dim("batch"), rel=1e-9) for o, c in plain)

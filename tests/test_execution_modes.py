@@ -151,3 +151,11 @@ def test_modes_keep_the_gemm_work_and_every_op_well_formed(pair):
         if o.is_gemm and o.name != "attn.sdpa":
             M, N, K, batch = o.gemm_shape
             assert o.flops == 2 * M * N * K * batch
+
+
+def test_api_runs_an_accelerator_as_a_graph_and_a_gpu_eagerly_by_default():
+    import tstack
+
+    # The CLI's defaults, from the same function: a decode step on the accelerator has no eager framework copies.
+    assert tstack.analyze("bert-base", device="gemmini-ibert", seq=64).run.execution == "graphs"
+    assert tstack.analyze("bert-base", device="a100", seq=64).run.execution == "eager"

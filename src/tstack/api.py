@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tstack.breakdown import Breakdown
-from tstack.costmodel.backend import CostModel, Target, cost_workload, default_precision, load_target
+from tstack.costmodel.backend import CostModel, Target, cost_workload, default_execution, default_precision, load_target
 from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.build import build
@@ -22,15 +22,17 @@ def analyze(model: str | Path | ModelSpec, run: RunSpec | None = None, device: s
 
     ``device`` is any hardware target (tstack.costmodel.load_target): a device preset or file, or an accelerator
     preset or file (``analyze("bert-base", device="gemmini-ibert", seq=512)``: an int8 inference, with joules).
-    ``run`` defaults to a RunSpec at the model's default sequence length (and the target's default precision:
-    int8 on an accelerator); keyword arguments change its fields. The cost model defaults to the target's best
-    (the systolic backend for an accelerator; calibrated tables when a device file has them; else the roofline).
+    ``run`` defaults to a RunSpec at the model's default sequence length (and the target's default precision and
+    execution: int8 and a compiled graph on an accelerator); keyword arguments change its fields. The cost model
+    defaults to the target's best (the systolic backend for an accelerator; calibrated tables when a device file has
+    them; else the roofline).
     ``fusion`` applies a fusion profile (workload.fusion: none, apex, inductor, flash, or a .yaml file) first.
     """
     spec = load_model(model)
     target = load_target(device)
     if run is None:
         run_fields.setdefault("precision", default_precision(target))
+        run_fields.setdefault("execution", default_execution(target))
         run = RunSpec(seq=run_fields.pop("seq", spec.default_seq), **run_fields)
     elif run_fields:
         run = run.replace(**run_fields)

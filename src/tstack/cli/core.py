@@ -30,7 +30,7 @@ from tstack.cli.common import (
     progress,
     worker_count,
 )
-from tstack.costmodel.backend import default_precision, load_target
+from tstack.costmodel.backend import default_execution, default_precision, load_target
 from tstack.errors import SpecError, TstackError
 from tstack.hardware.device import DeviceSpec, device_presets, load_device
 from tstack.models import load_model, model_presets
@@ -159,7 +159,7 @@ def analyze(
     if not isinstance(dev, DeviceSpec) and mode != "infer":
         raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
     precision = default_precision(dev) if precision is None else precision
-    execution = execution or ("eager" if isinstance(dev, DeviceSpec) else "graphs")  # an accelerator runs a graph
+    execution = execution or default_execution(dev)
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len,
                     execution=execution, attention=attention, mlm_fraction=mlm_fraction)
     b = analyze_config(spec, run, dev, fusion=fusion)

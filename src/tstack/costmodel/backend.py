@@ -73,6 +73,12 @@ def default_precision(target: Target) -> str:
     return "int8" if isinstance(target, AccelSpec) else "fp32"
 
 
+def default_execution(target: Target) -> str:
+    """How a run on the target executes when not asked: a GPU or CPU framework launches kernels one by one (eager);
+    an accelerator runs a compiled graph."""
+    return "graphs" if isinstance(target, AccelSpec) else "eager"
+
+
 def cost_workload(ops: Sequence[Op], target: Target, cost_model: CostModel | None = None) -> Entries:
     """The Breakdown entries (ops, costs) of a workload on a target, with the target's best backend by default.
 

@@ -27,7 +27,7 @@ from tstack.accel.timing import GemmShape, GemmTiming, Mapping, transfer_cycles
 from tstack.costmodel.cost import Cost
 from tstack.errors import SpecError, TstackError
 from tstack.hardware.accel import AccelSpec
-from tstack.workload.labels import FFN_FC1
+from tstack.workload.labels import FFN_FC1, FUSED_ATTENTION
 from tstack.workload.op import Op, OpKind
 
 ACCEL = "accel"  # the label key of an op's 000 Fig. 2 category
@@ -37,7 +37,6 @@ NL_CATEGORY = {"softmax": SOFTMAX, "layernorm": LAYERNORM, "bias-gelu": GELU, "s
 RESADD = ("residual", "embedding-sum")
 FC1 = FFN_FC1  # the matmul whose output the activation units turn into GELU on the way out
 ANCHORS = ("softmax", "layernorm", "bias-gelu")  # the nonlinear op that runs a fused chain (workload.fusion)
-FLASH = "flash-attention"  # the workload.fusion rule of a fused attention kernel
 
 
 @dataclass(frozen=True)
@@ -234,7 +233,7 @@ def cost_ops(hw: AccelSpec, ops: tuple[Op, ...], schedule: str = "non-fused", ma
     fused = _fused_pairs(ops, producers, schedule, hw)
     feeds_norm = {p for i, p in producers.items() if nl_name(ops[i]) in ("softmax", "layernorm")}
     out: dict[int, AccelOp] = {i: flash_attention(hw, op, map_gemm) for i, op in enumerate(ops)
-                               if op.label("fusion") == FLASH}
+                               if op.label("fusion") == FUSED_ATTENTION}
     for i, op in enumerate(ops):
         if op.is_gemm and i not in fused.values() and i not in out:
             out_bytes = 4 if i in feeds_norm and hw.units.nonlinear == "accelerator" else 1

@@ -35,6 +35,7 @@ from tstack.errors import SpecError
 from tstack.loader import load_spec, presets_in, show, unknown_fields
 from tstack.spec import preset_dir
 from tstack.workload import formulas as F
+from tstack.workload.labels import FUSED_ATTENTION
 from tstack.workload.op import DTYPE_BYTES, Op, OpKind
 
 Workload = tuple[Op, ...]
@@ -413,7 +414,7 @@ def fuse_attention(ops: Workload, attention: Attention, device: str) -> Workload
         out.append(replace(first, kind=OpKind.BGEMM, name=f"fused.{key[1]}.flash",
                            dims=(("M", n_kv), ("N", n_q), ("K", d), ("batch", batch)), flops=flops,
                            bytes=batch * (mat * width + stats * STAT_BYTES),
-                           labels=merged_labels(members, "flash-attention")))
+                           labels=merged_labels(members, FUSED_ATTENTION)))
         i += len(members)
     return tuple(out)
 

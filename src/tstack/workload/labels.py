@@ -25,3 +25,7 @@ ATTN_CONTEXT = "attn.context"
 ATTN_OUT_PROJ = "attn.out_proj"
 FFN_FC1 = "ffn.fc1"
 FFN_FC2 = "ffn.fc2"
+
+# Fused attention: the fusion pass's rule name (label "fusion") and the suffix of the kernel --attention sdpa emits.
+FUSED_ATTENTION = "flash-attention"
+SDPA = "sdpa"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tstack.workload import emit
 from tstack.workload.emit import Ctx, Step
-from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, FC_GEMM, FFN_FC1, FFN_FC2, GELU, LINEAR_GEMM, SCALE_MASK_SM
+from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, FC_GEMM, FFN_FC1, FFN_FC2, GELU, LINEAR_GEMM, SCALE_MASK_SM, SDPA
 
 ACT_GROUP = {"gelu": GELU, "gelu-tanh": GELU, "relu": "ReLU", "silu": "SiLU"}
 ACT_KERNEL = {"gelu": "bias-gelu", "gelu-tanh": "bias-gelu-tanh", "relu": "bias-relu", "silu": "bias-silu"}
@@ -60,7 +60,7 @@ def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> l
     if eager and r.phase == "decode" and shape.Skv_new:  # DynamicCache: torch.cat(cache, new) for K and V
         steps += [emit.copy(ctx, "kv-cache-cat", B * Skv, m.kv_hidden, 1, L(LINEAR_GEMM, "K/V-Gen")) for _ in "kv"]
     if r.attention == "sdpa":
-        steps.append(emit.sdpa(ctx, f"{prefix}.sdpa", (shape.Sq, Skv, dh, B * m.heads), L(ATTN_BGEMM, "dot product")))
+        steps.append(emit.sdpa(ctx, f"{prefix}.{SDPA}", (shape.Sq, Skv, dh, B * m.heads), L(ATTN_BGEMM, "dot product")))
     else:
         if eager and group_size > 1:  # eager repeat_kv materializes K and V once per query head
             steps += [emit.copy(ctx, "repeat-kv", B * Skv * hk, dh, group_size, L(ATTN_BGEMM, "dot product"))
