@@ -128,3 +128,11 @@ def test_cli_bad_input_one_line(argv, message):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         code = cli(argv)
     assert code == 2 and message in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
+
+
+def test_presets_list_the_networks():
+    doc = _json(["presets"])
+    nets = {r["name"]: r for r in doc["records"] if r["type"] == "network"}
+    assert set(nets) == {"pcie4", "dgx-v100", "dgx-a100", "dgx-h100"}
+    a100 = nets["dgx-a100"]  # 300 GB/s NVSwitch per direction inside a node of 8, 25 GB/s InfiniBand across
+    assert (a100["devices_per_node"], a100["node_bytes_per_second"], a100["cluster_bytes_per_second"]) == (8, 300e9, 25e9)
