@@ -162,8 +162,8 @@ def _print_result(r: ClusterResult, s: dict[str, Any]) -> None:
     out.print(t)
     mem = s["memory_bytes_per_device"]
     out.print(f"{units.seconds(s['seconds_per_iteration'])} per iteration; "
-              f"{s['model_tflops_per_device']:.1f} model TFLOP/s per device (72·B·s·l·h²·(1 + s/6h + V/12lh), "
-              "Narayanan et al. 2021); memory per device "
+              f"{s['model_tflops_per_device']:.1f} model TFLOP/s per device (Megatron's 72·B·s·l·h²·(1 + s/6h + V/12lh), "
+              f"Narayanan et al. 2021), {s['workload_tflops_per_device']:.1f} by the workload's own FLOPs; memory per device "
               + ", ".join(f"{k} {units.si(v, 'B')}" for k, v in mem.items())
               + f" of {units.si(r.device.memory_capacity, 'B')}" + ("" if s["fits"] else " — DOES NOT FIT"))
 
