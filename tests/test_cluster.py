@@ -430,3 +430,20 @@ def test_megatron_and_workload_model_flops():
     assert s["workload_tflops_per_device"] == pytest.approx(s["workload_flops_per_iteration"]
                                                             / (s["seconds_per_iteration"] * 4) / 1e12)
     assert s["model_flops_per_iteration"] == C.model_flops(gpt3.replace(layers=8), 2048, 4)
+
+
+def test_sdpa_keeps_no_scores_and_is_not_recomputed_twice():
+    spec = LLAMA.replace(layers=2)
+    run = RunSpec(mode="train", seq=512, precision="bf16-mixed")
+    eager, fused = run, run.replace(attention="sdpa")
+    # memory: the unfused layer keeps 5·a·s/h·s·b·h bytes (fp16) of scores, softmax and dropout mask per layer
+    a, s, h = 32, 512, 4096
+    gap = (C.activation_bytes_per_layer(spec, s, 1, 1, False, "none", 2)
+           - C.activation_bytes_per_layer(spec, s, 1, 1, False, "none", 2, sdpa=True))
+    assert gap == 5 * a * s / h * s * h
+    r = C.evaluate(spec, fused, A100, DGX, C.Layout(tp=2))
+    assert r.family.act_layer_bytes == C.activation_bytes_per_layer(spec, s, 1, 2, False, "none", 2, sdpa=True)
+    # selective recomputation reruns the unfused attention core, but not the fused kernel (its backward recomputes)
+    for run_, recomputed in ((eager, True), (fused, False)):
+        ops = C.family_ops(spec, run_, 2, 1, "selective", True)
+        assert any(op.label("pass") == "recompute" for op in ops) == recomputed

@@ -423,7 +423,6 @@ class Family:
     experts: int = 1
     a2a_collectives: float = 0.0  # all-to-alls per MoE layer and micro-batch (dispatch and combine, fwd and bwd)
     a2a_bytes: float = 0.0  # the routed tokens of one all-to-all
-    workload_flops: float = 0.0  # forward + backward FLOPs of one sequence, whole model, no recomputation
 
 
 def _run(run: RunSpec, micro_batch: int, recompute: str) -> RunSpec:
@@ -436,9 +435,11 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
     r = _run(run, micro_batch, recompute)
     ops = tuple(op for op in build(model, r, collapse=True) if op.label("part") != "optimizer")
     ops = slice_workload(ops, tp, sp, model, ep)
-    if recompute == "selective":  # the attention core again before its backward (Korthikanti et al. 2022 §5)
+    if recompute == "selective":  # the attention core again before its backward (Korthikanti et al. 2022 §5); a
+        # fused sdpa kernel recomputes its scores inside its own backward already, so it is not run twice
         ops += tuple(emit.with_pass(op, "recompute") for op in ops if op.label("pass") == "fwd"
-                     and op.label("part") == "transformer" and op.label("group") in (ATTN_BGEMM, SCALE_MASK_SM))
+                     and op.label("part") == "transformer" and op.label("group") in (ATTN_BGEMM, SCALE_MASK_SM)
+                     and not op.name.endswith(".sdpa"))
     groups = [("-", embedding_params_tp(model, tp), 1)]
     names = sorted({op.label("layer") for op in ops if op.label("part") == "transformer"})
     for name in names:
@@ -453,18 +454,17 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
 
 
 def activation_bytes_per_layer(model: ModelSpec, seq: int, micro_batch: int, tp: int, sp: bool, recompute: str,
-                               act_bytes: int) -> float:
+                               act_bytes: int, sdpa: bool = False) -> float:
     """Korthikanti et al. 2022 eq. 1–6 (fp16 values: s·b·h·(34 + 5·a·s/h) for one unsliced GPT layer), generalized
     to an FFN of width F (the 16 of 34 is 4F/h; 8F/h for a gated FFN; × top_k routed copies in a MoE, plus its shared
-    expert) and scaled by
-    the activation width / 2."""
+    expert) and scaled by the activation width / 2. A fused ``sdpa`` kernel keeps no score matrix: no 5·a·s/h term."""
     s, b, h, a = seq, micro_batch, model.hidden, model.heads
     mlp_sliced = (8 if model.gated_ffn else 4) * (model.ffn * max(1, model.top_k) + model.shared_expert_ffn) / h
     replicated, sliced, attn = 10.0, 8.0 + mlp_sliced, 5.0 * a * s / h
     if recompute == "full":
         per = 2.0 / (tp if sp else 1)
     else:
-        core = 0.0 if recompute == "selective" else attn / tp
+        core = 0.0 if recompute == "selective" or sdpa else attn / tp
         per = (replicated / (tp if sp else 1)) + sliced / tp + core
     return s * b * h * per * act_bytes / 2
 
@@ -526,14 +526,14 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
         tp_collectives_fwd=fwd_collectives, tp_collectives_bwd=bwd_collectives,
         tp_collectives_emb=2.0 if tp > 1 and model.head in ("lm", "bert-pretrain") else 0.0,
         tp_message_bytes=float(tokens * model.hidden * act), p2p_bytes=float(tokens * model.hidden * act / tp),
-        act_layer_bytes=activation_bytes_per_layer(model, run.seq, micro_batch, tp, sp, recompute, act),
+        act_layer_bytes=activation_bytes_per_layer(model, run.seq, micro_batch, tp, sp, recompute, act,
+                                                   run.attention == "sdpa"),
         act_head_bytes=float(4 * tokens * math.ceil(model.vocab / tp)) if model.head in ("lm", "bert-pretrain") else 0.0,
         weight_bytes=2 if mixed else 4, grad_bytes=2 if mixed else 4,
         optim_bytes=(4 if mixed else 0) + 4 * moments,
         params_ffn=ffn_params_tp(model, tp) if model.experts else 0, experts=max(1, model.experts),
         a2a_collectives=(4.0 + (2.0 if recompute == "full" else 0.0)) if model.experts else 0.0,
         a2a_bytes=all_to_all_bytes(model, tokens, act, tp if sp else 1),
-        workload_flops=workload_flops(model, run, micro_batch) / micro_batch,
     )
 
 
@@ -687,7 +687,8 @@ class ClusterResult:
 
     @property
     def workload_flops_per_iteration(self) -> float:
-        return self.family.workload_flops * self.layout.global_batch
+        lay = self.layout
+        return workload_flops(self.model, self.run, lay.micro_batch) * lay.global_batch / lay.micro_batch
 
     @property
     def workload_tflops_per_device(self) -> float:
