@@ -291,14 +291,19 @@ def test_expert_parallel_rank_runs_its_experts_at_ep_times_the_tokens():
             assert flops(sliced, group) == flops(ops, group)
 
 
-@given(tokens=st.integers(1, 40), ep=st.sampled_from([1, 2, 4, 8]), tp=st.sampled_from([1, 2]))
+@given(tokens=st.integers(1, 40), ep=st.sampled_from([1, 2, 4, 8]), tp=st.sampled_from([1, 2]),
+       shared=st.sampled_from([0, 128]), checkpoint=st.sampled_from(["none", "every-1"]))
 @settings(max_examples=20, deadline=None)
-def test_uneven_routing_keeps_every_assignment(tokens, ep, tp):
+def test_uneven_routing_keeps_every_assignment(tokens, ep, tp, shared, checkpoint):
     # T·k not a multiple of the experts: the workload runs two expert groups (q + 1 and q tokens); a rank's groups
-    # hold T·k assignments over its 8/ep experts, and tensor slicing splits each expert's GEMMs exactly by tp
-    run = RunSpec(mode="train", batch=1, seq=tokens)
-    ops = build(MIXTRAL, run, collapse=True)
-    sliced = C.slice_workload(ops, tp, model=MIXTRAL, ep=ep)
+    # hold T·k assignments over its 8/ep experts, and tensor slicing splits each expert's GEMMs exactly by tp; a
+    # shared expert and a recomputed forward are told apart from the routed experts
+    spec = MIXTRAL.replace(shared_expert_ffn=shared)
+    run = RunSpec(mode="train", batch=1, seq=tokens, checkpoint=checkpoint)
+    ops = build(spec, run, collapse=True)
+    sliced = C.slice_workload(ops, tp, model=spec, ep=ep)
+    act = [sum(op.flops * op.count for op in w if op.label("group") == "SiLU") for w in (sliced, ops)]
+    assert act[0] * tp == act[1]  # experts' and shared expert's activations: every token, 1/tp of the width
     gate = [op for op in sliced if op.name == "moe.expert.gate_proj" and op.label("pass") == "fwd"]
     assert sum(op.count for op in gate) == min(8 // ep, tokens * 2) * 4  # experts that receive no token launch nothing
     assert sum(op.gemm_shape[1] * op.count for op in gate) == tokens * 2 * 4
