@@ -356,11 +356,14 @@ LLAMA = load_model("llama2-7b")
     (LLAMA.replace(layers=2, kv_heads=8), RunSpec(mode="train", batch=2, seq=64, attention="sdpa")),
     (LLAMA.replace(layers=2, kv_heads=8), RunSpec(mode="train", batch=2, seq=64, execution="graphs")),
     (load_model("gpt2"), RunSpec(mode="train", batch=2, seq=64, attention="sdpa", execution="graphs")),
+    (load_model("gpt2").replace(embed_dim=512, tie_embeddings=False), RunSpec(mode="train", batch=2, seq=64)),  # OPT-350m
 ])
 def test_new_workload_fields_on_one_device_equal_analyze(spec, run):
     r = C.evaluate(spec, run, A100, DGX, C.Layout(micro_batch=2))
     assert r.seconds == pytest.approx(analyze(spec, run, A100).total.seconds, rel=1e-12)
     assert C.layer_params_tp(spec, 1) == P.layer_params(spec)
+    assert C.embedding_params_tp(spec, 1) == P.embedding_params(spec)
+    assert C.head_params_tp(spec, 1) == P.head_params(spec)
 
 
 def test_graphs_execution_drops_the_launch_overhead():
