@@ -23,11 +23,12 @@ A100, DGX = load_device("a100-80gb"), load_network("dgx-a100")
 RUN = RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
 
 models = st.builds(
-    lambda layers, heads, head_dim, mult, kv: ModelSpec(name="rand", arch="decoder", layers=layers, hidden=heads * head_dim,
-                                                        heads=heads, kv_heads=heads // kv, ffn=mult * heads * head_dim,
-                                                        vocab=1000, max_positions=256, norm_position="pre", head="lm"),
+    lambda layers, heads, head_dim, mult, kv, experts: ModelSpec(
+        name="rand", arch="decoder", layers=layers, hidden=heads * head_dim, heads=heads, kv_heads=heads // kv,
+        ffn=mult * heads * head_dim, vocab=1000, max_positions=256, norm_position="pre", head="lm", experts=experts,
+        top_k=min(2, experts)),
     st.integers(1, 12), st.sampled_from([2, 4, 6, 8, 12]), st.sampled_from([32, 64]), st.sampled_from([2, 4]),
-    st.sampled_from([1, 2]))
+    st.sampled_from([1, 2, 4]), st.sampled_from([0, 0, 4, 6]))
 
 
 @given(model=models, gpus=st.integers(1, 48), batch_mult=st.integers(1, 4))
