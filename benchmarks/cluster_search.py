@@ -4,7 +4,7 @@
 
 Cases: llama-70b on 1024 H100 (global batch 1024, sequence 4096, DGX H100 network) and gpt3-175b on 512 A100
 (global batch 512, sequence 2048, DGX A100 network), all recomputation choices and ZeRO stages. Each case runs
---repeat times; the best wall time counts. Every family (tp, micro-batch, recompute, sequence parallel) builds and
+--repeat times; the best wall time counts. Every family (tp, micro-batch, recompute, sequence parallel, ep) builds and
 costs its workload once; its layouts (pp, interleave, dp, ZeRO, overlap) are composed with numpy. The load average
 is printed next to the figures (the machine is shared); run under `chrt -f 20` for steadier numbers.
 """

@@ -302,43 +302,201 @@ def test_illegal_layouts_name_the_field():
 
 # ---------------------------------------------------------------- mixture of experts, expert parallelism
 
-def test_one_expert_is_the_dense_model():
-    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
-    lay = C.Layout(dp=4, tp=2, global_batch=8)
-    dense = C.evaluate(spec, run, A100, DGX, lay)
-    moe = C.evaluate(spec, run, A100, DGX, lay, moe=C.MoE(1, 1))
-    assert moe.seconds == pytest.approx(dense.seconds, rel=1e-12)
-    assert moe.memory()["total"] == pytest.approx(dense.memory()["total"], rel=1e-12)
+MIXTRAL = load_model("mixtral-tiny")  # 4 layers, h 256, 8 heads / 2 KV heads, 8 experts of F 512, top-2, vocab 32000
 
 
-def test_expert_ffn_processes_top_k_times_the_tokens():
-    spec, run = load_model("gpt2"), RunSpec(mode="train", batch=2, seq=128)
+@pytest.mark.parametrize("shared", [0, 256])
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_moe_on_one_device_equals_analyze(shared, recompute):
+    spec = MIXTRAL.replace(shared_expert_ffn=shared)  # Qwen2-MoE's shared expert with 256
+    run = RunSpec(mode="train", batch=2, seq=64, precision="bf16-mixed", optimizer="adam")
+    r = C.evaluate(spec, run, A100, DGX, C.Layout(micro_batch=2, recompute=recompute))
+    checkpoint = "every-1" if recompute == "full" else "none"
+    assert r.seconds == pytest.approx(analyze(spec, run.replace(checkpoint=checkpoint), A100).total.seconds, rel=1e-12)
+    assert r.values["ep_a2a"] == 0.0  # one device: no all-to-all
+    # the router GEMM is the workload's: E × T × h, costed with the rest
+    assert any(op.name == "moe.router" and op.gemm_shape == (8, 128, 256, 1)
+               for op in C.family_ops(spec, run, 1, 2, "none", False))
+
+
+def test_expert_parallel_rank_runs_its_experts_at_ep_times_the_tokens():
+    run = RunSpec(mode="train", batch=2, seq=64)  # T = 128 tokens, T·k = 256 assignments on every rank
+    ops = build(MIXTRAL, run, collapse=True)
+    for ep in (2, 4, 8):
+        sliced = C.slice_workload(ops, 1, model=MIXTRAL, ep=ep)
+        gate = [op for op in sliced if op.name == "moe.expert.gate_proj" and op.label("pass") == "fwd"]
+        # 8/ep experts per rank (× 4 layers), each on 256·ep/8 tokens
+        assert [(op.gemm_shape, op.count) for op in gate] == [((512, 256 * ep // 8, 256, 1), 8 // ep * 4)]
+        # the rank's expert FLOPs are the whole's (the same T·k assignments), the router and combine untouched
+        def flops(workload, group):
+            return sum(op.flops * op.count for op in workload if op.label("group") == group)
+        for group in ("FC GEMM", "SiLU", "Router", "MoE combine"):
+            assert flops(sliced, group) == flops(ops, group)
+
+
+@given(tokens=st.integers(1, 40), ep=st.sampled_from([1, 2, 4, 8]), tp=st.sampled_from([1, 2]),
+       shared=st.sampled_from([0, 128]), checkpoint=st.sampled_from(["none", "every-1"]))
+@settings(max_examples=20, deadline=None)
+def test_uneven_routing_keeps_every_assignment(tokens, ep, tp, shared, checkpoint):
+    # T·k not a multiple of the experts: the workload runs two expert groups (q + 1 and q tokens); a rank's groups
+    # hold T·k assignments over its 8/ep experts, and tensor slicing splits each expert's GEMMs exactly by tp; a
+    # shared expert and a recomputed forward are told apart from the routed experts
+    spec = MIXTRAL.replace(shared_expert_ffn=shared)
+    run = RunSpec(mode="train", batch=1, seq=tokens, checkpoint=checkpoint)
     ops = build(spec, run, collapse=True)
-    routed = C.slice_workload(ops, 1, top_k=2)
+    sliced = C.slice_workload(ops, tp, model=spec, ep=ep)
+    act = [sum(op.flops * op.count for op in w if op.label("group") == "SiLU") for w in (sliced, ops)]
+    assert act[0] * tp == act[1]  # experts' and shared expert's activations: every token, 1/tp of the width
+    gate = [op for op in sliced if op.name == "moe.expert.gate_proj" and op.label("pass") == "fwd"]
+    assert sum(op.count for op in gate) == min(8 // ep, tokens * 2) * 4  # experts that receive no token launch nothing
+    assert sum(op.gemm_shape[1] * op.count for op in gate) == tokens * 2 * 4
+    experts = [op for op in sliced if op.is_gemm and op.name.startswith("moe.expert.")]
+    whole = [op for op in ops if op.is_gemm and op.name.startswith("moe.expert.")]
+    assert sum(op.flops * op.count for op in experts) * tp == sum(op.flops * op.count for op in whole)
 
-    def flops(workload, block):
-        return sum(op.flops * op.count for op in workload if op.label("block") == block)
 
-    assert flops(routed, "fc") == 2 * flops(ops, "fc")
-    assert flops(routed, "attention") == flops(ops, "attention")
+def test_all_to_all_volume_is_the_hand_formula():
+    run = RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
+    r = C.evaluate(MIXTRAL, run, A100, DGX, C.Layout(dp=8, ep=4, micro_batch=2))
+    # each of the rank's 2·256 tokens sends its h = 256 hidden vector (2 bytes) to top-2 experts, and back
+    nbytes = 2 * 256 * 2 * 256 * 2
+    assert r.family.a2a_bytes == nbytes
+    # dispatch and combine, forward and backward: 4 all-to-alls per layer over the 4 ranks (one NVSwitch node)
+    a2a = collective_seconds(DGX, "all-to-all", nbytes, 4)
+    assert a2a == pytest.approx(3 * 5e-6 + 3 / 4 * nbytes / (300e9 * 0.8))  # (n − 1)/n of the buffer, n − 1 steps
+    assert r.values["ep_a2a"] == pytest.approx(4 * 4 * a2a)
+    # sequence parallelism shards the tokens over tp before the dispatch
+    sp = C.evaluate(MIXTRAL, run, A100, DGX, C.Layout(dp=8, tp=2, ep=4, micro_batch=2, seq_parallel=True))
+    assert sp.family.a2a_bytes == nbytes / 2
+    assert any(row["group"] == "EP all-to-all" for row in r.records())
 
 
-def test_expert_parallel_parameters_and_all_to_all_by_hand():
-    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
-    lay = C.Layout(dp=8, ep=4, micro_batch=2)
-    r = C.evaluate(spec, run, A100, DGX, lay, moe=C.MoE(8, 2))
-    ffn = 2 * 768 * 3072 + 3072 + 768
-    assert C.ffn_params_tp(spec, 1) == ffn
-    assert r.values["params_layer"] == P.layer_params(spec) - ffn + 8 // 4 * ffn  # two experts per rank
-    # dispatch and combine, forward and backward: 4 all-to-alls per layer of 2·256 tokens × top-2 × 768 × 2 bytes
-    a2a = collective_seconds(DGX, "all-to-all", 2 * 256 * 2 * 768 * 2, 4)
-    assert r.values["ep_a2a"] == pytest.approx(4 * 12 * a2a)
-    assert a2a == pytest.approx(3 * 5e-6 + 3 / 4 * 1572864 / (300e9 * 0.8))  # (n − 1)/n of the buffer, n − 1 steps
+def test_expert_parallel_parameters_by_hand():
+    run = RunSpec(mode="train", seq=256)
+    expert = 3 * 256 * 512  # gate, up, down; no biases
+    assert C.layer_params_tp(MIXTRAL, 1) == P.layer_params(MIXTRAL)
+    for ep in (1, 2, 8):
+        r = C.evaluate(MIXTRAL, run, A100, DGX, C.Layout(dp=8, ep=ep))
+        assert r.values["params_layer"] == P.layer_params(MIXTRAL) - 8 * expert + 8 // ep * expert
 
 
 def test_expert_parallel_needs_experts_it_divides():
-    spec, run = load_model("gpt2"), RunSpec(mode="train", seq=128)
-    with pytest.raises(SpecError, match="ep=2 needs a mixture of experts"):
-        C.evaluate(spec, run, A100, DGX, C.Layout(dp=2, ep=2))
-    with pytest.raises(SpecError, match="ep=4 must divide dp=4 and experts=6"):
-        C.evaluate(spec, run, A100, DGX, C.Layout(dp=4, ep=4), moe=C.MoE(6, 1))
+    run = RunSpec(mode="train", seq=128)
+    with pytest.raises(SpecError, match="ep=2 needs a Mixture-of-Experts model"):
+        C.evaluate(load_model("gpt2"), run, A100, DGX, C.Layout(dp=2, ep=2))
+    with pytest.raises(SpecError, match="ep=3 must divide dp=6 and experts=8"):
+        C.evaluate(MIXTRAL, run, A100, DGX, C.Layout(dp=6, ep=3))
+
+
+# ---------------------------------------------------------------- the workload's other fields
+
+LLAMA = load_model("llama2-7b")
+
+
+@pytest.mark.parametrize("spec,run", [
+    (LLAMA.replace(layers=2, head_dim=64), RunSpec(mode="train", batch=2, seq=64)),  # Hq = 2048 ≠ h
+    (LLAMA.replace(layers=2, kv_heads=8, qkv_bias=True), RunSpec(mode="train", batch=2, seq=64)),  # Qwen2-style
+    (LLAMA.replace(layers=2, kv_heads=8), RunSpec(mode="train", batch=2, seq=64, attention="sdpa")),
+    (LLAMA.replace(layers=2, kv_heads=8), RunSpec(mode="train", batch=2, seq=64, execution="graphs")),
+    (load_model("gpt2"), RunSpec(mode="train", batch=2, seq=64, attention="sdpa", execution="graphs")),
+    (load_model("gpt2").replace(embed_dim=512, tie_embeddings=False), RunSpec(mode="train", batch=2, seq=64)),  # OPT-350m
+])
+def test_new_workload_fields_on_one_device_equal_analyze(spec, run):
+    r = C.evaluate(spec, run, A100, DGX, C.Layout(micro_batch=2))
+    assert r.seconds == pytest.approx(analyze(spec, run, A100).total.seconds, rel=1e-12)
+    assert C.layer_params_tp(spec, 1) == P.layer_params(spec)
+    assert C.embedding_params_tp(spec, 1) == P.embedding_params(spec)
+    assert C.head_params_tp(spec, 1) == P.head_params(spec)
+
+
+def test_graphs_execution_drops_the_launch_overhead():
+    spec, run = LLAMA.replace(layers=2), RunSpec(mode="train", seq=64)
+    eager = C.evaluate(spec, run, A100, DGX, C.Layout(dp=2, tp=4))
+    graphs = C.evaluate(spec, run.replace(execution="graphs"), A100, DGX, C.Layout(dp=2, tp=4))
+    assert graphs.values["compute"] < eager.values["compute"]
+    assert graphs.values["tp_comm"] == eager.values["tp_comm"]
+
+
+def test_gqa_slicing_splits_kv_heads_or_replicates_them():
+    spec, run = load_model("llama-70b"), RunSpec(mode="train", batch=1, seq=128)  # 64 heads, 8 KV heads of 128
+    ops = build(spec.replace(layers=1), run, collapse=True)
+    T = 128
+    for tp, kv_rank in ((4, 2), (8, 1), (16, 1), (32, 1)):  # tp ≤ 8: 8/tp KV heads; beyond: one, replicated
+        sliced = C.slice_workload(ops, tp, model=spec)
+        assert _fwd(sliced, "attn.k_proj").gemm_shape == (128 * kv_rank, T, 8192, 1)
+        assert _fwd(sliced, "attn.q_proj").gemm_shape == (8192 // tp, T, 8192, 1)
+        # scores: one B-GEMM per (sequence, KV head of this rank), its 64/tp query heads stacked in N
+        assert _fwd(sliced, "attn.score").gemm_shape == (T, T * 64 // tp // kv_rank, 128, kv_rank)
+        sm = _fwd(sliced, "softmax")
+        assert sm.dim("rows") == 64 // tp * T
+    whole_attn = sum(op.flops * op.count for op in ops if op.label("group") == "attention B-GEMM")
+    for tp in (2, 8, 16):
+        part = sum(op.flops * op.count for op in C.slice_workload(ops, tp, model=spec)
+                   if op.label("group") == "attention B-GEMM")
+        assert part * tp == whole_attn
+    assert C.layout_problems(spec, C.Layout(tp=16), 128) == []
+    odd = spec.replace(heads=24, kv_heads=4, head_dim=128)
+    assert "tp=6 must divide kv_heads=4 or be a multiple of it" in " ".join(C.layout_problems(odd, C.Layout(tp=6), 128))
+
+
+def test_fig10_shapes_hold_with_head_dim_bias_and_sdpa():
+    spec = LLAMA.replace(layers=1, head_dim=64, kv_heads=8, qkv_bias=True)  # Hq = 32·64 = 2048, Hk = 512
+    run = RunSpec(mode="train", batch=2, seq=128, attention="sdpa")
+    T, m = 256, 4
+    ops = build(spec, run, collapse=True)
+    sliced = C.slice_workload(ops, m, model=spec)
+    assert _fwd(sliced, "attn.q_proj").gemm_shape == (2048 // m, T, 4096, 1)
+    assert _fwd(sliced, "attn.k_proj").gemm_shape == (512 // m, T, 4096, 1)
+    assert _fwd(sliced, "attn.out_proj").gemm_shape == (4096, T, 2048 // m, 1)
+    assert _fwd(sliced, "ffn.gate_proj").gemm_shape == (11008 // m, T, 4096, 1)
+    # the fused attention kernel runs this rank's 32/m heads: its batch, FLOPs and bytes are 1/m of the whole
+    whole, part = _fwd(ops, "attn.sdpa"), _fwd(sliced, "attn.sdpa")
+    assert part.gemm_shape == whole.gemm_shape[:3] + (2 * 32 // m,)
+    assert (part.flops * m, part.bytes * m) == (whole.flops, whole.bytes)
+    # the Q and K/V bias gradients split with their columns
+    grads = sorted(op.dim("cols") for op in sliced if op.name == "bias-grad" and op.label("block") == "attention")
+    assert grads == sorted([2048 // m, 512 // m, 512 // m])
+    r = C.evaluate(spec, run, A100, DGX, C.Layout(tp=m))
+    assert r.values["params_layer"] == C.layer_params_tp(spec, m)
+    assert C.layer_params_tp(spec, m) == (2 * 4096 * 2048 + 2048 + 2 * 4096 * 512 + 2 * 512 + 3 * 4096 * 11008) // m \
+        + 2 * 4096  # the two RMSNorms whole
+
+
+# ---------------------------------------------------------------- model FLOPs: Megatron's formula and the workload's
+
+def test_megatron_and_workload_model_flops():
+    run = RunSpec(mode="train", seq=2048)
+    # F = 4h, MHA: the workload's FLOPs (GEMMs plus element-wise work) are within 0.2% of Megatron's formula
+    gpt3 = load_model("gpt3-175b")
+    assert C.workload_flops(gpt3, run, 1) / C.model_flops(gpt3, 2048, 1) == pytest.approx(1.0, abs=2e-3)
+    # llama-70b: per layer Megatron counts 24h² (QKVO 8h² + FFN 16h²); the workload has QO 4h² + KV 4h²/8 (GQA) and
+    # a SwiGLU of 3·2·h·3.5h = 21h²: 25.5h² (+6.25%, less the share of the attention and the vocabulary)
+    llama = load_model("llama-70b")
+    assert C.workload_flops(llama, run, 1) / C.model_flops(llama, 2048, 1) == pytest.approx(1.06, abs=0.005)
+    # the workload figure does not depend on the layout or count recomputation; Megatron's summary keeps its name
+    a = C.evaluate(gpt3.replace(layers=8), run, A100, DGX, C.Layout(dp=2, global_batch=4))
+    b = C.evaluate(gpt3.replace(layers=8), run, A100, DGX, C.Layout(tp=2, pp=2, recompute="full", global_batch=4))
+    assert a.workload_flops_per_iteration == b.workload_flops_per_iteration
+    s = b.summary()
+    assert s["workload_tflops_per_device"] == pytest.approx(s["workload_flops_per_iteration"]
+                                                            / (s["seconds_per_iteration"] * 4) / 1e12)
+    assert s["model_flops_per_iteration"] == C.model_flops(gpt3.replace(layers=8), 2048, 4)
+
+
+def test_sdpa_keeps_no_scores_and_is_not_recomputed_twice():
+    spec = LLAMA.replace(layers=2)
+    run = RunSpec(mode="train", seq=512, precision="bf16-mixed")
+    eager, fused = run, run.replace(attention="sdpa")
+    # memory: the unfused layer keeps 5·a·s/h·s·b·h bytes (fp16) of scores, softmax and dropout mask per layer; the
+    # fused kernel keeps instead one fp32 log-sum-exp per query and head, s·b·a·4 bytes (b = 1)
+    a, s, h = 32, 512, 4096
+    gap = (C.activation_bytes_per_layer(spec, s, 1, 1, False, "none", 2)
+           - C.activation_bytes_per_layer(spec, s, 1, 1, False, "none", 2, fused_attention=True))
+    assert gap == 5 * a * s / h * s * h - s * a * 4
+    r = C.evaluate(spec, fused, A100, DGX, C.Layout(tp=2))
+    assert r.family.act_layer_bytes == C.activation_bytes_per_layer(spec, s, 1, 2, False, "none", 2,
+                                                                    fused_attention=True)
+    # selective recomputation reruns the unfused attention core, but not the fused kernel (its backward recomputes)
+    for run_, recomputed in ((eager, True), (fused, False)):
+        ops = C.family_ops(spec, run_, 2, 1, "selective", True)
+        assert any(op.label("pass") == "recompute" for op in ops) == recomputed

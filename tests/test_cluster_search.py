@@ -23,11 +23,12 @@ A100, DGX = load_device("a100-80gb"), load_network("dgx-a100")
 RUN = RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam")
 
 models = st.builds(
-    lambda layers, heads, head_dim, mult, kv: ModelSpec(name="rand", arch="decoder", layers=layers, hidden=heads * head_dim,
-                                                        heads=heads, kv_heads=heads // kv, ffn=mult * heads * head_dim,
-                                                        vocab=1000, max_positions=256, norm_position="pre", head="lm"),
+    lambda layers, heads, head_dim, mult, kv, experts: ModelSpec(
+        name="rand", arch="decoder", layers=layers, hidden=heads * head_dim, heads=heads, kv_heads=heads // kv,
+        ffn=mult * heads * head_dim, vocab=1000, max_positions=256, norm_position="pre", head="lm", experts=experts,
+        top_k=min(2, experts)),
     st.integers(1, 12), st.sampled_from([2, 4, 6, 8, 12]), st.sampled_from([32, 64]), st.sampled_from([2, 4]),
-    st.sampled_from([1, 2]))
+    st.sampled_from([1, 2, 4]), st.sampled_from([0, 0, 4, 6]))
 
 
 @given(model=models, gpus=st.integers(1, 48), batch_mult=st.integers(1, 4))
@@ -60,11 +61,26 @@ def test_search_enumerates_every_legal_layout():
     model = load_model("gpt2")  # 12 layers, 12 heads, ffn 3072
     space = SearchSpace(gpus=4, global_batch=4, recompute=("none",), zero=(0,))
     keys = families(model, RUN.seq, space)
-    n = sum(len(family_layouts(model, space, tp, mb)["pp"]) for tp, mb, rc, sp in keys)
+    assert {key[4] for key in keys} == {1}  # a dense model: no expert parallelism
+    n = sum(len(family_layouts(model, space, tp, mb)["pp"]) for tp, mb, rc, sp, ep in keys)
     # by hand: (tp, pp, dp) in {(1,1,4), (1,2,2), (1,4,1), (2,1,2), (2,2,1), (4,1,1)}; micro-batches divide 4/dp;
     # interleave divides 12/pp when pp > 1; overlap none|layer when dp > 1; sequence parallel doubles tp > 1
     by_hand = (1 * 2) + (2 * 4 * 2) + (3 * 2) + 2 * (2 * 2) + 2 * (3 * 4) + 2 * (3 * 1)  # = 62
     assert n == by_hand
+
+
+def test_search_enumerates_expert_parallelism():
+    model = load_model("mixtral-tiny")  # 4 layers, 8 experts
+    space = SearchSpace(gpus=4, global_batch=4, recompute=("none",), zero=(0,))
+    result = search(model, RUN, A100, DGX, space, executor="serial")
+    rows = result.rows()
+    # ep divides dp and the 8 experts: dp 4 → ep 1, 2, 4; dp 2 → 1, 2; dp 1 → 1 (tp·pp take the rest)
+    assert {(r["dp"], r["ep"]) for r in rows} == {(4, 1), (4, 2), (4, 4), (2, 1), (2, 2), (1, 1)}
+    for row in rows[:: max(1, len(rows) // 15)]:
+        assert legal(model, row, space, RUN.seq) == []
+        r = evaluate(model, RUN, A100, DGX, layout_of(row, space.global_batch))
+        assert r.seconds == pytest.approx(row["seconds"], rel=1e-9)
+        assert r.memory()["total"] == pytest.approx(row["memory"], rel=1e-9)
 
 
 def _json(argv):
@@ -94,8 +110,7 @@ def test_cli_overlap_list_gives_one_layout_each():
 
 
 def test_cli_mixture_of_experts():
-    doc = _json(["cluster", "gpt2", "--gpus", "8", "--dp", "8", "--experts", "8", "--top-k", "2", "--ep", "8",
-                 "--seq", "256"])
+    doc = _json(["cluster", "mixtral-tiny", "--gpus", "8", "--dp", "8", "--ep", "8", "--seq", "256"])
     s = doc["summary"]
     assert (s["experts"], s["top_k"], s["ep"]) == (8, 2, 8)
     assert any(r["group"] == "EP all-to-all" for r in doc["records"])
@@ -104,7 +119,7 @@ def test_cli_mixture_of_experts():
 @pytest.mark.parametrize("argv,message", [
     (["cluster", "bert-large", "--gpus", "10", "--tp", "4"], "--gpus=10 is not a multiple of tp·pp=4"),
     (["cluster", "bert-large", "--tp", "3"], "tp=3 must divide heads=16"),
-    (["cluster", "gpt2", "--experts", "4", "--top-k", "5"], "--top-k=5 must be an integer in [1, 4]"),
+    (["cluster", "mixtral-tiny", "--gpus", "8", "--ep", "3"], "ep=3 must divide dp=8 and experts=8"),
     (["cluster", "bert-large", "--recompute", "some"], "--recompute='some' is not one of none, selective, full"),
     (["cluster", "bert-large", "--device", "xeon-gold-5220-2s"], "needs a GPU device"),
     (["cluster", "search", "bert-large", "--gpus", "0", "--global-batch", "8"], "--gpus=0"),
@@ -114,3 +129,11 @@ def test_cli_bad_input_one_line(argv, message):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         code = cli(argv)
     assert code == 2 and message in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
+
+
+def test_presets_list_the_networks():
+    doc = _json(["presets"])
+    nets = {r["name"]: r for r in doc["records"] if r["type"] == "network"}
+    assert set(nets) == {"pcie4", "dgx-v100", "dgx-a100", "dgx-h100"}
+    a100 = nets["dgx-a100"]  # 300 GB/s NVSwitch per direction inside a node of 8, 25 GB/s InfiniBand across
+    assert (a100["devices_per_node"], a100["node_bytes_per_second"], a100["cluster_bytes_per_second"]) == (8, 300e9, 25e9)

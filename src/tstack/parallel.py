@@ -1,20 +1,29 @@
-"""One map over configurations: local worker processes by default, Ray when asked, serial for debugging."""
+"""One map over configurations: local worker processes by default, Ray when asked, serial for debugging.
+
+Ray starts once per process, lazily on the first ``--executor ray`` map, and serves every later map (it is shut down
+at exit). Its node start waits a fixed 30 s for the raylet to register, which a loaded host can exceed ("node timed out
+during startup"); the start is retried until ``RAY_START_SECONDS`` have passed, then fails in one line.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tstack.errors import TstackError
 
 T = TypeVar("T")
 R = TypeVar("R")
 EXECUTORS = ("process", "ray", "serial")
+RAY_START_SECONDS = 180.0  # how long to keep retrying Ray's start (each try waits up to Ray's own 30 s)
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -73,30 +82,44 @@ def _kill(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False)
 
 
+def _start_ray(ray: Any, workers: int) -> None:
+    """Start a local Ray instance unless one runs in this process already; retry a start that times out."""
+    if ray.is_initialized():
+        return
+    # A local instance keeps Ray's default (token) security; its notice about that is not ours to print.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    deadline = time.monotonic() + RAY_START_SECONDS
+    while True:
+        try:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            break
+        except Exception as e:  # Ray raises a bare Exception when its node does not come up
+            with contextlib.suppress(Exception):  # what the failed start left running; its own error is reported
+                ray.shutdown()
+            if time.monotonic() >= deadline:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise TstackError(f"--executor ray: Ray did not start within {RAY_START_SECONDS:.0f} s ({reason[:160]}); "
+                                  "use --executor process") from None
+            time.sleep(1.0)
+    atexit.register(ray.shutdown)
+
+
 def _iter_ray(fn: Callable[[T], R], chunks: list[Sequence[T]], workers: int) -> Iterator[list[R]]:
     try:
         import ray
     except ImportError:
         raise TstackError("--executor ray needs Ray: pip install 'tstack[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        # A local instance keeps Ray's default (token) security; its notice about that is not ours to print.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        remote = ray.remote(_apply)
-        fn_ref = ray.put(fn)
-        refs = [remote.remote(fn_ref, c) for c in chunks]
-        for ref in refs:  # in order, so results line up with items
-            try:
-                yield ray.get(ref)
-            except ray.exceptions.RayTaskError as e:
-                if isinstance(e.cause, TstackError):  # the worker's own one-line error, not Ray's wrapper
-                    raise e.cause from None
-                raise
-    finally:
-        if started:
-            ray.shutdown()
+    _start_ray(ray, workers)
+    remote = ray.remote(_apply)
+    fn_ref = ray.put(fn)
+    refs = [remote.remote(fn_ref, c) for c in chunks]
+    for ref in refs:  # in order, so results line up with items
+        try:
+            yield ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, TstackError):  # the worker's own one-line error, not Ray's wrapper
+                raise e.cause from None
+            raise
 
 
 def pmap(fn: Callable[[T], R], items: Sequence[T], executor: str = "process", workers: int | None = None,

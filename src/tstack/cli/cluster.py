@@ -26,7 +26,7 @@ from tstack.cli.common import (
     progress,
     worker_count,
 )
-from tstack.costmodel.cluster import OVERLAP, RECOMPUTE, ClusterResult, Layout, MoE, evaluate
+from tstack.costmodel.cluster import OVERLAP, RECOMPUTE, ClusterResult, Layout, evaluate
 from tstack.errors import SpecError
 from tstack.hardware.device import DeviceSpec, load_device
 from tstack.hardware.network import load_network, network_presets
@@ -105,10 +105,8 @@ def run_cmd(
     zero: int = typer.Option(0, help="ZeRO stage 0-3 (3 = FSDP)"),
     overlap: str = typer.Option("layer", help="comma-separated gradient communication overlap: none, layer "
                                               "(002 §5.1); one layout each"),
-    experts: int = typer.Option(0, help="make every FFN a mixture of this many experts (0: dense)"),
-    top_k: int = typer.Option(1, help="experts each token is routed to (with --experts)"),
-    ep: int = typer.Option(1, help="expert-parallel ranks inside each data-parallel group (must divide dp and "
-                                   "--experts)"),
+    ep: int = typer.Option(1, help="expert-parallel ranks inside each data-parallel group (a Mixture-of-Experts "
+                                   "model; must divide dp and the model's experts)"),
     precision: str = PRECISION_OPT,
     optimizer: str = OPTIMIZER_OPT,
     device: str = DEVICE_OPT,
@@ -126,8 +124,6 @@ def run_cmd(
                         ("--seq", seq)):
         check_int(name, value, 1, MAX_BATCH)
     check_int("--zero", zero, 0, 3)
-    check_int("--experts", experts, 0, 1 << 20)
-    check_int("--top-k", top_k, 1, max(1, experts))
     check_int("--ep", ep, 1, MAX_GPUS)
     check_choice("--recompute", recompute, RECOMPUTE)
     overlaps = list(dict.fromkeys(parse_names("--overlap", overlap, OVERLAP)))
@@ -148,7 +144,7 @@ def run_cmd(
     results = [evaluate(spec, run, dev, net, Layout(dp=dp, tp=tp, pp=pp, interleave=interleave, micro_batch=mb,
                                                      global_batch=global_batch or mb * dp, recompute=recompute,
                                                      seq_parallel=seq_parallel, zero=zero, overlap=o, ep=ep),
-                        moe=MoE(experts, top_k) if experts else None, fusion=profile)
+                        fusion=profile)
                for o in overlaps]
     summaries = [_summary(r) for r in results]
     records = [{"layout": s["layout"], **row} for r, s in zip(results, summaries) for row in r.records()]
@@ -171,8 +167,8 @@ def _print_result(r: ClusterResult, s: dict[str, Any]) -> None:
     out.print(t)
     mem = s["memory_bytes_per_device"]
     out.print(f"{units.seconds(s['seconds_per_iteration'])} per iteration; "
-              f"{s['model_tflops_per_device']:.1f} model TFLOP/s per device (72·B·s·l·h²·(1 + s/6h + V/12lh), "
-              "Narayanan et al. 2021); memory per device "
+              f"{s['model_tflops_per_device']:.1f} model TFLOP/s per device (Megatron's 72·B·s·l·h²·(1 + s/6h + V/12lh), "
+              f"Narayanan et al. 2021), {s['workload_tflops_per_device']:.1f} by the workload's own FLOPs; memory per device "
               + ", ".join(f"{k} {units.si(v, 'B')}" for k, v in mem.items())
               + f" of {units.si(r.device.memory_capacity, 'B')}" + ("" if s["fits"] else " — DOES NOT FIT"))
 
@@ -233,11 +229,12 @@ def search_cmd(
                           ("Pareto set (time vs memory)", [r for r in records if r["pareto"]])):
         t = Table(title=f"{spec.name} on {gpus} × {dev.name} ({net.name}), global batch {global_batch}: {title}",
                   title_justify="left", show_edge=False)
-        for col in ("rank", "dp", "tp", "pp", "v", "micro-batch", "recompute", "SP", "ZeRO", "overlap", "time",
+        for col in ("rank", "dp", "tp", "pp", "v", "micro-batch", "recompute", "SP", "ZeRO", "overlap", "EP", "time",
                     "memory"):
             t.add_column(col, no_wrap=True)
         for r in picked:
             t.add_row(str(r["rank"]), str(r["dp"]), str(r["tp"]), str(r["pp"]), str(r["interleave"]),
                       str(r["micro_batch"]), r["recompute"], "yes" if r["seq_parallel"] else "", str(r["zero"]),
-                      r["overlap"], units.seconds(r["seconds_per_iteration"]), units.si(r["memory_bytes_per_device"], "B"))
+                      r["overlap"], str(r["ep"]), units.seconds(r["seconds_per_iteration"]),
+                      units.si(r["memory_bytes_per_device"], "B"))
         out.print(t)

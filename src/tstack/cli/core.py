@@ -33,6 +33,7 @@ from tstack.cli.common import (
 from tstack.costmodel.backend import default_execution, default_precision, load_target
 from tstack.errors import SpecError, TstackError
 from tstack.hardware.device import DeviceSpec, device_presets, load_device
+from tstack.hardware.network import load_network, network_presets
 from tstack.models import load_model, model_presets
 from tstack.report import output, table, units
 from tstack.report.repro_table import print_repro_table, summary_line
@@ -82,7 +83,7 @@ def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: i
 
 @app.command()
 def presets(json_out: Path | None = JSON_OPT, csv_out: Path | None = CSV_OPT) -> None:
-    """List the model and device presets tstack knows."""
+    """List the model, device and network presets tstack knows."""
     outputs = Outputs(json=json_out, csv=csv_out)
     models = [load_model(name) for name in model_presets()]
     devices = [load_device(name) for name in device_presets()]
@@ -92,6 +93,11 @@ def presets(json_out: Path | None = JSON_OPT, csv_out: Path | None = CSV_OPT) ->
     records += [{"type": "device", "name": d.name, "kind": d.kind, "fp32_vector_flop_per_second": d.peak("vector", "fp32"),
                  "fp16_matrix_flop_per_second": _fp16(d), "memory_bytes_per_second": d.memory_bandwidth,
                  "description": d.description} for d in devices]
+    networks = [load_network(name) for name in network_presets()]
+    records += [{"type": "network", "name": n.name, "levels": " / ".join(lv.name for lv in n.levels),
+                 "devices_per_node": n.levels[0].size if len(n.levels) > 1 else 0,
+                 "node_bytes_per_second": n.levels[0].bandwidth, "cluster_bytes_per_second": n.levels[-1].bandwidth,
+                 "algorithm": n.algorithm, "description": n.description} for n in networks]
     outputs.write(output.document("presets", {}, records))
     if outputs.stdout_taken:
         return
@@ -111,6 +117,13 @@ def presets(json_out: Path | None = JSON_OPT, csv_out: Path | None = CSV_OPT) ->
         d.add_row(dev.name, dev.kind, units.si(dev.peak("vector", "fp32"), "FLOP/s"),
                   units.si(fp16, "FLOP/s") if fp16 else "-", units.si(dev.memory_bandwidth, "B/s"), dev.description)
     out.print(d)
+    n = Table(title="networks (tstack cluster --network)", title_justify="left", show_edge=False)
+    for col in ("name", "devices per node", "in node", "across nodes", "description"):
+        n.add_column(col, no_wrap=True)
+    for r in records[-len(networks):] if networks else []:
+        n.add_row(r["name"], str(r["devices_per_node"] or "-"), units.si(r["node_bytes_per_second"], "B/s"),
+                  units.si(r["cluster_bytes_per_second"], "B/s"), r["description"])
+    out.print(n)
 
 
 def _fp16(dev: DeviceSpec) -> float | None:

@@ -16,16 +16,20 @@ Communication comes from the network model (``hardware.network``). Composition, 
                  layer with the backward (overlap layer: 002 §5.1, the maximum of computation and communication for
                  every pair of consecutive layers; the first layer's communication stays exposed)
     optimizer  = the optimizer's ops on this rank's parameters (1/tp of the sliced tensors; 1/dp more under ZeRO)
-    experts    = with a ``MoE``, the FFN kernels see top_k× the tokens, a rank holds experts/ep FFNs, and each layer
-                 adds 2 forward + 2 backward all-to-alls of the routed tokens over the ep ranks (not overlapped)
+    experts    = with a Mixture-of-Experts model (ModelSpec ``experts``/``top_k``), a rank of an ep-way expert-parallel
+                 group holds experts/ep expert FFNs and runs them on its T·top_k routed tokens (balanced routing; the
+                 router GEMM and combine as the workload builds them), and each layer adds 2 forward + 2 backward
+                 all-to-alls (dispatch, combine) of T·top_k hidden vectors over the ep ranks (not overlapped)
 
 Memory per device follows Korthikanti et al. 2022 (§4): activations per layer s·b·h·(10 + 24/t + 5·a·s/(h·t)) bytes
 in fp16 and its variants for sequence parallelism and selective / full recomputation; the first pipeline stage holds
 min(m, p) micro-batches in flight, times (1 + (p − 1)/(p·v)) when interleaved. Weights, gradients and optimizer state
 take 2 + 2 + 12 bytes per parameter in mixed precision (4 + 4 + 8 in fp32; SGD keeps one moment), sharded by ZeRO.
 
-Model FLOPs (Narayanan et al. 2021, eq. 3 without recomputation): 72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) per
-iteration for B sequences; ``model_tflops_per_device`` divides it by the iteration time and the device count.
+Model FLOPs, two figures: Megatron's formula (Narayanan et al. 2021, eq. 3 without recomputation,
+72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) per iteration for B sequences, which assumes F = 4h and full multi-head
+attention), ``model_tflops_per_device``, kept for the Table 5 comparison; and the workload's own forward + backward
+FLOPs without recomputation summed over its ops (``workload_model_flops``), ``workload_tflops_per_device``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from typing import Any
 
 import numpy as np
 
-from tstack import checks
 from tstack.costmodel.backend import CostModel, cost_workload
 from tstack.errors import SpecError
 from tstack.hardware.device import DeviceSpec
@@ -49,8 +52,8 @@ from tstack.workload import formulas as F
 from tstack.workload import params as P
 from tstack.workload.build import build, optimizer
 from tstack.workload.fusion import LABEL_JOIN, Profile, fuse, load_profile
-from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, SCALE_MASK_SM
-from tstack.workload.layers import ACT_GROUP
+from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, SCALE_MASK_SM, SDPA
+from tstack.workload.layers import ACT_GROUP, routed_tokens
 from tstack.workload.op import DTYPE_BYTES, Op, OpKind
 
 RECOMPUTE = ("none", "selective", "full")
@@ -61,25 +64,6 @@ ROW = ("out_proj", "fc2", "down_proj")  # weight split by input rows; an all-red
 VOCAB = ("lm_head", "mlm.decoder")  # vocabulary-parallel output projections
 COLUMN_NLPFAST = ("Q-Gen", "K/V-Gen", "linear trans-1")  # the bias-gradient reductions of column-split linears
 ACT_GROUPS = frozenset(ACT_GROUP.values())
-
-
-@dataclass(frozen=True)
-class MoE:
-    """A mixture of experts in place of every FFN: ``experts`` FFNs, each token routed to ``top_k`` of them (the
-    ModelSpec has no experts, so a dense model becomes a MoE with this). Routing is taken as balanced; the router's
-    E×T×H GEMM is left out (under 1% of the FFN's FLOPs for E ≤ 64, H ≥ 1024)."""
-
-    experts: int
-    top_k: int = 1
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        checks.integer(problems, "experts", self.experts, 1, 1 << 20)
-        checks.integer(problems, "top_k", self.top_k, 1, 1 << 20)
-        if not problems and self.top_k > self.experts:
-            problems.append(f"top_k={self.top_k} exceeds experts={self.experts}")
-        if problems:
-            raise SpecError(problems, "moe")
 
 
 @dataclass(frozen=True)
@@ -96,7 +80,7 @@ class Layout:
     seq_parallel: bool = False
     zero: int = 0
     overlap: str = "layer"
-    ep: int = 1  # expert-parallel ranks inside each data-parallel group (with a MoE)
+    ep: int = 1  # expert-parallel ranks inside each data-parallel group (a Mixture-of-Experts model)
 
     def __post_init__(self) -> None:
         if self.global_batch == 0 and isinstance(self.micro_batch, int) and isinstance(self.dp, int):
@@ -112,7 +96,7 @@ class Layout:
         return self.global_batch // (self.dp * self.micro_batch)
 
 
-def layout_problems(model: ModelSpec, layout: Layout, seq: int, moe: MoE | None = None) -> list[str]:
+def layout_problems(model: ModelSpec, layout: Layout, seq: int) -> list[str]:
     """Every reason the layout cannot run the model, one line each (empty when it is legal)."""
     problems: list[str] = []
     lay = layout
@@ -128,16 +112,17 @@ def layout_problems(model: ModelSpec, layout: Layout, seq: int, moe: MoE | None 
         problems.append(f"zero={lay.zero!r} is not one of 0, 1, 2, 3")
     if problems:
         return problems
-    if (lay.tp > 1 or lay.pp > 1 or moe is not None) and model.arch == "memnet":
-        problems.append("tp > 1, pp > 1 and experts need an encoder or decoder model (a memory network has hops, "
-                        "not layers)")
-    if lay.ep > 1 and moe is None:
-        problems.append(f"ep={lay.ep} needs a mixture of experts (experts ≥ 1)")
-    if lay.dp % lay.ep or (moe is not None and moe.experts % lay.ep):
-        problems.append(f"ep={lay.ep} must divide dp={lay.dp}" + (f" and experts={moe.experts}" if moe else ""))
-    for name, value in (("heads", model.heads), ("kv_heads", model.kv_heads), ("ffn", model.ffn)):
+    if (lay.tp > 1 or lay.pp > 1) and model.arch == "memnet":
+        problems.append("tp > 1 and pp > 1 need an encoder or decoder model (a memory network has hops, not layers)")
+    if lay.ep > 1 and not model.experts:
+        problems.append(f"ep={lay.ep} needs a Mixture-of-Experts model (experts ≥ 1 in the model)")
+    elif lay.dp % lay.ep or (model.experts and model.experts % lay.ep):
+        problems.append(f"ep={lay.ep} must divide dp={lay.dp}" + (f" and experts={model.experts}" if model.experts else ""))
+    for name, value in (("heads", model.heads), ("ffn", model.ffn), ("shared_expert_ffn", model.shared_expert_ffn)):
         if value % lay.tp:
             problems.append(f"tp={lay.tp} must divide {name}={value}")
+    if model.kv_heads % lay.tp and lay.tp % model.kv_heads:
+        problems.append(f"tp={lay.tp} must divide kv_heads={model.kv_heads} or be a multiple of it (KV heads replicated)")
     layers = total_layers(model)
     if layers % lay.pp:
         problems.append(f"pp={lay.pp} must divide the {layers} layers")
@@ -152,8 +137,8 @@ def layout_problems(model: ModelSpec, layout: Layout, seq: int, moe: MoE | None 
     return problems
 
 
-def check_layout(model: ModelSpec, layout: Layout, seq: int, moe: MoE | None = None) -> None:
-    problems = layout_problems(model, layout, seq, moe)
+def check_layout(model: ModelSpec, layout: Layout, seq: int) -> None:
+    problems = layout_problems(model, layout, seq)
     if problems:
         raise SpecError(problems, "layout")
 
@@ -168,16 +153,38 @@ def _suffix(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def _sliced_mnk(op: Op, tp: int, top_k: int = 1) -> tuple[int, int, int, int]:
-    """(M, N, K, batch) of one rank's forward GEMM (Megatron's split, 002 Fig. 10); an expert FFN sees top_k× the
-    tokens (each token goes to top_k experts; balanced routing)."""
+def kv_heads_per_rank(model: ModelSpec, tp: int) -> int:
+    """KV heads one of ``tp`` ranks holds: kv_heads/tp, or one (replicated) when tp is a multiple of kv_heads."""
+    return model.kv_heads // tp if model.kv_heads % tp == 0 else 1
+
+
+@dataclass(frozen=True)
+class _Split:
+    """How one rank's share of the model follows from the whole: tensor-parallel degree, query and KV heads per rank,
+    and the expert groups (tokens, experts) an expert-parallel rank runs."""
+
+    tp: int
+    heads: int  # query heads of the whole model
+    kv_heads: int
+    kv_rank: int  # KV heads per rank
+    sp: bool
+    experts: int = 0
+    top_k: int = 0
+    ep: int = 1
+
+
+def _sliced_mnk(op: Op, sp: _Split) -> tuple[int, int, int, int]:
+    """(M, N, K, batch) of one rank's forward GEMM (Megatron's split, 002 Fig. 10)."""
     M, N, K, batch = op.gemm_shape
-    if op.label("block") == "fc":
-        N *= top_k
+    tp = sp.tp
     if op.kind == OpKind.BGEMM:
-        return M, N, K, batch // tp  # attention heads split across ranks
+        # batch = B·kv_heads, N = Sq·(heads/kv_heads): this rank's KV heads, each with its query heads
+        group = sp.heads // sp.kv_heads
+        return M, N // group * (sp.heads // tp // sp.kv_rank), K, batch // sp.kv_heads * sp.kv_rank
     if op.name in VOCAB:
         return math.ceil(M / tp), N, K, batch
+    if _suffix(op.name) in ("k_proj", "v_proj"):
+        return M // sp.kv_heads * sp.kv_rank, N, K, batch
     if _suffix(op.name) in COLUMN:
         return M // tp, N, K, batch
     if _suffix(op.name) in ROW:
@@ -185,64 +192,158 @@ def _sliced_mnk(op: Op, tp: int, top_k: int = 1) -> tuple[int, int, int, int]:
     return M, N, K, batch
 
 
-def _pointwise_split(op: Op, tp: int, sp: bool, top_k: int = 1) -> tuple[int, int]:
+def _pointwise_split(op: Op, sp: _Split) -> tuple[int, int]:
     """(rows, cols) of one rank's element-wise or reduction kernel."""
     rows, cols = op.dim("rows"), op.dim("cols")
-    group, part = op.label("group"), op.label("part")
+    group, part, tp = op.label("group"), op.label("part"), sp.tp
+    kv = op.label("nlpfast") == "K/V-Gen"
     if part == "transformer":
-        if op.label("block") == "fc":
-            rows *= top_k  # the expert FFN's tokens (its activation and bias gradients)
         if group == SCALE_MASK_SM:
             return rows // tp, cols  # rows are B·heads·Sq
-        if group in ACT_GROUPS or group == "RoPE":
+        if group in ACT_GROUPS or (group == "RoPE" and not kv):
             return rows, cols // tp
+        if group == "RoPE" or (op.name == "bias-grad" and kv):
+            return rows, cols // sp.kv_heads * sp.kv_rank
         if op.name == "bias-grad" and op.label("nlpfast") in COLUMN_NLPFAST:
             return rows, cols // tp
-        if group == DR_RC_LN and sp:
+        if group == DR_RC_LN and sp.sp:
             return math.ceil(rows / tp), cols
         return rows, cols
     if part == "output" and op.name == "softmax" and cols > 2:
         return rows, math.ceil(cols / tp)  # the cross-entropy over this rank's slice of the vocabulary
-    if part == "output" and sp and op.name != "bias-grad":
+    if part == "output" and sp.sp and op.name != "bias-grad":
         return math.ceil(rows / tp), cols  # the final norm and the head's element-wise kernels, sharded by sequence
     return rows, cols
 
 
-def slice_workload(ops: tuple[Op, ...], tp: int, sp: bool = False, top_k: int = 1) -> tuple[Op, ...]:
-    """The ops one of ``tp`` tensor-parallel ranks runs (Megatron-LM; 002 Fig. 10): a pure Op → Op transformation.
+def _expert_ops(ops: tuple[Op, ...]) -> list[bool]:
+    """Which ops belong to the routed experts: in a forward (or recomputed) pass the ops between the router (group
+    "Router") and the combine ("MoE combine"), in backward those between the combine and the router."""
+    inside, out = False, []
+    for op in ops:
+        group, backward = op.label("group"), op.label("pass").startswith("bwd")
+        if group == "Router":
+            inside = not backward
+        elif group == "MoE combine":
+            inside = backward
+        out.append(inside and group not in ("Router", "MoE combine"))
+    return out
+
+
+def _gemm_volume(op: Op) -> int:
+    M, N, K, batch = op.gemm_shape
+    return M * N * K * batch  # the same for a GEMM's forward and its two backward products
+
+
+def _expert_groups(tokens: int, sp: _Split) -> list[tuple[int, int]]:
+    """(tokens, experts) of one expert-parallel rank: its experts/ep experts share the T·top_k assignments of its T
+    tokens (balanced routing: ep·T·top_k assignments of the group over all experts)."""
+    return routed_tokens(tokens, sp.experts // sp.ep, sp.top_k)
+
+
+def slice_workload(ops: tuple[Op, ...], tp: int, sp: bool = False, model: ModelSpec | None = None,
+                   ep: int = 1) -> tuple[Op, ...]:
+    """The ops one of ``tp`` tensor-parallel (and ``ep`` expert-parallel) ranks runs (Megatron-LM; 002 Fig. 10): a
+    pure Op → Op transformation.
 
     GEMMs keep their kind and pass; a backward GEMM is derived from its sliced forward by the 002 Table 2b rules, so
-    FLOPs and bytes follow the formulas the workload uses. Element-wise kernels shrink with the dimension that is
-    split (heads for softmax, the FFN width for the activation); LayerNorm, dropout and residual stay whole (sharded
-    along the sequence under ``sp``). Embedding lookups stay whole; the optimizer ops are rebuilt separately.
-    With ``top_k`` > 1 (a mixture of experts) the FFN kernels process top_k× the tokens.
+    FLOPs and bytes follow the formulas the workload uses. Q and output projection split by query heads, K and V by
+    KV heads (replicated when tp is a multiple of kv_heads); the attention B-GEMMs (or the fused ``sdpa`` kernel)
+    run this rank's heads. Element-wise kernels shrink with the dimension that is split (heads for softmax, the FFN
+    width for the activation); LayerNorm, dropout and residual stay whole (sharded along the sequence under ``sp``).
+    Embedding lookups, the MoE router and combine stay whole; the optimizer ops are rebuilt separately. Under
+    ``ep`` > 1 the routed experts' kernels become this rank's experts/ep experts at ep× the tokens each. ``model``
+    gives the heads (without it, full multi-head attention and a dense FFN are assumed).
     """
-    if tp == 1 and not sp and top_k == 1:
+    if tp == 1 and not sp and ep == 1:
         return ops
-    forward: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+    heads = model.heads if model else 1
+    kv = model.kv_heads if model else heads
+    split = _Split(tp, heads, kv, kv // tp if kv % tp == 0 else 1, sp,
+                   model.experts if model else 0, model.top_k if model else 0, ep)
+    if model is None:  # full multi-head attention: the attention B-GEMM batch is B·heads, split by tp
+        split = _Split(tp, tp, tp, 1, sp)
+    expert = _expert_ops(ops) if split.experts else [False] * len(ops)
+    forward: dict[tuple[str, str, int], tuple[int, int, int, int]] = {}
     for op in ops:
         if op.is_gemm and op.label("pass") == "fwd":
-            forward[(op.label("layer"), op.name)] = _sliced_mnk(op, tp, top_k)
-    out = []
-    for op in ops:
-        if op.is_gemm:
-            M, N, K, batch = forward[(op.label("layer"), op.name)]
-            act, weight = F.GEMM_BACKWARD[op.kind](M, N, K)
-            mnk = {"bwd-act": act, "bwd-weight": weight}.get(op.label("pass"), (M, N, K))
-            width = DTYPE_BYTES[op.dtype]
-            counts = F.gemm(*mnk, batch, width, width)
-        elif op.kind in (OpKind.ELEMENTWISE, OpKind.REDUCTION) and op.dim("rows"):
-            rows, cols = _pointwise_split(op, tp, sp, top_k)
-            if (rows, cols) == (op.dim("rows"), op.dim("cols")):
-                out.append(op)
-                continue
-            param_bytes = 4 if op.name == "bias-grad" else _param_bytes(op.dtype)
-            counts = F.pointwise(op.name, rows, cols, DTYPE_BYTES[op.dtype], param_bytes)
-        else:
-            out.append(op)
+            forward[(op.label("layer"), op.name, _gemm_volume(op))] = op.gemm_shape
+    out: list[Op] = []
+    template: dict[tuple[str, str], int] = {}  # (layer, pass) -> the per-expert tokens of the first expert group
+    for op, routed in zip(ops, expert):
+        if routed and ep > 1:
+            out += _rank_experts(op, forward, split, template)
             continue
-        out.append(replace(op, dims=counts.dims, flops=counts.flops, bytes=counts.bytes))
+        if op.name.endswith(".sdpa"):
+            out.append(_scaled(op, tp))
+            continue
+        out.append(_sliced(op, forward, split))
     return tuple(out)
+
+
+def _scaled(op: Op, tp: int) -> Op:
+    """A fused attention kernel on this rank's heads: batch (B·heads), FLOPs and bytes divided by tp."""
+    dims = tuple((k, v // tp if k == "batch" else v) for k, v in op.dims)
+    return replace(op, dims=dims, flops=op.flops // tp, bytes=op.bytes // tp)
+
+
+def _sliced(op: Op, forward: dict[tuple[str, str, int], tuple[int, int, int, int]], sp: _Split,
+            tokens: int = 0) -> Op:
+    """One op on this rank; ``tokens`` (> 0) replaces an expert kernel's per-expert token count."""
+    if op.is_gemm:
+        M, N, K, batch = forward[(op.label("layer"), op.name, _gemm_volume(op))]
+        if tokens:
+            N = tokens
+        M, N, K, batch = _sliced_mnk(replace(op, dims=(("M", M), ("N", N), ("K", K), ("batch", batch))), sp)
+        act, weight = F.GEMM_BACKWARD[op.kind](M, N, K)
+        mnk = {"bwd-act": act, "bwd-weight": weight}.get(op.label("pass"), (M, N, K))
+        width = DTYPE_BYTES[op.dtype]
+        counts = F.gemm(*mnk, batch, width, width)
+    elif op.kind == OpKind.COPY and op.name == "repeat-kv":  # K or V of this rank's KV heads, once per query head
+        rows = op.dim("rows") // sp.kv_heads * sp.kv_rank
+        repeat = sp.heads // sp.tp // sp.kv_rank
+        counts = F.Counts(0, rows * op.dim("cols") * (1 + repeat) * DTYPE_BYTES[op.dtype],
+                          (("rows", rows), ("cols", op.dim("cols")), ("repeat", repeat)))
+    elif op.kind in (OpKind.ELEMENTWISE, OpKind.REDUCTION) and op.dim("rows"):
+        rows, cols = _pointwise_split(op, sp)
+        rows = tokens or rows
+        if (rows, cols) == (op.dim("rows"), op.dim("cols")):
+            return op
+        param_bytes = 4 if op.name == "bias-grad" else _param_bytes(op.dtype)
+        counts = F.pointwise(op.name, rows, cols, DTYPE_BYTES[op.dtype], param_bytes)
+    else:
+        return op
+    return replace(op, dims=counts.dims, flops=counts.flops, bytes=counts.bytes)
+
+
+def _op_tokens(op: Op, forward: dict[tuple[str, str, int], tuple[int, int, int, int]]) -> int:
+    """The per-expert token count of an expert kernel (its forward GEMM's N, or its rows)."""
+    if op.is_gemm:
+        return forward[(op.label("layer"), op.name, _gemm_volume(op))][1]
+    return op.dim("rows")
+
+
+def _rank_experts(op: Op, forward: dict[tuple[str, str, int], tuple[int, int, int, int]], sp: _Split,
+                  template: dict[tuple[str, str], int]) -> list[Op]:
+    """An expert kernel of the whole workload → the same kernel for this expert-parallel rank's expert groups. The
+    workload's first expert group (per layer and pass) is the template; the others are dropped, their tokens being
+    part of the rank's groups."""
+    n = _op_tokens(op, forward)
+    key = (op.label("layer"), op.label("pass"))
+    first = template.setdefault(key, n)
+    if n != first:
+        return []
+    tokens_fwd = _router_tokens(op, forward)
+    q, rem = divmod(tokens_fwd * sp.top_k, sp.experts)
+    layer_count = op.count // (rem if n == q + 1 else sp.experts - rem)
+    return [replace(_sliced(op, forward, sp, tokens), count=layer_count * c)
+            for tokens, c in _expert_groups(tokens_fwd, sp)]
+
+
+def _router_tokens(op: Op, forward: dict[tuple[str, str, int], tuple[int, int, int, int]]) -> int:
+    """T: the tokens of this rank's micro-batch the layer's router scores (its forward GEMM's N)."""
+    layer = op.label("layer")
+    return next(shape[1] for (where, name, _), shape in forward.items() if where == layer and name == "moe.router")
 
 
 def _param_bytes(act_dtype: str) -> int:
@@ -252,29 +353,38 @@ def _param_bytes(act_dtype: str) -> int:
 
 def layer_params_tp(model: ModelSpec, tp: int, cross: bool = False) -> int:
     """Parameters one tensor-parallel rank holds of one layer (Megatron): the weights and the Q/K/V and FC-1 biases
-    split, the output-projection and FC-2 biases and the norms whole. ``tp`` = 1 gives ``params.layer_params``."""
-    H, Hk, Fd = model.hidden, model.kv_hidden, model.ffn
+    split (K and V by KV heads, replicated when tp is a multiple of kv_heads), the output-projection and FC-2 biases,
+    the MoE router and the norms whole; a MoE layer's every expert. ``tp`` = 1 gives ``params.layer_params``."""
+    H, Hq, dh = model.hidden, model.q_hidden, model.head_dim
+    kv_rank = dh * kv_heads_per_rank(model, tp)
     attentions = 2 if cross else 1
-    qkv_bias, out_bias = (H + 2 * Hk, H) if model.bias else (0, 0)
-    fc1_bias, fc2_bias = ((2 if model.gated_ffn else 1) * Fd, H) if model.bias else (0, 0)
-    split = attentions * (2 * H * H + 2 * H * Hk + qkv_bias) + (3 if model.gated_ffn else 2) * H * Fd + fc1_bias
-    whole = attentions * out_bias + fc2_bias + (attentions + 1) * P.norm_params(model)
-    return split // tp + whole
+    qkv_bias = model.bias or model.qkv_bias
+    attn = (2 * H * Hq + (Hq if qkv_bias else 0)) // tp + (2 * H + (2 if qkv_bias else 0)) * kv_rank
+    attn += H if model.bias else 0
+    whole = (attentions + 1) * P.norm_params(model)
+    if model.experts:
+        ffn = model.experts * (ffn_params_tp(model, tp) + H)  # the experts and the router's E×H
+        if model.shared_expert_ffn:
+            ffn += ffn_params_tp(model, tp, model.shared_expert_ffn) + H  # and its 1-wide sigmoid gate
+    else:
+        ffn = ffn_params_tp(model, tp)
+    return attentions * attn + ffn + whole
 
 
-def ffn_params_tp(model: ModelSpec, tp: int) -> int:
+def ffn_params_tp(model: ModelSpec, tp: int, width: int = 0) -> int:
     """One FFN's (one expert's) parameters on a tensor-parallel rank: weights and FC-1 biases split, FC-2 bias whole."""
-    fc1_bias, fc2_bias = ((2 if model.gated_ffn else 1) * model.ffn, model.hidden) if model.bias else (0, 0)
-    return ((3 if model.gated_ffn else 2) * model.hidden * model.ffn + fc1_bias) // tp + fc2_bias
+    Fd = width or model.ffn
+    fc1_bias, fc2_bias = ((2 if model.gated_ffn else 1) * Fd, model.hidden) if model.bias else (0, 0)
+    return ((3 if model.gated_ffn else 2) * model.hidden * Fd + fc1_bias) // tp + fc2_bias
 
 
 def embedding_params_tp(model: ModelSpec, tp: int) -> int:
     """The embedding with its word table split by vocabulary (Megatron's vocabulary-parallel embedding)."""
-    return P.embedding_params(model) - model.vocab * model.hidden + math.ceil(model.vocab / tp) * model.hidden
+    return P.embedding_params(model) - model.vocab * model.embed_width + math.ceil(model.vocab / tp) * model.embed_width
 
 
 def head_params_tp(model: ModelSpec, tp: int) -> int:
-    untied = 0 if model.tie_embeddings else model.vocab * model.hidden
+    untied = 0 if model.tie_embeddings else model.vocab * model.embed_width
     bias = model.vocab if model.head == "bert-pretrain" else 0
     return P.head_params(model) - untied - bias + (untied + bias) // tp
 
@@ -322,17 +432,19 @@ def _run(run: RunSpec, micro_batch: int, recompute: str) -> RunSpec:
 
 
 def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recompute: str,
-               sp: bool, top_k: int = 1, fusion: str | Path | Profile | None = None, device: str = "",
+               sp: bool, ep: int = 1, fusion: str | Path | Profile | None = None, device: str = "",
                ) -> tuple[Op, ...]:
     """One rank's ops for one micro-batch: the sliced workload, selective recomputation, this rank's optimizer;
     then ``fusion`` (a workload.fusion profile) applied to them, as ``analyze`` applies it to its workload (``device``
     names the preset whose on-chip memory a fused attention kernel tiles for)."""
     r = _run(run, micro_batch, recompute)
     ops = tuple(op for op in build(model, r, collapse=True) if op.label("part") != "optimizer")
-    ops = slice_workload(ops, tp, sp, top_k)
-    if recompute == "selective":  # the attention core again before its backward (Korthikanti et al. 2022 §5)
+    ops = slice_workload(ops, tp, sp, model, ep)
+    if recompute == "selective":  # the attention core again before its backward (Korthikanti et al. 2022 §5); a
+        # fused sdpa kernel recomputes its scores inside its own backward already, so it is not run twice
         ops += tuple(emit.with_pass(op, "recompute") for op in ops if op.label("pass") == "fwd"
-                     and op.label("part") == "transformer" and op.label("group") in (ATTN_BGEMM, SCALE_MASK_SM))
+                     and op.label("part") == "transformer" and op.label("group") in (ATTN_BGEMM, SCALE_MASK_SM)
+                     and op.name.rsplit(".", 1)[-1] != SDPA)
     groups = [("-", embedding_params_tp(model, tp), 1)]
     names = sorted({op.label("layer") for op in ops if op.label("part") == "transformer"})
     for name in names:
@@ -348,32 +460,46 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
 
 
 def activation_bytes_per_layer(model: ModelSpec, seq: int, micro_batch: int, tp: int, sp: bool, recompute: str,
-                               act_bytes: int, top_k: int = 1, flash: bool = False) -> float:
+                               act_bytes: int, fused_attention: bool = False) -> float:
     """Korthikanti et al. 2022 eq. 1–6 (fp16 values: s·b·h·(34 + 5·a·s/h) for one unsliced GPT layer), generalized
-    to an FFN of width F (the 16 of 34 is 4F/h; 8F/h for a gated FFN; × top_k routed copies in a MoE) and scaled by
-    the activation width / 2. ``flash``: a fused attention kernel (FlashAttention) keeps no score, softmax or dropout
-    mask (the 5·a·s/h term) but one fp32 log-sum-exp per query and head: s·b·a·4 bytes, sliced by tp."""
+    to an FFN of width F (the 16 of 34 is 4F/h; 8F/h for a gated FFN; × top_k routed copies in a MoE, plus its shared
+    expert) and scaled by the activation width / 2. ``fused_attention`` (``--attention sdpa`` or a fusion profile's
+    FlashAttention): the kernel keeps no score, softmax or dropout mask (the 5·a·s/h term) but one fp32 log-sum-exp
+    per query and head: s·b·a·4 bytes, sliced by tp."""
     s, b, h, a = seq, micro_batch, model.hidden, model.heads
-    mlp_sliced = (8 if model.gated_ffn else 4) * model.ffn / h * top_k
+    mlp_sliced = (8 if model.gated_ffn else 4) * (model.ffn * max(1, model.top_k) + model.shared_expert_ffn) / h
     replicated, sliced, attn = 10.0, 8.0 + mlp_sliced, 5.0 * a * s / h
     if recompute == "full":
         per = 2.0 / (tp if sp else 1)
     else:
-        core = 0.0 if recompute == "selective" or flash else attn / tp
+        core = 0.0 if recompute == "selective" or fused_attention else attn / tp
         per = (replicated / (tp if sp else 1)) + sliced / tp + core
-    stats = s * b * a * 4 / tp if flash and recompute != "full" else 0.0
+    stats = s * b * a * 4 / tp if fused_attention and recompute != "full" else 0.0
     return s * b * h * per * act_bytes / 2 + stats
 
 
+def all_to_all_bytes(model: ModelSpec, tokens: int, act_bytes: int, shards: int = 1) -> float:
+    """Bytes one rank puts into one MoE all-to-all (dispatch or combine): each of its ``tokens`` hidden vectors goes
+    to top_k experts (and comes back), T·top_k·h elements, /tp when sequence parallelism shards the tokens."""
+    return float(tokens * model.top_k * model.hidden * act_bytes / shards) if model.experts else 0.0
+
+
+@lru_cache(maxsize=256)
+def workload_flops(model: ModelSpec, run: RunSpec, micro_batch: int) -> float:
+    """Forward + backward FLOPs of one micro-batch of the whole (unsliced) workload, summed over its ops, without
+    recomputation and without the optimizer: the workload-exact model FLOPs (GQA, gated FFN, experts as built)."""
+    ops = build(model, _run(run, micro_batch, "none"), collapse=True)
+    return float(sum(op.flops * op.count for op in ops if op.label("part") != "optimizer"))
+
+
 def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_batch: int, recompute: str,
-           sp: bool, cost_model: CostModel | None = None, moe: MoE | None = None,
+           sp: bool, cost_model: CostModel | None = None, ep: int = 1,
            fusion: str | Path | Profile | None = None) -> Family:
     """Cost one family: build, slice, fuse (``fusion``) and cost its workload once.
 
     A multi-tensor optimizer kernel (fusion) spans the layers and the embedding and head parameters: its time is
     split between them in proportion to their parameters on this rank (so a pipeline stage gets its layers' share)."""
-    top_k = moe.top_k if moe else 1
-    ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp, top_k, fusion, device.name),
+    ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp, ep, fusion, device.name),
                                device, cost_model)
     L = total_layers(model)
     p_layers, p_rest = L * layer_params_tp(model, tp), embedding_params_tp(model, tp) + head_params_tp(model, tp)
@@ -418,14 +544,15 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
         tp_collectives_fwd=fwd_collectives, tp_collectives_bwd=bwd_collectives,
         tp_collectives_emb=2.0 if tp > 1 and model.head in ("lm", "bert-pretrain") else 0.0,
         tp_message_bytes=float(tokens * model.hidden * act), p2p_bytes=float(tokens * model.hidden * act / tp),
-        act_layer_bytes=activation_bytes_per_layer(model, run.seq, micro_batch, tp, sp, recompute, act, top_k,
-                                                   fusion is not None and load_profile(fusion).attention is not None),
+        act_layer_bytes=activation_bytes_per_layer(
+            model, run.seq, micro_batch, tp, sp, recompute, act,
+            run.attention == "sdpa" or (fusion is not None and load_profile(fusion).attention is not None)),
         act_head_bytes=float(4 * tokens * math.ceil(model.vocab / tp)) if model.head in ("lm", "bert-pretrain") else 0.0,
         weight_bytes=2 if mixed else 4, grad_bytes=2 if mixed else 4,
         optim_bytes=(4 if mixed else 0) + 4 * moments,
-        params_ffn=ffn_params_tp(model, tp), experts=moe.experts if moe else 1,
-        a2a_collectives=(4.0 + (2.0 if recompute == "full" else 0.0)) if moe else 0.0,
-        a2a_bytes=float(tokens * top_k * model.hidden * act / (tp if sp else 1)),
+        params_ffn=ffn_params_tp(model, tp) if model.experts else 0, experts=max(1, model.experts),
+        a2a_collectives=(4.0 + (2.0 if recompute == "full" else 0.0)) if model.experts else 0.0,
+        a2a_bytes=all_to_all_bytes(model, tokens, act, tp if sp else 1),
     )
 
 
@@ -470,7 +597,7 @@ def compose(fam: Family, net: NetworkSpec, dp: Any, tp: int, pp: Any, interleave
     per_stage = fam.layers / pp
     # A MoE layer holds experts/ep FFNs; its optimizer work grows with its parameters.
     expert_params = fam.experts / ep * fam.params_ffn
-    params_layer = fam.params_layer - fam.params_ffn + expert_params
+    params_layer = fam.params_layer - fam.experts * fam.params_ffn + expert_params
     opt_layer = fam.opt_layer * params_layer / fam.params_layer if fam.params_layer else fam.opt_layer
     one_stage = np.where(pp == 1, 1.0, 0.0)  # with one stage the embedding and head are on the same rank
     # Compute per micro-batch on the first stage (embedding) and the last (head); the slowest sets the pace.
@@ -540,10 +667,12 @@ def compose(fam: Family, net: NetworkSpec, dp: Any, tp: int, pp: Any, interleave
             "activations": act, "memory": weights + grads + optim + act}
 
 
-def model_flops(model: ModelSpec, seq: int, sequences: int, top_k: int = 1) -> float:
+def model_flops(model: ModelSpec, seq: int, sequences: int) -> float:
     """Megatron's model FLOPs of one iteration (Narayanan et al. 2021, eq. 3, no recomputation counted):
-    72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) = 3·B·s·(l·(24h² + 4sh) + 2hV); a MoE's FFN term 16h² counts top_k times."""
+    72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) = 3·B·s·(l·(24h² + 4sh) + 2hV); a MoE's FFN term 16h² counts top_k times.
+    It assumes F = 4h, an ungated FFN and full multi-head attention; ``workload_flops`` is exact for the model."""
     s, h, L, V = seq, model.hidden, total_layers(model), model.vocab
+    top_k = max(1, model.top_k)
     return 3.0 * sequences * s * (L * ((8 + 16 * top_k) * h * h + 4 * s * h) + 2 * h * V)
 
 
@@ -560,7 +689,6 @@ class ClusterResult:
     layout: Layout
     family: Family
     values: dict[str, float]
-    moe: MoE | None = None
 
     @property
     def seconds(self) -> float:
@@ -572,8 +700,19 @@ class ClusterResult:
 
     @property
     def model_tflops_per_device(self) -> float:
-        flops = model_flops(self.model, self.run.seq, self.layout.global_batch, self.moe.top_k if self.moe else 1)
+        """Megatron's formula (Narayanan et al. 2021), as Korthikanti et al. 2022 Table 5 reports it."""
+        flops = model_flops(self.model, self.run.seq, self.layout.global_batch)
         return flops / (self.seconds * self.layout.gpus) / 1e12
+
+    @property
+    def workload_flops_per_iteration(self) -> float:
+        lay = self.layout
+        return workload_flops(self.model, self.run, lay.micro_batch) * lay.global_batch / lay.micro_batch
+
+    @property
+    def workload_tflops_per_device(self) -> float:
+        """The workload's own forward + backward FLOPs (summed over its ops, no recomputation) per device-second."""
+        return self.workload_flops_per_iteration / (self.seconds * self.layout.gpus) / 1e12
 
     def memory(self) -> dict[str, float]:
         v = self.values
@@ -588,9 +727,10 @@ class ClusterResult:
                 "seq_parallel": lay.seq_parallel, "zero": lay.zero, "overlap": lay.overlap, "seq": self.run.seq,
                 "precision": self.run.precision, "optimizer": self.run.optimizer,
                 "seconds_per_iteration": self.seconds, "model_tflops_per_device": self.model_tflops_per_device,
-                "model_flops_per_iteration": model_flops(self.model, self.run.seq, lay.global_batch,
-                                                         self.moe.top_k if self.moe else 1),
-                "experts": self.moe.experts if self.moe else 0, "top_k": self.moe.top_k if self.moe else 0,
+                "model_flops_per_iteration": model_flops(self.model, self.run.seq, lay.global_batch),
+                "workload_tflops_per_device": self.workload_tflops_per_device,
+                "workload_flops_per_iteration": self.workload_flops_per_iteration,
+                "experts": self.model.experts, "top_k": self.model.top_k,
                 "ep": lay.ep,
                 "memory_bytes_per_device": self.memory(), "memory_capacity_bytes": self.device.memory_capacity,
                 "fits": self.fits,
@@ -631,17 +771,15 @@ class ClusterResult:
 
 
 def evaluate(model: ModelSpec, run: RunSpec, device: DeviceSpec, network: NetworkSpec, layout: Layout,
-             cost_model: CostModel | None = None, moe: MoE | None = None,
-             fusion: str | Path | Profile | None = None) -> ClusterResult:
+             cost_model: CostModel | None = None, fusion: str | Path | Profile | None = None) -> ClusterResult:
     """Time and memory per device of one training iteration under ``layout`` (``run`` gives seq, precision,
-    optimizer and dropout; its batch is replaced by the layout's micro-batch); ``moe`` turns every FFN into experts,
-    spread over ``layout.ep`` ranks with all-to-alls (2 forward, 2 backward per layer; 2 more under full
+    optimizer and dropout; its batch is replaced by the layout's micro-batch). A Mixture-of-Experts model spreads its
+    experts over ``layout.ep`` ranks with all-to-alls (2 forward, 2 backward per layer; 2 more under full
     recomputation) of the routed tokens; ``fusion`` (a workload.fusion profile) fuses each rank's sliced workload."""
-    check_layout(model, layout, run.seq, moe)
+    check_layout(model, layout, run.seq)
     fam = family(model, run, device, layout.tp, layout.micro_batch, layout.recompute,
-                 layout.seq_parallel and layout.tp > 1, cost_model, moe, fusion)
+                 layout.seq_parallel and layout.tp > 1, cost_model, layout.ep, fusion)
     values = compose(fam, network, layout.dp, layout.tp, layout.pp, layout.interleave, layout.micro_batches,
                      layout.zero, layout.overlap == "layer", layout.ep)
     plain = {k: float(np.asarray(x)) for k, x in values.items()}
-    return ClusterResult(model, _run(run, layout.micro_batch, layout.recompute), device, network, layout, fam, plain,
-                         moe)
+    return ClusterResult(model, _run(run, layout.micro_batch, layout.recompute), device, network, layout, fam, plain)

@@ -119,7 +119,7 @@ COMMANDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cluster search": ({"model": STR, "spec": RUN_SPEC, "device": STR, "network": STR, "gpus": INT, "global_batch": INT,
                         "recompute": LIST, "zero": LIST, "executor": STR},
                        {"rank": INT, "dp": INT, "tp": INT, "pp": INT, "interleave": INT, "micro_batch": INT,
-                        "recompute": STR, "seq_parallel": BOOL, "zero": INT, "overlap": STR,
+                        "recompute": STR, "seq_parallel": BOOL, "zero": INT, "overlap": STR, "ep": INT,
                         "seconds_per_iteration": NUM, "memory_bytes_per_device": NUM, "pareto": BOOL}),
     "nas train": ({"space": {"type": "object"}, "corpus": STR, "tokenizer": STR, "out": STR, "config": {"type": "object"},
                    "resume": BOOL},

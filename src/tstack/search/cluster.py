@@ -1,8 +1,9 @@
 """Search over parallel layouts: every legal (dp, tp, pp, interleave, micro-batch, recompute, sequence parallel, ZeRO,
-overlap) for a model on a number of devices, costed by ``costmodel.cluster``; layouts that do not fit the device's
-memory are dropped; the rest ranked by time per iteration, with the Pareto set of time against memory.
+overlap, and expert parallelism for a Mixture-of-Experts model) for a model on a number of devices, costed by
+``costmodel.cluster``; layouts that do not fit the device's memory are dropped; the rest ranked by time per iteration,
+with the Pareto set of time against memory.
 
-What repeats is costed once: a family (tp, micro-batch, recompute, sequence parallel) builds and costs one workload,
+What repeats is costed once: a family (tp, micro-batch, recompute, sequence parallel, ep) builds and costs one workload,
 and all its layouts (pp, interleave, dp, ZeRO stage, overlap) are composed at once with numpy
 (``cluster.compose``). Families are spread over the project's parallel map (processes, or Ray).
 """
@@ -23,7 +24,7 @@ from tstack.parallel import pmap
 from tstack.spec import ModelSpec, RunSpec
 
 MAX_GPUS = 1 << 20
-FIELDS = ("dp", "tp", "pp", "interleave", "micro_batch", "recompute", "seq_parallel", "zero", "overlap")
+FIELDS = ("dp", "tp", "pp", "interleave", "micro_batch", "recompute", "seq_parallel", "zero", "overlap", "ep")
 
 
 def divisors(n: int) -> list[int]:
@@ -42,34 +43,43 @@ class SearchSpace:
     max_micro_batch: int = 0  # 0: any divisor of the per-replica batch
 
 
-def families(model: ModelSpec, seq: int, space: SearchSpace) -> list[tuple[int, int, str, bool]]:
-    """(tp, micro_batch, recompute, seq_parallel) of every family with at least one legal layout."""
+def _tp_legal(model: ModelSpec, tp: int) -> bool:
+    """tp divides the heads and the FFN widths, and divides the KV heads or is a multiple of them (replicated)."""
+    return not (model.heads % tp or model.ffn % tp or model.shared_expert_ffn % tp
+                or (model.kv_heads % tp and tp % model.kv_heads))
+
+
+def families(model: ModelSpec, seq: int, space: SearchSpace) -> list[tuple[int, int, str, bool, int]]:
+    """(tp, micro_batch, recompute, seq_parallel, ep) of every family with at least one legal layout; ep runs over
+    the divisors of the model's experts that divide some dp (1 for a dense model)."""
     out = []
     L = total_layers(model)
     for tp in divisors(space.gpus):
-        if model.heads % tp or model.kv_heads % tp or model.ffn % tp:
+        if not _tp_legal(model, tp):
             continue
-        mbs: set[int] = set()
+        mbs: dict[int, set[int]] = {}  # micro-batch -> the ep degrees some dp of it allows
         for pp in divisors(space.gpus // tp):
             dp = space.gpus // (tp * pp)
             if L % pp == 0 and space.global_batch % dp == 0:
-                mbs.update(divisors(space.global_batch // dp))
+                eps = [e for e in divisors(dp) if model.experts % e == 0] if model.experts else [1]
+                for mb in divisors(space.global_batch // dp):
+                    mbs.setdefault(mb, set()).update(eps)
         for mb in sorted(mbs):
             if space.max_micro_batch and mb > space.max_micro_batch:
                 continue
             for rc in space.recompute:
                 for sp in ((False, True) if tp > 1 and seq % tp == 0 else (False,)):
-                    out.append((tp, mb, rc, sp))
+                    out += [(tp, mb, rc, sp, ep) for ep in sorted(mbs[mb])]
     return out
 
 
-def family_layouts(model: ModelSpec, space: SearchSpace, tp: int, mb: int) -> dict[str, np.ndarray]:
+def family_layouts(model: ModelSpec, space: SearchSpace, tp: int, mb: int, ep: int = 1) -> dict[str, np.ndarray]:
     """Arrays of the cheap choices (pp, interleave, dp, zero, overlap) legal for one family."""
     L = total_layers(model)
     rows = []
     for pp in divisors(space.gpus // tp):
         dp = space.gpus // (tp * pp)
-        if L % pp or space.global_batch % (dp * mb):
+        if L % pp or space.global_batch % (dp * mb) or dp % ep:
             continue
         for v in (divisors(L // pp) if pp > 1 else [1]):
             for zero in (space.zero if dp > 1 else (0,)):
@@ -79,15 +89,15 @@ def family_layouts(model: ModelSpec, space: SearchSpace, tp: int, mb: int) -> di
     return {k: arr[:, i] for i, k in enumerate(("pp", "interleave", "dp", "micro_batches", "zero", "overlap"))}
 
 
-def _evaluate_family(key: tuple[int, int, str, bool], model: ModelSpec, run: RunSpec, device: DeviceSpec,
+def _evaluate_family(key: tuple[int, int, str, bool, int], model: ModelSpec, run: RunSpec, device: DeviceSpec,
                      network: NetworkSpec, space: SearchSpace) -> dict[str, Any]:
-    tp, mb, rc, sp = key
-    lay = family_layouts(model, space, tp, mb)
+    tp, mb, rc, sp, ep = key
+    lay = family_layouts(model, space, tp, mb, ep)
     if not len(lay["pp"]):
         return {"key": key, "n": 0}
-    fam = family(model, run, device, tp, mb, rc, sp)
+    fam = family(model, run, device, tp, mb, rc, sp, ep=ep)
     v = compose(fam, network, lay["dp"], tp, lay["pp"], lay["interleave"], lay["micro_batches"], lay["zero"],
-                lay["overlap"])
+                lay["overlap"], ep)
     return {"key": key, "n": len(lay["pp"]), **lay, "seconds": v["seconds"],
             "memory": v["memory"]}
 
@@ -120,10 +130,10 @@ def search(model: ModelSpec, run: RunSpec, device: DeviceSpec, network: NetworkS
     evaluated = sum(p["n"] for p in parts)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS + ("seconds", "memory")}
     for p in parts:
-        tp, mb, rc, sp = p["key"]
+        tp, mb, rc, sp, ep = p["key"]
         ones = np.ones(p["n"], dtype=np.int64)
         fit = p["memory"] <= device.memory_capacity
-        for k, value in (("tp", tp * ones), ("micro_batch", mb * ones), ("recompute", np.array([rc] * p["n"])),
+        for k, value in (("tp", tp * ones), ("micro_batch", mb * ones), ("ep", ep * ones), ("recompute", np.array([rc] * p["n"])),
                          ("seq_parallel", np.full(p["n"], sp)), ("overlap", np.where(p["overlap"] == 1, "layer", "none"))):
             cols[k].append(value[fit])
         for k in ("dp", "pp", "interleave", "zero", "seconds", "memory"):
@@ -149,7 +159,7 @@ def pareto(seconds: np.ndarray, memory: np.ndarray) -> np.ndarray:
 def layout_of(row: dict[str, Any], global_batch: int) -> Layout:
     return Layout(dp=row["dp"], tp=row["tp"], pp=row["pp"], interleave=row["interleave"], micro_batch=row["micro_batch"],
                   global_batch=global_batch, recompute=row["recompute"], seq_parallel=bool(row["seq_parallel"]),
-                  zero=row["zero"], overlap=row["overlap"])
+                  zero=row["zero"], overlap=row["overlap"], ep=row.get("ep", 1))
 
 
 def legal(model: ModelSpec, row: dict[str, Any], space: SearchSpace, seq: int) -> list[str]:
