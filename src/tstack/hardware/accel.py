@@ -64,7 +64,8 @@ class L2:
 
     bytes: int = 512 * KiB
     latency_s: float = 75e-9
-    RANGES: ClassVar = {"bytes": (0, 1 << 40, True), "latency_s": (0.0, 1e-5, False)}
+    line_bytes: int = 64  # the L2 fills whole lines: a request into a line a neighbouring tile just fetched hits
+    RANGES: ClassVar = {"bytes": (0, 1 << 40, True), "latency_s": (0.0, 1e-5, False), "line_bytes": (1, 4096, True)}
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,8 @@ def check(hw: AccelSpec) -> list[str]:
                         "(whole rows of DIM int32 per bank)")
     if hw.units.nonlinear == "accelerator" and hw.units.activation_units < 1:
         problems.append("units.activation_units=0 must be >= 1 when units.nonlinear is 'accelerator'")
+    if hw.l2.line_bytes & (hw.l2.line_bytes - 1):
+        problems.append(f"l2.line_bytes={hw.l2.line_bytes} must be a power of two")
     if hw.dma.request_bytes > hw.dma.bus_bytes_per_cycle * 1024:
         problems.append(f"dma.request_bytes={hw.dma.request_bytes} must be at most 1024 bus beats")
     return problems
