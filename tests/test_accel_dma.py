@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tstack.accel.mapping import best
-from tstack.accel.timing import GemmShape, Mapping, gemm_timing, request_sizes, row_requests, tile_requests
+from tstack.accel.mapping import best, heuristic
+from tstack.accel.timing import GemmShape, Mapping, gemm_timing, line_requests, request_sizes, row_requests, tile_requests
 from tstack.hardware.accel import load_accel
 
 BASE = load_accel("gemmini-baseline")
@@ -176,3 +176,59 @@ def test_output_stationary_tiles_do_not_overlap_their_loads():
     assert t.cycles >= t.mesh_cycles + loads
     ws = gemm_timing(BASE.changed(accumulator={"bytes": 128 * 1024}), shape, Mapping(8, 8, 24))
     assert ws.cycles < ws.mesh_cycles + ws.dma_cycles - ws.store_cycles
+
+
+# ---------------------------------------------------------------- the mechanisms of the second pass (issue 14)
+
+
+@pytest.mark.parametrize(("width", "expected"), [(80, (0, 2, 1, 1)), (144, (0, 2, 1, 1)), (32, (0, 2, 1, 1)),
+                                                 (16, (0, 1, 1, 1))])
+def test_requests_into_the_first_l2_line_by_hand(width, expected):
+    """A row starting inside a 64-byte line: its requests before the next line boundary (each request lies in one line).
+    80 or 144 B (first mvin chunk 64 B) at 16: 16@16, 32@32 | 16@64 -> 2; at 32: 32@32 | 32@64 -> 1; at 48: 16@48 |
+    ... -> 1. 32 B at 16: 16@16, 16@32 -> 2; at 32: 32@32 -> 1; at 48: 16@48 | 16@64 -> 1. 16 B: the one request.
+    At 0 the row shares no line with its neighbour: 0."""
+    sizes = request_sizes(BASE)
+    assert tuple(line_requests(off, width, 64, sizes, 64) for off in (0, 16, 32, 48)) == expected
+
+
+def test_a_misaligned_weight_tile_hits_the_line_its_neighbour_fetched():
+    """16×160×64 in tiles of 16×80×64 (ijk, one row tile: B is read once, nothing re-reads it). B's rows are 160 B
+    apart, so they start at 0 and 32 past a line in turn. J tile 0: A 16 rows of 64 B (16 requests), B 64 rows of 80 B
+    at 0 / 32 (2 / 3 requests: 160), no line shared with a tile read before. J tile 1: A again (16; the two A reads hit
+    at 1/2: 16 hits), B at 80 / 240 = 16 / 48 past a line (4 / 4 requests: 256), of which 2 / 1 lie in the line J tile 0
+    fetched (16@80, 32@96; 16@240): 96 hits. 448 requests, 112 hits; with no room in the L2, none."""
+    shape, m = GemmShape(16, 160, 64), Mapping(1, 5, 4)
+    t = gemm_timing(BASE, shape, m)
+    assert t.load_requests == 448
+    assert t.hit_requests == pytest.approx(16 + 96)
+    tiny = gemm_timing(BASE.changed(l2={"bytes": 1024}), shape, m)  # one tile's operands (11 KiB) do not fit
+    assert tiny.load_requests == 448 and tiny.hit_requests == 0
+    assert tiny.dram_read_bytes == t.dram_read_bytes + 16 * 64  # line hits move no DRAM bytes; A's re-read does
+
+
+def test_tiled_matmul_auto_keeps_an_operand_with_at_most_two_tiles():
+    """gemmini.h: a_reuse = I0·K0 <= 2, b_reuse = J0·K0 <= 2 (WS). 128×768×768 in (5,5,48): I0 = 2, J0 = 10, K0 = 1,
+    so A is kept: loaded once (128·768 B), B once per row tile (2·768·768 B). 128×128×64 in (5,6,4): I0 = J0 = 2:
+    both loaded once (8 KiB each). 512×768×768: I0 = 7, nothing kept; OS never keeps."""
+    h = heuristic(BASE, GemmShape(128, 768, 768))
+    assert (h.ti, h.tj, h.tk, h.reuse, h.reuse_inner) == (5, 5, 48, True, False)
+    assert gemm_timing(BASE, GemmShape(128, 768, 768), h).load_bytes == 128 * 768 + 2 * 768 * 768
+    h = heuristic(BASE, GemmShape(128, 128, 64))
+    assert (h.ti, h.tj, h.tk, h.reuse, h.reuse_inner) == (5, 6, 4, True, True)
+    assert gemm_timing(BASE, GemmShape(128, 128, 64), h).load_bytes == 2 * 128 * 64
+    h = heuristic(BASE, GemmShape(512, 768, 768))
+    assert (h.reuse, h.reuse_inner) == (False, False)
+    assert not heuristic(BASE.changed(mesh={"dataflow": "OS"}), GemmShape(128, 128, 64)).reuse
+
+
+def test_the_first_compute_waits_only_for_its_first_mvins():
+    """128×3072×768 in (8,8,48), the RTL point of issue 14 (1,190,378 cycles). The execute loop is k-outer and LdA
+    moves A a 64-byte column chunk of every row at a time, so the first compute needs A's first chunk (128 rows · 64 B:
+    128 requests) and B's first mvin (16 rows · 64 B: 16): 9,216 B from DRAM, max(144·120/16 = 1,080, 9,216/7.5 =
+    1,228.8) + 120 = 1,348.8 cycles. Every tile is mesh-bound (384 folds · 128 + 16 + 30 = 49,198); plus the first
+    call (1,000) and the last store (128 rows of 2 requests: 256·75/16 = 1,200, + 75)."""
+    t = gemm_timing(BASE, GemmShape(128, 3072, 768), Mapping(8, 8, 48))
+    assert t.dma_bound_tiles == 0
+    assert t.cycles == pytest.approx(24 * 49_198 + 1_348.8 + 1_000 + 1_275)
+    assert abs(t.cycles / 1_190_378 - 1) < 0.02

@@ -307,10 +307,11 @@ def test_branch_and_bound_finds_what_timing_every_candidate_finds(hw, shape, obj
 @given(hw=search_configs, shape=st.builds(GemmShape, st.integers(1, 160), st.integers(1, 160), st.integers(1, 160)),
        objective=st.sampled_from(mp.OBJECTIVES))
 def test_branch_and_bound_over_every_tile_count_is_the_exhaustive_search(hw, shape, objective):
-    """Small shapes, every tile count of every dimension (legal or not), both orders: the same mapping and timing."""
+    """Small shapes, every tile count of every dimension (legal or not), both orders, with and without the inner
+    operand kept (gemmini.h's b_reuse): the same mapping and timing."""
     bI, bJ, bK = shape.blocks(hw.dim)
-    pool = [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti in _fold_sizes(bI) for tj in _fold_sizes(bJ)
-            for tk in _fold_sizes(bK) for order in mp.ORDERS]
+    pool = [Mapping(ti, tj, tk, order, reuse=tk == bK, reuse_inner=inner) for ti in _fold_sizes(bI)
+            for tj in _fold_sizes(bJ) for tk in _fold_sizes(bK) for order in mp.ORDERS for inner in (False, True)]
     ref = _scan(hw, shape, pool, objective, 1)
     found = mp.search(hw, shape, pool, objective)
     assert found == (None if ref is None else (ref[1], ref[2]))

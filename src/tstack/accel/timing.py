@@ -363,9 +363,11 @@ def _store(c: _Ctx, requests: float, nbytes: float) -> float:
 
 
 def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int, m: Mapping, shape: GemmShape,
-              n: float, out_bytes: int) -> None:
+              n: float, out_bytes: int, first_j: bool) -> None:
     """Add the ``n`` (i, j) output tiles of size ri×cj whose columns start ``j_offset`` bytes past a request boundary:
-    their K steps (A's alignment averaged over the K positions), then the store of C after the last one."""
+    their K steps (A's alignment averaged over the K positions), then the store of C after the last one. The first
+    tile along a row (``first_j`` for B, k0 = 0 for A) shares no line with a tile read before it: the other part of its
+    first line is the previous row's end, which the last tile along the row reads later (that hit is not counted)."""
     D, K, J = hw.dim, shape.K, shape.J
     group = 0.0
     last_stage = last_load = 0.0
@@ -374,9 +376,12 @@ def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int,
         # A: ri rows of dk bytes, K bytes apart, at column k0·tk·DIM; averaged over the K positions of this class
         pos_a = _positions(nk, m.tk * D, k_first, c.top)
         req_a = sum(cnt * tile_requests(off, K, ri, dk, c.chunk, c.sizes) for off, cnt in pos_a) / nk
-        line_a = sum(cnt * tile_line_requests(off, K, ri, dk, c.chunk, c.sizes, c.line) for off, cnt in pos_a) / nk
+        line_a = sum(cnt * tile_line_requests(off, K, ri, dk, c.chunk, c.sizes, c.line) for off, cnt in pos_a)
+        if k_first == 0:  # k0 = 0 (offset 0) is among them, and shares nothing
+            line_a -= tile_line_requests(0, K, ri, dk, c.chunk, c.sizes, c.line)
+        line_a /= nk
         req_b = tile_requests(j_offset, J, dk, cj, c.chunk, c.sizes)  # B: dk rows of cj bytes, J bytes apart
-        line_b = tile_line_requests(j_offset, J, dk, cj, c.chunk, c.sizes, c.line)
+        line_b = 0 if first_j else tile_line_requests(j_offset, J, dk, cj, c.chunk, c.sizes, c.line)
         load, hits, dram, by_rate = _load(c, req_a, req_b, ri * dk, dk * cj, line_a, line_b)
         stage = max(mesh, commands)
         if c.db:
@@ -429,16 +434,22 @@ def _k_classes(K: int, tile: int) -> list[tuple[int, int, int]]:
     return out + [(rem, 1, full)] if rem else out
 
 
-def _j_groups(J: int, tile: int, top: int, out_bytes: int) -> list[tuple[int, int, int]]:
-    """(columns, B offset modulo ``top``, count) of the J tiles, grouped by alignment; more than four offset classes
-    (tiny meshes) are merged into the first, with the count of all."""
+def _j_groups(J: int, tile: int, top: int, out_bytes: int) -> list[tuple[int, int, int, bool]]:
+    """(columns, B offset modulo ``top``, count, whether it is the first J tile) of the J tiles, grouped by alignment;
+    more than four offset classes (tiny meshes) are merged into the first, with the count of all. The first J tile is
+    its own group: its rows share their first L2 line with the previous row's last tile, read after it."""
     out = []
     for cj, nj in _classes(J, tile):
         first = 0 if cj == tile else J // tile
+        if first == 0:
+            out.append((cj, 0, 1, True))
+            first, nj = 1, nj - 1
+            if nj == 0:
+                continue
         pos = _positions(nj, tile, first, top)
         if len(pos) > 4:
             pos = [(pos[0][0], nj)]
-        out.extend((cj, off, cnt) for off, cnt in pos)
+        out.extend((cj, off, cnt, False) for off, cnt in pos)
     return out
 
 
@@ -470,8 +481,8 @@ def gemm_timing(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int = 1,
     s = _Sums()
     j_groups = _j_groups(shape.J, m.tj * D, c.top, out_bytes)
     for ri, ni in _classes(shape.I, m.ti * D):
-        for cj, off, nj in j_groups:
-            _add_pair(s, hw, c, ri, cj, off, m, shape, ni * nj, out_bytes)
+        for cj, off, nj, first_j in j_groups:
+            _add_pair(s, hw, c, ri, cj, off, m, shape, ni * nj, out_bytes, first_j)
     prologue = s.first_load if c.db else 0.0  # the first compute's operands have nothing to hide behind
     overhead = ov.call_cycles if ov.calls_overlap else ov.call_cycles * s.tiles  # the first call, or every call
     exposed = overhead if ov.calls_overlap else 0.0  # per-call costs are inside the tile stages otherwise
