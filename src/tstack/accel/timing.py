@@ -128,20 +128,26 @@ def request_sizes(hw: AccelSpec) -> tuple[int, ...]:
 
 
 def _request_at(a: int, end: int, sizes: tuple[int, ...]) -> int:
-    """The size of the request the DMA issues at address ``a`` (largest aligned one that fits before ``end``, else
-    the smallest aligned one that covers ``a``)."""
-    for s in sizes:
-        if a % s == 0 and a + s <= end:
-            return s
-    return sizes[-1] - a % sizes[-1]
+    """The bytes the DMA's next request at address ``a`` delivers before ``end``.
+
+    Gemmini DMA.scala, StreamReaderCore: for each request size s (beatBytes up to maxBytes, ascending) a packet aligned
+    down to s delivers min(s − a mod s, bytes left); ``read_packets.reduce(Mux(p.bytes_read > acc.bytes_read, p,
+    acc))`` takes the packet that delivers the most, the smallest on a tie. So a request may over-read before ``a``
+    and past ``end``: 48 bytes at 16 are one 64-byte request, not 16 + 32.
+    """
+    best = 0
+    for s in reversed(sizes):  # ascending, so a tie keeps the smaller request
+        best = max(best, min(s - a % s, end - a))
+    return best
 
 
 @lru_cache(maxsize=1 << 14)
 def _run_requests(offset: int, nbytes: int, sizes: tuple[int, ...]) -> int:
     """Requests for one contiguous run of ``nbytes`` starting ``offset`` bytes past a largest-request boundary.
 
-    At each address the DMA takes the largest size that is aligned there and fits what is left; where none fits, the
-    smallest aligned request that covers the address (it over-reads). 80 bytes at offset 0: 64 + 16, two requests.
+    At each address the DMA takes the request that delivers the most bytes (``_request_at``); with sizes that divide
+    the largest, that is one request per largest-request block the run touches. 80 bytes at 0: 64 + 16, two requests;
+    64 bytes at 16: 64@0 (48 useful) + 16@64, two.
     """
     top = sizes[0]
     a, end, n = offset % top, offset % top + nbytes, 0

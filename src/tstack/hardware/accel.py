@@ -53,9 +53,12 @@ class Dma:
     requests_in_flight: int = 16
     mvin_row_bytes: int = 64  # a mvin/mvout moves rows of at most this many bytes (Gemmini: dma_maxbytes)
     separate_store: bool = True  # stores have their own engine: only the last tile's store is exposed
+    # tiled_matmul_auto asks LoopMatmul to keep an operand with at most two tiles (gemmini.h a_reuse/b_reuse); off: every
+    # loop_ws call loads its A and B tiles (issue 14: "an activation tile re-read across the J loop hits the L2")
+    operand_reuse: bool = False
     RANGES: ClassVar = {"bus_bytes_per_cycle": (1, 4096, True), "request_bytes": (1, 4096, True),
                         "requests_in_flight": (1, 4096, True), "mvin_row_bytes": (1, 1 << 20, True)}
-    FLAGS: ClassVar = ("separate_store",)
+    FLAGS: ClassVar = ("separate_store", "operand_reuse")
 
 
 @dataclass(frozen=True)
