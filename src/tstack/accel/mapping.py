@@ -103,9 +103,10 @@ def heuristic(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> Mappi
 
 def _gemmini_reuse(hw: AccelSpec, shape: GemmShape, m: Mapping) -> Mapping:
     """With ``dma.operand_reuse``, the operand reuse gemmini.h's tiled_matmul_outer asks LoopMatmul for ("reuse operand
-    if it fits scratchpad"): WS only, ``a_reuse = I0·K0 <= 2`` and ``b_reuse = J0·K0 <= 2``. Each such tile gets its own spad id (1 or 2), so it
-    is loaded once and stays while the other loop runs. timing._hits keeps a tile when K fits one tile (K0 = 1); with
-    K0 = 2 the two K tiles would alternate slots, which it does not model (their loads are counted every time)."""
+    if it fits scratchpad"): WS only, ``a_reuse = I0·K0 <= 2`` and ``b_reuse = J0·K0 <= 2``. Each such tile gets its
+    own spad id (1 or 2), so it is loaded once and stays while the other loop runs. timing._hits keeps a tile when K
+    fits one tile (K0 = 1); with K0 = 2 the two K tiles would alternate slots, which it does not model (their loads
+    are counted every time)."""
     if hw.mesh.dataflow != "WS" or not hw.dma.operand_reuse:
         return m
     D = hw.dim
