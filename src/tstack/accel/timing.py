@@ -7,12 +7,17 @@ C[I×J] = A[I×K]·B[K×J]. Per tile of (ri rows, cj cols, dk depth) the mesh an
   is paid once per tile; without them every fold pays it: 2R + C + T − 2 (the SCALE-Sim closed form, 000 ref. [33]
   compares against the same fold counting). OS swaps the roles: bi·bj folds of dk streamed cycles.
 - DMA (issue 14): the A and B tiles move in as mvin rows of at most ``dma.mvin_row_bytes``, each cut into aligned
-  16/32/64-byte requests (``row_requests``); a re-read whose reuse distance fits the L2 hits it (``_hits``), others miss
-  to DRAM; load = max(Σ requests · latency / requests in flight, bytes / bus, missed bytes / DRAM rate). C moves out
-  after the last K step on a separate store engine: only the last tile's store is exposed.
+  16/32/64-byte requests as Gemmini's StreamReaderCore picks them (``_request_at``: the one delivering the most bytes);
+  a re-read whose reuse distance fits the L2 hits it (``_hits``), and so does a request into the 64-byte L2 line the
+  neighbouring tile just fetched (``line_requests``); others miss to DRAM; load = max(Σ requests · latency / requests
+  in flight, bytes / bus, missed bytes / DRAM rate). C moves out after the last K step on a separate store engine: only
+  the last tile's store is exposed.
 - Double buffering (WS with >= 2 scratchpad banks) overlaps the DMA of one tile with the mesh of another, so a tile
   costs max(mesh, DMA); otherwise their sum. One loop_ws call per tile costs the host ``overheads.call_cycles``,
-  overlapping the previous tile when ``calls_overlap``. Partial sums of all K steps stay in the accumulator.
+  overlapping the previous tile when ``calls_overlap``. Partial sums of all K steps stay in the accumulator. The first
+  compute waits only for its own operands (A's first 64-byte column chunk of each row, B's first mvin): the execute
+  loop is k-outer, LdA moves A column chunk by column chunk, and the reservation station releases each compute as the
+  mvins it reads complete.
 
 Tiles come in at most eight classes (full or remainder along I, J, K); each class is costed once and multiplied.
 """
