@@ -230,7 +230,8 @@ def test_heuristic_jumps_to_the_same_tiles_as_growing_one_block_at_a_time(hw, sh
         m = mp.heuristic(hw, shape, full_rows)
     except mp.Infeasible:
         return
-    assert m == _heuristic_unit_steps(hw, shape, full_rows)
+    ref = _heuristic_unit_steps(hw, shape, full_rows)
+    assert (m.ti, m.tj, m.tk, m.order) == (ref.ti, ref.tj, ref.tk, ref.order)
 
 
 @given(n=st.integers(1, 10**13), cap=st.integers(1, 10**6))
@@ -306,10 +307,11 @@ def test_branch_and_bound_finds_what_timing_every_candidate_finds(hw, shape, obj
 @given(hw=search_configs, shape=st.builds(GemmShape, st.integers(1, 160), st.integers(1, 160), st.integers(1, 160)),
        objective=st.sampled_from(mp.OBJECTIVES))
 def test_branch_and_bound_over_every_tile_count_is_the_exhaustive_search(hw, shape, objective):
-    """Small shapes, every tile count of every dimension (legal or not), both orders: the same mapping and timing."""
+    """Small shapes, every tile count of every dimension (legal or not), both orders, with and without the inner
+    operand kept (gemmini.h's b_reuse): the same mapping and timing."""
     bI, bJ, bK = shape.blocks(hw.dim)
-    pool = [Mapping(ti, tj, tk, order, reuse=tk == bK) for ti in _fold_sizes(bI) for tj in _fold_sizes(bJ)
-            for tk in _fold_sizes(bK) for order in mp.ORDERS]
+    pool = [Mapping(ti, tj, tk, order, reuse=tk == bK, reuse_inner=inner) for ti in _fold_sizes(bI)
+            for tj in _fold_sizes(bJ) for tk in _fold_sizes(bK) for order in mp.ORDERS for inner in (False, True)]
     ref = _scan(hw, shape, pool, objective, 1)
     found = mp.search(hw, shape, pool, objective)
     assert found == (None if ref is None else (ref[1], ref[2]))

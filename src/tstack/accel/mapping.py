@@ -91,7 +91,7 @@ def heuristic(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> Mappi
         if ok(ti, tj, tk + 1):
             tk, grow[2] = tk + 1, 1
         if not any(grow):
-            return Mapping(ti, tj, tk)
+            return _gemmini_reuse(hw, shape, Mapping(ti, tj, tk))
         lo, hi = 0, 1  # rounds more that still fit: lo fits, hi does not
         while ok(ti + hi * grow[0], tj + hi * grow[1], tk + hi * grow[2]):
             lo, hi = hi, 2 * hi
@@ -99,6 +99,20 @@ def heuristic(hw: AccelSpec, shape: GemmShape, full_rows: bool = False) -> Mappi
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if ok(ti + mid * grow[0], tj + mid * grow[1], tk + mid * grow[2]) else (lo, mid)
         ti, tj, tk = ti + lo * grow[0], tj + lo * grow[1], tk + lo * grow[2]
+
+
+def _gemmini_reuse(hw: AccelSpec, shape: GemmShape, m: Mapping) -> Mapping:
+    """With ``dma.operand_reuse``, the operand reuse gemmini.h's tiled_matmul_outer asks LoopMatmul for ("reuse operand
+    if it fits scratchpad"): WS only, ``a_reuse = I0·K0 <= 2`` and ``b_reuse = J0·K0 <= 2``. Each such tile gets its
+    own spad id (1 or 2), so it is loaded once and stays while the other loop runs. timing._hits keeps a tile when K
+    fits one tile (K0 = 1); with K0 = 2 the two K tiles would alternate slots, which it does not model (their loads
+    are counted every time)."""
+    if hw.mesh.dataflow != "WS" or not hw.dma.operand_reuse:
+        return m
+    D = hw.dim
+    bI, bJ, bK = shape.blocks(D)
+    I0, J0, K0 = -(-bI // m.ti), -(-bJ // m.tj), -(-bK // m.tk)
+    return Mapping(m.ti, m.tj, m.tk, m.order, reuse=I0 * K0 <= 2, reuse_inner=J0 * K0 <= 2)
 
 
 # The best-mapping search tries tile factors on a grid, not every tile count (a 10^12-row GEMM has 10^11 of them).

@@ -7,12 +7,17 @@ C[I×J] = A[I×K]·B[K×J]. Per tile of (ri rows, cj cols, dk depth) the mesh an
   is paid once per tile; without them every fold pays it: 2R + C + T − 2 (the SCALE-Sim closed form, 000 ref. [33]
   compares against the same fold counting). OS swaps the roles: bi·bj folds of dk streamed cycles.
 - DMA (issue 14): the A and B tiles move in as mvin rows of at most ``dma.mvin_row_bytes``, each cut into aligned
-  16/32/64-byte requests (``row_requests``); a re-read whose reuse distance fits the L2 hits it (``_hits``), others miss
-  to DRAM; load = max(Σ requests · latency / requests in flight, bytes / bus, missed bytes / DRAM rate). C moves out
-  after the last K step on a separate store engine: only the last tile's store is exposed.
+  16/32/64-byte requests as Gemmini's StreamReaderCore picks them (``_request_at``: the one delivering the most bytes);
+  a re-read whose reuse distance fits the L2 hits it (``_hits``), and so does a request into the 64-byte L2 line the
+  neighbouring tile just fetched (``line_requests``); others miss to DRAM; load = max(Σ requests · latency / requests
+  in flight, bytes / bus, missed bytes / DRAM rate). C moves out after the last K step on a separate store engine: only
+  the last tile's store is exposed.
 - Double buffering (WS with >= 2 scratchpad banks) overlaps the DMA of one tile with the mesh of another, so a tile
   costs max(mesh, DMA); otherwise their sum. One loop_ws call per tile costs the host ``overheads.call_cycles``,
-  overlapping the previous tile when ``calls_overlap``. Partial sums of all K steps stay in the accumulator.
+  overlapping the previous tile when ``calls_overlap``. Partial sums of all K steps stay in the accumulator. The first
+  compute waits only for its own operands (A's first 64-byte column chunk of each row, B's first mvin): the execute
+  loop is k-outer, LdA moves A column chunk by column chunk, and the reservation station releases each compute as the
+  mvins it reads complete.
 
 Tiles come in at most eight classes (full or remainder along I, J, K); each class is costed once and multiplied.
 """
@@ -48,13 +53,19 @@ class GemmShape:
 
 @dataclass(frozen=True)
 class Mapping:
-    """Tile factors in DIM blocks, outer loop order, and whether a stationary operand tile is kept across the inner loop."""
+    """Tile factors in DIM blocks, outer loop order, and which operand tiles stay in the scratchpad.
+
+    ``reuse``: the outer loop's operand tile (A in ijk, B in jik) is kept across the inner loop when K fits one tile.
+    ``reuse_inner``: the inner loop's operand (B in ijk) has at most two tiles and each is loaded once: gemmini.h's
+    ``b_reuse = J0·K0 <= 2`` (with ``a_reuse = I0·K0 <= 2`` it gives every such tile its own a_spad_id/b_spad_id, 1 or
+    2, and LoopMatmul skips the mvins of a tile already in its slot)."""
 
     ti: int
     tj: int
     tk: int
     order: str = "ijk"
     reuse: bool = False
+    reuse_inner: bool = False
 
     def tile_elems(self, dim: int) -> tuple[int, int, int]:
         return self.ti * dim, self.tj * dim, self.tk * dim
@@ -122,20 +133,26 @@ def request_sizes(hw: AccelSpec) -> tuple[int, ...]:
 
 
 def _request_at(a: int, end: int, sizes: tuple[int, ...]) -> int:
-    """The size of the request the DMA issues at address ``a`` (largest aligned one that fits before ``end``, else
-    the smallest aligned one that covers ``a``)."""
-    for s in sizes:
-        if a % s == 0 and a + s <= end:
-            return s
-    return sizes[-1] - a % sizes[-1]
+    """The bytes the DMA's next request at address ``a`` delivers before ``end``.
+
+    Gemmini DMA.scala, StreamReaderCore: for each request size s (beatBytes up to maxBytes, ascending) a packet aligned
+    down to s delivers min(s − a mod s, bytes left); ``read_packets.reduce(Mux(p.bytes_read > acc.bytes_read, p,
+    acc))`` takes the packet that delivers the most, the smallest on a tie. So a request may over-read before ``a``
+    and past ``end``: 48 bytes at 16 are one 64-byte request, not 16 + 32.
+    """
+    best = 0
+    for s in reversed(sizes):  # ascending, so a tie keeps the smaller request
+        best = max(best, min(s - a % s, end - a))
+    return best
 
 
 @lru_cache(maxsize=1 << 14)
 def _run_requests(offset: int, nbytes: int, sizes: tuple[int, ...]) -> int:
     """Requests for one contiguous run of ``nbytes`` starting ``offset`` bytes past a largest-request boundary.
 
-    At each address the DMA takes the largest size that is aligned there and fits what is left; where none fits, the
-    smallest aligned request that covers the address (it over-reads). 80 bytes at offset 0: 64 + 16, two requests.
+    At each address the DMA takes the request that delivers the most bytes (``_request_at``); with sizes that divide
+    the largest, that is one request per largest-request block the run touches. 80 bytes at 0: 64 + 16, two requests;
+    64 bytes at 16: 64@0 (48 useful) + 16@64, two.
     """
     top = sizes[0]
     a, end, n = offset % top, offset % top + nbytes, 0
@@ -172,6 +189,39 @@ def tile_requests(offset: int, stride: int, rows: int, width: int, chunk: int, s
     top = sizes[0]
     period = top // math.gcd(stride % top or top, top)
     return sum(row_requests((offset + r * stride) % top, width, chunk, sizes) * ((rows - r + period - 1) // period)
+               for r in range(min(period, rows)))
+
+
+@lru_cache(maxsize=1 << 14)
+def line_requests(offset: int, width: int, chunk: int, sizes: tuple[int, ...], line: int) -> int:
+    """Requests of a row of ``width`` bytes at ``offset`` (modulo a multiple of ``line``) that fall in the row's first L2
+    line when the row starts inside one; 0 when it starts on a line boundary.
+
+    The L2 holds whole lines (64 B in Chipyard) and fills a line on the first miss to it, so when the neighbouring tile
+    read the other part of that line just before, these requests hit. 80 bytes at 16: the requests 16@16 and 32@32 lie
+    in line 0 (2); at 32: 32@32 (1); at 48: 16@48 (1).
+    """
+    into = offset % line
+    if width <= 0 or into == 0:
+        return 0
+    stop, row_end = offset - into + line, offset + width
+    n, start = 0, offset
+    while start < min(row_end, stop):  # mvin chunks from the row's start, as row_requests cuts them
+        end = min(start + chunk, row_end)
+        a = start
+        while a < min(end, stop):
+            a, n = a + _request_at(a, end, sizes), n + 1
+        start = end
+    return n
+
+
+@lru_cache(maxsize=1 << 14)
+def tile_line_requests(offset: int, stride: int, rows: int, width: int, chunk: int, sizes: tuple[int, ...],
+                       line: int) -> int:
+    """``line_requests`` summed over ``rows`` rows ``stride`` bytes apart (closed form over the period modulo ``line``)."""
+    top = max(line, sizes[0])
+    period = top // math.gcd(stride % top or top, top)
+    return sum(line_requests((offset + r * stride) % top, width, chunk, sizes, line) * ((rows - r + period - 1) // period)
                for r in range(min(period, rows)))
 
 
@@ -257,28 +307,32 @@ class _Ctx:
     hit_b: float
     share_a: float
     share_b: float
+    line: int
+    line_a: bool
+    line_b: bool
 
 
-def _hits(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int) -> tuple[float, float, float, float]:
-    """(A hit rate, B hit rate, A load share, B load share) from the loop order and reuse distances (module doc)."""
+def _hits(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int) -> tuple[float, float, float, float, bool, bool]:
+    """(A hit rate, B hit rate, A load share, B load share, A line shared, B line shared) from the loop order, the
+    reuse distances and the operand tiles kept (module doc). "Line shared": the neighbouring tile along the row (the
+    previous K step for A; the previous J tile for B) was read recently enough that the L2 line it shares with this tile
+    is still there, so this tile's requests into that line hit (``line_requests``)."""
     D, l2 = hw.dim, hw.l2.bytes
     I, J, K = shape.I, shape.J, shape.K  # noqa: E741 - Gemmini's names
-    ri, cj = min(I, m.ti * D), min(J, m.tj * D)
+    ri, cj, dk = min(I, m.ti * D), min(J, m.tj * D), min(K, m.tk * D)
     I0, J0 = -(-I // (m.ti * D)), -(-J // (m.tj * D))
-    keep = m.reuse and K <= m.tk * D  # K fits one tile: the stationary operand tile stays in the scratchpad
+    whole_k = K <= m.tk * D  # K fits one tile: a kept operand tile is loaded once
+    keep, keep_inner = m.reuse and whole_k, m.reuse_inner and whole_k
+    line_a = ri * dk + dk * cj <= l2  # A's neighbour is the previous K step's tile, in both orders
     if m.order == "jik":  # for j0, for i0: B re-read across consecutive i0, A across the whole of A
         near, far = K * cj + ri * K + ri * cj * out_bytes, I * K + K * cj + I * cj * out_bytes
-        hit_b = (I0 - 1) / I0 if near <= l2 else 0.0
-        hit_a = (J0 - 1) / J0 if far <= l2 else 0.0
-        if keep:
-            return hit_a, 0.0, 1.0, 1 / I0
-        return hit_a, hit_b, 1.0, 1.0
+        hit_b = 0.0 if keep else (I0 - 1) / I0 if near <= l2 else 0.0
+        hit_a = 0.0 if keep_inner else (J0 - 1) / J0 if far <= l2 else 0.0
+        return hit_a, hit_b, 1 / J0 if keep_inner else 1.0, 1 / I0 if keep else 1.0, line_a, far <= l2
     near, far = ri * K + K * cj + ri * cj * out_bytes, K * J + ri * K + ri * J * out_bytes
-    hit_a = (J0 - 1) / J0 if near <= l2 else 0.0
-    hit_b = (I0 - 1) / I0 if far <= l2 else 0.0
-    if keep:
-        return 0.0, hit_b, 1 / J0, 1.0
-    return hit_a, hit_b, 1.0, 1.0
+    hit_a = 0.0 if keep else (J0 - 1) / J0 if near <= l2 else 0.0
+    hit_b = 0.0 if keep_inner else (I0 - 1) / I0 if far <= l2 else 0.0
+    return hit_a, hit_b, 1 / J0 if keep else 1.0, 1 / I0 if keep_inner else 1.0, line_a, near <= l2
 
 
 def _mesh_part(hw: AccelSpec, ri: int, cj: int, dk: int) -> tuple[float, float, float, float, float]:
@@ -297,11 +351,16 @@ def _mesh_part(hw: AccelSpec, ri: int, cj: int, dk: int) -> tuple[float, float, 
     return mesh, commands, array_macs, spad_read, acc
 
 
-def _load(c: _Ctx, req_a: float, req_b: float, bytes_a: float, bytes_b: float) -> tuple[float, float, float, bool]:
+def _load(c: _Ctx, req_a: float, req_b: float, bytes_a: float, bytes_b: float, line_a: float,
+          line_b: float) -> tuple[float, float, float, bool]:
     """(cycles, hit requests, DRAM bytes, whether DRAM's byte rate sets the cycles) of one tile's loads: Little's law
-    over the in-flight slots, at least the bus time and, for the misses, the DRAM time."""
+    over the in-flight slots, at least the bus time and, for the misses, the DRAM time. ``line_a``/``line_b``: the
+    requests into a first line the neighbouring tile shares; they hit where the tile re-read would miss. DRAM bytes
+    stay the tile's own bytes: the L2 fetches whole lines, and the neighbour's share of a line is counted with it."""
     ra, rb, ba, bb = req_a * c.share_a, req_b * c.share_b, bytes_a * c.share_a, bytes_b * c.share_b
-    hits = ra * c.hit_a + rb * c.hit_b
+    la = line_a * c.share_a if c.line_a else 0.0
+    lb = line_b * c.share_b if c.line_b else 0.0
+    hits = ra * c.hit_a + la * (1 - c.hit_a) + rb * c.hit_b + lb * (1 - c.hit_b)
     misses = ra + rb - hits
     dram = ba * (1 - c.hit_a) + bb * (1 - c.hit_b)
     by_rate = dram / c.dram_rate
@@ -315,19 +374,26 @@ def _store(c: _Ctx, requests: float, nbytes: float) -> float:
 
 
 def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int, m: Mapping, shape: GemmShape,
-              n: float, out_bytes: int) -> None:
+              n: float, out_bytes: int, first_j: bool) -> None:
     """Add the ``n`` (i, j) output tiles of size ri×cj whose columns start ``j_offset`` bytes past a request boundary:
-    their K steps (A's alignment averaged over the K positions), then the store of C after the last one."""
+    their K steps (A's alignment averaged over the K positions), then the store of C after the last one. The first
+    tile along a row (``first_j`` for B, k0 = 0 for A) shares no line with a tile read before it: the other part of its
+    first line is the previous row's end, which the last tile along the row reads later (that hit is not counted)."""
     D, K, J = hw.dim, shape.K, shape.J
     group = 0.0
     last_stage = last_load = 0.0
     for dk, nk, k_first in _k_classes(shape.K, m.tk * D):
         mesh, commands, array_macs, spad_read, acc = _mesh_part(hw, ri, cj, dk)
         # A: ri rows of dk bytes, K bytes apart, at column k0·tk·DIM; averaged over the K positions of this class
-        req_a = sum(cnt * tile_requests(off, K, ri, dk, c.chunk, c.sizes)
-                    for off, cnt in _positions(nk, m.tk * D, k_first, c.top)) / nk
+        pos_a = _positions(nk, m.tk * D, k_first, c.top)
+        req_a = sum(cnt * tile_requests(off, K, ri, dk, c.chunk, c.sizes) for off, cnt in pos_a) / nk
+        line_a = sum(cnt * tile_line_requests(off, K, ri, dk, c.chunk, c.sizes, c.line) for off, cnt in pos_a)
+        if k_first == 0:  # k0 = 0 (offset 0) is among them, and shares nothing
+            line_a -= tile_line_requests(0, K, ri, dk, c.chunk, c.sizes, c.line)
+        line_a /= nk
         req_b = tile_requests(j_offset, J, dk, cj, c.chunk, c.sizes)  # B: dk rows of cj bytes, J bytes apart
-        load, hits, dram, by_rate = _load(c, req_a, req_b, ri * dk, dk * cj)
+        line_b = 0 if first_j else tile_line_requests(j_offset, J, dk, cj, c.chunk, c.sizes, c.line)
+        load, hits, dram, by_rate = _load(c, req_a, req_b, ri * dk, dk * cj, line_a, line_b)
         stage = max(mesh, commands)
         if c.db:
             tile = max(stage, load)
@@ -351,10 +417,11 @@ def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int,
         if load > stage:
             s.dma_bound += k
             s.dram_rate_bound += k if by_rate else 0.0
-        if s.first_load < 0:
-            full_a = tile_requests(0, K, ri, dk, c.chunk, c.sizes)
-            s.first_load = max((full_a + req_b) * c.lat_dram / c.inflight, (ri * dk + dk * cj) / c.dram_rate,
-                               (ri * dk + dk * cj) / c.bus) + c.lat_dram
+        if s.first_load < 0:  # what the first compute waits for: A's first mvin chunk of every row, B's first mvin
+            wa, rb, wb = min(dk, c.chunk), min(dk, D), min(cj, c.chunk)
+            first = tile_requests(0, K, ri, wa, c.chunk, c.sizes) + tile_requests(0, J, rb, wb, c.chunk, c.sizes)
+            nbytes = ri * wa + rb * wb
+            s.first_load = max(first * c.lat_dram / c.inflight, nbytes / c.dram_rate, nbytes / c.bus) + c.lat_dram
         last_stage, last_load = stage, load
     req_c = tile_requests(j_offset * out_bytes, J * out_bytes, ri, cj * out_bytes, c.chunk, c.sizes)
     store = _store(c, req_c, ri * cj * out_bytes)
@@ -378,16 +445,22 @@ def _k_classes(K: int, tile: int) -> list[tuple[int, int, int]]:
     return out + [(rem, 1, full)] if rem else out
 
 
-def _j_groups(J: int, tile: int, top: int, out_bytes: int) -> list[tuple[int, int, int]]:
-    """(columns, B offset modulo ``top``, count) of the J tiles, grouped by alignment; more than four offset classes
-    (tiny meshes) are merged into the first, with the count of all."""
+def _j_groups(J: int, tile: int, top: int, out_bytes: int) -> list[tuple[int, int, int, bool]]:
+    """(columns, B offset modulo ``top``, count, whether it is the first J tile) of the J tiles, grouped by alignment;
+    more than four offset classes (tiny meshes) are merged into the first, with the count of all. The first J tile is
+    its own group: its rows share their first L2 line with the previous row's last tile, read after it."""
     out = []
     for cj, nj in _classes(J, tile):
         first = 0 if cj == tile else J // tile
+        if first == 0:
+            out.append((cj, 0, 1, True))
+            first, nj = 1, nj - 1
+            if nj == 0:
+                continue
         pos = _positions(nj, tile, first, top)
         if len(pos) > 4:
             pos = [(pos[0][0], nj)]
-        out.extend((cj, off, cnt) for off, cnt in pos)
+        out.extend((cj, off, cnt, False) for off, cnt in pos)
     return out
 
 
@@ -410,17 +483,18 @@ def gemm_timing(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int = 1,
         return GemmTiming(b * mesh, b * mesh, 0.0, 0.0, 0.0, 0.0, shape.macs, b * array_macs, b * spad_read,
                           0.0, b * acc, b * ideal, 0.0, I0)
     sizes = request_sizes(hw)
-    hit_a, hit_b, share_a, share_b = _hits(hw, shape, m, out_bytes)
-    ov = hw.overheads
-    c = _Ctx(sizes, hw.dma.mvin_row_bytes, sizes[0], hw.cycles(hw.l2.latency_s), hw.cycles(hw.dram.latency_s),
-             hw.dma.requests_in_flight, hw.dma.bus_bytes_per_cycle, _dram_rate(hw), double_buffered(hw),
-             ov.call_cycles, ov.calls_overlap, hit_a, hit_b, share_a, share_b)
+    hit_a, hit_b, share_a, share_b, line_a, line_b = _hits(hw, shape, m, out_bytes)
+    ov, line = hw.overheads, hw.l2.line_bytes
+    c = _Ctx(sizes, hw.dma.mvin_row_bytes, max(sizes[0], line), hw.cycles(hw.l2.latency_s),
+             hw.cycles(hw.dram.latency_s), hw.dma.requests_in_flight, hw.dma.bus_bytes_per_cycle, _dram_rate(hw),
+             double_buffered(hw), ov.call_cycles, ov.calls_overlap, hit_a, hit_b, share_a, share_b, line, line_a,
+             line_b)
     s = _Sums()
     j_groups = _j_groups(shape.J, m.tj * D, c.top, out_bytes)
     for ri, ni in _classes(shape.I, m.ti * D):
-        for cj, off, nj in j_groups:
-            _add_pair(s, hw, c, ri, cj, off, m, shape, ni * nj, out_bytes)
-    prologue = s.first_load if c.db else 0.0  # the first tile's load has nothing to hide behind
+        for cj, off, nj, first_j in j_groups:
+            _add_pair(s, hw, c, ri, cj, off, m, shape, ni * nj, out_bytes, first_j)
+    prologue = s.first_load if c.db else 0.0  # the first compute's operands have nothing to hide behind
     overhead = ov.call_cycles if ov.calls_overlap else ov.call_cycles * s.tiles  # the first call, or every call
     exposed = overhead if ov.calls_overlap else 0.0  # per-call costs are inside the tile stages otherwise
     total = s.cycles + prologue + exposed + s.last_store
@@ -479,6 +553,7 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
     tk = np.array([m.tk for m in ms], dtype=float) * D
     jik = np.array([m.order == "jik" for m in ms])
     keep = np.array([m.reuse for m in ms]) & (K <= tk)
+    keep_inner = np.array([m.reuse_inner for m in ms]) & (K <= tk)
     # _hits, vectorized
     ri0, cj0 = np.minimum(I, ti), np.minimum(J, tj)
     I0, J0 = -(-I // ti), -(-J // tj)
@@ -493,6 +568,10 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
     share_a = np.where(keep & ~jik, 1 / J0, share_a)
     hit_b = np.where(keep & jik, 0.0, hit_b)
     share_b = np.where(keep & jik, 1 / I0, share_b)
+    hit_b = np.where(keep_inner & ~jik, 0.0, hit_b)
+    share_b = np.where(keep_inner & ~jik, 1 / I0, share_b)
+    hit_a = np.where(keep_inner & jik, 0.0, hit_a)
+    share_a = np.where(keep_inner & jik, 1 / J0, share_a)
 
     d, ov = hw.dma, hw.overheads
     top = request_sizes(hw)[0]
@@ -501,6 +580,14 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
     def fewest(w):
         whole, tail = np.divmod(w, d.mvin_row_bytes)
         return whole * chunk_req + -(-tail // top)
+
+    line = hw.l2.line_bytes
+
+    def row_latency(w, lat):
+        """Fewest latency of a row of w bytes: the requests into a first line shared with the neighbouring tile may
+        hit the L2; the ones past that line (at least ceil((w - line) / largest request)) take ``lat``."""
+        past = -(-np.maximum(w - line, 0) // top)
+        return past * lat + (fewest(w) - past) * np.minimum(lat_l2, lat)
 
     lat_l2, lat_dram = hw.cycles(hw.l2.latency_s), hw.cycles(hw.dram.latency_s)
     lat_a = hit_a * lat_l2 + (1 - hit_a) * lat_dram
@@ -518,7 +605,7 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
                 commands = (bi * bk + 2 * bk * bj + bi * bj * bk) * ov.command_cycles
                 stage = np.maximum(mesh, commands)
                 ba, bb = share_a * ri * dk, share_b * dk * cj
-                lat = (share_a * ri * fewest(dk) * lat_a + share_b * dk * fewest(cj) * lat_b) / d.requests_in_flight
+                lat = (share_a * ri * row_latency(dk, lat_a) + share_b * dk * row_latency(cj, lat_b)) / d.requests_in_flight
                 missed = ba * (1 - hit_a) + bb * (1 - hit_b)
                 load = np.maximum(np.maximum(lat, (ba + bb) / d.bus_bytes_per_cycle), missed / _dram_rate(hw))
                 tile = np.maximum(stage, load) if db else stage + load
@@ -537,9 +624,10 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
     if ov.calls_overlap:
         cycles += ov.call_cycles  # the first call is exposed
     ri, cj, dk = (_first(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj), (K, tk)))
-    if db:  # the prologue: the first tile's loads, all from DRAM, hidden behind nothing
-        first = ri * dk + dk * cj
-        cycles += np.maximum(np.maximum((ri * fewest(dk) + dk * fewest(cj)) * lat_dram / d.requests_in_flight,
+    if db:  # the prologue: the first compute's operands (A's first mvin chunk of each row, B's first mvin), from DRAM
+        wa, rb, wb = np.minimum(dk, d.mvin_row_bytes), np.minimum(dk, D), np.minimum(cj, d.mvin_row_bytes)
+        first = ri * wa + rb * wb
+        cycles += np.maximum(np.maximum((ri * fewest(wa) + rb * fewest(wb)) * lat_dram / d.requests_in_flight,
                                         first / _dram_rate(hw)), first / d.bus_bytes_per_cycle) + lat_dram
     ri, cj = (_last(_class_arrays(n, t)) for n, t in ((I, ti), (J, tj)))
     out = cj * out_bytes  # the last store, into the L2

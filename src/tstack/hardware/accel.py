@@ -53,9 +53,12 @@ class Dma:
     requests_in_flight: int = 16
     mvin_row_bytes: int = 64  # a mvin/mvout moves rows of at most this many bytes (Gemmini: dma_maxbytes)
     separate_store: bool = True  # stores have their own engine: only the last tile's store is exposed
+    # tiled_matmul_auto asks LoopMatmul to keep an operand with at most two tiles (gemmini.h a_reuse/b_reuse); off: every
+    # loop_ws call loads its A and B tiles (issue 14: "an activation tile re-read across the J loop hits the L2")
+    operand_reuse: bool = False
     RANGES: ClassVar = {"bus_bytes_per_cycle": (1, 4096, True), "request_bytes": (1, 4096, True),
                         "requests_in_flight": (1, 4096, True), "mvin_row_bytes": (1, 1 << 20, True)}
-    FLAGS: ClassVar = ("separate_store",)
+    FLAGS: ClassVar = ("separate_store", "operand_reuse")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class L2:
 
     bytes: int = 512 * KiB
     latency_s: float = 75e-9
-    RANGES: ClassVar = {"bytes": (0, 1 << 40, True), "latency_s": (0.0, 1e-5, False)}
+    line_bytes: int = 64  # the L2 fills whole lines: a request into a line a neighbouring tile just fetched hits
+    RANGES: ClassVar = {"bytes": (0, 1 << 40, True), "latency_s": (0.0, 1e-5, False), "line_bytes": (1, 4096, True)}
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,8 @@ def check(hw: AccelSpec) -> list[str]:
                         "(whole rows of DIM int32 per bank)")
     if hw.units.nonlinear == "accelerator" and hw.units.activation_units < 1:
         problems.append("units.activation_units=0 must be >= 1 when units.nonlinear is 'accelerator'")
+    if hw.l2.line_bytes & (hw.l2.line_bytes - 1):
+        problems.append(f"l2.line_bytes={hw.l2.line_bytes} must be a power of two")
     if hw.dma.request_bytes > hw.dma.bus_bytes_per_cycle * 1024:
         problems.append(f"dma.request_bytes={hw.dma.request_bytes} must be at most 1024 bus beats")
     return problems
