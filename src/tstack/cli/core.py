@@ -172,7 +172,7 @@ def analyze(
     if not isinstance(dev, DeviceSpec) and mode != "infer":
         raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
     precision = default_precision(dev) if precision is None else precision
-    execution = execution or default_execution(dev)
+    execution = default_execution(dev) if execution is None else execution
     run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len,
                     execution=execution, attention=attention, mlm_fraction=mlm_fraction)
     b = analyze_config(spec, run, dev, fusion=fusion)
