@@ -73,6 +73,9 @@ def test_sandwich_rule_trains_largest_and_smallest_each_step(net, tmp_path):
     text = corpora.load("shipped", 4096)
     _, log = train(TINY, text, cfg, tmp_path / "s.pt")
     assert all(t[0] == TINY.largest and t[1] == TINY.smallest and len(t) == 4 for t in log.trained)
+    # the default trains the sandwich's two ends only (docs/nas.md: random subnets trained every subnet worse)
+    _, log = train(TINY, text, replace(cfg, random_subnets=TrainConfig().random_subnets), tmp_path / "d.pt")
+    assert log.trained == [[TINY.largest, TINY.smallest]] * 3
 
 
 def test_resume_continues_exactly(tmp_path):

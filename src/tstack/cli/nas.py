@@ -60,8 +60,9 @@ def train(
     out_path: Path = typer.Option(..., "--out", help="checkpoint file (written every --checkpoint-every steps)"),
     batch: int | None = typer.Option(None, "--batch", help="sequences per step (default: the space's)"),
     lr: float | None = typer.Option(None, "--lr", help="peak learning rate (default: the space's)"),
-    warmup: int = typer.Option(100, "--warmup", help="steps of linear warm-up before the linear decay"),
-    random_subnets: int = typer.Option(2, "--random-subnets", help="random subnets per step besides largest and smallest"),
+    warmup: int = typer.Option(50, "--warmup", help="steps of linear warm-up before the linear decay"),
+    random_subnets: int = typer.Option(0, "--random-subnets", help="random subnets per step besides largest and smallest "
+                                                                 "(docs/nas.md: more trained worse here)"),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="steps between checkpoints"),
     stop_after: int | None = typer.Option(None, "--stop-after", help="end this run after N steps (resume later)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run that --out holds"),

@@ -37,9 +37,9 @@ class TrainConfig:
     steps: int = 2000
     batch: int = 16
     lr: float = 1e-3
-    warmup: int = 100
+    warmup: int = 50
     weight_decay: float = 0.01
-    random_subnets: int = 2
+    random_subnets: int = 0
     checkpoint_every: int = 500
     seed: int = 0
     corpus: str = "web"
