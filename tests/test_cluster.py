@@ -288,6 +288,12 @@ def test_data_parallel_overlap_hides_all_but_the_last_layer():
     assert none.values["dp_grad"] == pytest.approx(grad(f.params_head) + 24 * grad(f.params_layer) + grad(f.params_emb))
     assert layer.values["dp_grad"] < 0.2 * none.values["dp_grad"]
     assert layer.values["dp_grad"] >= grad(f.params_emb)  # the first layer's gradients cannot hide
+    # exactly (002 §5.1, pp = 1 so the head and embedding are on this rank): b_head + max(b, g_head)
+    # + 23·max(b, g_layer) + max(b_emb, g_layer) + g_emb, less the backward compute b_head + 24·b + b_emb
+    b, b_emb = f.layer_bwd, f.emb_bwd
+    g_head, g_layer, g_emb = grad(f.params_head), grad(f.params_layer), grad(f.params_emb)
+    exposed = max(b, g_head) + 23 * max(b, g_layer) + max(b_emb, g_layer) + g_emb - 24 * b - b_emb
+    assert layer.values["dp_grad"] == pytest.approx(exposed)
 
 
 def test_illegal_layouts_name_the_field():

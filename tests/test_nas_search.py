@@ -68,7 +68,10 @@ def test_lookup_table_scales_with_layers():
     one, four = LUT.cost(nas.Arch(1, 4, 128, 512)), LUT.cost(nas.Arch(4, 4, 128, 512))
     other = sum(r[1] for r in LUT.other_rows[128])
     assert four.latency_s - other == pytest.approx(4 * (one.latency_s - other), rel=1e-12)
-    assert LUT.records() and all(r["seconds"] >= 0 for r in LUT.records())
+    records = LUT.records()
+    # one record per row: the per-layer rows of every (hidden, heads, ffn) filled plus the outside rows per hidden
+    assert len(records) == len(LUT) > 0 and all(r["seconds"] >= 0 for r in records)
+    assert sum(r["part"] == "per layer" for r in records) == sum(map(len, LUT.layer_rows.values()))
 
 
 points = st.lists(st.tuples(st.floats(0, 10, allow_nan=False), st.floats(0, 10, allow_nan=False)), max_size=40)

@@ -14,7 +14,7 @@ def model_presets() -> list[str]:
     return presets_in(preset_dir("models"))
 
 
-def _hub_or_folder(text: str) -> Path | None:
+def _in_hub_cache(text: str) -> Path | None:
     """A Hugging Face id ``org/name`` in the local hub cache; None for anything else."""
     return hub_config(text) if is_hub_id(text) else None
 
@@ -41,7 +41,7 @@ def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
 
     return load_spec(name_or_path, "model", preset_dir("models"), parse,
                      "or give a path to a config.json, its folder or a .yaml file, or a Hugging Face id org/name",
-                     other=_hub_or_folder)
+                     other=_in_hub_cache)
 
 
 def _is_dir(text: str) -> bool:

@@ -23,6 +23,7 @@ from tstack.errors import TstackError
 T = TypeVar("T")
 R = TypeVar("R")
 EXECUTORS = ("process", "ray", "serial")
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # blocked while the pool forks its workers (see _worker_signals)
 RAY_START_SECONDS = 180.0  # how long to keep retrying Ray's start (each try waits up to Ray's own 30 s)
 
 
@@ -56,9 +57,6 @@ def _iter_process(fn: Callable[[T], R], chunks: list[Sequence[T]], workers: int)
             pool.shutdown(wait=True)
         else:
             _kill(pool)
-
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _worker_signals() -> None:

@@ -195,7 +195,8 @@ class RunSpec:
             problems.append(f"checkpoint={show(self.checkpoint)} is not one of none, sqrt, every-K (K ≥ 1)")
         if not problems:
             if self.mode == "train" and self.precision == "int8":
-                problems.append("precision='int8' is inference-only; training allows fp32, tf32, fp16-mixed, bf16-mixed")
+                problems.append("precision='int8' is inference-only; training allows "
+                                + ", ".join(p for p in PRECISIONS if p != "int8"))
             if self.mode == "train" and self.phase == "decode":
                 problems.append("phase='decode' is inference-only; training uses phase=prefill")
             if self.phase == "decode" and self.kv_len < 1:

@@ -20,7 +20,7 @@ from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload import build
 
-__all__ = ["CATEGORIES", "Result", "gemm_shape", "run"]
+__all__ = ["CATEGORIES", "Result", "gemm_shape", "inference_run", "run"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,16 @@ class Result:
         return matmul.ideal_s / matmul.seconds
 
 
+def inference_run(seq: int) -> RunSpec:
+    """The run the accelerator model costs: one int8 inference of one sequence of ``seq`` tokens."""
+    return RunSpec(mode="infer", precision="int8", batch=1, seq=seq)
+
+
 def run(model: str | ModelSpec, seq: int, hw: AccelSpec, schedule: str = "non-fused", mapping: str = "auto",
         objective: str = "latency") -> Result:
     """Cost one int8 inference of ``model`` at sequence length ``seq`` on ``hw``."""
     spec = model if isinstance(model, ModelSpec) else load_model(model)
-    run_spec = RunSpec(mode="infer", precision="int8", batch=1, seq=seq)
+    run_spec = inference_run(seq)
     records = cost_ops(hw, build(spec, run_spec, collapse=True), schedule, mapper(mapping, objective))
     ops, costs = entries(hw, records)
     return Result(hw, schedule, Breakdown(spec, run_spec, hw.name, ops, costs), records)

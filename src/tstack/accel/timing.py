@@ -31,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 from tstack.hardware.accel import AccelSpec
+from tstack.records import Addable
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,10 @@ class Mapping:
     reuse: bool = False
     reuse_inner: bool = False
 
-    def tile_elems(self, dim: int) -> tuple[int, int, int]:
-        return self.ti * dim, self.tj * dim, self.tk * dim
-
 
 @dataclass(frozen=True)
-class GemmTiming:
-    """Cycles and the access counts energy needs, summed over tiles and batch."""
+class GemmTiming(Addable):
+    """Cycles and the access counts energy needs, summed over tiles and batch; ``a + b`` adds every field."""
 
     cycles: float
     mesh_cycles: float

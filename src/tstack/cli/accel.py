@@ -20,7 +20,7 @@ from rich.table import Table
 from tstack.accel import mapping as mp
 from tstack.accel.energy import COMPONENTS, ComponentEnergy, gemm_energy
 from tstack.accel.fusion import SCHEDULES
-from tstack.accel.model import CATEGORIES, Result, gemm_shape
+from tstack.accel.model import CATEGORIES, Result, gemm_shape, inference_run
 from tstack.accel.model import run as run_model
 from tstack.accel.timing import GemmShape, GemmTiming, Mapping, double_buffered
 from tstack.cli.common import (
@@ -135,18 +135,13 @@ def _accelerators(hws: Sequence[AccelSpec]) -> dict[str, dict[str, Any]]:
     return {h.name: accel_to_dict(h) for h in hws}
 
 
-def _run_spec(seq: int) -> RunSpec:
-    """The run the accelerator model costs (tstack.accel.model.run): one int8 inference."""
-    return RunSpec(mode="infer", precision="int8", batch=1, seq=seq)
-
-
 # ---------------------------------------------------------------- checks at the boundary
 
 def _model_run(model: str, seq: int) -> tuple[ModelSpec, RunSpec]:
     """The model and the run, checked together (--seq within the model's positions) before any work."""
     check_int("--seq", seq, 1, MAX_SEQ)
     spec = load_model(model)
-    run = _run_spec(seq)
+    run = inference_run(seq)
     try:
         check_pair(spec, run)
     except SpecError as e:
@@ -430,10 +425,7 @@ def repro(
     outputs = Outputs(json=json_out, csv=csv_out, plot=plot)
     spec, run = _model_run(model, seq)
     r = reproduce_000(spec, seq)
-    records = [{"key": row.key, "claim": row.claim, "paper": row.paper, "tstack": row.tstack, "unit": row.unit,
-                "target_low": row.target[0] if row.target else None,
-                "target_high": row.target[1] if row.target else None, "gap": row.gap, "note": row.note}
-               for row in r.rows]
+    records = [row.record() for row in r.rows]
     fig2 = [result_record(res, label=label) for label, res in r.fig2]
     hws = [load_accel(n) for n in PRESETS]
     desc = output.run_description(spec, run, paper="000", seq=seq, hw=list(PRESETS),

@@ -33,7 +33,7 @@ from tstack.hardware.network import load_network, network_presets
 from tstack.models import load_model
 from tstack.parallel import EXECUTORS
 from tstack.report import output, units
-from tstack.search.cluster import SearchSpace, families, search
+from tstack.search.cluster import MAX_GPUS, SearchSpace, families, search
 from tstack.spec import MAX_BATCH, OPTIMIZERS, PRECISIONS, RunSpec
 from tstack.workload.fusion import load_profile
 
@@ -48,7 +48,6 @@ NETWORK_OPT = typer.Option("dgx-a100", "--network", "-n", help=f"network preset 
 SEQ_OPT = typer.Option(None, "--seq", "-s", help="sequence length (default: the model's)")
 PRECISION_OPT = typer.Option("fp16-mixed", help="fp32 | fp16-mixed | bf16-mixed")
 OPTIMIZER_OPT = typer.Option("adam", help="adam | lamb | sgd")
-MAX_GPUS = 1 << 20
 
 
 def _target(device: str) -> DeviceSpec:

@@ -270,15 +270,13 @@ def repro(
 ) -> None:
     """Print a paper's reported figures next to tstack's predictions, with the gaps, section by section."""
     outputs = Outputs(json=json_out, csv=csv_out)
-    check_choice("paper", paper, list(SECTIONS))
+    check_choice("paper", paper, SECTIONS)
     known = list(SECTIONS[paper])
     names = known if section == "all" else list(dict.fromkeys(parse_names("--section", section, known)))
     dev = load_device(device)
     done = run_sections(paper, names, dev)
     rows = [r for _, part in done for r in part]
-    records = [{"section": name, "key": r.key, "claim": r.claim, "paper": r.paper, "tstack": r.tstack, "unit": r.unit,
-                "target_low": r.target[0] if r.target else None, "target_high": r.target[1] if r.target else None,
-                "gap": r.gap, "note": r.note} for name, part in done for r in part]
+    records = [{"section": name, **r.record()} for name, part in done for r in part]
     outputs.write(output.document("repro", {"paper": paper, "sections": names, "device": dev.name}, records,
                                   summary={"line": summary_line(rows)}))
     if outputs.stdout_taken:
@@ -296,8 +294,7 @@ def schema_cmd(command: str = typer.Argument(..., help="a command name as the JS
 
     from tstack.report.schema import COMMANDS, schema
 
-    if command not in COMMANDS:
-        raise SpecError([f"command={command[:40]!r} is not one of {', '.join(COMMANDS)}"])
+    check_choice("command", command, COMMANDS)
     print(json.dumps(schema(command), indent=1))
 
 

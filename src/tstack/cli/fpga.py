@@ -65,6 +65,11 @@ def _utilization(t: Any, lanes: tuple[int, ...]) -> dict[str, float]:
     return {f"{r}_utilization": float(used[j] / t.budget[j]) if t.budget[j] > 0 else None for j, r in enumerate(RESOURCES)}
 
 
+def _unit_field(unit: str) -> str:
+    """The summary field of a unit's seconds ("multi-head self-attention" -> "multi_head_self_attention_seconds")."""
+    return f"{unit.replace(' ', '_').replace('-', '_')}_seconds"
+
+
 def _alloc_record(model: str, a: Allocation, t: Any, uniform_s: float) -> dict[str, Any]:
     return {"model": model, "method": a.method, "seconds": a.seconds, "speedup_over_uniform": uniform_s / a.seconds,
             "rounds": a.rounds, "masked": list(a.masked), "solve_seconds": a.solve_seconds, "lanes": list(a.lanes),
@@ -106,8 +111,7 @@ def run_cmd(
                             "stall_seconds": float(tm.stall_s[i]) * t.layers,
                             "seconds": float(tm.op_s[i]) * t.layers, "share": float(tm.op_s[i]) * t.layers / tm.seconds})
         summary.append({"variant": v.name, "seconds": tm.seconds, "speedup_over_first": None, "joules": e.joules,
-                        "watts": e.watts, **{f"{u.replace(' ', '_').replace('-', '_')}_seconds": s
-                                             for u, s in tm.by_unit().items()}, **_utilization(t, a.lanes)})
+                        "watts": e.watts, **{_unit_field(u): s for u, s in tm.by_unit().items()}, **_utilization(t, a.lanes)})
     for s in summary:
         s["speedup_over_first"] = summary[0]["seconds"] / s["seconds"]
     desc = {"model": spec.name, "seq": seq, "queries": queries, "fpga": dev.name, "variants": [v.name for v in vs],
@@ -121,7 +125,7 @@ def run_cmd(
         tab.add_column(col, no_wrap=True)
     for s in summary:
         tab.add_row(s["variant"], units.seconds(s["seconds"]), units.ratio(s["speedup_over_first"]),
-                    *(units.seconds(s[f"{u.replace(' ', '_').replace('-', '_')}_seconds"]) for u in unit_names),
+                    *(units.seconds(s[_unit_field(u)]) for u in unit_names),
                     units.si(s["joules"], "J"), units.si(s["watts"], "W"))
     out.print(tab)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,8 @@ from tstack.cli.common import (
     worker_count,
 )
 from tstack.costmodel.backend import load_target
-from tstack.errors import SpecError, TstackError
+from tstack.errors import SpecError
+from tstack.nas.corpus import CORPORA
 from tstack.parallel import EXECUTORS
 from tstack.report import output, units
 from tstack.search import nas
@@ -43,7 +42,6 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 out = console()
 MAX_STEPS = 10_000_000
 MAX_BUDGET = 100_000  # perplexity evaluations of one search
-CORPORA = ("web", "shipped")
 SPACE_HELP = "search space preset (paper, paper-small) or a space .yaml file"
 
 
@@ -100,12 +98,11 @@ def train(
     with progress("train", todo, "steps") as advance:
         net, log = tr.train(sp, text, config, out_path, resume=resume, stop_after=stop_after,
                             progress=lambda n, loss: advance(n))
-    state = tr.load_checkpoint(out_path)
     start = time.perf_counter()
     records = [_subnet_record(a, role=role, perplexity=tr.perplexity(net, a, text.validation, eval_windows))
                for role, a in (("largest", sp.largest), ("smallest", sp.smallest))]
     eval_s = time.perf_counter() - start
-    summary = {"steps_done": state["step"], "train_seconds": state["train_seconds"], "this_run_seconds": log.seconds,
+    summary = {"steps_done": log.step, "train_seconds": log.train_seconds, "this_run_seconds": log.seconds,
                "eval_seconds": eval_s, "device": str(tr.device()), "train_tokens": int(len(text.train)),
                "validation_tokens": int(len(text.validation)),
                "final_largest_loss": log.losses[-1][0] if log.losses else None}
@@ -114,7 +111,7 @@ def train(
     outputs.write(output.document("nas train", run, records, summary))
     if outputs.stdout_taken:
         return
-    t = Table(title=f"supernet {sp.name}: {state['step']}/{steps} steps in {duration(state['train_seconds'])} "
+    t = Table(title=f"supernet {sp.name}: {log.step}/{steps} steps in {duration(log.train_seconds)} "
                     f"on {summary['device']}")
     for c in ("subnet", "role", "perplexity"):
         t.add_column(c)
@@ -190,9 +187,8 @@ def search(
     baseline = nas.Candidate(base_arch, evaluator(base_arch), base_cost, nas.weight_bytes(space, base_arch, target))
     constraints = nas.Constraints(max_latency, max_energy, max_weight_bytes)
     results: list[nas.SearchResult] = []
-    with _ray_session(executor, workers):
-        _search_all(results, algorithms, space, hw_cost, evaluator, budget, constraints, target, executor, workers,
-                    objective, population, iterations, mutation, seed)
+    _search_all(results, algorithms, space, hw_cost, evaluator, budget, constraints, target, executor, workers,
+                objective, population, iterations, mutation, seed)
     records, reductions, summary = [], [], {"lut_fill_seconds": lut_fill_s, "lut_rows": len(lut)}
     for r in results:
         front = {c.arch for c in r.front}
@@ -239,30 +235,6 @@ def _search_all(results: list[nas.SearchResult], algorithms: list[str], space: n
             r = _run(name, ev, objective, population, gens, mutation, seed)
         r.seconds = time.perf_counter() - start
         results.append(r)
-
-
-@contextmanager
-def _ray_session(executor: str, workers: int) -> Iterator[None]:
-    """One local Ray instance for the whole search (parallel.pmap starts and stops one per call otherwise, and a
-    search calls it once per generation)."""
-    if executor != "ray":
-        yield
-        return
-    try:
-        import ray
-    except ImportError:
-        raise TstackError("--executor ray needs Ray: pip install 'tstack[ray]'") from None
-    if ray.is_initialized():
-        yield
-        return
-    import logging
-
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)  # as pmap does
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _run(name: str, ev: nas.Evaluator, objective: str, population: int, iterations: int, mutation: float,

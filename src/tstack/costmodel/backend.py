@@ -32,11 +32,6 @@ WORKLOAD: dict[CostModel, Callable[[tuple[Op, ...], Any], Entries]] = {systolic:
 ACCEL_SECTIONS = ("mesh", "scratchpad", "accumulator")  # fields only an accelerator file has
 
 
-def target_presets() -> dict[str, list[str]]:
-    """Preset names by kind of target."""
-    return {"device": device_presets(), "accelerator": accel_presets()}
-
-
 def load_target(name_or_path: str | Path | Target) -> Target:
     """A hardware target by preset name (device or accelerator) or from a .yaml file whose fields say which it is
     (an accelerator file has mesh, scratchpad and accumulator sections; a device file has peak_flops)."""

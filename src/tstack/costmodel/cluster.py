@@ -257,12 +257,10 @@ def slice_workload(ops: tuple[Op, ...], tp: int, sp: bool = False, model: ModelS
     """
     if tp == 1 and not sp and ep == 1:
         return ops
-    heads = model.heads if model else 1
-    kv = model.kv_heads if model else heads
-    split = _Split(tp, heads, kv, kv // tp if kv % tp == 0 else 1, sp,
-                   model.experts if model else 0, model.top_k if model else 0, ep)
     if model is None:  # full multi-head attention: the attention B-GEMM batch is B·heads, split by tp
         split = _Split(tp, tp, tp, 1, sp)
+    else:
+        split = _Split(tp, model.heads, model.kv_heads, kv_heads_per_rank(model, tp), sp, model.experts, model.top_k, ep)
     expert = _expert_ops(ops) if split.experts else [False] * len(ops)
     forward: dict[tuple[str, str, int], tuple[int, int, int, int]] = {}
     for op in ops:
@@ -444,7 +442,7 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
         # fused sdpa kernel recomputes its scores inside its own backward already, so it is not run twice
         ops += tuple(emit.with_pass(op, "recompute") for op in ops if op.label("pass") == "fwd"
                      and op.label("part") == "transformer" and op.label("group") in (ATTN_BGEMM, SCALE_MASK_SM)
-                     and op.name.rsplit(".", 1)[-1] != SDPA)
+                     and _suffix(op.name) != SDPA)
     groups = [("-", embedding_params_tp(model, tp), 1)]
     names = sorted({op.label("layer") for op in ops if op.label("part") == "transformer"})
     for name in names:
@@ -502,7 +500,8 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
     ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp, ep, fusion, device.name),
                                device, cost_model)
     L = total_layers(model)
-    p_layers, p_rest = L * layer_params_tp(model, tp), embedding_params_tp(model, tp) + head_params_tp(model, tp)
+    params_layer, params_emb, params_head = layer_params_tp(model, tp), embedding_params_tp(model, tp), head_params_tp(model, tp)
+    p_layers, p_rest = L * params_layer, params_emb + params_head
     part: dict[tuple[str, str], float] = {}
     groups: dict[str, list[float]] = {}
     opt_groups: dict[str, list[float]] = {}
@@ -538,8 +537,7 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
         groups={g: (v[0], v[1], v[2]) for g, v in groups.items()},
         opt_layer=sum(v[0] for v in opt_groups.values()), opt_rest=sum(v[1] for v in opt_groups.values()),
         opt_groups={g: (v[0], v[1]) for g, v in opt_groups.items()},
-        params_layer=layer_params_tp(model, tp), params_emb=embedding_params_tp(model, tp),
-        params_head=head_params_tp(model, tp),
+        params_layer=params_layer, params_emb=params_emb, params_head=params_head,
         tied_copy=math.ceil(model.vocab / tp) * model.hidden if model.tie_embeddings and model.head == "lm" else 0,
         tp_collectives_fwd=fwd_collectives, tp_collectives_bwd=bwd_collectives,
         tp_collectives_emb=2.0 if tp > 1 and model.head in ("lm", "bert-pretrain") else 0.0,

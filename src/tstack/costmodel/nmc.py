@@ -78,11 +78,10 @@ def memory_cycles(mem: MemorySpec, work: Work) -> int:
         bank = 0
         column_slots = 0
         for s in work.streams:
-            per_chunk = math.ceil(chunk * s.width / a)
-            bank += full * open_cycles(mem, per_chunk, s.write)
-            if rest:
-                bank += open_cycles(mem, math.ceil(rest * s.width / a), s.write)
-            column_slots += full * per_chunk + (math.ceil(rest * s.width / a) if rest else 0)
+            per_chunk = math.ceil(chunk * s.width / a)  # the last chunk's columns are at most per_chunk
+            columns = full * per_chunk + math.ceil(rest * s.width / a)
+            bank += _stream_cycles(mem, columns, s.write, per_chunk)
+            column_slots += columns
     return max(bank, mem.alu["banks_per_alu"] * column_slots * mem.t("tCCD_L"))
 
 

@@ -17,7 +17,7 @@ tstack.costmodel.cost_workload uses); ``systolic(op, hw)`` costs one op alone (n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from tstack.accel import nonlinear as nl
 from tstack.accel.energy import ComponentEnergy, gemm_energy, transfer_energy
@@ -167,10 +167,6 @@ def _other(hw: AccelSpec, op: Op) -> AccelOp:
     raise TstackError(f"accelerator model has no cost for op {op.name!r} (kind {op.kind})")
 
 
-def _summed(a: GemmTiming, b: GemmTiming) -> GemmTiming:
-    return GemmTiming(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(GemmTiming)})
-
-
 def flash_attention(hw: AccelSpec, op: Op, map_gemm: Mapper) -> AccelOp:
     """A fused attention kernel (workload.fusion's flash rule: score B-GEMM, scale, mask, softmax, context B-GEMM).
 
@@ -200,7 +196,7 @@ def flash_attention(hw: AccelSpec, op: Op, map_gemm: Mapper) -> AccelOp:
         sm, st, gemm_s = pc.mapping, pc.timing, pc.gemm_s
         soft = (Part(SOFTMAX, pc.nonlinear_s, energy + nl.folded_cost(hw, "mask", rows, n_kv).energy),)
     matmul = Part(MATMUL, gemm_s + hw.seconds(ct.cycles), gemm_energy(hw, st) + gemm_energy(hw, ct))
-    return AccelOp(op, "mesh", (matmul, *soft), hw.seconds(st.ideal_cycles + ct.ideal_cycles), sm, _summed(st, ct))
+    return AccelOp(op, "mesh", (matmul, *soft), hw.seconds(st.ideal_cycles + ct.ideal_cycles), sm, st + ct)
 
 
 def _fused_pairs(ops: tuple[Op, ...], producers: dict[int, int], schedule: str, hw: AccelSpec) -> dict[int, int]:

@@ -83,11 +83,6 @@ class NetworkSpec:
                 return i
         return len(self.levels) - 1
 
-    @property
-    def node_size(self) -> int:
-        """Devices per node (the innermost level), or 0 for a one-level network."""
-        return self.levels[0].size
-
 
 def volume_factor(collective: str, n: int, algorithm: str = "ring") -> float:
     """Bytes each device sends per byte of the buffer (the exact factors of the module doc; tree all-reduce: 2)."""

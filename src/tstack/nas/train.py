@@ -48,12 +48,15 @@ class TrainConfig:
 
 @dataclass
 class TrainLog:
-    """What a run did: per step the subnets trained and their losses; wall seconds of this process."""
+    """What a run did: per step the subnets trained and their losses; wall seconds of this process; the step and
+    the total training seconds (all runs) its last checkpoint holds."""
 
     steps: list[int] = field(default_factory=list)
     trained: list[list[Arch]] = field(default_factory=list)
     losses: list[list[float]] = field(default_factory=list)
     seconds: float = 0.0
+    step: int = 0
+    train_seconds: float = 0.0
 
 
 def device() -> torch.device:
@@ -149,15 +152,16 @@ def train(space: Space, corpus: Corpus, config: TrainConfig, out: Path, resume: 
         np_rng.bit_generator.state = state["numpy_rng"]
         py_rng.setstate(_py_state(state["python_rng"]))
         start = state["step"]
-    log = TrainLog()
     begin = time.perf_counter()
     seconds_before = state.get("train_seconds", 0.0) if resume else 0.0
+    log = TrainLog(step=start, train_seconds=seconds_before)
 
     def checkpoint(step: int) -> None:
+        log.step, log.train_seconds = step, seconds_before + time.perf_counter() - begin
         _save(out, {"format": CHECKPOINT_FORMAT, "space": space.to_dict(), "config": asdict(config), "step": step,
                     "model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "numpy_rng": np_rng.bit_generator.state, "python_rng": _plain_state(py_rng.getstate()),
-                    "train_seconds": seconds_before + time.perf_counter() - begin})
+                    "train_seconds": log.train_seconds})
 
     net.train()
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)

@@ -27,7 +27,7 @@ from tstack.costmodel.cost import Cost
 from tstack.errors import SpecError
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.build import build
-from tstack.workload.op import Op, OpKind
+from tstack.workload.op import LABEL_KEYS, Op, OpKind
 
 GEMM_NAMES = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"})
 _STEP = re.compile(r"^ProfilerStep#(\d+)$")
@@ -75,7 +75,7 @@ class TraceImport:
         for g in self.unmatched:
             kind = OpKind.BGEMM if g.aten.endswith("bmm") else OpKind.GEMM
             out.append({"kind": kind.value, "name": "-",
-                        **{k: "-" for k in ("part", "layer", "block", "group", "nlpfast", "pass")}, "dtype": "-",
+                        **dict.fromkeys(LABEL_KEYS, "-"), "dtype": "-",
                         "M": g.M, "N": g.N, "K": g.K, "gemm_batch": g.batch, "count": 1, "flops": g.flops,
                         "bytes": None, "seconds": g.seconds, "aten": g.aten, "module": g.module, "matched": False})
         return out
@@ -192,10 +192,10 @@ def _fits(g: TraceGemm, op: Op) -> bool:
     return scope is None or layer is None or scope.group(1) == layer.group(1)
 
 
-def match(gemms: list[TraceGemm], ops: tuple[Op, ...]) -> tuple[list[tuple[TraceGemm, int]], list[TraceGemm], list[int]]:
-    """Each trace product to the first unmatched predicted GEMM instance (index into ``_instances(ops)``) of its
-    shape; returns (matched pairs, unmatched products, indices of predicted instances left over)."""
-    inst = _instances(ops)
+def match(gemms: list[TraceGemm], inst: list[Op]) -> tuple[list[tuple[TraceGemm, int]], list[TraceGemm], list[int]]:
+    """Each trace product to the first unmatched predicted GEMM instance (index into ``inst``, the
+    ``_instances`` of the workload) of its shape; returns (matched pairs, unmatched products, indices of predicted
+    instances left over)."""
     pending = list(range(len(inst)))
     pairs, unmatched = [], []
     for g in gemms:
@@ -214,7 +214,7 @@ def import_trace(path: str | Path, model: ModelSpec, run: RunSpec, step: int | N
     name, step_s, cuda, gemms = trace_gemms(events, step)
     ops = build(model, run)
     inst = _instances(ops)
-    pairs, unmatched, pending = match(gemms, ops)
+    pairs, unmatched, pending = match(gemms, inst)
     by_index = sorted(pairs, key=lambda p: p[1])
     measured_ops = tuple(replace(inst[i], count=1) for _, i in by_index)  # one measured instance each
     costs = tuple(Cost(seconds=g.seconds, flops=g.flops, bytes=inst[i].bytes, kernels=1) for g, i in by_index)

@@ -31,8 +31,9 @@ def breakdown(runs: Sequence[tuple[str, Result]], path: str | Path, title: str =
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(runs) + 2.5), 4.5))
     bottoms = [0.0] * len(runs)
     names = [name for name, _ in runs]
+    by_category = [(r.by_category(), r.seconds) for _, r in runs]  # once per run, not once per category
     for i, cat in enumerate(CATEGORIES):
-        shares = [100 * r.by_category()[cat] / r.seconds for _, r in runs]
+        shares = [100 * cats[cat] / seconds for cats, seconds in by_category]
         ax.bar(names, shares, bottom=bottoms, label=cat, color=plt.get_cmap("tab10")(i))
         bottoms = [b + s for b, s in zip(bottoms, shares)]
     ax.set_ylabel("share of inference time (%)")

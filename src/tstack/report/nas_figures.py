@@ -8,7 +8,7 @@ Matplotlib is imported only when a figure is drawn. The table of reductions is p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ from tstack.report import units
 
 PANELS = (("joule_seconds", "EDP (J·s)"), ("latency_seconds", "latency (s)"), ("joules", "energy (J)"))
 DELTAS = (0.1, 1.0)
-METRIC_FIELD = {"edp": "joule_seconds", "latency": "latency_seconds", "energy": "joules"}
 
 
 def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -75,7 +74,7 @@ def reduction_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
             for r in doc["reductions"]]
 
 
-def print_reductions(console: Any, doc: Mapping[str, Any], algorithms: Sequence[str] | None = None) -> None:
+def print_reductions(console: Any, doc: Mapping[str, Any]) -> None:
     """The table of reductions at +0.1 and +1 perplexity next to 000 §IV-2's, with the note on scale."""
     from rich.table import Table
 
@@ -83,9 +82,7 @@ def print_reductions(console: Any, doc: Mapping[str, Any], algorithms: Sequence[
     for c in ("algorithm", "metric", "perplexity budget", "tstack", "paper", "subnet"):
         t.add_column(c)
     for r in reduction_rows(doc):
-        if algorithms is None or r["algorithm"] in algorithms:
-            t.add_row(r["algorithm"], r["metric"], f"+{r['perplexity_delta']:g}", r["tstack"], r["paper"],
-                      r["subnet"] or "-")
+        t.add_row(r["algorithm"], r["metric"], f"+{r['perplexity_delta']:g}", r["tstack"], r["paper"], r["subnet"] or "-")
     console.print(t)
     console.print("Scale: the paper's perplexity is over WikiText-2 tokens of a BERT-Base-width 6-layer model; "
                   "tstack's is per byte, of a much smaller model trained for minutes on a CPU, so +0.1 and +1 are "

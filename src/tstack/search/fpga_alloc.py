@@ -81,7 +81,6 @@ def _continuous(t: OpTable, free: np.ndarray, budget: np.ndarray, start: np.ndar
     """SLSQP: minimize Σ work_i/x_i over the free operations within ``budget``; x ≥ 1."""
     a = t.work[free] / t.clock_hz
     cost = t.cost[free]
-    used = cost.T @ np.ones(len(a))
     scale = np.where(budget > 0, budget, 1.0)
     rows = [j for j in range(cost.shape[1]) if cost[:, j].any()]
     f0 = float(np.sum(a / start))
@@ -91,7 +90,7 @@ def _continuous(t: OpTable, free: np.ndarray, budget: np.ndarray, start: np.ndar
 
     cons = [{"type": "ineq", "fun": lambda x, j=j: (budget[j] - cost[:, j] @ x) / scale[j],
              "jac": lambda x, j=j: -cost[:, j] / scale[j]} for j in rows]
-    spare = budget - used
+    spare = budget - cost.sum(axis=0)
     upper = [1.0 + min((spare[j] / cost[i, j] for j in rows if cost[i, j] > 0), default=1e12) for i in range(len(a))]
     res = minimize(objective, np.asarray(start, dtype=float), jac=True, method="SLSQP", constraints=cons,
                    bounds=list(zip([1.0] * len(a), upper)), options={"maxiter": 500, "ftol": 1e-12})
@@ -227,7 +226,8 @@ def exact(t: OpTable, time_limit_s: float = EXACT_TIME_LIMIT_S) -> Exact:
     which raises each operation's minimum lanes, which lowers the others' largest counts; a few rounds of this.
     """
     check_feasible(t)
-    ub = float(_op_seconds(t, np.array(allocate(t, "slsqp+rebalance").lanes), True).sum())
+    heuristic = np.array(allocate(t, "slsqp+rebalance").lanes)
+    ub = float(_op_seconds(t, heuristic, True).sum())
     low = np.ones(t.k, dtype=np.int64)
     for _ in range(PRUNE_ROUNDS):
         table = []
@@ -261,7 +261,7 @@ def exact(t: OpTable, time_limit_s: float = EXACT_TIME_LIMIT_S) -> Exact:
     n = np.zeros(t.k, dtype=np.int64)
     n[ops[pick]] = lanes[pick].astype(np.int64)
     if not t.fits(n) or float(_op_seconds(t, n, True).sum()) > ub:  # HiGHS's tolerances; the bound design is exact
-        n = np.array(allocate(t, "slsqp+rebalance").lanes)
+        n = heuristic
     bound = (float(res.mip_dual_bound) / t.clock_hz + fastest.sum()) * t.layers
     return Exact(n, res.status == 0, min(bound, t.seconds(n)) if res.status == 0 else bound)
 

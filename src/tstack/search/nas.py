@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from tstack.costmodel.backend import Target, cost_workload, default_precision
-from tstack.errors import SpecError, TstackError, UnknownNameError
-from tstack.loader import read_document, show
+from tstack.errors import SpecError, TstackError
+from tstack.loader import load_spec, presets_in, show, unknown_fields
 from tstack.parallel import pmap
 from tstack.spec import ModelSpec, RunSpec, preset_dir
 from tstack.workload.build import build
@@ -122,7 +122,7 @@ class Space:
 
 
 def space_presets() -> list[str]:
-    return sorted(p.stem for p in preset_dir("nas").glob("*.yaml"))
+    return presets_in(preset_dir("nas"))
 
 
 def _choices(problems: list[str], data: dict, key: str) -> tuple[int, ...]:
@@ -136,16 +136,13 @@ def _choices(problems: list[str], data: dict, key: str) -> tuple[int, ...]:
 
 def load_space(name_or_path: str | Path) -> Space:
     """A search space by preset name (``paper``, ``paper-small``) or from a .yaml file."""
-    path = Path(name_or_path)
-    if isinstance(name_or_path, str) and name_or_path in space_presets():
-        path = preset_dir("nas") / f"{name_or_path}.yaml"
-    elif not path.suffix:
-        raise UnknownNameError(f"unknown space {show(str(name_or_path), 40)} (presets: {', '.join(space_presets())}; "
-                               "or give a path to a space .yaml file)")
-    data = read_document(path, "space")
+    return load_spec(name_or_path, "space", preset_dir("nas"), _space_from_file, "or give a path to a space .yaml file")
+
+
+def _space_from_file(data: dict, where: str, path: Path) -> Space:
     problems: list[str] = []
     known = {"name", "description", "sources", "seq", "batch", "lr", "vocab", *DIMENSIONS}
-    problems += [f"unknown field {show(k, 40)} (allowed: {', '.join(sorted(known))})" for k in data if k not in known]
+    problems += unknown_fields(data, known, lambda k: show(k, 40), limit=len(data))
     dims = {d: _choices(problems, data, d) for d in DIMENSIONS}
     ints = {}
     for key, lo, hi, default in (("seq", 1, MAX_SIZE, None), ("batch", 1, 4096, None), ("vocab", 1, 256, 256)):
@@ -156,15 +153,13 @@ def load_space(name_or_path: str | Path) -> Space:
     lr = data.get("lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < 1:
         problems.append(f"lr={show(lr, 40)} must be a number in (0, 1)")
-    name = data.get("name", path.stem)
-    if not isinstance(name, str):
-        problems.append(f"name={show(name, 40)} must be a string")
     if not problems and not any(h % a == 0 for h in dims["hidden"] for a in dims["heads"]):
         problems.append("no hidden size is divisible by any head count: the space has no subnet")
     if problems:
-        raise SpecError(problems, f"space file {show(str(path), 200)}")
-    return Space(name=name, **dims, seq=ints["seq"], batch=ints["batch"], lr=float(lr), vocab=ints["vocab"],
-                 description=str(data.get("description", "")), sources=tuple(map(str, data.get("sources", []))))
+        raise SpecError(problems, where)
+    return Space(name=data.get("name", path.stem), **dims, seq=ints["seq"], batch=ints["batch"], lr=float(lr),
+                 vocab=ints["vocab"], description=str(data.get("description", "")),
+                 sources=tuple(map(str, data.get("sources", []))))
 
 
 def space_from_dict(data: dict[str, Any]) -> Space:

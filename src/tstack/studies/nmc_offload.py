@@ -4,13 +4,14 @@ optimizer (and optionally the element-wise activation kernels); each offloaded k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from tstack.api import analyze
 from tstack.costmodel.backend import cost_workload
 from tstack.costmodel.nmc import combine_op, nmc, optimistic_gpu, work_of
 from tstack.hardware.device import DeviceSpec
 from tstack.hardware.memory import MemorySpec
+from tstack.records import Addable
 from tstack.spec import ModelSpec, RunSpec
 
 SCOPES = ("optimizer", "elementwise")
@@ -34,6 +35,17 @@ class OffloadRow:
                 "gpu_seconds": self.gpu_seconds, "gpu_optimistic_seconds": self.optimistic_seconds,
                 "nmc_seconds": self.nmc_seconds, "speedup_vs_gpu": self.gpu_seconds / self.nmc_seconds,
                 "speedup_vs_optimistic": self.optimistic_seconds / self.nmc_seconds}
+
+
+@dataclass(frozen=True)
+class _Tally(Addable):
+    """OffloadRow's quantities, summed over a kernel name's instances."""
+
+    kernels: int
+    bytes: float
+    gpu_seconds: float
+    optimistic_seconds: float
+    nmc_seconds: float
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,8 @@ def offload(model: ModelSpec, run: RunSpec, device: DeviceSpec, memory: MemorySp
             fusion: str = "none") -> Offload:
     """The iteration on ``device`` with the ``scope`` kernels on ``memory``'s ALUs."""
     b = analyze(model, run, device, fusion=fusion)
-    sums: dict[str, list] = {}
+    groups: dict[str, str] = {}
+    sums: dict[str, _Tally] = {}
     for op, cost in zip(b.ops, b.costs):
         work = work_of(op, elementwise=scope == "elementwise")
         if work is None:
@@ -71,13 +84,10 @@ def offload(model: ModelSpec, run: RunSpec, device: DeviceSpec, memory: MemorySp
         if work.reduction:
             _, (combine,) = cost_workload((combine_op(op, memory),), device)
             on_nmc = on_nmc + combine
-        s = sums.setdefault(op.name, [op.label("group"), 0, 0.0, 0.0, 0.0, 0.0])
-        s[1] += op.count
-        s[2] += op.bytes * op.count
-        s[3] += cost.seconds
-        s[4] += optimistic_gpu(op, device)
-        s[5] += on_nmc.seconds
-    rows = [OffloadRow(name, *values) for name, values in sums.items()]
+        groups.setdefault(op.name, op.label("group"))
+        sums[op.name] = sums.get(op.name, 0) + _Tally(op.count, float(op.bytes * op.count), cost.seconds,
+                                                      optimistic_gpu(op, device), on_nmc.seconds)
+    rows = [OffloadRow(name, groups[name], *astuple(t)) for name, t in sums.items()]
     return Offload(rows, b.total.seconds, sum(r.gpu_seconds for r in rows), sum(r.optimistic_seconds for r in rows),
                    sum(r.nmc_seconds for r in rows))
 

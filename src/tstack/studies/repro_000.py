@@ -77,14 +77,9 @@ def _pair_rows(hw: AccelSpec, model: str, seq: int) -> list[Row]:
 
 def _dma(r: Result) -> str:
     """The matmuls' DMA over a whole inference: share of DMA-bound tiles, L2 hit rate, DRAM bytes read."""
-    timed = [(x.timing, x.count) for x in r.records if x.timing is not None]
-    tiles = sum(t.tiles * n for t, n in timed)
-    bound = sum(t.dma_bound_tiles * n for t, n in timed)
-    requests = sum(t.load_requests * n for t, n in timed)
-    hits = sum(t.hit_requests * n for t, n in timed)
-    dram = sum(t.dram_read_bytes * n for t, n in timed)
-    return (f"DMA-bound tiles {bound / tiles:.0%}, L2 hit rate {hits / requests:.0%}, "
-            f"DRAM reads {dram / 2**20:.0f} MiB")
+    t = sum(x.timing * x.count for x in r.records if x.timing is not None)
+    return (f"DMA-bound tiles {t.dma_bound_tiles / t.tiles:.0%}, L2 hit rate {t.hit_rate:.0%}, "
+            f"DRAM reads {t.dram_read_bytes / 2**20:.0f} MiB")
 
 
 def reproduce_000(model: str = "bert-base", seq: int = 512) -> Repro:

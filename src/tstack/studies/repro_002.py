@@ -61,6 +61,13 @@ class Row:
         return self.tstack / end - 1 if self.unit == RATIO else self.tstack - end
 
 
+    def record(self) -> dict[str, object]:
+        """The row as a JSON record (the `repro` documents' records; report.schema REPRO_RECORD)."""
+        lo, hi = self.target if self.target else (None, None)
+        return {"key": self.key, "claim": self.claim, "paper": self.paper, "tstack": self.tstack, "unit": self.unit,
+                "target_low": lo, "target_high": hi, "gap": self.gap, "note": self.note}
+
+
 def config_name(phase: int, batch: int, precision: str) -> str:
     return f"Ph{phase}-B{batch}-FP{32 if precision == 'fp32' else 16}"
 

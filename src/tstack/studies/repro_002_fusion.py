@@ -26,7 +26,7 @@ from tstack.studies.nmc_offload import offload
 from tstack.studies.repro_002 import INCREASE, RATIO, TEXT, Row
 from tstack.workload import formulas as F
 from tstack.workload.build import build
-from tstack.workload.fusion import fuse_gemm_groups, load_profile
+from tstack.workload.fusion import fuse_gemm_groups, load_profile, split_total
 from tstack.workload.op import Op, OpKind
 
 FP32 = 4
@@ -97,10 +97,9 @@ def adam_ops(sizes: list[int]) -> tuple[list[Op], list[Op]]:
     multi = load_profile("apex").multi_tensor
     launches = multi.launches(sizes, "adam")
     flops, traffic = stage.flops * total, FP32 * total * (stage.reads + stage.writes)
-    per_f, per_b = flops // launches, traffic // launches
+    (per_f, last_f), (per_b, last_b) = split_total(flops, launches), split_total(traffic, launches)
     fused = [_op(OpKind.ELEMENTWISE, "adam.fused", (("params", total),), per_f, per_b, "Adam", launches - 1),
-             _op(OpKind.ELEMENTWISE, "adam.fused", (("params", total),), flops - per_f * (launches - 1),
-                 traffic - per_b * (launches - 1), "Adam")]
+             _op(OpKind.ELEMENTWISE, "adam.fused", (("params", total),), last_f, last_b, "Adam")]
     return unfused, [o for o in fused if o.count]
 
 
@@ -112,7 +111,7 @@ def qkv_ops(model: ModelSpec, tokens: int, precision: str = "fp32") -> tuple[lis
                            optimizer="sgd"))
     names = ("attn.q_proj", "attn.k_proj", "attn.v_proj")
     serial = [o for o in ops if o.name in names and o.label("layer") == "L0"]
-    fused = [o for o in fuse_gemm_groups(tuple(serial), (names,))]
+    fused = list(fuse_gemm_groups(tuple(serial), (names,)))
     return serial, fused
 
 

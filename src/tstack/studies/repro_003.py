@@ -26,6 +26,7 @@ CPU = "xeon-gold-5220-2s"
 CPU_WATTS = 2 * 125.0  # Intel ARK, Xeon Gold 5220: 125 W TDP per socket, two sockets (003 §VI-A)
 PAPER_SKIP = Skip(0.739, 0.570)  # 003 §III-C: 73.9% of softmax/weighted sum, 57.0% of V-Gen on BERT with SQuAD
 ADAPTIVE = "slsqp+rebalance"
+ALL = Variant(frozenset({"P", "C", "F", "ZS"}))  # every optimization: MP+ZS
 
 
 def scaled(base: ModelSpec, dim: str, factor: int) -> ModelSpec:
@@ -150,10 +151,10 @@ def _fig17_needed(model: ModelSpec, fpga: FpgaSpec, unit: str, cut: float, varia
 
 
 def _fig18_rows(fpga: FpgaSpec) -> list[Row]:
-    rows, gains = [], {}
+    rows, gains, tables = [], {}, {}
     for name in CONFIGS:
         m = load_model(name)
-        t = op_table(m, m.default_seq, fpga, Variant(frozenset({"P", "C", "F", "ZS"})))
+        t = tables[name] = op_table(m, m.default_seq, fpga, ALL)
         uni, ada = allocate(t, "uniform"), allocate(t, ADAPTIVE)
         gains[name] = uni.seconds / ada.seconds
         rows.append(Row(f"fig18-{name}", f"{name}: adaptive allocation (SLSQP + rebalancing) over uniform lanes",
@@ -163,8 +164,7 @@ def _fig18_rows(fpga: FpgaSpec) -> list[Row]:
     best = max(gains, key=gains.get)
     rows.append(Row("fig18-f4x-highest", "F-4x gains the most from adaptive allocation", "yes (2.11×)",
                     "yes" if best == "nlpfast-bert-f4x" else f"no ({best})", "", TEXT))
-    f4 = load_model("nlpfast-bert-f4x")
-    t = op_table(f4, f4.default_seq, fpga, Variant(frozenset({"P", "C", "F", "ZS"})))
+    t = tables["nlpfast-bert-f4x"]
     op_s = t.timing(allocate(t, "uniform").lanes).op_s
     linear = sum(s for n, s in zip(t.names, op_s) if n.startswith("linear trans")) / op_s.sum()
     rows.append(Row("f4x-linear-share", "F-4x: linear trans-1 and -2 share of latency (uniform lanes)", "74.7%",
@@ -177,9 +177,8 @@ def _cross_rows(fpga: FpgaSpec) -> list[Row]:
     rows = []
     for factor, paper in ((4, "0.47×"), (8, "0.26×"), (16, "0.12×")):
         run_m, design_m = scaled(base, "F", factor), scaled(base, "H", factor)
-        v = Variant(frozenset({"P", "C", "F", "ZS"}))
         try:
-            c = cross(op_table(run_m, run_m.default_seq, fpga, v), op_table(design_m, design_m.default_seq, fpga, v),
+            c = cross(op_table(run_m, run_m.default_seq, fpga, ALL), op_table(design_m, design_m.default_seq, fpga, ALL),
                       ADAPTIVE)
             value, note = _x(c.relative), f"own {c.own.seconds:.2f} s, on the H-{factor}x design {c.seconds_on_design:.2f} s"
         except Infeasible as e:  # a design that cannot run the other model is this row's result
@@ -191,7 +190,7 @@ def _cross_rows(fpga: FpgaSpec) -> list[Row]:
 
 def _exact_rows(fpga: FpgaSpec) -> list[Row]:
     m = load_model("nlpfast-bert")
-    t = op_table(m, m.default_seq, fpga, Variant(frozenset({"P", "C", "F", "ZS"})))
+    t = op_table(m, m.default_seq, fpga, ALL)
     found = exact(t)
     best = t.seconds(found.lanes)
     ada = allocate(t, ADAPTIVE).seconds
@@ -202,7 +201,7 @@ def _exact_rows(fpga: FpgaSpec) -> list[Row]:
 
 def _energy_rows(fpga: FpgaSpec, cpu: DeviceSpec) -> list[Row]:
     m = load_model("nlpfast-bert")
-    t = op_table(m, m.default_seq, fpga, Variant(frozenset({"P", "C", "F", "ZS"})))
+    t = op_table(m, m.default_seq, fpga, ALL)
     lanes = np.array(allocate(t, ADAPTIVE).lanes)
     e = energy(t, fpga, lanes)
     cpu_s = analyze(m, device=cpu).group_by("part")["transformer"].seconds
@@ -221,7 +220,7 @@ def _energy_rows(fpga: FpgaSpec, cpu: DeviceSpec) -> list[Row]:
 
 def _memnet_energy_row(fpga: FpgaSpec, cpu: DeviceSpec) -> Row:
     m = load_model("memnet")
-    t = op_table(m, m.default_seq, fpga, Variant(frozenset({"P", "C", "F", "ZS"})))
+    t = op_table(m, m.default_seq, fpga, ALL)
     e = energy(t, fpga, np.array(allocate(t, ADAPTIVE).lanes))
     cpu_s = analyze(m, device=cpu, batch=1).group_by("part")["memory hops"].seconds
     cpu_j = cpu_s * CPU_WATTS

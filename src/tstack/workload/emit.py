@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload import formulas as F
@@ -67,7 +67,7 @@ class Ctx:
 
     def at_count(self, factor: int) -> Ctx:
         """The same context for ``factor`` identical instances per current instance."""
-        return Ctx(self.model, self.run, self.act, self.gemm_dtype, self.count * factor)
+        return replace(self, count=self.count * factor)
 
 
 def _op(ctx: Ctx, kind: str, name: str, counts: F.Counts, dtype: str, labels: dict[str, str]) -> Op:

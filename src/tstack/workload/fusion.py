@@ -232,7 +232,7 @@ def fuse_chains(ops: Workload, chains: tuple[Chain, ...], training: bool) -> Wor
 
 # --- optimizer across layers ----------------------------------------------------------------------------------
 
-def _split(total: int, parts: int) -> tuple[int, int]:
+def split_total(total: int, parts: int) -> tuple[int, int]:
     """(per launch, last launch) so that (parts − 1)·per + last == total exactly."""
     per = total // parts
     return per, total - per * (parts - 1)
@@ -256,7 +256,7 @@ def fuse_optimizer(ops: Workload, multi: MultiTensor) -> Workload:
         launches = multi.launches(params, op.name)
         flops = sum(m.flops * m.count for m in group)
         traffic = sum(m.bytes * m.count for m in group)
-        (f, f_last), (b, b_last) = _split(flops, launches), _split(traffic, launches)
+        (f, f_last), (b, b_last) = split_total(flops, launches), split_total(traffic, launches)
         labels = merged_labels(group, f"multi-tensor {op.name}")
         dims = (("params", sum(params)), ("launches", launches))
         fused = replace(op, name=f"fused.{op.name}", dims=dims, labels=labels, count=1, flops=f_last, bytes=b_last)

@@ -30,7 +30,6 @@ class OpKind(str, Enum):
     __format__ = str.__format__
 
 
-KINDS = tuple(k.value for k in OpKind)
 GEMM_KINDS = frozenset({OpKind.GEMM, OpKind.BGEMM})
 # Every Op carries these labels, in this order (builders create them in this order).
 LABEL_KEYS = ("part", "layer", "block", "group", "nlpfast", "pass")
