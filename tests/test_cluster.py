@@ -25,6 +25,7 @@ from tstack.models import load_model
 from tstack.spec import RunSpec
 from tstack.workload import params as P
 from tstack.workload.build import build
+from tstack.workload.fusion import sdpa
 
 V100, A100 = load_device("v100"), load_device("a100-80gb")
 PCIE, DGX = load_network("pcie4"), load_network("dgx-a100")
@@ -450,14 +451,15 @@ def test_fig10_shapes_hold_with_head_dim_bias_and_sdpa():
     run = RunSpec(mode="train", batch=2, seq=128, attention="sdpa")
     T, m = 256, 4
     ops = build(spec, run, collapse=True)
-    sliced = C.slice_workload(ops, m, model=spec)
+    sliced = sdpa(C.slice_workload(build(spec, run, collapse=True, fuse_attention=False), m, model=spec))
     assert _fwd(sliced, "attn.q_proj").gemm_shape == (2048 // m, T, 4096, 1)
     assert _fwd(sliced, "attn.k_proj").gemm_shape == (512 // m, T, 4096, 1)
     assert _fwd(sliced, "attn.out_proj").gemm_shape == (4096, T, 2048 // m, 1)
     assert _fwd(sliced, "ffn.gate_proj").gemm_shape == (11008 // m, T, 4096, 1)
-    # the fused attention kernel runs this rank's 32/m heads: its batch, FLOPs and bytes are 1/m of the whole
+    # the attention core is sliced by heads, then fused: the kernel runs this rank's 8/m KV heads per sequence (their
+    # 4 query heads stacked, 4·128 queries), so its batch, FLOPs and bytes are 1/m of the whole
     whole, part = _fwd(ops, "attn.sdpa"), _fwd(sliced, "attn.sdpa")
-    assert part.gemm_shape == whole.gemm_shape[:3] + (2 * 32 // m,)
+    assert part.gemm_shape == (128, 4 * 128, 64, 2 * 8 // m) and whole.gemm_shape == part.gemm_shape[:3] + (2 * 8,)
     assert (part.flops * m, part.bytes * m) == (whole.flops, whole.bytes)
     # the Q and K/V bias gradients split with their columns
     grads = sorted(op.dim("cols") for op in sliced if op.name == "bias-grad" and op.label("block") == "attention")

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from tstack import ModelSpec, RunSpec, analyze, build, load_device
 from tstack.hardware.device import device_presets
+from tstack.workload.labels import ATTN_BGEMM, FUSED_ATTENTION, SCALE_MASK_SM
 from tstack.workload.op import LABEL_KEYS, Op
 
 LLAMA = ModelSpec(name="gqa", arch="decoder", layers=2, hidden=256, heads=8, kv_heads=2, ffn=512, vocab=1000,
@@ -35,27 +36,41 @@ def test_graphs_amortize_launches_and_drop_framework_copies():
     assert b_graphs.total.seconds < b_eager.total.seconds - b_eager.total.overhead_s + 1e-12
 
 
+def _core(ops: tuple[Op, ...], layer: str = "L0") -> list[Op]:
+    """The attention core of one layer: its B-GEMMs and point-wise kernels, or the fused kernel."""
+    return [o for o in ops if o.label("layer") == layer and (o.label("fusion") == FUSED_ATTENTION
+                                                              or o.label("group") in (ATTN_BGEMM, SCALE_MASK_SM))]
+
+
 def test_sdpa_keeps_the_flops_and_drops_the_score_matrix():
     run = RunSpec(batch=2, seq=256, precision="fp16-mixed")
     unfused, fused = build(LLAMA, run), build(LLAMA, run.replace(attention="sdpa"))
-
-    def attn(ops: tuple[Op, ...]) -> list[Op]:
-        return [o for o in ops if o.label("group") in ("Attn B-GEMM", "Scale+Mask+DR+SM") and o.label("layer") == "L0"]
-
-    assert sum(o.flops for o in attn(fused)) == sum(o.flops for o in attn(unfused) if o.is_gemm)
-    assert {o.name for o in attn(fused)} == {"attn.sdpa"}
+    assert sum(o.flops for o in _core(fused)) == sum(o.flops for o in _core(unfused))
+    assert [(o.name, o.label("group"), o.label("fusion")) for o in _core(fused)] == [
+        ("attn.sdpa", "Attn B-GEMM | Scale+Mask+DR+SM", FUSED_ATTENTION)]
+    # FlashAttention Alg. 1 for one (sequence, KV head), its 4 query heads stacked: n_q = 4·256, n_kv = 256, d = 32;
+    # default on-chip M = 102,400 B = 51,200 fp16 elements, Bc = ⌈51200/(4·32)⌉ = 400 ≥ 256 keys: Tc = 1.
+    # Matrix elements n_q·d + 2·n_kv·d + Tc·3·n_q·d = 32,768 + 16,384 + 98,304 = 147,456 (fp16), statistics
+    # 2·n_q + Tc·4·n_q = 6,144 (fp32); × B·kv_heads = 4 → 4·(147,456·2 + 6,144·4) = 1,277,952 bytes.
+    assert sum(o.bytes for o in _core(fused)) == 1_277_952
     score_matrix = 2 * 8 * 256 * 256 * 2  # B·h·S·S fp16 elements of one layer
-    # fused: B·h (2Sq + 2Skv) dh fp16 (Q, O, K, V) + B·h·Sq fp32 log-sum-exp = 16·1024·32·2 + 16·256·4
-    assert sum(o.bytes for o in attn(fused)) == 1_064_960
-    assert sum(o.bytes for o in attn(fused)) < score_matrix < sum(o.bytes for o in attn(unfused))
+    assert sum(o.bytes for o in _core(fused)) < score_matrix < sum(o.bytes for o in _core(unfused))
 
 
-def test_sdpa_training_backward_is_five_products():
-    run = RunSpec(mode="train", batch=1, seq=128, precision="bf16-mixed", attention="sdpa")
-    ops = [o for o in build(LLAMA, run) if o.name == "attn.sdpa"]
-    fwd = sum(o.flops for o in ops if o.label("pass") == "fwd")
-    bwd = sum(o.flops for o in ops if o.label("pass") == "bwd-act")
-    assert 2 * bwd == 5 * fwd  # forward: QKᵀ, P·V; backward: QKᵀ again, dV, dP, dQ, dK
+def test_sdpa_backward_recomputes_the_forward_core():
+    """The fused backward does the unfused backward's work plus the forward scores and probabilities again."""
+    run = RunSpec(mode="train", batch=1, seq=128, precision="bf16-mixed")
+    unfused, fused = _core(build(LLAMA, run)), _core(build(LLAMA, run.replace(attention="sdpa")))
+
+    def flops(ops, forward, skip=""):
+        return sum(o.flops for o in ops if (o.label("pass") == "fwd") == forward and o.name != skip)
+
+    assert [o.label("pass") for o in fused] == ["fwd", "bwd-act | bwd-weight"]  # the joined passes it absorbed
+    assert flops(fused, True) == flops(unfused, True)
+    assert flops(fused, False) == flops(unfused, False) + flops(unfused, True, skip="attn.context")
+    products = [o for o in unfused if o.is_gemm]
+    assert sum(o.flops for o in products if o.label("pass") != "fwd") == 2 * sum(  # 4 backward products
+        o.flops for o in products if o.label("pass") == "fwd")
 
 
 @pytest.mark.parametrize("name", GPUS)
@@ -144,11 +159,11 @@ def test_modes_keep_the_gemm_work_and_every_op_well_formed(pair):
 
     assert gemm_flops(eager) == gemm_flops(graphs) > 0
     assert all(o.launch for o in eager) and not any(o.launch for o in graphs)
-    if not model.sliding_window and not run.training:  # a fused kernel does the same products
-        assert gemm_flops(build(model, run.replace(attention="sdpa"))) == gemm_flops(eager)
+    if not model.sliding_window and not run.training:  # a fused kernel does the same work
+        assert sum(o.flops for o in build(model, run.replace(attention="sdpa"))) == sum(o.flops for o in eager)
     for o in eager:
         assert tuple(k for k, _ in o.labels) == LABEL_KEYS and o.bytes > 0 and o.flops >= 0 and o.count >= 1
-        if o.is_gemm and o.name != "attn.sdpa":
+        if o.is_gemm:
             M, N, K, batch = o.gemm_shape
             assert o.flops == 2 * M * N * K * batch
 
@@ -159,3 +174,17 @@ def test_api_runs_an_accelerator_as_a_graph_and_a_gpu_eagerly_by_default():
     # The CLI's defaults, from the same function: a decode step on the accelerator has no eager framework copies.
     assert tstack.analyze("bert-base", device="gemmini-ibert", seq=64).run.execution == "graphs"
     assert tstack.analyze("bert-base", device="a100", seq=64).run.execution == "eager"
+
+
+@settings(max_examples=30, deadline=None)
+@given(shaped(), st.sampled_from(["", "a100", "t4", "mi100"]))
+def test_sdpa_is_the_flash_fusion_rule(pair, device):
+    """``--attention sdpa`` and the flash profile's attention rule are one model of the kernel: the same fused ops."""
+    from tstack.workload.fusion import fuse_attention, load_profile
+
+    model, run = pair
+    model = model.replace(sliding_window=0)  # a window caps the keys of an sdpa run only
+    fused = [o for o in build(model, run.replace(attention="sdpa"), device=device) if o.label("fusion") == FUSED_ATTENTION]
+    flash = [o for o in fuse_attention(build(model, run), load_profile("flash").attention, device)
+             if o.label("fusion") == FUSED_ATTENTION]
+    assert fused == flash and len(fused) == model.layers * (2 if run.training else 1)

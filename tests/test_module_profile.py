@@ -152,8 +152,8 @@ def test_load_builder_hf_bert(tmp_path):
     assert {"Q-Gen", "K/V-Gen", "attention FC", "linear trans-2"} <= set(p.breakdown.group_by("nlpfast"))
     if model.config._attn_implementation == "sdpa":  # one fused kernel: Q·Kᵀ (8×8×16) and P·V (16×8×8) over B·h = 2
         sdpa = [op for op in p.breakdown.ops if op.name == "attn.sdpa"]
-        assert [(op.label("group"), op.gemm_shape, op.flops) for op in sdpa] == [
-            ("Fused attention", (8, 8, 16, 2), 2 * 2 * 8 * 8 * (16 + 16))]
+        assert [(op.label("group"), op.label("fusion"), op.gemm_shape, op.flops) for op in sdpa] == [
+            ("Attn B-GEMM | Scale+Mask+DR+SM", "flash-attention", (8, 8, 16, 2), 2 * 2 * 8 * 8 * (16 + 16))]
 
 
 @pytest.mark.parametrize("body, target, message", [

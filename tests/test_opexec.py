@@ -162,9 +162,27 @@ def test_every_kernel_and_stage_the_workload_can_emit_has_an_implementation() ->
     for model, optimizers in WORKLOADS:
         for opt in optimizers:
             for run in (RunSpec(mode="train", batch=1, seq=8, precision="fp16-mixed", optimizer=opt),
+                        RunSpec(mode="train", batch=1, seq=8, optimizer=opt, attention="sdpa"),
                         RunSpec(mode="infer", batch=1, seq=8, precision="int8")):
                 for op in build(model, run):
                     assert opexec.has_implementation(opexec.implementation_key(op)), op
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16-mixed"])
+def test_fused_attention_is_sdpa_and_matches_reference(mode: str, dtype: str) -> None:
+    """The fused attention op (``--attention sdpa``) runs F.scaled_dot_product_attention at its dims, forward and
+    backward, equal to softmax(q·kᵀ/√d)·v and its gradients in float64; 4 query heads over 2 KV heads stacked."""
+    model = ModelSpec(name="gqa", arch="decoder", layers=1, hidden=32, heads=4, kv_heads=2, ffn=64, vocab=50,
+                      activation="silu", gated_ffn=True, norm="rmsnorm", norm_position="pre", position="rotary",
+                      bias=False, head="lm", max_positions=64)
+    fused = [op for op in build(model, RunSpec(mode=mode, batch=2, seq=6, precision=dtype, attention="sdpa"))
+             if op.label("fusion") == "flash-attention"]
+    assert len(fused) == (2 if mode == "train" else 1)
+    for op in fused:
+        assert op.gemm_shape == (6, 2 * 6, 8, 2 * 2)
+        p = run_and_compare(op)
+        assert p.output().shape == ((4, 12, 8))
 
 
 def test_unknown_kernel_raises_naming_it() -> None:

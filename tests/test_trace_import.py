@@ -88,6 +88,41 @@ def test_llama_gqa_cpu_trace_maps_every_gemm(tmp_path):
     check_every_gemm_maps(imp, build(spec, run), same_batch=False)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_sdpa_cpu_trace_maps_the_fused_attention_kernel(tmp_path, train):
+    """HF's SDPA attention traced on CPU: each aten::scaled_dot_product_attention call (and, in training, its
+    backward kernel) maps onto tstack's fused attention op of ``--attention sdpa``, counted as FlopCounterMode counts
+    it (two products forward, five backward); every other GEMM maps as before."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=96, max_position_embeddings=32,
+                                   tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=None,
+                                   attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(cfg).train(train)
+    ids = torch.randint(2, 64, (B, S))
+    path = tmp_path / "sdpa.json"
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_modules=True) as prof:
+        with record_function("ProfilerStep#0"), torch.set_grad_enabled(train):
+            out = model(input_ids=ids, **({"labels": ids} if train else {"logits_to_keep": 1}))
+            if train:
+                out.loss.backward()
+    prof.export_chrome_trace(str(path))
+    spec = from_hf_config(cfg.to_dict(), "llama-tiny", "test")
+    run = RunSpec(mode="train" if train else "infer", batch=B, seq=S, attention="sdpa")
+    imp = import_trace(path, spec, run)
+    fused = [(g, op) for g, op in imp.matched if op.label("fusion") == "flash-attention"]
+    assert len(fused) == spec.layers * (2 if train else 1) and not imp.missing
+    assert all(g.K == 1 for g in imp.unmatched) and len(imp.unmatched) <= 1  # the rotary table, as unfused
+    # FlopCounterMode's formulas (its CPU flash kernel is not registered with it, so call them directly)
+    q, kv = (B, 4, S, 16), (B, 2, S, 16)
+    per_layer = sdpa_flop_count(q, kv, kv) + (sdpa_backward_flop_count(q, q, kv, kv) if train else 0)
+    assert sum(g.flops for g, _ in fused) == spec.layers * per_layer
+    for g, op in fused:
+        assert g.products == (2 if op.label("pass") == "fwd" else 5) and g.seconds > 0
+        assert (g.M, g.K, g.N * g.batch) == (op.dim("M"), op.dim("K"), op.dim("N") * op.dim("batch")) == (S, 16, B * 4 * S)
+
+
 def test_shipped_trace_imports_without_torch_and_validates(tmp_path):
     """examples/ holds a CPU trace of examples/bert-tiny (B=2, S=16): `validate --trace` compares its 17 GEMMs."""
     from pathlib import Path

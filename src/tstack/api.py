@@ -36,7 +36,7 @@ def analyze(model: str | Path | ModelSpec, run: RunSpec | None = None, device: s
         run = RunSpec(seq=run_fields.pop("seq", spec.default_seq), **run_fields)
     elif run_fields:
         run = run.replace(**run_fields)
-    ops = build(spec, run)
+    ops = build(spec, run, device=target.name)
     if fusion is not None:
         ops = fuse(ops, fusion, target.name)
     ops, costs = cost_workload(ops, target, cost_model)

@@ -62,7 +62,7 @@ def evaluate(cfg: Config, device: Target, cost_model: Callable | None = None) ->
     """Rows of one configuration: seconds, FLOPs, bytes and kernels per 002 group, on any hardware target."""
     m, r = cfg.model, cfg.run
     groups: dict[str, Cost] = {}
-    for op, c in zip(*cost_workload(build(m, r, collapse=True), device, cost_model)):
+    for op, c in zip(*cost_workload(build(m, r, collapse=True, device=device.name), device, cost_model)):
         g = op.label("group")
         groups[g] = groups[g] + c if g in groups else c
     total = sum(groups.values(), Cost()).seconds

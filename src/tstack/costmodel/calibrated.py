@@ -11,14 +11,14 @@ from tstack.calibration import Calibration
 from tstack.costmodel.cost import Cost
 from tstack.costmodel.roofline import roofline
 from tstack.hardware.device import DeviceSpec
-from tstack.workload.labels import FUSED_ATTENTION, SDPA
+from tstack.workload.labels import FUSED_ATTENTION
 from tstack.workload.op import Op, OpKind
 
 
 def table_lookup(op: Op, cal: Calibration) -> float | None:
     """Seconds of one instance from the calibration tables, or None when no table covers the op."""
     if op.is_gemm:
-        if op.label("fusion") == FUSED_ATTENTION or op.name.rsplit(".", 1)[-1] == SDPA:
+        if op.label("fusion") == FUSED_ATTENTION:
             return None  # a fused attention kernel is no plain batched GEMM: the B-GEMM tables do not time it
         M, N, K, batch = op.gemm_shape
         table = cal.tables.get(f"{op.kind}.{op.dtype}")

@@ -51,8 +51,8 @@ from tstack.workload import emit
 from tstack.workload import formulas as F
 from tstack.workload import params as P
 from tstack.workload.build import build, optimizer
-from tstack.workload.fusion import LABEL_JOIN, Profile, fuse, load_profile
-from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, SCALE_MASK_SM, SDPA
+from tstack.workload.fusion import LABEL_JOIN, Profile, fuse, load_profile, sdpa
+from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, SCALE_MASK_SM
 from tstack.workload.layers import ACT_GROUP, routed_tokens
 from tstack.workload.op import DTYPE_BYTES, Op, OpKind
 
@@ -248,11 +248,12 @@ def slice_workload(ops: tuple[Op, ...], tp: int, sp: bool = False, model: ModelS
 
     GEMMs keep their kind and pass; a backward GEMM is derived from its sliced forward by the 002 Table 2b rules, so
     FLOPs and bytes follow the formulas the workload uses. Q and output projection split by query heads, K and V by
-    KV heads (replicated when tp is a multiple of kv_heads); the attention B-GEMMs (or the fused ``sdpa`` kernel)
-    run this rank's heads. Element-wise kernels shrink with the dimension that is split (heads for softmax, the FFN
-    width for the activation); LayerNorm, dropout and residual stay whole (sharded along the sequence under ``sp``).
-    Embedding lookups, the MoE router and combine stay whole; the optimizer ops are rebuilt separately. Under
-    ``ep`` > 1 the routed experts' kernels become this rank's experts/ep experts at ep× the tokens each. ``model``
+    KV heads (replicated when tp is a multiple of kv_heads); the attention B-GEMMs run this rank's heads (a fused
+    attention kernel is formed from them after slicing: family_ops). Element-wise kernels shrink with the dimension
+    that is split (heads for softmax, the FFN width for the activation); LayerNorm, dropout and residual stay whole
+    (sharded along the sequence under ``sp``). Embedding lookups, the MoE router and combine stay whole; the
+    optimizer ops are rebuilt separately. Under ``ep`` > 1 the routed experts' kernels become this rank's
+    experts/ep experts at ep× the tokens each. ``model``
     gives the heads (without it, full multi-head attention and a dense FFN are assumed).
     """
     if tp == 1 and not sp and ep == 1:
@@ -272,17 +273,8 @@ def slice_workload(ops: tuple[Op, ...], tp: int, sp: bool = False, model: ModelS
         if routed and ep > 1:
             out += _rank_experts(op, forward, split, template)
             continue
-        if op.name.endswith(".sdpa"):
-            out.append(_scaled(op, tp))
-            continue
         out.append(_sliced(op, forward, split))
     return tuple(out)
-
-
-def _scaled(op: Op, tp: int) -> Op:
-    """A fused attention kernel on this rank's heads: batch (B·heads), FLOPs and bytes divided by tp."""
-    dims = tuple((k, v // tp if k == "batch" else v) for k, v in op.dims)
-    return replace(op, dims=dims, flops=op.flops // tp, bytes=op.bytes // tp)
 
 
 def _sliced(op: Op, forward: dict[tuple[str, str, int], tuple[int, int, int, int]], sp: _Split,
@@ -433,16 +425,17 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
                sp: bool, ep: int = 1, fusion: str | Path | Profile | None = None, device: str = "",
                ) -> tuple[Op, ...]:
     """One rank's ops for one micro-batch: the sliced workload, selective recomputation, this rank's optimizer;
-    then ``fusion`` (a workload.fusion profile) applied to them, as ``analyze`` applies it to its workload (``device``
-    names the preset whose on-chip memory a fused attention kernel tiles for)."""
+    then the fused attention kernel (``--attention sdpa``) and ``fusion`` (a workload.fusion profile) applied to them,
+    as ``analyze`` applies them to its workload (``device`` names the preset whose on-chip memory a fused attention
+    kernel tiles for). The attention cores are sliced by heads before they are fused."""
     r = _run(run, micro_batch, recompute)
-    ops = tuple(op for op in build(model, r, collapse=True) if op.label("part") != "optimizer")
+    ops = tuple(op for op in build(model, r, collapse=True, fuse_attention=False) if op.label("part") != "optimizer")
     ops = slice_workload(ops, tp, sp, model, ep)
-    if recompute == "selective":  # the attention core again before its backward (Korthikanti et al. 2022 §5); a
-        # fused sdpa kernel recomputes its scores inside its own backward already, so it is not run twice
+    if recompute == "selective" and not _fused_attention(run, fusion):
+        # the attention core again before its backward (Korthikanti et al. 2022 §5); a fused attention kernel
+        # recomputes its scores inside its own backward already, so it is not run twice
         ops += tuple(emit.with_pass(op, "recompute") for op in ops if op.label("pass") == "fwd"
-                     and op.label("part") == "transformer" and op.label("group") in (ATTN_BGEMM, SCALE_MASK_SM)
-                     and _suffix(op.name) != SDPA)
+                     and op.label("part") == "transformer" and op.label("group") in (ATTN_BGEMM, SCALE_MASK_SM))
     groups = [("-", embedding_params_tp(model, tp), 1)]
     names = sorted({op.label("layer") for op in ops if op.label("part") == "transformer"})
     for name in names:
@@ -454,7 +447,14 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
     if model.arch == "memnet":
         groups = groups[:1]
     ops += tuple(optimizer(emit.Ctx.of(model, r), groups))
+    if run.attention == "sdpa":
+        ops = sdpa(ops, device)
     return ops if fusion is None else fuse(ops, fusion, device)
+
+
+def _fused_attention(run: RunSpec, fusion: str | Path | Profile | None) -> bool:
+    """Whether a fused attention kernel runs the attention core (``--attention sdpa`` or the profile's rule)."""
+    return run.attention == "sdpa" or (fusion is not None and load_profile(fusion).attention is not None)
 
 
 def activation_bytes_per_layer(model: ModelSpec, seq: int, micro_batch: int, tp: int, sp: bool, recompute: str,
@@ -544,7 +544,7 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
         tp_message_bytes=float(tokens * model.hidden * act), p2p_bytes=float(tokens * model.hidden * act / tp),
         act_layer_bytes=activation_bytes_per_layer(
             model, run.seq, micro_batch, tp, sp, recompute, act,
-            run.attention == "sdpa" or (fusion is not None and load_profile(fusion).attention is not None)),
+            _fused_attention(run, fusion)),
         act_head_bytes=float(4 * tokens * math.ceil(model.vocab / tp)) if model.head in ("lm", "bert-pretrain") else 0.0,
         weight_bytes=2 if mixed else 4, grad_bytes=2 if mixed else 4,
         optim_bytes=(4 if mixed else 0) + 4 * moments,

@@ -4,6 +4,11 @@ The trace is read as JSON (no torch needed). One iteration is picked: the ``Prof
 (the last one by default), or the whole trace when it marks none. Its matrix products are the top-level
 ``aten::mm / addmm / bmm / baddbmm`` CPU ops (one nested inside another is the same product) with their
 ``Input Dims``: A[n, k] · B[k, m] is the M=m, N=n, K=k GEMM of 002's convention, batched by A's first dimension.
+A fused attention call is a product too: ``aten::scaled_dot_product_attention`` (forward) and the
+``aten::_scaled_dot_product_…_backward`` kernels, with q[…, Sq, d] and k[…, Skv, d] (after the backward's
+grad_out) as the M=Skv, N=Sq, K=d product batched by q's leading dimensions; it counts the FLOPs PyTorch's
+FlopCounterMode gives it (two products forward; five backward, the scores recomputed) and maps onto tstack's fused
+attention kernel (``attn.sdpa``, ``--attention sdpa``).
 Each is timed by the GPU kernels it launched (matched on ``External id``) in a CUDA trace, else by its CPU duration,
 and carries the innermost ``nn.Module`` scope it ran in (``with_modules=True``) or record_function annotation.
 
@@ -30,6 +35,8 @@ from tstack.workload.build import build
 from tstack.workload.op import LABEL_KEYS, Op, OpKind
 
 GEMM_NAMES = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"})
+SDPA_FORWARD = "aten::scaled_dot_product_attention"
+_SDPA_BACKWARD = re.compile(r"^aten::_scaled_dot_product_\w*attention\w*_backward$")
 _STEP = re.compile(r"^ProfilerStep#(\d+)$")
 _MODULE = "nn.Module: "
 US = 1e-6
@@ -47,10 +54,11 @@ class TraceGemm:
     seconds: float
     start_us: float
     module: str
+    products: int = 1  # a fused attention call: 2 forward, 5 backward
 
     @property
     def flops(self) -> int:
-        return 2 * self.M * self.N * self.K * self.batch
+        return 2 * self.M * self.N * self.K * self.batch * self.products
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ class TraceImport:
                         "K": g.K, "gemm_batch": g.batch, "count": 1, "flops": g.flops, "bytes": op.bytes,
                         "seconds": g.seconds, "aten": g.aten, "module": g.module, "matched": True})
         for g in self.unmatched:
-            kind = OpKind.BGEMM if g.aten.endswith("bmm") else OpKind.GEMM
+            kind = OpKind.BGEMM if g.aten.endswith("bmm") or g.products > 1 else OpKind.GEMM
             out.append({"kind": kind.value, "name": "-",
                         **dict.fromkeys(LABEL_KEYS, "-"), "dtype": "-",
                         "M": g.M, "N": g.N, "K": g.K, "gemm_batch": g.batch, "count": 1, "flops": g.flops,
@@ -123,10 +131,31 @@ def _window(events: list[dict[str, Any]], step: int | None) -> tuple[str, float,
     return "whole trace", min(e["ts"] for e in cpu), max(e["ts"] + e["dur"] for e in cpu)
 
 
-def _dims(shapes: Any) -> tuple[int, int, int, int] | None:
+def _product(name: str) -> int:
+    """Products one call of this op does: 1 for a GEMM, 2 and 5 for fused attention forward and backward, else 0."""
+    if name in GEMM_NAMES:
+        return 1
+    if name == SDPA_FORWARD:
+        return 2
+    return 5 if _SDPA_BACKWARD.match(name) else 0
+
+
+def _is_matrix(s: Any) -> bool:
+    return isinstance(s, list) and len(s) >= 2 and all(isinstance(d, int) for d in s)
+
+
+def _dims(shapes: Any, products: int = 1) -> tuple[int, int, int, int] | None:
     if not isinstance(shapes, list):
         return None
-    mats = [s for s in shapes if isinstance(s, list) and len(s) >= 2 and all(isinstance(d, int) for d in s)]
+    if products > 1:  # fused attention: (grad_out,) q, k, v, ...
+        q, k = shapes[products == 5:][:2] if len(shapes) >= 3 else (None, None)
+        if not (_is_matrix(q) and _is_matrix(k)):
+            return None
+        batch = 1
+        for d in q[:-2]:
+            batch *= d
+        return k[-2], q[-2], q[-1], batch
+    mats = [s for s in shapes if _is_matrix(s)]
     if len(mats) < 2:
         return None
     a, b = mats[-2], mats[-1]
@@ -155,7 +184,7 @@ def trace_gemms(events: list[dict[str, Any]], step: int | None = None) -> tuple[
             ext = (e.get("args") or {}).get("External id")
             kernel_us[ext] = kernel_us.get(ext, 0.0) + float(e["dur"])
     cuda = bool(kernel_us)
-    gemm_events = sorted((e for e in inside if e.get("cat") == "cpu_op" and e.get("name") in GEMM_NAMES),
+    gemm_events = sorted((e for e in inside if e.get("cat") == "cpu_op" and _product(str(e.get("name", "")))),
                          key=lambda e: (e["ts"], -e["dur"]))
     scopes = [e for e in inside if (e.get("cat") == "python_function" and str(e.get("name", "")).startswith(_MODULE))
               or (e.get("cat") == "user_annotation" and not _STEP.match(str(e.get("name", ""))))]
@@ -163,15 +192,16 @@ def trace_gemms(events: list[dict[str, Any]], step: int | None = None) -> tuple[
     outer: list[dict[str, Any]] = []
     for e in gemm_events:
         if any(o.get("tid") == e.get("tid") and _inside(e, o["ts"], o["ts"] + o["dur"]) for o in outer):
-            continue  # a product nested in another (addmm calling mm) is the same product
-        dims = _dims((e.get("args") or {}).get("Input Dims"))
+            continue  # a product nested in another (addmm calling mm, attention calling its kernel) is the same
+        products = _product(str(e["name"]))
+        dims = _dims((e.get("args") or {}).get("Input Dims"), products)
         if dims is None:
             continue
         outer.append(e)
         ext = (e.get("args") or {}).get("External id")
         seconds = kernel_us.get(ext, 0.0) * US if cuda else float(e["dur"]) * US
         out.append(TraceGemm(str(e["name"]), *dims, seconds=seconds, start_us=float(e["ts"]),
-                             module=_innermost_scope(e, scopes)))
+                             module=_innermost_scope(e, scopes), products=products))
     return name, (b - a) * US, cuda, out
 
 

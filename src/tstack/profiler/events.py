@@ -254,6 +254,8 @@ def kernel_op(k: Kernel, a: Attribution, pass_: str, width: int = 0) -> Op:
         dims = tuple((d, v // n if d == fused else v) for d, v in dims)
     keys = ("part", "layer", "block", "group", "nlpfast")
     labels = tuple((key, a.labels.get(key, "-")) for key in keys) + (("pass", pass_),)
+    if "fusion" in a.labels:  # a fused kernel names its rule, as the workload's fused ops do
+        labels += (("fusion", a.labels["fusion"]),)
     name = a.name if a.name and (k.is_gemm or k.kind == OpKind.GATHER) else k.aten
     return Op(kind=k.kind, name=name, dims=dims, dtype=k.dtype, flops=k.flops // n, bytes=k.bytes // n, labels=labels)
 

@@ -27,9 +27,13 @@ from tstack.workload.labels import (
     FC_GEMM,
     FFN_FC1,
     FFN_FC2,
+    FUSED_ATTENTION,
+    FUSED_ATTENTION_GROUP,
+    FUSED_ATTENTION_NLPFAST,
     GELU,
     LINEAR_GEMM,
     SCALE_MASK_SM,
+    SDPA,
 )
 from tstack.workload.op import OpKind
 
@@ -194,7 +198,7 @@ QGEN, KVGEN = _l("attention", LINEAR_GEMM, "Q-Gen"), _l("attention", LINEAR_GEMM
 ATTN_FC = _l("attention", LINEAR_GEMM, "attention FC")
 SCORE, CONTEXT = _l("attention", ATTN_BGEMM, "dot product"), _l("attention", ATTN_BGEMM, "weighted sum")
 SM = _l("attention", SCALE_MASK_SM, "softmax")
-FUSED = _l("attention", "Fused attention", "dot product+softmax+weighted sum")
+FUSED = {**_l("attention", FUSED_ATTENTION_GROUP, FUSED_ATTENTION_NLPFAST), "fusion": FUSED_ATTENTION}
 FC1, FC2 = _l("fc", FC_GEMM, "linear trans-1"), _l("fc", FC_GEMM, "linear trans-2")
 ADDNORM = _l(DR_RC_LN, DR_RC_LN, "layernorm/residual")
 EMBEDDING = _l("embedding", EMBEDDING, "embedding", "embedding")
@@ -303,7 +307,7 @@ def _attention(scope: Scope, items: Sequence[Kernel | Scope], act: dict[str, str
     for i, k in enumerate(kernels):
         n = sum(1 for g in gemm_at if g <= i)  # GEMMs so far, this one included
         if k.aten.startswith(("aten::scaled_dot_product", "aten::_scaled_dot_product")):  # one fused kernel: Q·Kᵀ, softmax, P·V
-            out.append((_attr(scope, FUSED, "attn.sdpa", k),))
+            out.append((_attr(scope, FUSED, f"attn.{SDPA}", k),))
         elif i in gemm_at and n <= 2:
             out.append((_attr(scope, SCORE if n == 1 else CONTEXT, ATTN_SCORE if n == 1 else ATTN_CONTEXT, k),))
         elif i in gemm_at:

@@ -195,7 +195,8 @@ def _joules(costs: Sequence[Any]) -> float:
 
 
 def _entries(space: Space, a: Arch, target: Target) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    return cost_workload(build(space.model_spec(a), run_spec(space, target), collapse=True), target)
+    return cost_workload(build(space.model_spec(a), run_spec(space, target), collapse=True, device=target.name),
+                         target)
 
 
 def direct_cost(space: Space, a: Arch, target: Target) -> HwCost:

@@ -21,6 +21,7 @@ from tstack.workload import emit, layers
 from tstack.workload import formulas as F
 from tstack.workload import params as P
 from tstack.workload.emit import Ctx, Step
+from tstack.workload.fusion import sdpa
 from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, EMBEDDING, LAMB, MASTER_COPY, SCALE_MASK_SM
 from tstack.workload.layers import AttnShape
 from tstack.workload.op import Op, OpKind
@@ -243,8 +244,19 @@ def param_groups(model: ModelSpec, layer_names: list[str], collapse: bool) -> li
     return groups
 
 
-def build(model: ModelSpec, run: RunSpec, collapse: bool = False) -> Workload:
-    """All Ops of one iteration; ``collapse`` keeps one copy of identical layers with count = N."""
+def build(model: ModelSpec, run: RunSpec, collapse: bool = False, device: str = "",
+          fuse_attention: bool = True) -> Workload:
+    """All Ops of one iteration; ``collapse`` keeps one copy of identical layers with count = N.
+
+    Under ``run.attention == "sdpa"`` each attention core becomes one fused kernel (workload.fusion.sdpa, tiled for
+    the on-chip memory of the ``device`` preset); ``fuse_attention=False`` leaves its kernels unfused, for a caller
+    that transforms them first (the multi-device model slices them by heads, then fuses).
+    """
+    ops = _build(model, run, collapse)
+    return sdpa(ops, device) if fuse_attention and run.attention == "sdpa" else ops
+
+
+def _build(model: ModelSpec, run: RunSpec, collapse: bool) -> Workload:
     check_pair(model, run)
     ctx = Ctx.of(model, run)
     emb = [s for S in embedded_lengths(model, run) for s in embedding(ctx, S)]

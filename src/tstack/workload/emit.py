@@ -131,28 +131,6 @@ def copy(ctx: Ctx, name: str, rows: int, cols: int, repeat: int, labels: dict[st
     return Step(_op(ctx, OpKind.COPY, name, counts, ctx.act, labels))
 
 
-def sdpa(ctx: Ctx, name: str, shape: tuple[int, int, int, int], labels: dict[str, str]) -> Step:
-    """A fused (flash) attention kernel: Sq queries against Skv keys of width dh, per (sequence, head) in ``batch``.
-
-    Dims M=Skv, N=Sq, K=2·dh (the two products of depth dh; backward K=5·dh). Forward: QKᵀ and P·V
-    (2·2·Sq·Skv·dh FLOPs) without the score matrix in memory: reads Q, K, V, writes O and the fp32 row log-sum-exp.
-    Backward recomputes QKᵀ and runs dV, dP, dQ, dK: five products.
-    """
-    Sq, Skv, dh, batch = shape
-    product = 2 * Sq * Skv * dh * batch
-    b = DTYPE_BYTES[ctx.gemm_dtype]
-    qkvo = batch * (2 * Sq + 2 * Skv) * dh * b
-    dims = (("M", Skv), ("N", Sq), ("K", 2 * dh), ("batch", batch))
-    fwd = _op(ctx, OpKind.BGEMM, name, F.Counts(2 * product, qkvo + batch * Sq * 4, dims), ctx.gemm_dtype, labels)
-    if not ctx.run.training:
-        return Step(fwd)
-    bwd_bytes = 2 * qkvo + batch * Sq * 4  # reads Q, K, V, O, dO, lse; writes dQ, dK, dV
-    bwd_dims = (("M", Skv), ("N", Sq), ("K", 5 * dh), ("batch", batch))
-    bwd = _op(ctx, OpKind.BGEMM, name, F.Counts(5 * product, bwd_bytes, bwd_dims), ctx.gemm_dtype,
-              _bwd_labels(labels, "bwd-act"))
-    return Step(fwd, (bwd,))
-
-
 def embedding_lookup(ctx: Ctx, name: str, tokens: int, table_rows: int, labels: dict[str, str], width: int = 0) -> Step:
     """Gather `tokens` rows of an embedding table (``width`` wide, hidden by default); backward zero-fills and
     scatter-adds the table gradient."""

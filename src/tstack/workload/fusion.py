@@ -13,9 +13,10 @@ A profile (``presets/fusion/*.yaml``: none, apex, inductor, flash) names what a 
   layer counts as one tensor.
 - **gemm_groups**: GEMMs with a common input (Q/K/V, 002 Fig. 13) become one GEMM with concatenated weights,
   forward and both backward GEMMs (and their bias gradients, one reduction over the concatenated width).
-- **attention**: a FlashAttention kernel replaces score B-GEMM, scale, mask, softmax, dropout and context
-  B-GEMM; its HBM traffic follows the IO analysis of FlashAttention's Algorithms 1 and 4, Θ(N²d²/M) for
+- **attention**: a FlashAttention kernel (``attn.sdpa``) replaces score B-GEMM, scale, mask, softmax, dropout and
+  context B-GEMM; its HBM traffic follows the IO analysis of FlashAttention's Algorithms 1 and 4, Θ(N²d²/M) for
   on-chip memory M; its backward recomputes the scores and probabilities (their forward FLOPs are added).
+  ``--attention sdpa`` is this rule with the ``flash`` profile's on-chip sizes (``sdpa``): one model of the kernel.
 
 FLOPs are unchanged by every rule except the fused attention's backward recomputation. Each fused op keeps the
 labels of the ops it absorbed: a label the absorbed ops share keeps its value, differing values are joined by
@@ -35,11 +36,10 @@ from tstack.errors import SpecError
 from tstack.loader import load_spec, presets_in, show, unknown_fields
 from tstack.spec import preset_dir
 from tstack.workload import formulas as F
-from tstack.workload.labels import FUSED_ATTENTION
+from tstack.workload.labels import FUSED_ATTENTION, LABEL_JOIN, SDPA
 from tstack.workload.op import DTYPE_BYTES, Op, OpKind
 
 Workload = tuple[Op, ...]
-LABEL_JOIN = " | "
 BACKWARD_PASSES = ("bwd-act", "bwd-weight")
 FORWARD_PASSES = ("fwd", "recompute")
 STAT_BYTES = 4  # FlashAttention keeps its row statistics (max and sum, or the log-sum-exp) in fp32
@@ -411,12 +411,20 @@ def fuse_attention(ops: Workload, attention: Attention, device: str) -> Workload
             flops += forward_flops[key]
         else:
             raise ValueError(f"fused attention: the backward of {key[1]} in layer {key[0]} has no forward run before it")
-        out.append(replace(first, kind=OpKind.BGEMM, name=f"fused.{key[1]}.flash",
+        out.append(replace(first, kind=OpKind.BGEMM, name=f"{key[1]}.{SDPA}",
                            dims=(("M", n_kv), ("N", n_q), ("K", d), ("batch", batch)), flops=flops,
                            bytes=batch * (mat * width + stats * STAT_BYTES),
                            labels=merged_labels(members, FUSED_ATTENTION)))
         i += len(members)
     return tuple(out)
+
+
+def sdpa(ops: Workload, device: str = "") -> Workload:
+    """The attention cores of ``ops`` as fused kernels (``--attention sdpa``): the attention rule of the ``flash``
+    profile, with its on-chip memory for ``device`` (a preset name; others get its default)."""
+    rule = load_profile("flash").attention
+    assert rule is not None, "the flash fusion preset defines the attention rule"
+    return fuse_attention(ops, rule, device)
 
 
 def _score_forward_dims(members: list[Op], forward: bool) -> tuple[int, int, int]:

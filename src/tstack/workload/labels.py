@@ -26,6 +26,13 @@ ATTN_OUT_PROJ = "attn.out_proj"
 FFN_FC1 = "ffn.fc1"
 FFN_FC2 = "ffn.fc2"
 
-# Fused attention: the fusion pass's rule name (label "fusion") and the suffix of the kernel --attention sdpa emits.
+# A fused op joins the differing label values of the kernels it absorbed with this (workload.fusion).
+LABEL_JOIN = " | "
+
+# Fused attention, one kernel model for ``--attention sdpa`` and the fusion profiles' attention rule
+# (workload.fusion.fuse_attention): the rule's name (label "fusion"), the suffix of the fused op's name
+# (``attn.sdpa``: the kernel PyTorch calls scaled_dot_product_attention) and the forward kernel's labels.
 FUSED_ATTENTION = "flash-attention"
 SDPA = "sdpa"
+FUSED_ATTENTION_GROUP = LABEL_JOIN.join((ATTN_BGEMM, SCALE_MASK_SM))
+FUSED_ATTENTION_NLPFAST = LABEL_JOIN.join(("dot product", "softmax", "weighted sum"))

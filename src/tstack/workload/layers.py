@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tstack.workload import emit
 from tstack.workload.emit import Ctx, Step
-from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, FC_GEMM, FFN_FC1, FFN_FC2, GELU, LINEAR_GEMM, SCALE_MASK_SM, SDPA
+from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, FC_GEMM, FFN_FC1, FFN_FC2, GELU, LINEAR_GEMM, SCALE_MASK_SM
 
 ACT_GROUP = {"gelu": GELU, "gelu-tanh": GELU, "relu": "ReLU", "silu": "SiLU"}
 ACT_KERNEL = {"gelu": "bias-gelu", "gelu-tanh": "bias-gelu-tanh", "relu": "bias-relu", "silu": "bias-silu"}
@@ -33,9 +33,10 @@ def labels(layer: str, block: str, group: str, nlpfast: str, part: str = "transf
 def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> list[Step]:
     """Q/K/V-Gen, QKᵀ, scale, mask, softmax, dropout, P·V and the output projection.
 
-    Under ``attention=sdpa`` the part between the projections is one fused kernel (keys capped at the sliding
-    window); unfused, a sliding window is a mask over the full score matrix. Eager execution adds the framework
-    copies: the KV-cache concatenation of a decode step and repeat_kv of grouped-query attention.
+    Under ``attention=sdpa`` the part between the projections becomes one fused kernel after the workload is built
+    (``build``: workload.fusion.sdpa) and its keys are capped at the sliding window; unfused, a sliding window is a
+    mask over the full score matrix. Eager execution adds the framework copies: the KV-cache concatenation of a
+    decode step and, unfused, repeat_kv of grouped-query attention (SDPA takes the KV heads as they are).
     """
     m, r, B = ctx.model, ctx.run, ctx.run.batch
     H, Hq, dh, hk = m.hidden, m.q_hidden, m.head_dim, m.kv_heads
@@ -59,24 +60,21 @@ def attention(ctx: Ctx, layer: str, shape: AttnShape, prefix: str = "attn") -> l
     eager = r.execution == "eager"
     if eager and r.phase == "decode" and shape.Skv_new:  # DynamicCache: torch.cat(cache, new) for K and V
         steps += [emit.copy(ctx, "kv-cache-cat", B * Skv, m.kv_hidden, 1, L(LINEAR_GEMM, "K/V-Gen")) for _ in "kv"]
-    if r.attention == "sdpa":
-        steps.append(emit.sdpa(ctx, f"{prefix}.{SDPA}", (shape.Sq, Skv, dh, B * m.heads), L(ATTN_BGEMM, "dot product")))
-    else:
-        if eager and group_size > 1:  # eager repeat_kv materializes K and V once per query head
-            steps += [emit.copy(ctx, "repeat-kv", B * Skv * hk, dh, group_size, L(ATTN_BGEMM, "dot product"))
-                      for _ in "kv"]
-        # Scores: the queries of a KV group share its keys, so one B-GEMM per (sequence, KV head).
-        score_rows = B * m.heads * shape.Sq
-        steps.append(emit.bgemm(ctx, f"{prefix}.score", (Skv, shape.Sq * group_size, dh), B * hk,
-                                L(ATTN_BGEMM, "dot product")))
-        sm = L(SCALE_MASK_SM, "softmax")
-        steps.append(emit.pointwise(ctx, "scale", score_rows, Skv, sm))
-        steps.append(emit.pointwise(ctx, "mask", score_rows, Skv, sm))
-        steps.append(emit.pointwise(ctx, "softmax", score_rows, Skv, sm))
-        if ctx.attn_dropout:
-            steps.append(emit.pointwise(ctx, "dropout", score_rows, Skv, sm))
-        steps.append(emit.bgemm(ctx, f"{prefix}.context", (dh, shape.Sq * group_size, Skv), B * hk,
-                                L(ATTN_BGEMM, "weighted sum")))
+    if eager and group_size > 1 and r.attention != "sdpa":  # eager repeat_kv materializes K, V once per query head
+        steps += [emit.copy(ctx, "repeat-kv", B * Skv * hk, dh, group_size, L(ATTN_BGEMM, "dot product"))
+                  for _ in "kv"]
+    # Scores: the queries of a KV group share its keys, so one B-GEMM per (sequence, KV head).
+    score_rows = B * m.heads * shape.Sq
+    steps.append(emit.bgemm(ctx, f"{prefix}.score", (Skv, shape.Sq * group_size, dh), B * hk,
+                            L(ATTN_BGEMM, "dot product")))
+    sm = L(SCALE_MASK_SM, "softmax")
+    steps.append(emit.pointwise(ctx, "scale", score_rows, Skv, sm))
+    steps.append(emit.pointwise(ctx, "mask", score_rows, Skv, sm))
+    steps.append(emit.pointwise(ctx, "softmax", score_rows, Skv, sm))
+    if ctx.attn_dropout:
+        steps.append(emit.pointwise(ctx, "dropout", score_rows, Skv, sm))
+    steps.append(emit.bgemm(ctx, f"{prefix}.context", (dh, shape.Sq * group_size, Skv), B * hk,
+                            L(ATTN_BGEMM, "weighted sum")))
     steps.append(emit.linear(ctx, f"{prefix}.out_proj", (H, T, Hq), L(LINEAR_GEMM, "attention FC"), m.bias))
     return steps
 

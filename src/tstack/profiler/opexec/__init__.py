@@ -21,6 +21,8 @@ Shapes (002 Table 2b convention, see ``workload.formulas``):
   then the activation in place; gated activations are the activation then a multiply in place;
   RMSNorm is a row norm, a few row-sized ops and two multiplies; rotary embedding is a multiply
   and two ``addcmul`` on the halves (rotate-half over the whole row, angles per column).
+- fused attention (``attn.sdpa``, label ``fusion`` = flash-attention): ``F.scaled_dot_product_attention`` at the
+  fused op's dims, forward or (any other pass) its backward through autograd; see ``attention``.
 - ``gather``: an embedding lookup (0 FLOPs) is ``index_select(out=)`` from a table of ``table``
   rows (the forward Op does not record its table size today: the table then has ``rows`` rows,
   which reads the same bytes); its backward (FLOPs > 0, dims with ``table``) zero-fills the table
@@ -33,7 +35,7 @@ Shapes (002 Table 2b convention, see ``workload.formulas``):
   half type is fp16 (bf16 would move the same bytes).
 """
 
-from tstack.profiler.opexec import copies, gemm, norms, optimizer, pointwise  # noqa: F401  (each registers its builders)
+from tstack.profiler.opexec import attention, copies, gemm, norms, optimizer, pointwise  # noqa: F401  (each registers its builders)
 from tstack.profiler.opexec.core import (
     BUILDERS,
     DROPOUT_P,

@@ -9,6 +9,7 @@ from typing import Any
 from tstack.errors import TstackError
 from tstack.profiler.runtime import RuntimeConfig, load_torch
 from tstack.profiler.values import Draw, Values
+from tstack.workload.labels import FUSED_ATTENTION
 from tstack.workload.op import Op, OpKind
 
 SCALE = 0.125  # attention scale 1/√d_h for d_h = 64
@@ -89,7 +90,10 @@ def implements(*names: str, ref: Reference | None = None) -> Callable[[Builder],
 
 
 def implementation_key(op: Op) -> str:
-    """The key of the implementation that runs an Op: its kind for GEMMs and gathers, else its name."""
+    """The key of the implementation that runs an Op: the rule of a fused attention kernel, the kind of other GEMMs
+    and of gathers, else its name."""
+    if op.label("fusion") == FUSED_ATTENTION:
+        return FUSED_ATTENTION
     if op.is_gemm:
         return op.kind
     if op.kind == OpKind.GATHER:  # a lookup is 0 FLOPs (op.py); its backward adds each row into the table gradient
