@@ -1,0 +1,33 @@
+"""benchmarks/gpu_session.py, the prepared GPU run of issue 15, runs end to end on the CPU at toy sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.py"
+
+
+def test_cpu_smoke_run_writes_every_figure(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_session", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc = mod.main(["--device", "cpu", "--out", str(tmp_path), "--repeats", "1"])
+    assert set(doc["steps"]) == {"trace", "llama"}  # tests and calibration need CUDA
+    assert json.loads((tmp_path / "gpu_session.json").read_text())["steps"].keys() == doc["steps"].keys()
+    trace = doc["steps"]["trace"]["result"]
+    # examples/bert-tiny: 2 layers × (Q, K, V, QKᵀ, P·V, out, FC-1, FC-2) + the pooler = 17 GEMMs, all matched
+    assert (trace["matched"], trace["unmatched"], trace["missing"]) == (17, 0, 0) and trace["step"] == "ProfilerStep#2"
+    assert all(g["predicted_seconds"] > 0 and g["measured_seconds"] > 0 for g in trace["gemms"])
+    assert (tmp_path / "bert-tiny-trace.json").stat().st_size > 0
+    rows = doc["steps"]["llama"]["result"]
+    assert [r["case"] for r in rows] == ["prefill-16", "prefill-64", "decode-kv8"]
+    for r in rows:
+        assert r["measured_seconds"] > 0 and r["ratio"] == r["predicted_seconds"] / r["measured_seconds"]
+    assert "decode-kv8" in capsys.readouterr().out
