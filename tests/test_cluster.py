@@ -481,6 +481,9 @@ def test_megatron_and_workload_model_flops():
     # a SwiGLU of 3·2·h·3.5h = 21h²: 25.5h² (+6.25%, less the share of the attention and the vocabulary)
     llama = load_model("llama-70b")
     assert C.workload_flops(llama, run, 1) / C.model_flops(llama, 2048, 1) == pytest.approx(1.06, abs=0.005)
+    # nor on the attention kernel: a fused kernel's recomputed scores are recomputation
+    small = gpt3.replace(layers=2)
+    assert C.workload_flops(small, run.replace(attention="sdpa"), 1) == C.workload_flops(small, run, 1)
     # the workload figure does not depend on the layout or count recomputation; Megatron's summary keeps its name
     a = C.evaluate(gpt3.replace(layers=8), run, A100, DGX, C.Layout(dp=2, global_batch=4))
     b = C.evaluate(gpt3.replace(layers=8), run, A100, DGX, C.Layout(tp=2, pp=2, recompute="full", global_batch=4))

@@ -65,7 +65,8 @@ def test_sdpa_backward_recomputes_the_forward_core():
     def flops(ops, forward, skip=""):
         return sum(o.flops for o in ops if (o.label("pass") == "fwd") == forward and o.name != skip)
 
-    assert [o.label("pass") for o in fused] == ["fwd", "bwd-act | bwd-weight"]  # the joined passes it absorbed
+    assert [(o.label("pass"), o.label("group"), o.label("nlpfast")) for o in fused] == [
+        (p, "Attn B-GEMM | Scale+Mask+DR+SM", "dot product | softmax | weighted sum") for p in ("fwd", "bwd-act")]
     assert flops(fused, True) == flops(unfused, True)
     assert flops(fused, False) == flops(unfused, False) + flops(unfused, True, skip="attn.context")
     products = [o for o in unfused if o.is_gemm]

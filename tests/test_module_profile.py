@@ -195,6 +195,28 @@ def test_hf_models_of_presets_and_llama_gqa():
     assert [op.gemm_shape for op in ops if op.name == "attn.score"] == [(S, S, 16, B * 4)]
 
 
+def test_sdpa_training_kernels_are_the_fused_attention_op_both_ways():
+    """An SDPA model's training step: the forward call and its backward kernel each become one op with the fused
+    attention labels tstack predicts, and FlopCounterMode's products (2 forward; 5 backward, scores recomputed)."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    llama = ModelSpec(name="llama-tiny", arch="decoder", layers=1, hidden=H, heads=4, kv_heads=4, ffn=F, vocab=V,
+                      max_positions=32, activation="silu", gated_ffn=True, norm="rmsnorm", norm_position="pre",
+                      position="rotary", bias=False, head="lm", tie_embeddings=False, dropout="none")
+    model = build_hf_model(llama)
+    model.config._attn_implementation = "sdpa"
+    run = RunSpec(mode="train", batch=B, seq=S, optimizer="sgd", attention="sdpa")
+    ids = torch.randint(0, V, (B, S))
+    p = profile_module(model, {"input_ids": ids, "labels": ids}, threads=1, warmup=0, repeats=1,
+                       setup=Setup(model=llama, run=run))
+    fused = [op for op in p.breakdown.ops if op.label("fusion") == "flash-attention"]
+    predicted = [op for op in build(llama, run) if op.label("fusion") == "flash-attention"]
+    keys = ("group", "nlpfast", "pass", "fusion")
+    assert [tuple(op.label(k) for k in keys) for op in fused] == [tuple(op.label(k) for k in keys) for op in predicted]
+    q = (B, 4, S, 16)
+    assert [op.flops for op in fused] == [sdpa_flop_count(q, q, q), sdpa_backward_flop_count(q, q, q, q)]
+
+
 def test_a_failing_step_is_one_line():
     with pytest.raises(TstackError, match="the measured step failed: RuntimeError") as e:
         profile_module(torch.nn.Linear(8, 4), torch.randn(3, 5), threads=1, warmup=0, repeats=1)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from tstack import ModelSpec, RunSpec, TstackError, build  # noqa: E402
 from tstack.profiler import opexec  # noqa: E402
+from tstack.profiler.measure import signature  # noqa: E402
 from tstack.profiler.opexec import prepare, reference  # noqa: E402
 from tstack.profiler.runtime import RuntimeConfig  # noqa: E402
 from tstack.workload import formulas as F  # noqa: E402
@@ -179,6 +180,8 @@ def test_fused_attention_is_sdpa_and_matches_reference(mode: str, dtype: str) ->
     fused = [op for op in build(model, RunSpec(mode=mode, batch=2, seq=6, precision=dtype, attention="sdpa"))
              if op.label("fusion") == "flash-attention"]
     assert len(fused) == (2 if mode == "train" else 1)
+    # forward and backward have the same dims and dtype but not the same kernel: measured once each, not shared
+    assert len({signature(op) for op in fused}) == len(fused)
     for op in fused:
         assert op.gemm_shape == (6, 2 * 6, 8, 2 * 2)
         p = run_and_compare(op)

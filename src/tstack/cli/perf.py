@@ -530,7 +530,7 @@ def _validate_trace(trace: Path, predicted: Any, dev: Any, outputs: Outputs, dev
     from tstack.profiler.validate import Validation
 
     spec, run = predicted.model, predicted.run
-    imp = import_trace(trace, spec, run)
+    imp = import_trace(trace, spec, run, device=dev.name)
     ops, costs = cost_workload(imp.measured.ops, dev)
     v = Validation(Breakdown(spec, run, dev.name, ops, costs), imp.measured)
     config = {"model": spec.name, "mode": run.mode, "batch": run.batch, "seq": run.seq, "precision": run.precision}

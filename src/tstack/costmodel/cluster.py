@@ -485,8 +485,9 @@ def all_to_all_bytes(model: ModelSpec, tokens: int, act_bytes: int, shards: int 
 @lru_cache(maxsize=256)
 def workload_flops(model: ModelSpec, run: RunSpec, micro_batch: int) -> float:
     """Forward + backward FLOPs of one micro-batch of the whole (unsliced) workload, summed over its ops, without
-    recomputation and without the optimizer: the workload-exact model FLOPs (GQA, gated FFN, experts as built)."""
-    ops = build(model, _run(run, micro_batch, "none"), collapse=True)
+    recomputation and without the optimizer: the workload-exact model FLOPs (GQA, gated FFN, experts as built). A
+    fused attention kernel's backward recomputes its scores, so its FLOPs are counted unfused."""
+    ops = build(model, _run(run, micro_batch, "none"), collapse=True, fuse_attention=False)
     return float(sum(op.flops * op.count for op in ops if op.label("part") != "optimizer"))
 
 

@@ -131,13 +131,17 @@ def _window(events: list[dict[str, Any]], step: int | None) -> tuple[str, float,
     return "whole trace", min(e["ts"] for e in cpu), max(e["ts"] + e["dur"] for e in cpu)
 
 
-def _product(name: str) -> int:
-    """Products one call of this op does: 1 for a GEMM, 2 and 5 for fused attention forward and backward, else 0."""
-    if name in GEMM_NAMES:
-        return 1
+def attention_products(name: str) -> int:
+    """Products of a fused attention call as FlopCounterMode counts them: 2 forward (QKᵀ, P·V), 5 backward (QKᵀ
+    recomputed, dV, dP, dQ, dK); 0 for any other op."""
     if name == SDPA_FORWARD:
         return 2
     return 5 if _SDPA_BACKWARD.match(name) else 0
+
+
+def _product(name: str) -> int:
+    """Products one call of this op does: 1 for a GEMM, a fused attention call's, else 0."""
+    return 1 if name in GEMM_NAMES else attention_products(name)
 
 
 def _is_matrix(s: Any) -> bool:
@@ -238,11 +242,13 @@ def match(gemms: list[TraceGemm], inst: list[Op]) -> tuple[list[tuple[TraceGemm,
     return pairs, unmatched, pending
 
 
-def import_trace(path: str | Path, model: ModelSpec, run: RunSpec, step: int | None = None) -> TraceImport:
-    """The traced iteration's products matched onto ``build(model, run)`` and its measured Breakdown."""
+def import_trace(path: str | Path, model: ModelSpec, run: RunSpec, step: int | None = None,
+                 device: str = "") -> TraceImport:
+    """The traced iteration's products matched onto ``build(model, run, device=device)`` and its measured Breakdown
+    (``device``: the preset the ops are predicted on, for the on-chip tiles of a fused attention kernel)."""
     events = load_events(path)
     name, step_s, cuda, gemms = trace_gemms(events, step)
-    ops = build(model, run)
+    ops = build(model, run, device=device)
     inst = _instances(ops)
     pairs, unmatched, pending = match(gemms, inst)
     by_index = sorted(pairs, key=lambda p: p[1])

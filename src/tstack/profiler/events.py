@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tstack.errors import TstackError
+from tstack.profiler.chrome import attention_products
 from tstack.profiler.scopes import SCOPE, STEP, Attribution, Kernel, Labeler, Scope, fallback_attribution
 from tstack.workload import formulas as F
 from tstack.workload.op import Op, OpKind
@@ -76,8 +77,9 @@ def classify(ev: Any) -> tuple[str, tuple[tuple[str, int], ...], str, int, int]:
     """(kind, dims, dtype, FLOPs, bytes) of a top-level aten call from its recorded input shapes and nested calls."""
     tensors = _tensors(ev)
     dtype, size = (tensors[0][1], tensors[0][2]) if tensors else ("fp32", 4)
-    if ev.name.startswith(("aten::scaled_dot_product", "aten::_scaled_dot_product")) and len(tensors) >= 3:
-        return _sdpa(tensors)
+    products = attention_products(ev.name)
+    if products and len(tensors) >= 3 + (products == 5):
+        return _sdpa(tensors[products == 5:], products)  # a backward kernel's inputs start with grad_out
     inner = [e for e in _subtree(ev) if e.name in _GEMMS and _gemm_dims(e) is not None]
     gemms = [(_gemm_dims(e), _GEMMS[e.name]) for e in inner]
     if gemms:
@@ -108,13 +110,17 @@ def classify(ev: Any) -> tuple[str, tuple[tuple[str, int], ...], str, int, int]:
     return kind, (("rows", rows), ("cols", cols)), dtype, flops, reads + writes
 
 
-def _sdpa(tensors: list[tuple[tuple[int, ...], str, int]]) -> tuple[str, tuple[tuple[str, int], ...], str, int, int]:
-    """Fused attention (SDPA) q[..., Sq, d], k[..., Skv, d], v: its score and context products, dims of the score."""
+def _sdpa(tensors: list[tuple[tuple[int, ...], str, int]], products: int
+          ) -> tuple[str, tuple[tuple[str, int], ...], str, int, int]:
+    """Fused attention (SDPA) q[..., Sq, d], k[..., Skv, d], v: its ``products`` (2 forward, 5 backward) of the
+    score's size, dims of the score; traffic reads q, k, v and writes the output (forward) or reads them again with
+    the output gradient and writes their gradients (backward)."""
     (q, dtype, size), (k, _, _), (v, _, _) = tensors[:3]
-    Sq, d, Skv, dv, batch = q[-2], q[-1], k[-2], v[-1], math.prod(q[:-2])
-    flops = 2 * batch * Sq * Skv * (d + dv)
-    traffic = size * (math.prod(q) + math.prod(k) + math.prod(v) + batch * Sq * dv)
-    return OpKind.BGEMM, (("M", Skv), ("N", Sq), ("K", d), ("batch", batch), ("gemms", 2)), dtype, flops, traffic
+    Sq, d, Skv, batch = q[-2], q[-1], k[-2], math.prod(q[:-2])
+    flops = products * 2 * batch * Sq * Skv * d
+    qkv = math.prod(q) + math.prod(k) + math.prod(v)
+    traffic = size * (qkv + math.prod(q) if products == 2 else 2 * qkv + 2 * math.prod(q))
+    return OpKind.BGEMM, (("M", Skv), ("N", Sq), ("K", d), ("batch", batch), ("gemms", products)), dtype, flops, traffic
 
 
 def _is_kernel(ev: Any) -> bool:

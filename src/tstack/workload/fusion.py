@@ -36,7 +36,7 @@ from tstack.errors import SpecError
 from tstack.loader import load_spec, presets_in, show, unknown_fields
 from tstack.spec import preset_dir
 from tstack.workload import formulas as F
-from tstack.workload.labels import FUSED_ATTENTION, LABEL_JOIN, SDPA
+from tstack.workload.labels import FUSED_ATTENTION, FUSED_ATTENTION_GROUP, FUSED_ATTENTION_NLPFAST, LABEL_JOIN, SDPA
 from tstack.workload.op import DTYPE_BYTES, Op, OpKind
 
 Workload = tuple[Op, ...]
@@ -411,10 +411,14 @@ def fuse_attention(ops: Workload, attention: Attention, device: str) -> Workload
             flops += forward_flops[key]
         else:
             raise ValueError(f"fused attention: the backward of {key[1]} in layer {key[0]} has no forward run before it")
+        # One kernel each way, as PyTorch attributes it: the forward's joined group and nlpfast in both passes, and
+        # one bwd-act kernel for the backward (its gradients are all of activations).
+        labels = dict(merged_labels(members, FUSED_ATTENTION))
+        labels.update(group=FUSED_ATTENTION_GROUP, nlpfast=FUSED_ATTENTION_NLPFAST,
+                      **({} if forward else {"pass": "bwd-act"}))
         out.append(replace(first, kind=OpKind.BGEMM, name=f"{key[1]}.{SDPA}",
                            dims=(("M", n_kv), ("N", n_q), ("K", d), ("batch", batch)), flops=flops,
-                           bytes=batch * (mat * width + stats * STAT_BYTES),
-                           labels=merged_labels(members, FUSED_ATTENTION)))
+                           bytes=batch * (mat * width + stats * STAT_BYTES), labels=tuple(labels.items())))
         i += len(members)
     return tuple(out)
 

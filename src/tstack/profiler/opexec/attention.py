@@ -39,7 +39,7 @@ def _ref(op: Op, t: Mapping[str, Any]) -> dict[str, Any]:
     return {"dq": dq, "dk": dk, "dv": dv}
 
 
-@implements(FUSED_ATTENTION, ref=_ref)
+@implements(FUSED_ATTENTION, f"{FUSED_ATTENTION}-bwd", ref=_ref)
 def _attention(ctx: BuildContext) -> PreparedOp:
     torch = ctx.torch
     sdpa = torch.nn.functional.scaled_dot_product_attention

@@ -9,6 +9,7 @@ from typing import Any
 from tstack.errors import TstackError
 from tstack.profiler.runtime import RuntimeConfig, load_torch
 from tstack.profiler.values import Draw, Values
+from tstack.workload.fusion import FORWARD_PASSES
 from tstack.workload.labels import FUSED_ATTENTION
 from tstack.workload.op import Op, OpKind
 
@@ -90,10 +91,10 @@ def implements(*names: str, ref: Reference | None = None) -> Callable[[Builder],
 
 
 def implementation_key(op: Op) -> str:
-    """The key of the implementation that runs an Op: the rule of a fused attention kernel, the kind of other GEMMs
-    and of gathers, else its name."""
-    if op.label("fusion") == FUSED_ATTENTION:
-        return FUSED_ATTENTION
+    """The key of the implementation that runs an Op: the rule and direction of a fused attention kernel, the kind
+    of other GEMMs and of gathers, else its name."""
+    if op.label("fusion") == FUSED_ATTENTION:  # forward and backward share dims and dtype, not their kernel
+        return FUSED_ATTENTION if op.label("pass") in FORWARD_PASSES else f"{FUSED_ATTENTION}-bwd"
     if op.is_gemm:
         return op.kind
     if op.kind == OpKind.GATHER:  # a lookup is 0 FLOPs (op.py); its backward adds each row into the table gradient
