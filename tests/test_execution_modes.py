@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tstack import ModelSpec, RunSpec, analyze, build, load_device
+from tstack import ModelSpec, RunSpec, analyze, build, load_device, load_model
 from tstack.hardware.device import device_presets
 from tstack.workload.labels import ATTN_BGEMM, FUSED_ATTENTION, SCALE_MASK_SM
 from tstack.workload.op import LABEL_KEYS, Op
@@ -189,3 +189,35 @@ def test_sdpa_is_the_flash_fusion_rule(pair, device):
     flash = [o for o in fuse_attention(build(model, run), load_profile("flash").attention, device)
              if o.label("fusion") == FUSED_ATTENTION]
     assert fused == flash and len(fused) == model.layers * (2 if run.training else 1)
+
+
+@pytest.mark.parametrize("args", [
+    ["analyze", "gpt2", "-d", "h100"],
+    ["sweep", "gpt2", "--seq", "128,256", "-d", "h100", "--executor", "serial"],
+    ["fuse", "gpt2", "-d", "h100", "--fusion", "none,inductor"],
+    ["cluster", "run", "gpt2", "--tp", "2", "--dp", "2", "--seq", "256"],
+    ["cluster", "search", "gpt2", "--gpus", "4", "--global-batch", "8", "--seq", "256", "--top", "1",
+     "--executor", "serial"],
+])
+def test_every_command_that_predicts_a_gpu_run_takes_the_modes(tmp_path, args):
+    """--execution and --attention reach the run of every prediction command, and its numbers are the API's."""
+    import json
+
+    from tstack.cli.core import run
+    from tstack.costmodel import cluster as C
+    from tstack.hardware.network import load_network
+
+    out = tmp_path / "doc.json"
+    assert run(["-q", *args, "--execution", "graphs", "--attention", "sdpa", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    spec = doc["run"]["spec"]
+    assert (spec["execution"], spec["attention"]) == ("graphs", "sdpa")
+    if args[:2] == ["cluster", "run"]:
+        r = C.evaluate(load_model("gpt2"), RunSpec(mode="train", seq=256, precision="fp16-mixed", optimizer="adam",
+                                                     execution="graphs", attention="sdpa"),
+                       load_device("a100-80gb"), load_network("dgx-a100"), C.Layout(tp=2, dp=2, global_batch=2))
+        assert doc["summary"]["seconds_per_iteration"] == pytest.approx(r.seconds, rel=1e-12)
+    if args[0] == "analyze":
+        b = analyze("gpt2", RunSpec(seq=1024, execution="graphs", attention="sdpa"), "h100")
+        assert doc["summary"]["seconds"] == pytest.approx(b.total.seconds, rel=1e-12)
+    assert run(["-q", *args, "--attention", "flash"]) == 2  # one line naming the value and the choices

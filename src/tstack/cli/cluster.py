@@ -14,7 +14,9 @@ import typer
 from rich.table import Table
 
 from tstack.cli.common import (
+    ATTENTION_OPT,
     CSV_OPT,
+    EXECUTION_OPT,
     JSON_OPT,
     DefaultRunGroup,
     Outputs,
@@ -34,7 +36,7 @@ from tstack.models import load_model
 from tstack.parallel import EXECUTORS
 from tstack.report import output, units
 from tstack.search.cluster import MAX_GPUS, SearchSpace, families, search
-from tstack.spec import MAX_BATCH, OPTIMIZERS, PRECISIONS, RunSpec
+from tstack.spec import ATTENTIONS, EXECUTIONS, MAX_BATCH, OPTIMIZERS, PRECISIONS, RunSpec
 from tstack.workload.fusion import load_profile
 
 app = typer.Typer(cls=DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -57,11 +59,15 @@ def _target(device: str) -> DeviceSpec:
     return dev
 
 
-def _run(model_seq: int, seq: int | None, precision: str, optimizer: str) -> RunSpec:
+def _run(model_seq: int, seq: int | None, precision: str, optimizer: str, execution: str | None,
+         attention: str) -> RunSpec:
     check_choice("--precision", precision, [p for p in PRECISIONS if p != "int8"])
     check_choice("--optimizer", optimizer, OPTIMIZERS)
+    execution = "eager" if execution is None else execution
+    check_choice("--execution", execution, EXECUTIONS)
+    check_choice("--attention", attention, ATTENTIONS)
     return RunSpec(mode="train", batch=1, seq=seq if seq is not None else model_seq, precision=precision,
-                   optimizer=optimizer)
+                   optimizer=optimizer, execution=execution, attention=attention)
 
 
 def _layout_name(lay: Layout) -> str:
@@ -108,6 +114,8 @@ def run_cmd(
                                    "model; must divide dp and the model's experts)"),
     precision: str = PRECISION_OPT,
     optimizer: str = OPTIMIZER_OPT,
+    execution: str | None = EXECUTION_OPT,
+    attention: str = ATTENTION_OPT,
     device: str = DEVICE_OPT,
     network: str = NETWORK_OPT,
     fusion: str = typer.Option("none", "--fusion", help="fusion profile applied to each device's sliced workload: "
@@ -137,7 +145,7 @@ def run_cmd(
     if gpus is not None and gpus != dp * tp * pp:
         raise SpecError([f"--gpus={gpus} must equal dp·tp·pp={dp}·{tp}·{pp}={dp * tp * pp}"])
     spec = load_model(model)
-    run = _run(spec.default_seq, seq, precision, optimizer)
+    run = _run(spec.default_seq, seq, precision, optimizer, execution, attention)
     dev, net = _target(device), load_network(network)
     profile = load_profile(fusion)
     results = [evaluate(spec, run, dev, net, Layout(dp=dp, tp=tp, pp=pp, interleave=interleave, micro_batch=mb,
@@ -184,6 +192,8 @@ def search_cmd(
     top: int = typer.Option(10, help="layouts to list (the fastest that fit)"),
     precision: str = PRECISION_OPT,
     optimizer: str = OPTIMIZER_OPT,
+    execution: str | None = EXECUTION_OPT,
+    attention: str = ATTENTION_OPT,
     device: str = DEVICE_OPT,
     network: str = NETWORK_OPT,
     executor: str = typer.Option("process", help="process | ray | serial"),
@@ -203,7 +213,7 @@ def search_cmd(
     choices = tuple(dict.fromkeys(parse_names("--recompute", recompute, RECOMPUTE)))
     stages = tuple(dict.fromkeys(parse_ints("--zero", zero, 0, 3)))
     spec = load_model(model)
-    run = _run(spec.default_seq, seq, precision, optimizer)
+    run = _run(spec.default_seq, seq, precision, optimizer, execution, attention)
     dev, net = _target(device), load_network(network)
     space = SearchSpace(gpus=gpus, global_batch=global_batch, recompute=choices, zero=stages,
                         max_micro_batch=max_micro_batch)

@@ -36,6 +36,9 @@ MAX_INT = 2**31 - 1
 JSON_OPT = typer.Option(None, "--json", help="write the results as a JSON document (docs/output.md); '-' for stdout")
 CSV_OPT = typer.Option(None, "--csv", help="write the result rows as CSV; '-' for stdout")
 PLOT_OPT = typer.Option(None, "--plot", help="write a figure (.png, .svg or .pdf)")
+EXECUTION_OPT = typer.Option(None, help="eager (a launch per kernel, framework copies) | graphs (CUDA graphs or "
+                                         "compiled; default: eager, graphs on an accelerator)")
+ATTENTION_OPT = typer.Option("unfused", help="unfused (score matrix in memory) | sdpa (fused flash attention)")
 
 
 def console(stderr: bool = False) -> Console:

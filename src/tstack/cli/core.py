@@ -18,7 +18,9 @@ from rich.table import Table
 
 from tstack.api import analyze as analyze_config
 from tstack.cli.common import (
+    ATTENTION_OPT,
     CSV_OPT,
+    EXECUTION_OPT,
     JSON_OPT,
     STATE,
     Outputs,
@@ -145,9 +147,8 @@ def analyze(
     dropout: bool = typer.Option(True, help="dropout kernels in training"),
     phase: str = typer.Option("prefill", help="prefill | decode (decoders)"),
     kv_len: int = typer.Option(0, help="tokens already in the KV cache (decode)"),
-    execution: str | None = typer.Option(None, help="eager (a launch per kernel, framework copies) | graphs (CUDA "
-                                                       "graphs or compiled; default: eager, graphs on an accelerator)"),
-    attention: str = typer.Option("unfused", help="unfused (score matrix in memory) | sdpa (fused flash attention)"),
+    execution: str | None = EXECUTION_OPT,
+    attention: str = ATTENTION_OPT,
     mlm_fraction: float = typer.Option(0.15, help="share of positions an MLM head scores (BERT: 0.15; HF heads: 1)"),
     device: str = typer.Option("a100", "--device", "-d", help="device or accelerator preset (e.g. a100, "
                                                               "gemmini-ibert), or a device or accelerator .yaml file"),
@@ -205,6 +206,8 @@ def sweep(
                                                     "accelerator)"),
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
     checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
+    execution: str | None = EXECUTION_OPT,
+    attention: str = ATTENTION_OPT,
     device: str = DEVICE_OPT,
     json_out: Path | None = JSON_OPT,
     csv_out: Path | None = CSV_OPT,
@@ -224,7 +227,8 @@ def sweep(
             axes[name] = parse_ints(f"--{name}", text)
     axes["precision"] = parse_names("--precision", precision if precision is not None else default_precision(dev),
                                     PRECISIONS)
-    run = RunSpec(mode=mode, seq=axes["seq"][0], optimizer=optimizer, checkpoint=checkpoint)
+    run = RunSpec(mode=mode, seq=axes["seq"][0], optimizer=optimizer, checkpoint=checkpoint,
+                  execution=default_execution(dev) if execution is None else execution, attention=attention)
     n = 1
     for v in axes.values():
         n *= len(v)

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tstack.cli.common import CSV_OPT, JSON_OPT, Outputs, check_int, console, parse_names
-from tstack.costmodel.backend import default_precision, load_target
+from tstack.cli.common import ATTENTION_OPT, CSV_OPT, EXECUTION_OPT, JSON_OPT, Outputs, check_int, console, parse_names
+from tstack.costmodel.backend import default_execution, default_precision, load_target
 from tstack.errors import SpecError
 from tstack.hardware.device import DeviceSpec
 from tstack.models import load_model
@@ -27,6 +27,8 @@ def fuse(
                                                     "an accelerator)"),
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
     checkpoint: str = typer.Option("none", help="none | sqrt | every-K"),
+    execution: str | None = EXECUTION_OPT,
+    attention: str = ATTENTION_OPT,
     device: str = typer.Option("a100", "--device", "-d", help="device or accelerator preset (e.g. a100, "
                                                               "gemmini-ibert), or a device or accelerator .yaml file"),
     fusion: str = typer.Option("none,apex,inductor,flash", "--fusion", "-f",
@@ -46,7 +48,8 @@ def fuse(
         raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
     precision = default_precision(dev) if precision is None else precision
     run = RunSpec(mode=mode, batch=batch, seq=spec.default_seq if seq is None else seq, precision=precision,
-                  optimizer=optimizer, checkpoint=checkpoint)
+                  optimizer=optimizer, checkpoint=checkpoint, attention=attention,
+                  execution=default_execution(dev) if execution is None else execution)
     rows, _ = compare(spec, run, dev, profiles)
     doc = output.document("fuse", output.run_description(spec, run, device=dev.name, profiles=profiles),
                           [r.record() for r in rows])
