@@ -22,6 +22,7 @@ product takes the labels of the predicted op it matched.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -155,10 +156,7 @@ def _dims(shapes: Any, products: int = 1) -> tuple[int, int, int, int] | None:
         q, k = shapes[products == 5:][:2] if len(shapes) >= 3 else (None, None)
         if not (_is_matrix(q) and _is_matrix(k)):
             return None
-        batch = 1
-        for d in q[:-2]:
-            batch *= d
-        return k[-2], q[-2], q[-1], batch
+        return k[-2], q[-2], q[-1], math.prod(q[:-2])
     mats = [s for s in shapes if _is_matrix(s)]
     if len(mats) < 2:
         return None
