@@ -221,3 +221,23 @@ def test_every_command_that_predicts_a_gpu_run_takes_the_modes(tmp_path, args):
         b = analyze("gpt2", RunSpec(seq=1024, execution="graphs", attention="sdpa"), "h100")
         assert doc["summary"]["seconds"] == pytest.approx(b.total.seconds, rel=1e-12)
     assert run(["-q", *args, "--attention", "flash"]) == 2  # one line naming the value and the choices
+
+
+def test_profile_measures_the_fused_attention_kernel(tmp_path):
+    """`profile --attention sdpa` times the fused op (F.scaled_dot_product_attention) once per layer, under the
+    labels the prediction gives it."""
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    from tstack.cli.core import run
+
+    model = str(Path(__file__).resolve().parents[1] / "examples" / "bert-tiny")
+    out = tmp_path / "p.json"
+    assert run(["-q", "profile", model, "--attention", "sdpa", "--batch", "2", "--seq", "16", "--threads", "1",
+                "--warmup", "0", "--repeats", "1", "--json", str(out)]) == 0
+    fused = [r for r in json.loads(out.read_text())["records"] if r["name"] == "attn.sdpa"]
+    predicted = [o for o in build(load_model(model), RunSpec(batch=2, seq=16, attention="sdpa")) if o.name == "attn.sdpa"]
+    assert [(r["group"], r["M"], r["N"], r["K"], r["gemm_batch"], r["flops"]) for r in fused] == [
+        (o.label("group"), *o.gemm_shape, o.flops) for o in predicted] and len(fused) == 2
+    assert all(r["seconds"] > 0 for r in fused)

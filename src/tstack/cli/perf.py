@@ -113,6 +113,8 @@ def profile(
     seq: str | None = typer.Option(None, "--seq", "-s", help="comma-separated values (default: the model's)"),
     precision: str = typer.Option("fp32", help="comma-separated precisions"),
     optimizer: str = typer.Option("lamb", help="lamb | adam | sgd"),
+    attention: str = typer.Option("unfused", help="unfused | sdpa (the fused attention kernel: "
+                                                  "F.scaled_dot_product_attention)"),
     threads: int | None = typer.Option(None, help="intra-op threads (default: all cores)"),
     device: str = typer.Option("cpu", "--device", "-d", help="cpu | cuda"),
     profile_mode: str = typer.Option("default", help="default (latency) | cachestat (LLC misses, MPKI) | custom"),
@@ -158,7 +160,7 @@ def profile(
         raise SpecError([f"target={target[:40]!r} names no model"])
     seqs = parse_ints("--seq", seq) if seq is not None else None
     precisions = parse_names("--precision", precision, PRECISIONS)
-    runs = [(m, RunSpec(mode=mode, batch=b, seq=s, precision=p, optimizer=optimizer))
+    runs = [(m, RunSpec(mode=mode, batch=b, seq=s, precision=p, optimizer=optimizer, attention=attention))
             for m in models for b in parse_ints("--batch", batch) for s in (seqs or [m.default_seq]) for p in precisions]
     workloads = [build(m, r) for m, r in runs]  # every configuration checked before any is measured
     from tstack.profiler import memory
