@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,9 @@ def step_llama(device: str, preset: str, layers: int, repeats: int, toy: bool) -
         prompt = torch.randint(0, spec.vocab, (1, kv), device=device)
         cache = {("cache" if accepts(model, "cache") else "past_key_values"): transformers.DynamicCache()}
         model(input_ids=prompt, use_cache=True, logits_to_keep=1, **cache)
+        held = next(iter(cache.values())).get_seq_length()
+        if held != kv:  # the keyword was not consumed: the steps would run without the cache
+            raise RuntimeError(f"the KV cache holds {held} tokens after a {kv}-token prompt")
         token = prompt[:, -1:]
         steps = 2 + repeats  # the cache grows one token per step: kv … kv + steps − 1 keys
         measured = _median(lambda: model(input_ids=token, use_cache=True, **cache), device, 2, repeats)
@@ -170,6 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is false (use --device cpu for a smoke run)")
+    from tstack.costmodel.backend import load_target
+
+    load_target(a.preset)  # a bad preset fails here, before any step spends device time
     a.out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, a.skip.split(",")))
     if a.device == "cpu":
@@ -184,9 +191,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name in skip:
             continue
         t0 = time.perf_counter()
-        doc["steps"][name] = {"result": fn(), "wall_seconds": time.perf_counter() - t0}
+        try:
+            doc["steps"][name] = {"result": fn()}
+        except Exception as e:  # one failed step must not cost the others their device time
+            doc["steps"][name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        doc["steps"][name]["wall_seconds"] = time.perf_counter() - t0
         (a.out / "gpu_session.json").write_text(json.dumps(doc, indent=1, default=str))
-        print(f"[{name}] {doc['steps'][name]['wall_seconds']:.1f} s", flush=True)
+        print(f"[{name}] {doc['steps'][name]['wall_seconds']:.1f} s {doc['steps'][name].get('error', 'ok')}",
+              flush=True)
     for r in doc["steps"].get("llama", {}).get("result", []):
         print(f"{r['case']:14} measured {r['measured_seconds'] * 1e3:9.3f} ms  predicted "
               f"{r['predicted_seconds'] * 1e3:9.3f} ms  ratio {r['ratio']:.2f}")

@@ -217,9 +217,20 @@ def test_every_command_that_predicts_a_gpu_run_takes_the_modes(tmp_path, args):
                                                      execution="graphs", attention="sdpa"),
                        load_device("a100-80gb"), load_network("dgx-a100"), C.Layout(tp=2, dp=2, global_batch=2))
         assert doc["summary"]["seconds_per_iteration"] == pytest.approx(r.seconds, rel=1e-12)
-    if args[0] == "analyze":
-        b = analyze("gpt2", RunSpec(seq=1024, execution="graphs", attention="sdpa"), "h100")
-        assert doc["summary"]["seconds"] == pytest.approx(b.total.seconds, rel=1e-12)
+    def total(records, **match):
+        return sum(r["seconds"] for r in records if all(r[k] == v for k, v in match.items()))
+
+    if args[0] in ("analyze", "sweep", "fuse"):  # one device: the numbers are analyze's of the same run
+        seq = 128 if args[0] == "sweep" else 1024
+        b = analyze("gpt2", RunSpec(mode="train" if args[0] == "fuse" else "infer", seq=seq, execution="graphs",
+                                    attention="sdpa"), "h100")
+        got = {"analyze": lambda: doc["summary"]["seconds"], "sweep": lambda: total(doc["records"], seq=seq),
+               "fuse": lambda: total(doc["records"], profile="none", group="total")}[args[0]]()
+        assert got == pytest.approx(b.total.seconds, rel=1e-12)
+    if args[:2] == ["cluster", "search"]:  # the modes change what the search finds
+        assert run(["-q", *args, "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["summary"]["best_seconds_per_iteration"] > \
+            doc["summary"]["best_seconds_per_iteration"]
     assert run(["-q", *args, "--attention", "flash"]) == 2  # one line naming the value and the choices
 
 

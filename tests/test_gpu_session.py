@@ -11,6 +11,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from tstack import RunSpec, analyze  # noqa: E402
+from tstack.errors import TstackError  # noqa: E402
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.py"
 
 
@@ -28,6 +31,12 @@ def test_cpu_smoke_run_writes_every_figure(tmp_path, capsys):
     assert (tmp_path / "bert-tiny-trace.json").stat().st_size > 0
     rows = doc["steps"]["llama"]["result"]
     assert [r["case"] for r in rows] == ["prefill-16", "prefill-64", "decode-kv8"]
-    for r in rows:
-        assert r["measured_seconds"] > 0 and r["ratio"] == r["predicted_seconds"] / r["measured_seconds"]
+    spec = mod._llama(2, toy=True)
+    decode = RunSpec(batch=1, seq=1, phase="decode", kv_len=8 + 3 // 2, precision="bf16-mixed", attention="sdpa")
+    assert rows[2]["predicted_seconds"] == analyze(spec, decode, "h100").total.seconds  # the mode that was timed
+    assert all(r["measured_seconds"] > 0 for r in rows)
     assert "decode-kv8" in capsys.readouterr().out
+    # a bad preset is refused before any step runs
+    with pytest.raises(TstackError, match="nope"):
+        mod.main(["--device", "cpu", "--out", str(tmp_path / "x"), "--preset", "nope"])
+    assert not (tmp_path / "x").exists()

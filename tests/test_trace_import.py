@@ -153,7 +153,9 @@ def test_cuda_trace_times_each_product_by_its_kernels(tmp_path):
     run = RunSpec(batch=B, seq=S)
     gemms = [o for o in build(spec, run) if o.is_gemm]
     events = [{"name": "ProfilerStep#3", "cat": "user_annotation", "ph": "X", "pid": 1, "tid": 1, "ts": 0,
-               "dur": 10_000}]
+               "dur": 10_000},  # and its copy on the GPU's timeline, later and shorter, as torch.profiler writes it
+              {"name": "ProfilerStep#3", "cat": "gpu_user_annotation", "ph": "X", "pid": 0, "tid": 7, "ts": 110,
+               "dur": 5_000}]
     for i, o in enumerate(gemms):
         M, N, K, batch = o.gemm_shape
         dims = [[M], [N, K], [K, M], [], []] if o.kind == "gemm" else [[batch, N, K], [batch, K, M]]

@@ -25,6 +25,7 @@ from tstack.cli.common import (
     CSV_OPT,
     JSON_OPT,
     Outputs,
+    check_choice,
     check_int,
     console,
     duration,
@@ -40,7 +41,7 @@ from tstack.loader import check_name
 from tstack.models import load_model
 from tstack.report import output, units
 from tstack.report.rows import SUFFIXES, RowWriter
-from tstack.spec import PRECISIONS, RunSpec
+from tstack.spec import ATTENTIONS, PRECISIONS, RunSpec
 
 out = console()
 PROFILE_MODES = ("default", "cachestat", "custom")
@@ -146,6 +147,7 @@ def profile(
         from tstack.breakdown import resolve_key
 
         resolve_key(group_by)
+    check_choice("--attention", attention, ATTENTIONS)
     need_torch()
     cfg = _runtime(device, threads)
     options = {"device": device, "threads": cfg.threads, "warmup": plan.warmup, "repeats": plan.repeats,

@@ -106,9 +106,12 @@ def load_events(path: str | Path) -> list[dict[str, Any]]:
 
 
 def steps(events: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
-    """(N, start µs, end µs) of each ``ProfilerStep#N`` window, in order."""
+    """(N, start µs, end µs) of each ``ProfilerStep#N`` window, in order: the CPU-side annotation (a CUDA trace
+    repeats each on the GPU's timeline as a ``gpu_user_annotation``, which spans only the step's kernels)."""
     out = []
     for e in events:
+        if e.get("cat") == "gpu_user_annotation":
+            continue
         m = _STEP.match(str(e.get("name", "")))
         if m:
             out.append((int(m.group(1)), float(e["ts"]), float(e["ts"]) + float(e["dur"])))
