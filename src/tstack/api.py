@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tstack.breakdown import Breakdown
-from tstack.costmodel.backend import CostModel, Target, cost_workload, default_execution, default_precision, load_target
+from tstack.costmodel.backend import CostModel, Target, cost_workload, load_target, run_defaults
 from tstack.models import load_model
 from tstack.spec import ModelSpec, RunSpec
 from tstack.workload.build import build
@@ -31,8 +31,7 @@ def analyze(model: str | Path | ModelSpec, run: RunSpec | None = None, device: s
     spec = load_model(model)
     target = load_target(device)
     if run is None:
-        run_fields.setdefault("precision", default_precision(target))
-        run_fields.setdefault("execution", default_execution(target))
+        run_fields = {**run_defaults(target), **run_fields}
         run = RunSpec(seq=run_fields.pop("seq", spec.default_seq), **run_fields)
     elif run_fields:
         run = run.replace(**run_fields)

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from typer.core import TyperGroup
 
 from tstack.errors import SpecError, TstackError
+from tstack.hardware.device import DeviceSpec
 from tstack.report import files, output
 
 STATE = {"verbosity": 0}  # -1 quiet (-q), 0 normal, 1 verbose (-v)
@@ -335,3 +336,10 @@ class DefaultRunGroup(TyperGroup):
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+
+def check_mode_on(target: Any, mode: str) -> None:
+    """An accelerator target is modelled for inference only: refuse another --mode in one line."""
+    if not isinstance(target, DeviceSpec) and mode != "infer":
+        raise SpecError([f"--mode={mode[:40]!r}: {target.name} is an accelerator, modelled for inference only "
+                         "(--mode infer)"])

@@ -26,13 +26,14 @@ from tstack.cli.common import (
     Outputs,
     check_choice,
     check_int,
+    check_mode_on,
     console,
     parse_ints,
     parse_names,
     progress,
     worker_count,
 )
-from tstack.costmodel.backend import default_execution, default_precision, load_target
+from tstack.costmodel.backend import default_precision, load_target, run_defaults
 from tstack.errors import SpecError, TstackError
 from tstack.hardware.device import DeviceSpec, device_presets, load_device
 from tstack.hardware.network import load_network, network_presets
@@ -74,12 +75,12 @@ def _global(
     STATE["verbosity"] = -1 if quiet else 1 if verbose else 0
 
 
-def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: int, precision: str,
+def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: int,
               optimizer: str, checkpoint: str, dropout: bool, phase: str, kv_len: int, **more: Any) -> RunSpec:
     """The run; without --seq a decode step has 1 new token and a prefill the model's default length."""
     if seq is None:
         seq = 1 if phase == "decode" else model_seq
-    return RunSpec(mode=mode, batch=batch, seq=seq, tgt_seq=tgt_seq, precision=precision,
+    return RunSpec(mode=mode, batch=batch, seq=seq, tgt_seq=tgt_seq,
                    optimizer=optimizer, checkpoint=checkpoint, dropout=dropout, phase=phase, kv_len=kv_len, **more)
 
 
@@ -170,12 +171,9 @@ def analyze(
     if plot is not None and not isinstance(dev, DeviceSpec):
         raise SpecError([f"--plot draws a roofline, which needs a device with peak rates; {dev.name} is an "
                          "accelerator (tstack accel run --plot draws its time breakdown)"])
-    if not isinstance(dev, DeviceSpec) and mode != "infer":
-        raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
-    precision = default_precision(dev) if precision is None else precision
-    execution = default_execution(dev) if execution is None else execution
-    run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, precision, optimizer, checkpoint, dropout, phase, kv_len,
-                    execution=execution, attention=attention, mlm_fraction=mlm_fraction)
+    check_mode_on(dev, mode)
+    run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, optimizer, checkpoint, dropout, phase, kv_len,
+                    **run_defaults(dev, precision, execution), attention=attention, mlm_fraction=mlm_fraction)
     b = analyze_config(spec, run, dev, fusion=fusion)
     if group_by is not None:
         b.group_by(group_by)  # validate the key before anything is written
@@ -228,7 +226,7 @@ def sweep(
     axes["precision"] = parse_names("--precision", precision if precision is not None else default_precision(dev),
                                     PRECISIONS)
     run = RunSpec(mode=mode, seq=axes["seq"][0], optimizer=optimizer, checkpoint=checkpoint,
-                  execution=default_execution(dev) if execution is None else execution, attention=attention)
+                  execution=run_defaults(dev, execution=execution)["execution"], attention=attention)
     n = 1
     for v in axes.values():
         n *= len(v)

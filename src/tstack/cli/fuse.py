@@ -7,10 +7,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tstack.cli.common import ATTENTION_OPT, CSV_OPT, EXECUTION_OPT, JSON_OPT, Outputs, check_int, console, parse_names
-from tstack.costmodel.backend import default_execution, default_precision, load_target
-from tstack.errors import SpecError
-from tstack.hardware.device import DeviceSpec
+from tstack.cli.common import (
+    ATTENTION_OPT,
+    CSV_OPT,
+    EXECUTION_OPT,
+    JSON_OPT,
+    Outputs,
+    check_int,
+    check_mode_on,
+    console,
+    parse_names,
+)
+from tstack.costmodel.backend import load_target, run_defaults
 from tstack.models import load_model
 from tstack.report import output, units
 from tstack.spec import RunSpec
@@ -44,12 +52,9 @@ def fuse(
     profiles = list(dict.fromkeys(parse_names("--fusion", fusion, fusion_presets())))
     spec = load_model(model)
     dev = load_target(device)
-    if not isinstance(dev, DeviceSpec) and mode != "infer":
-        raise SpecError([f"--mode={mode[:40]!r}: {dev.name} is an accelerator, modelled for inference only (--mode infer)"])
-    precision = default_precision(dev) if precision is None else precision
-    run = RunSpec(mode=mode, batch=batch, seq=spec.default_seq if seq is None else seq, precision=precision,
-                  optimizer=optimizer, checkpoint=checkpoint, attention=attention,
-                  execution=default_execution(dev) if execution is None else execution)
+    check_mode_on(dev, mode)
+    run = RunSpec(mode=mode, batch=batch, seq=spec.default_seq if seq is None else seq, optimizer=optimizer,
+                  checkpoint=checkpoint, attention=attention, **run_defaults(dev, precision, execution))
     rows, _ = compare(spec, run, dev, profiles)
     doc = output.document("fuse", output.run_description(spec, run, device=dev.name, profiles=profiles),
                           [r.record() for r in rows])

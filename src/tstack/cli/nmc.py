@@ -47,9 +47,10 @@ def nmc(
     result = offload(spec, run, dev, mem, scope)
     if not result.rows:
         raise SpecError([f"--scope={scope}: nothing to offload in a {mode} run (the optimizer runs in training)"])
+    s = result.summary()
     doc = output.document("nmc", output.run_description(spec, run, device=dev.name, memory=mem.name, scope=scope,
                                                         alus=mem.alus, banks=mem.banks),
-                          [r.record() for r in result.rows], summary=result.summary())
+                          [r.record() for r in result.rows], summary=s)
     outputs.write(doc)
     if outputs.stdout_taken:
         return
@@ -63,7 +64,6 @@ def nmc(
                   units.seconds(r.optimistic_seconds), units.seconds(r.nmc_seconds),
                   units.ratio(r.gpu_seconds / r.nmc_seconds), units.ratio(r.optimistic_seconds / r.nmc_seconds))
     out.print(t)
-    s = result.summary()
     out.print(f"offloaded: GPU {units.seconds(s['offloaded_gpu_seconds'])}, optimistic GPU "
               f"{units.seconds(s['offloaded_gpu_optimistic_seconds'])}, NMC {units.seconds(s['offloaded_nmc_seconds'])}"
               f" ({units.ratio(s['offload_speedup_vs_optimistic'])} vs optimistic); iteration "

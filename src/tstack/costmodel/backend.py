@@ -74,6 +74,12 @@ def default_execution(target: Target) -> str:
     return "graphs" if isinstance(target, AccelSpec) else "eager"
 
 
+def run_defaults(target: Target, precision: str | None = None, execution: str | None = None) -> dict[str, str]:
+    """The precision and execution of a run on the target: those asked for, else the target's defaults."""
+    return {"precision": default_precision(target) if precision is None else precision,
+            "execution": default_execution(target) if execution is None else execution}
+
+
 def cost_workload(ops: Sequence[Op], target: Target, cost_model: CostModel | None = None) -> Entries:
     """The Breakdown entries (ops, costs) of a workload on a target, with the target's best backend by default.
 
