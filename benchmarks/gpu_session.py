@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -34,34 +33,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _timer(device: str):
-    """A callable timing fn() once in seconds: CUDA events on a GPU, perf_counter on the CPU."""
-    import torch
+def _median(fn, device: str, repeats: int) -> float:
+    """Median seconds of one call of ``fn`` over ``repeats`` samples after 2 warm-up calls (CUDA events on a GPU),
+    one call per sample: 3 + repeats calls in all (the sizing call included)."""
+    from tstack.profiler.runtime import RuntimeConfig
+    from tstack.profiler.timing import time_callable
 
-    if device == "cuda":
-        def cuda_time(fn) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-
-        return cuda_time
-
-    def cpu_time(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    return cpu_time
-
-
-def _median(fn, device: str, warmup: int, repeats: int) -> float:
-    timer = _timer(device)
-    for _ in range(warmup):
-        timer(fn)
-    return statistics.median(timer(fn) for _ in range(repeats))
+    return time_callable(fn, RuntimeConfig(device=device), warmup=2, repeats=repeats, min_sample_s=0.0).median
 
 
 def step_tests(out: Path) -> dict[str, Any]:
@@ -138,7 +116,7 @@ def step_llama(device: str, preset: str, layers: int, repeats: int, toy: bool) -
     with torch.no_grad():
         for seq in prefills:
             ids = torch.randint(0, spec.vocab, (1, seq), device=device)
-            measured = _median(lambda ids=ids: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, 2,
+            measured = _median(lambda ids=ids: model(input_ids=ids, use_cache=False, logits_to_keep=1), device,
                                repeats)
             run = RunSpec(batch=1, seq=seq, precision="bf16-mixed", attention="sdpa")
             rows.append({"case": f"prefill-{seq}", "measured_seconds": measured,
@@ -150,8 +128,8 @@ def step_llama(device: str, preset: str, layers: int, repeats: int, toy: bool) -
         if held != kv:  # the keyword was not consumed: the steps would run without the cache
             raise RuntimeError(f"the KV cache holds {held} tokens after a {kv}-token prompt")
         token = prompt[:, -1:]
-        steps = 2 + repeats  # the cache grows one token per step: kv … kv + steps − 1 keys
-        measured = _median(lambda: model(input_ids=token, use_cache=True, **cache), device, 2, repeats)
+        steps = 3 + repeats  # the cache grows one token per call: kv … kv + steps − 1 keys
+        measured = _median(lambda: model(input_ids=token, use_cache=True, **cache), device, repeats)
         run = RunSpec(batch=1, seq=1, phase="decode", kv_len=kv + steps // 2, precision="bf16-mixed",
                       attention="sdpa", execution="eager")
         rows.append({"case": f"decode-kv{kv}", "measured_seconds": measured,

@@ -32,7 +32,7 @@ def test_cpu_smoke_run_writes_every_figure(tmp_path, capsys):
     rows = doc["steps"]["llama"]["result"]
     assert [r["case"] for r in rows] == ["prefill-16", "prefill-64", "decode-kv8"]
     spec = mod._llama(2, toy=True)
-    decode = RunSpec(batch=1, seq=1, phase="decode", kv_len=8 + 3 // 2, precision="bf16-mixed", attention="sdpa")
+    decode = RunSpec(batch=1, seq=1, phase="decode", kv_len=8 + (3 + 1) // 2, precision="bf16-mixed", attention="sdpa")
     assert rows[2]["predicted_seconds"] == analyze(spec, decode, "h100").total.seconds  # the mode that was timed
     assert all(r["measured_seconds"] > 0 for r in rows)
     assert "decode-kv8" in capsys.readouterr().out

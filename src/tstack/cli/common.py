@@ -28,6 +28,7 @@ from typer.core import TyperGroup
 from tstack.errors import SpecError, TstackError
 from tstack.hardware.device import DeviceSpec
 from tstack.report import files, output
+from tstack.spec import RunSpec
 
 STATE = {"verbosity": 0}  # -1 quiet (-q), 0 normal, 1 verbose (-v)
 PIPE_WIDTH = 1000  # columns of a console that is not a terminal: tables are never cut when piped
@@ -343,3 +344,8 @@ def check_mode_on(target: Any, mode: str) -> None:
     if not isinstance(target, DeviceSpec) and mode != "infer":
         raise SpecError([f"--mode={mode[:40]!r}: {target.name} is an accelerator, modelled for inference only "
                          "(--mode infer)"])
+
+
+def run_spec(default_seq: int, seq: int | None, **fields: Any) -> RunSpec:
+    """The run of the options; without --seq a decode step has 1 new token and a prefill the model's default length."""
+    return RunSpec(seq=(1 if fields.get("phase") == "decode" else default_seq) if seq is None else seq, **fields)

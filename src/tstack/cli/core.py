@@ -11,7 +11,6 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -31,6 +30,7 @@ from tstack.cli.common import (
     parse_ints,
     parse_names,
     progress,
+    run_spec,
     worker_count,
 )
 from tstack.costmodel.backend import default_precision, load_target, run_defaults
@@ -73,15 +73,6 @@ def _global(
     if quiet and verbose:
         raise SpecError(["--quiet and --verbose exclude each other"])
     STATE["verbosity"] = -1 if quiet else 1 if verbose else 0
-
-
-def _run_spec(model_seq: int, mode: str, batch: int, seq: int | None, tgt_seq: int,
-              optimizer: str, checkpoint: str, dropout: bool, phase: str, kv_len: int, **more: Any) -> RunSpec:
-    """The run; without --seq a decode step has 1 new token and a prefill the model's default length."""
-    if seq is None:
-        seq = 1 if phase == "decode" else model_seq
-    return RunSpec(mode=mode, batch=batch, seq=seq, tgt_seq=tgt_seq,
-                   optimizer=optimizer, checkpoint=checkpoint, dropout=dropout, phase=phase, kv_len=kv_len, **more)
 
 
 @app.command()
@@ -172,8 +163,9 @@ def analyze(
         raise SpecError([f"--plot draws a roofline, which needs a device with peak rates; {dev.name} is an "
                          "accelerator (tstack accel run --plot draws its time breakdown)"])
     check_mode_on(dev, mode)
-    run = _run_spec(spec.default_seq, mode, batch, seq, tgt_seq, optimizer, checkpoint, dropout, phase, kv_len,
-                    **run_defaults(dev, precision, execution), attention=attention, mlm_fraction=mlm_fraction)
+    run = run_spec(spec.default_seq, seq, mode=mode, batch=batch, tgt_seq=tgt_seq, optimizer=optimizer,
+                   checkpoint=checkpoint, dropout=dropout, phase=phase, kv_len=kv_len,
+                   **run_defaults(dev, precision, execution), attention=attention, mlm_fraction=mlm_fraction)
     b = analyze_config(spec, run, dev, fusion=fusion)
     if group_by is not None:
         b.group_by(group_by)  # validate the key before anything is written

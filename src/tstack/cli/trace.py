@@ -11,22 +11,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tstack.cli.common import CSV_OPT, JSON_OPT, Outputs, check_int, console
+from tstack.cli.common import CSV_OPT, JSON_OPT, Outputs, check_int, console, run_spec
 from tstack.models import load_model
 from tstack.report import output, units
-from tstack.spec import RunSpec
 
 out = console()
-
-
-def run_options(mode: str, batch: int, seq: int | None, precision: str, phase: str, kv_len: int, execution: str,
-                attention: str, default_seq: int) -> RunSpec:
-    check_int("--batch", batch)
-    check_int("--seq", seq)
-    if seq is None:
-        seq = 1 if phase == "decode" else default_seq
-    return RunSpec(mode=mode, batch=batch, seq=seq, precision=precision, phase=phase, kv_len=kv_len,
-                   execution=execution, attention=attention)
 
 
 def import_trace(
@@ -51,7 +40,10 @@ def import_trace(
     check_int("--kv-len", kv_len, 0)
     check_int("--step", step, 0)
     spec = load_model(model)
-    run = run_options(mode, batch, seq, precision, phase, kv_len, execution, attention, spec.default_seq)
+    check_int("--batch", batch)
+    check_int("--seq", seq)
+    run = run_spec(spec.default_seq, seq, mode=mode, batch=batch, precision=precision, phase=phase, kv_len=kv_len,
+                   execution=execution, attention=attention)
     imp = do_import(trace, spec, run, step)
     records = imp.records()
     summary = {"step": imp.step, "step_seconds": imp.step_seconds, "cuda": imp.cuda, "trace_gemms": len(imp.gemms),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tstack.workload import emit
 from tstack.workload.emit import Ctx, Step
-from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, FC_GEMM, FFN_FC1, FFN_FC2, GELU, LINEAR_GEMM, SCALE_MASK_SM
+from tstack.workload.labels import ATTN_BGEMM, DR_RC_LN, FC_GEMM, GELU, LINEAR_GEMM, SCALE_MASK_SM
 
 ACT_GROUP = {"gelu": GELU, "gelu-tanh": GELU, "relu": "ReLU", "silu": "SiLU"}
 ACT_KERNEL = {"gelu": "bias-gelu", "gelu-tanh": "bias-gelu-tanh", "relu": "bias-relu", "silu": "bias-silu"}
@@ -112,10 +112,10 @@ def dense_ffn(ctx: Ctx, layer: str, tokens: int, width: int, prefix: str = "ffn"
         steps.append(emit.pointwise(ctx, GATED_KERNEL[m.activation], tokens, width, L(act_group, "activation")))
     else:
         # The FC-1 bias is added inside the fused bias+activation kernel (002 "bias+GeLU").
-        steps = [emit.linear(ctx, FFN_FC1 if prefix == "ffn" else f"{prefix}.fc1", (width, tokens, H),
+        steps = [emit.linear(ctx, f"{prefix}.fc1", (width, tokens, H),
                              L(FC_GEMM, "linear trans-1"), False),
                  emit.pointwise(ctx, ACT_KERNEL[m.activation], tokens, width, L(act_group, "activation"))]
-    steps.append(emit.linear(ctx, FFN_FC2 if prefix == "ffn" else f"{prefix}.fc2", (H, tokens, width),
+    steps.append(emit.linear(ctx, f"{prefix}.fc2", (H, tokens, width),
                              L(FC_GEMM, "linear trans-2"), m.bias))
     return steps
 
