@@ -194,15 +194,15 @@ def trace_gemms(events: list[dict[str, Any]], step: int | None = None) -> tuple[
     scopes = [e for e in inside if (e.get("cat") == "python_function" and str(e.get("name", "")).startswith(_MODULE))
               or (e.get("cat") == "user_annotation" and not _STEP.match(str(e.get("name", ""))))]
     out: list[TraceGemm] = []
-    outer: list[dict[str, Any]] = []
+    outer_end: dict[Any, float] = {}  # per thread, the end of its last outer product (in start order, disjoint)
     for e in gemm_events:
-        if any(o.get("tid") == e.get("tid") and _inside(e, o["ts"], o["ts"] + o["dur"]) for o in outer):
+        if e["ts"] + e["dur"] <= outer_end.get(e.get("tid"), -math.inf):
             continue  # a product nested in another (addmm calling mm, attention calling its kernel) is the same
         products = _product(str(e["name"]))
         dims = _dims((e.get("args") or {}).get("Input Dims"), products)
         if dims is None:
             continue
-        outer.append(e)
+        outer_end[e.get("tid")] = e["ts"] + e["dur"]
         ext = (e.get("args") or {}).get("External id")
         seconds = kernel_us.get(ext, 0.0) * US if cuda else float(e["dur"]) * US
         out.append(TraceGemm(str(e["name"]), *dims, seconds=seconds, start_us=float(e["ts"]),
@@ -218,11 +218,8 @@ _ATTN_SCOPE = re.compile(r"Attention_(\d+)$")  # the k-th attention module insta
 _LAYER = re.compile(r"^[LED](\d+)$")
 
 
-def _fits(g: TraceGemm, op: Op) -> bool:
-    """Same product (M×K and N·batch) and, when the trace names the attention module it ran in, the same layer."""
-    M, N, K, batch = op.gemm_shape
-    if (g.M, g.K, g.N * g.batch) != (M, K, N * batch):
-        return False
+def _same_layer(g: TraceGemm, op: Op) -> bool:
+    """When the trace names the attention module a product ran in, the op's layer is that module's."""
     scope, layer = _ATTN_SCOPE.search(g.module), _LAYER.match(op.label("layer"))
     return scope is None or layer is None or scope.group(1) == layer.group(1)
 
@@ -231,16 +228,19 @@ def match(gemms: list[TraceGemm], inst: list[Op]) -> tuple[list[tuple[TraceGemm,
     """Each trace product to the first unmatched predicted GEMM instance (index into ``inst``, the
     ``_instances`` of the workload) of its shape; returns (matched pairs, unmatched products, indices of predicted
     instances left over)."""
-    pending = list(range(len(inst)))
+    pending: dict[tuple[int, int, int], list[int]] = {}  # by product (M, K, N·batch), in op order
+    for i, op in enumerate(inst):
+        M, N, K, batch = op.gemm_shape
+        pending.setdefault((M, K, N * batch), []).append(i)
     pairs, unmatched = [], []
     for g in gemms:
-        hit = next((i for i in pending if _fits(g, inst[i])), None)
-        if hit is None:
+        candidates = pending.get((g.M, g.K, g.N * g.batch), [])
+        at = next((j for j, i in enumerate(candidates) if _same_layer(g, inst[i])), None)
+        if at is None:
             unmatched.append(g)
         else:
-            pending.remove(hit)
-            pairs.append((g, hit))
-    return pairs, unmatched, pending
+            pairs.append((g, candidates.pop(at)))
+    return pairs, unmatched, sorted(i for left in pending.values() for i in left)
 
 
 def import_trace(path: str | Path, model: ModelSpec, run: RunSpec, step: int | None = None,
