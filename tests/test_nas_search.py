@@ -107,7 +107,7 @@ def test_every_returned_candidate_is_in_the_space_and_meets_the_constraints(algo
         r = nas.random_search(ev, objective, seed)
     assert len(r.candidates) <= 60
     for c in r.candidates:
-        assert SMALL.contains(c.arch) and c.arch.hidden % c.arch.heads == 0
+        assert SMALL.check(c.arch) == c.arch and c.arch.hidden % c.arch.heads == 0
         assert max_latency is None or c.cost.latency_s <= max_latency
         assert max_weights is None or c.weight_bytes <= max_weights
         assert c.perplexity == fake_perplexity(c.arch)

@@ -51,7 +51,6 @@ class TrainLog:
     """What a run did: per step the subnets trained and their losses; wall seconds of this process; the step and
     the total training seconds (all runs) its last checkpoint holds."""
 
-    steps: list[int] = field(default_factory=list)
     trained: list[list[Arch]] = field(default_factory=list)
     losses: list[list[float]] = field(default_factory=list)
     seconds: float = 0.0
@@ -174,7 +173,6 @@ def train(space: Space, corpus: Corpus, config: TrainConfig, out: Path, resume: 
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        log.steps.append(step)
         log.trained.append([a for a, _ in done])
         log.losses.append([loss for _, loss in done])
         if progress:
