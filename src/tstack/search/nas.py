@@ -486,11 +486,13 @@ def nsga2(ev: Evaluator, objective: str, population: int, iterations: int, mutat
 
 # ---------------------------------------------------------------- reductions at a perplexity budget
 
+PERPLEXITY_DELTAS = (0.1, 1.0)  # the perplexity budgets above the baseline's that 000 §IV-2 reads Fig. 4 at
 PAPER_REDUCTIONS = {("latency", 0.1): 1.4, ("latency", 1.0): 2.4, ("energy", 0.1): 1.6, ("energy", 1.0): 4.4,
                     ("edp", 0.1): 2.2, ("edp", 1.0): 10.6}  # 000 §IV-2, against the stand-alone baseline
 
 
-def reductions(cands: Sequence[Candidate], baseline: Candidate, deltas: Sequence[float] = (0.1, 1.0)) -> list[dict]:
+def reductions(cands: Sequence[Candidate], baseline: Candidate,
+               deltas: Sequence[float] = PERPLEXITY_DELTAS) -> list[dict]:
     """Per metric and perplexity budget: baseline cost / the lowest cost of a candidate whose perplexity is at most
     the baseline's + delta (000 §IV-2's reading of Fig. 4), next to the paper's figure."""
     rows = []
