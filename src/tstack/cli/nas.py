@@ -279,12 +279,10 @@ def plot(
     outputs = Outputs(json_path, csv_path, out=out_path)
     files.check_figure_format("--out", out_path)
     doc = _read_result(result)
-    fmt = out_path.suffix.lstrip(".").lower()
-    rows = nas_figures.reduction_rows(doc)
     records = [{k: r[k] for k in ("algorithm", "metric", "perplexity_delta", "reduction", "paper_reduction", "subnet",
-                                  "perplexity")} for r in rows]
+                                  "perplexity")} for r in doc["reductions"]]
     outputs.write(output.document("nas plot", {"result": str(result), "out": str(out_path)}, records),
-                  extra={"--out": lambda p: nas_figures.fig4(doc, p, fmt)})
+                  extra={"--out": lambda p: nas_figures.fig4(doc, p)})
     if not outputs.stdout_taken:
         nas_figures.print_reductions(out, doc)
 
