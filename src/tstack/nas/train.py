@@ -51,7 +51,6 @@ class TrainLog:
     """What a run did: per step the subnets trained and their losses; wall seconds of this process; the step and
     the total training seconds (all runs) its last checkpoint holds."""
 
-    steps: list[int] = field(default_factory=list)
     trained: list[list[Arch]] = field(default_factory=list)
     losses: list[list[float]] = field(default_factory=list)
     seconds: float = 0.0
@@ -125,10 +124,11 @@ def load_supernet(path: str | Path, dev: torch.device | None = None) -> tuple[Su
     return net, state
 
 
-def train(space: Space, corpus: Corpus, config: TrainConfig, out: Path, resume: bool = False,
+def train(space: Space, corpus: Corpus, config: TrainConfig, out: Path, resume: dict[str, Any] | None = None,
           stop_after: int | None = None,
           progress: Callable[[int, float], None] | None = None) -> tuple[Supernet, TrainLog]:
-    """Train (or, with ``resume``, continue training) the supernet; checkpoints go to ``out``.
+    """Train (or continue training from ``resume``, the checkpoint ``load_checkpoint(out)`` read) the supernet;
+    checkpoints go to ``out``.
 
     ``stop_after`` ends this run after that many steps, with a checkpoint (to resume later; the schedule still
     spans ``config.steps``).
@@ -141,19 +141,18 @@ def train(space: Space, corpus: Corpus, config: TrainConfig, out: Path, resume: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config.warmup, config.steps))
     np_rng, py_rng = np.random.default_rng(config.seed), random.Random(config.seed)
     start = 0
-    if resume:
-        state = load_checkpoint(out, dev)
-        if state["space"] != space.to_dict() or state["config"] != asdict(config):
+    if resume is not None:
+        if resume["space"] != space.to_dict() or resume["config"] != asdict(config):
             raise TstackError(f"{str(out)[:200]!r} was trained with another space or configuration; resume needs the "
                               "same --space, --corpus, --steps and options")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        np_rng.bit_generator.state = state["numpy_rng"]
-        py_rng.setstate(_py_state(state["python_rng"]))
-        start = state["step"]
+        net.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        np_rng.bit_generator.state = resume["numpy_rng"]
+        py_rng.setstate(_py_state(resume["python_rng"]))
+        start = resume["step"]
     begin = time.perf_counter()
-    seconds_before = state.get("train_seconds", 0.0) if resume else 0.0
+    seconds_before = resume.get("train_seconds", 0.0) if resume is not None else 0.0
     log = TrainLog(step=start, train_seconds=seconds_before)
 
     def checkpoint(step: int) -> None:
@@ -174,7 +173,6 @@ def train(space: Space, corpus: Corpus, config: TrainConfig, out: Path, resume: 
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        log.steps.append(step)
         log.trained.append([a for a, _ in done])
         log.losses.append([loss for _, loss in done])
         if progress:

@@ -7,25 +7,17 @@ Matplotlib is imported only when a figure is drawn. The table of reductions is p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tstack.report import units
+from tstack.search.cluster import pareto
+from tstack.search.nas import PERPLEXITY_DELTAS
 
 PANELS = (("joule_seconds", "EDP (J·s)"), ("latency_seconds", "latency (s)"), ("joules", "energy (J)"))
-DELTAS = (0.1, 1.0)
-
-
-def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats in both coordinates, sorted by the first (for a step line)."""
-    out, best = [], math.inf
-    for x, y in sorted(points):
-        if y < best:
-            out.append((x, y))
-            best = y
-    return out
 
 
 def fig4(doc: Mapping[str, Any], path: str | Path, fmt: str | None = None) -> None:
@@ -47,10 +39,11 @@ def fig4(doc: Mapping[str, Any], path: str | Path, fmt: str | None = None) -> No
             if not pts:
                 continue
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, alpha=0.25, color=cmap(i))
-            front = _front([(y, x) for x, y in pts])  # lowest cost first: the cost-perplexity trade-off
-            ax.step([x for _, x in front], [y for y, _ in front], where="post", color=cmap(i), label=f"{alg} front")
+            cost, ppl = np.array(sorted((y, x) for x, y in pts)).T  # lowest cost first: the cost-perplexity trade-off
+            front = pareto(cost, ppl)
+            ax.step(ppl[front], cost[front], where="post", color=cmap(i), label=f"{alg} front")
         ax.scatter([base["perplexity"]], [base[field]], marker="x", s=70, color="black", label="baseline", zorder=5)
-        for delta, style in zip(DELTAS, (":", "--")):
+        for delta, style in zip(PERPLEXITY_DELTAS, (":", "--")):
             ax.axvline(base["perplexity"] + delta, color="grey", linestyle=style, linewidth=1,
                        label=f"baseline +{delta:g} perplexity")
         ax.set_xlabel("perplexity (per byte)")

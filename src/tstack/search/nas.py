@@ -28,7 +28,7 @@ import numpy as np
 
 from tstack.costmodel.backend import Target, cost_workload, default_precision
 from tstack.errors import SpecError, TstackError
-from tstack.loader import load_spec, presets_in, show, unknown_fields
+from tstack.loader import load_spec, show, unknown_fields
 from tstack.parallel import pmap
 from tstack.spec import ModelSpec, RunSpec, preset_dir
 from tstack.workload.build import build
@@ -88,9 +88,6 @@ class Space:
         heads = [h for h in self.heads if hidden % h == 0]
         return Arch(min(self.layers), min(heads), hidden, min(self.ffn))
 
-    def contains(self, a: Arch) -> bool:
-        return all(getattr(a, d) in self.choices(d) for d in DIMENSIONS)
-
     def check(self, a: Arch) -> Arch:
         """``a`` itself when it is a subnet of this space; Infeasible naming the broken rule otherwise."""
         for d in DIMENSIONS:
@@ -109,20 +106,12 @@ class Space:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def spec(self, a: Arch) -> ModelSpec:
-        """The subnet as a ModelSpec: a pre-norm decoder language model with tied byte embeddings."""
-        self.check(a)
-        return self.model_spec(a)
-
     def model_spec(self, a: Arch) -> ModelSpec:
-        """The ModelSpec of any shape (the lookup table costs one-layer models outside the space's layer choices)."""
+        """Any shape as a ModelSpec, a pre-norm decoder language model with tied byte embeddings (unchecked: the
+        lookup table costs one-layer models outside the space's layer choices)."""
         return ModelSpec(name=f"{self.name}[{a.label}]", arch="decoder", layers=a.layers, hidden=a.hidden,
                          heads=a.heads, ffn=a.ffn, vocab=self.vocab, max_positions=self.seq, activation="gelu",
                          norm_position="pre", head="lm", default_seq=self.seq)
-
-
-def space_presets() -> list[str]:
-    return presets_in(preset_dir("nas"))
 
 
 def _choices(problems: list[str], data: dict, key: str) -> tuple[int, ...]:
@@ -497,11 +486,13 @@ def nsga2(ev: Evaluator, objective: str, population: int, iterations: int, mutat
 
 # ---------------------------------------------------------------- reductions at a perplexity budget
 
+PERPLEXITY_DELTAS = (0.1, 1.0)  # the perplexity budgets above the baseline's that 000 §IV-2 reads Fig. 4 at
 PAPER_REDUCTIONS = {("latency", 0.1): 1.4, ("latency", 1.0): 2.4, ("energy", 0.1): 1.6, ("energy", 1.0): 4.4,
                     ("edp", 0.1): 2.2, ("edp", 1.0): 10.6}  # 000 §IV-2, against the stand-alone baseline
 
 
-def reductions(cands: Sequence[Candidate], baseline: Candidate, deltas: Sequence[float] = (0.1, 1.0)) -> list[dict]:
+def reductions(cands: Sequence[Candidate], baseline: Candidate,
+               deltas: Sequence[float] = PERPLEXITY_DELTAS) -> list[dict]:
     """Per metric and perplexity budget: baseline cost / the lowest cost of a candidate whose perplexity is at most
     the baseline's + delta (000 §IV-2's reading of Fig. 4), next to the paper's figure."""
     rows = []
