@@ -118,11 +118,7 @@ def layout_problems(model: ModelSpec, layout: Layout, seq: int) -> list[str]:
         problems.append(f"ep={lay.ep} needs a Mixture-of-Experts model (experts ≥ 1 in the model)")
     elif lay.dp % lay.ep or (model.experts and model.experts % lay.ep):
         problems.append(f"ep={lay.ep} must divide dp={lay.dp}" + (f" and experts={model.experts}" if model.experts else ""))
-    for name, value in (("heads", model.heads), ("ffn", model.ffn), ("shared_expert_ffn", model.shared_expert_ffn)):
-        if value % lay.tp:
-            problems.append(f"tp={lay.tp} must divide {name}={value}")
-    if model.kv_heads % lay.tp and lay.tp % model.kv_heads:
-        problems.append(f"tp={lay.tp} must divide kv_heads={model.kv_heads} or be a multiple of it (KV heads replicated)")
+    problems += tp_problems(model, lay.tp)
     layers = total_layers(model)
     if layers % lay.pp:
         problems.append(f"pp={lay.pp} must divide the {layers} layers")
@@ -134,6 +130,16 @@ def layout_problems(model: ModelSpec, layout: Layout, seq: int) -> list[str]:
         problems.append(f"global_batch={lay.global_batch} must be a multiple of dp·micro_batch={lay.dp * lay.micro_batch}")
     if lay.seq_parallel and seq % lay.tp:
         problems.append(f"seq_parallel needs tp={lay.tp} to divide seq={seq}")
+    return problems
+
+
+def tp_problems(model: ModelSpec, tp: int) -> list[str]:
+    """Why ``tp`` cannot slice the model: it must divide the heads and the FFN widths, and divide the KV heads or be
+    a multiple of them (replicated); empty when it can."""
+    problems = [f"tp={tp} must divide {name}={value}" for name, value in (
+        ("heads", model.heads), ("ffn", model.ffn), ("shared_expert_ffn", model.shared_expert_ffn)) if value % tp]
+    if model.kv_heads % tp and tp % model.kv_heads:
+        problems.append(f"tp={tp} must divide kv_heads={model.kv_heads} or be a multiple of it (KV heads replicated)")
     return problems
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tstack.costmodel.cluster import RECOMPUTE, ZERO_STAGES, Layout, compose, family, layout_problems, total_layers
+from tstack.costmodel.cluster import RECOMPUTE, ZERO_STAGES, Layout, compose, family, layout_problems, total_layers, tp_problems
 from tstack.errors import SpecError
 from tstack.hardware.device import DeviceSpec
 from tstack.hardware.network import NetworkSpec
@@ -43,19 +43,13 @@ class SearchSpace:
     max_micro_batch: int = 0  # 0: any divisor of the per-replica batch
 
 
-def _tp_legal(model: ModelSpec, tp: int) -> bool:
-    """tp divides the heads and the FFN widths, and divides the KV heads or is a multiple of them (replicated)."""
-    return not (model.heads % tp or model.ffn % tp or model.shared_expert_ffn % tp
-                or (model.kv_heads % tp and tp % model.kv_heads))
-
-
 def families(model: ModelSpec, seq: int, space: SearchSpace) -> list[tuple[int, int, str, bool, int]]:
     """(tp, micro_batch, recompute, seq_parallel, ep) of every family with at least one legal layout; ep runs over
     the divisors of the model's experts that divide some dp (1 for a dense model)."""
     out = []
     L = total_layers(model)
     for tp in divisors(space.gpus):
-        if not _tp_legal(model, tp):
+        if tp_problems(model, tp):
             continue
         mbs: dict[int, set[int]] = {}  # micro-batch -> the ep degrees some dp of it allows
         for pp in divisors(space.gpus // tp):
