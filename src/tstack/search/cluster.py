@@ -103,14 +103,26 @@ class SearchResult:
     evaluated: int
     table: dict[str, np.ndarray]  # the layouts that fit, fastest first; columns FIELDS + seconds, memory, pareto
 
+    @property
+    def fitting(self) -> int:
+        return len(self.table["seconds"])
+
+    def row(self, i: int) -> dict[str, Any]:
+        return {k: self.table[k][i].item() for k in self.table}
+
     def rows(self, top: int = 0) -> list[dict[str, Any]]:
-        n = len(self.table["seconds"])
-        return [{k: self.table[k][i].item() for k in self.table} for i in range(min(n, top) if top else n)]
+        return [self.row(i) for i in range(min(self.fitting, top) if top else self.fitting)]
+
+    def top_and_pareto(self, top: int) -> list[int]:
+        """Ranks (0-based) of the ``top`` fastest layouts and of the Pareto set, fastest first."""
+        return np.flatnonzero((np.arange(self.fitting) < top) | self.table["pareto"]).tolist()
 
 
 def search(model: ModelSpec, run: RunSpec, device: DeviceSpec, network: NetworkSpec, space: SearchSpace,
-           executor: str = "process", workers: int | None = None, progress: Any = None) -> SearchResult:
-    """Evaluate every legal layout; keep those that fit the device memory, ranked by seconds per iteration."""
+           executor: str = "process", workers: int | None = None, progress: Any = None,
+           keys: list[tuple[int, int, str, bool, int]] | None = None) -> SearchResult:
+    """Evaluate every legal layout; keep those that fit the device memory, ranked by seconds per iteration.
+    ``keys``: the families to evaluate when the caller has them already (``families(model, run.seq, space)``)."""
     problems = []
     if not 1 <= space.gpus <= MAX_GPUS:
         problems.append(f"gpus={space.gpus} must be in [1, {MAX_GPUS}]")
@@ -118,7 +130,8 @@ def search(model: ModelSpec, run: RunSpec, device: DeviceSpec, network: NetworkS
         problems.append(f"global_batch={space.global_batch} must be ≥ 1")
     if problems:
         raise SpecError(problems, "search")
-    keys = families(model, run.seq, space)
+    if keys is None:
+        keys = families(model, run.seq, space)
     fn = partial(_evaluate_family, model=model, run=run, device=device, network=network, space=space)
     parts = [p for p in pmap(fn, keys, executor=executor, workers=workers, progress=progress) if p["n"]]
     evaluated = sum(p["n"] for p in parts)
