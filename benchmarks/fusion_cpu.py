@@ -116,10 +116,9 @@ def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, lay
                   cost: dict[str, float]):
     """(unfused, fused) tstack Ops of one rule at the case's shapes (fp32, no training copies), transcendentals
     counted at their ``cost`` (with_transcendentals) before fusion."""
-    from tstack.kernels.fused import bert_adam_shapes
     from tstack.models import load_model
     from tstack.spec import RunSpec
-    from tstack.studies.repro_002_fusion import adam_ops, layernorm_ops, qkv_ops
+    from tstack.studies.repro_002_fusion import adam_ops, bert_tensor_shapes, layernorm_ops, qkv_ops
     from tstack.workload import formulas as F
     from tstack.workload.build import build
     from tstack.workload.fusion import Attention, fuse_attention, fuse_chains, load_profile
@@ -147,7 +146,7 @@ def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, lay
     if rule == "layernorm":
         return layernorm_ops(tokens, hidden)
     if rule == "adam":
-        unfused, fused = adam_ops([math.prod(s) for s in bert_adam_shapes(hidden, layers, vocab)])
+        unfused, fused = adam_ops([math.prod(s) for s in bert_tensor_shapes(hidden, 4 * hidden, layers, vocab)])
         return with_transcendentals(unfused, cost), with_transcendentals(fused, cost)
     if rule == "qkv":
         model = load_model("bert-base").replace(hidden=hidden, heads=heads, ffn=4 * hidden)
