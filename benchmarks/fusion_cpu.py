@@ -222,13 +222,12 @@ def main() -> None:
     from tstack.profiler.runtime import reexec_with_malloc_policy, scheduling
 
     reexec_with_malloc_policy(sys.argv)
-    from tstack.costmodel.backend import cost_workload
-    from tstack.costmodel.cost import Cost
     from tstack.host import host_caches
     from tstack.kernels.fused import cases
     from tstack.profiler.fusion import measure_case
     from tstack.profiler.runtime import RuntimeConfig
     from tstack.profiler.timing import TimingPlan
+    from tstack.studies.repro_002_fusion import totals
 
     shape = {k: getattr(args, k) for k in ("tokens", "hidden", "heads", "seq", "layers", "vocab")}
     l2 = host_caches().get(2)
@@ -248,8 +247,7 @@ def main() -> None:
             unfused, fused = predicted_layer(**layer_shape, cost=cost)
         else:
             unfused, fused = predicted_ops(case.rule, **shape, l2=l2_bytes, cost=cost)
-        pu = Cost.total(cost_workload(tuple(unfused), dev)[1])
-        pf = Cost.total(cost_workload(tuple(fused), dev)[1])
+        pu, pf = totals(unfused, dev), totals(fused, dev)
         print(f"{case.rule:28} {case.shape:>24} {m.unfused_kernels:>6}→{m.fused_kernels:<6} "
               f"{pu.kernels:>6}→{pf.kernels:<6} {_us(m.unfused_seconds, m.fused_seconds):>17} "
               f"{_us(pu.seconds, pf.seconds):>17} {m.speedup:>13.2f}× {pu.seconds / pf.seconds:>13.2f}× "
