@@ -43,13 +43,14 @@ def main() -> None:
         best = float("inf")
         for _ in range(args.repeat):
             start = time.perf_counter()
-            result = search(model, run, dev, net, space, executor=args.executor)
+            keys = families(model, seq, space)
+            result = search(model, run, dev, net, space, executor=args.executor, keys=keys)
             best = min(best, time.perf_counter() - start)
         top = result.rows(1)[0]
         total_layouts += result.evaluated
         total_s += best
-        print(f"{name} on {gpus} x {device} ({network}): {len(families(model, seq, space))} families, "
-              f"{result.evaluated} layouts ({len(result.rows())} fit) in {best:.3f} s = "
+        print(f"{name} on {gpus} x {device} ({network}): {len(keys)} families, "
+              f"{result.evaluated} layouts ({result.fitting} fit) in {best:.3f} s = "
               f"{result.evaluated / best * 60:,.0f} layouts/minute; best: dp{top['dp']} tp{top['tp']} pp{top['pp']} "
               f"v{top['interleave']} mb{top['micro_batch']} {top['recompute']} sp={top['seq_parallel']} "
               f"zero{top['zero']} {top['seconds']:.2f} s/iteration")

@@ -116,10 +116,9 @@ def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, lay
                   cost: dict[str, float]):
     """(unfused, fused) tstack Ops of one rule at the case's shapes (fp32, no training copies), transcendentals
     counted at their ``cost`` (with_transcendentals) before fusion."""
-    from tstack.kernels.fused import bert_adam_shapes
     from tstack.models import load_model
     from tstack.spec import RunSpec
-    from tstack.studies.repro_002_fusion import adam_ops, layernorm_ops, qkv_ops
+    from tstack.studies.repro_002_fusion import adam_ops, bert_tensor_shapes, layernorm_ops, qkv_ops
     from tstack.workload import formulas as F
     from tstack.workload.build import build
     from tstack.workload.fusion import Attention, fuse_attention, fuse_chains, load_profile
@@ -147,7 +146,7 @@ def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, lay
     if rule == "layernorm":
         return layernorm_ops(tokens, hidden)
     if rule == "adam":
-        unfused, fused = adam_ops([math.prod(s) for s in bert_adam_shapes(hidden, layers, vocab)])
+        unfused, fused = adam_ops([math.prod(s) for s in bert_tensor_shapes(hidden, 4 * hidden, layers, vocab)])
         return with_transcendentals(unfused, cost), with_transcendentals(fused, cost)
     if rule == "qkv":
         model = load_model("bert-base").replace(hidden=hidden, heads=heads, ffn=4 * hidden)
@@ -223,13 +222,12 @@ def main() -> None:
     from tstack.profiler.runtime import reexec_with_malloc_policy, scheduling
 
     reexec_with_malloc_policy(sys.argv)
-    from tstack.costmodel.backend import cost_workload
-    from tstack.costmodel.cost import Cost
     from tstack.host import host_caches
     from tstack.kernels.fused import cases
     from tstack.profiler.fusion import measure_case
     from tstack.profiler.runtime import RuntimeConfig
     from tstack.profiler.timing import TimingPlan
+    from tstack.studies.repro_002_fusion import totals
 
     shape = {k: getattr(args, k) for k in ("tokens", "hidden", "heads", "seq", "layers", "vocab")}
     l2 = host_caches().get(2)
@@ -249,8 +247,7 @@ def main() -> None:
             unfused, fused = predicted_layer(**layer_shape, cost=cost)
         else:
             unfused, fused = predicted_ops(case.rule, **shape, l2=l2_bytes, cost=cost)
-        pu = Cost.total(cost_workload(tuple(unfused), dev)[1])
-        pf = Cost.total(cost_workload(tuple(fused), dev)[1])
+        pu, pf = totals(unfused, dev), totals(fused, dev)
         print(f"{case.rule:28} {case.shape:>24} {m.unfused_kernels:>6}→{m.fused_kernels:<6} "
               f"{pu.kernels:>6}→{pf.kernels:<6} {_us(m.unfused_seconds, m.fused_seconds):>17} "
               f"{_us(pu.seconds, pf.seconds):>17} {m.speedup:>13.2f}× {pu.seconds / pf.seconds:>13.2f}× "

@@ -489,9 +489,15 @@ def test_megatron_and_workload_model_flops():
     b = C.evaluate(gpt3.replace(layers=8), run, A100, DGX, C.Layout(tp=2, pp=2, recompute="full", global_batch=4))
     assert a.workload_flops_per_iteration == b.workload_flops_per_iteration
     s = b.summary()
-    assert s["workload_tflops_per_device"] == pytest.approx(s["workload_flops_per_iteration"]
-                                                            / (s["seconds_per_iteration"] * 4) / 1e12)
-    assert s["model_flops_per_iteration"] == C.model_flops(gpt3.replace(layers=8), 2048, 4)
+    # the workload's forward + backward FLOPs of all 4 sequences built as one batch, over 4 devices' seconds
+    whole = sum(op.flops * op.count for op in build(gpt3.replace(layers=8), run.replace(batch=4))
+                if op.label("part") != "optimizer")
+    assert s["workload_flops_per_iteration"] == pytest.approx(whole, rel=1e-12)
+    assert s["workload_tflops_per_device"] == pytest.approx(whole / (s["seconds_per_iteration"] * 4) / 1e12)
+    # Megatron (Narayanan et al. 2021 eq. 3), B = 4 sequences of s = 2048, l = 8 layers, h = 12288, V = 51200:
+    # 72·B·s·l·h²·(1 + s/6h + V/12lh) = 3·B·s·(l·(24h² + 4sh) + 2hV)
+    #   = 24576 · (8 · (3,623,878,656 + 100,663,296) + 1,258,291,200) = 24576 · 31,054,626,816
+    assert s["model_flops_per_iteration"] == 763_198_508_630_016
 
 
 def test_sdpa_keeps_no_scores_and_is_not_recomputed_twice():

@@ -225,8 +225,12 @@ def test_multi_tensor_launches_follow_the_chunk_and_block_limits():
     ops = build(model, RunSpec(mode="train", batch=2, seq=16, optimizer="adam"))
     fused = fuse(ops, "apex")
     adam = [o for o in fused if o.name == "fused.adam"]
-    apex = load_profile("apex").multi_tensor
-    assert sum(o.count for o in adam) == apex.launches([o.dim("params") for o in ops if o.name == "adam"], "adam")
+    # apex: one tensor per parameter group, chunks of 65,536, 320 chunks and 36 tensors a launch. The embedding's
+    # 23,837,184 parameters are 364 chunks, each layer's 7,087,872 are 109, the head's 1,214,780 are 19: 601 chunks
+    # of 4 tensors. The first launch fills 320 chunks inside the embedding; its other 44, the layers' 218 and the
+    # head's 19 (281 chunks) are the second.
+    assert [o.dim("params") for o in ops if o.name == "adam"] == [23_837_184, 7_087_872, 7_087_872, 1_214_780]
+    assert sum(o.count for o in adam) == 2
     assert sum(o.bytes * o.count for o in adam) == sum(o.bytes * o.count for o in ops if o.name == "adam")
 
 
@@ -302,8 +306,12 @@ def test_fusion_keeps_flops_and_never_adds_bytes_or_kernels(model, layers, batch
     assert sum(o.count for o in rest) <= sum(o.count for o in ops if o.label("part") != "optimizer")
     mt = load_profile(profile).multi_tensor
     for name in {o.name for o in ops if o.label("part") == "optimizer"} & set(mt.ops if mt else ()):
-        launches = mt.launches([o.dim("params") for o in ops if o.name == name for _ in range(o.count)], name)
+        params = [o.dim("params") for o in ops if o.name == name for _ in range(o.count)]
+        launches = mt.launches(params, name)
         assert sum(o.count for o in fused if o.name == f"fused.{name}") == launches
+        # independent of the launch rule: a launch takes at most max_blocks chunks and max_tensors tensors
+        chunks = sum(max(1, math.ceil(p / mt.chunk_elems)) for p in params)
+        assert launches >= max(math.ceil(chunks / mt.max_blocks), math.ceil(len(params) / mt.max_tensors[name]))
 
 
 def test_analyze_json_carries_the_fusion_labels(capsys):

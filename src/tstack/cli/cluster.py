@@ -217,22 +217,22 @@ def search_cmd(
     dev, net = _target(device), load_network(network)
     space = SearchSpace(gpus=gpus, global_batch=global_batch, recompute=choices, zero=stages,
                         max_micro_batch=max_micro_batch)
-    with progress("cluster search", total=len(families(spec, run.seq, space)), unit="families") as advance:
-        result = search(spec, run, dev, net, space, executor=executor, workers=workers, progress=advance)
-    rows = result.rows()
-    shown = [dict(rank=i + 1, **r) for i, r in enumerate(rows) if i < top or r["pareto"]]
+    keys = families(spec, run.seq, space)
+    with progress("cluster search", total=len(keys), unit="families") as advance:
+        result = search(spec, run, dev, net, space, executor=executor, workers=workers, progress=advance, keys=keys)
+    shown = [dict(rank=i + 1, **result.row(i)) for i in result.top_and_pareto(top)]
     records = [{**r, "seconds_per_iteration": r.pop("seconds"), "memory_bytes_per_device": r.pop("memory")}
                for r in shown]
-    summary = {"evaluated": result.evaluated, "fitting": len(rows), "top": top,
-               "best_seconds_per_iteration": rows[0]["seconds"] if rows else None}
+    summary = {"evaluated": result.evaluated, "fitting": result.fitting, "top": top,
+               "best_seconds_per_iteration": result.table["seconds"][0].item() if result.fitting else None}
     desc = output.run_description(spec, run, device=dev.name, network=net.name, gpus=gpus, global_batch=global_batch,
                                   recompute=list(choices), zero=list(stages), max_micro_batch=max_micro_batch,
                                   executor=executor, workers=workers)
     outputs.write(output.document("cluster search", desc, records, summary=summary))
     if outputs.stdout_taken:
         return
-    out.print(f"{result.evaluated} layouts evaluated, {len(rows)} fit {units.si(dev.memory_capacity, 'B')}")
-    if not rows:
+    out.print(f"{result.evaluated} layouts evaluated, {result.fitting} fit {units.si(dev.memory_capacity, 'B')}")
+    if not result.fitting:
         return
     for title, picked in (("fastest layouts that fit", [r for r in records if r["rank"] <= top]),
                           ("Pareto set (time vs memory)", [r for r in records if r["pareto"]])):

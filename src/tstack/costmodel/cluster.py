@@ -118,11 +118,7 @@ def layout_problems(model: ModelSpec, layout: Layout, seq: int) -> list[str]:
         problems.append(f"ep={lay.ep} needs a Mixture-of-Experts model (experts ≥ 1 in the model)")
     elif lay.dp % lay.ep or (model.experts and model.experts % lay.ep):
         problems.append(f"ep={lay.ep} must divide dp={lay.dp}" + (f" and experts={model.experts}" if model.experts else ""))
-    for name, value in (("heads", model.heads), ("ffn", model.ffn), ("shared_expert_ffn", model.shared_expert_ffn)):
-        if value % lay.tp:
-            problems.append(f"tp={lay.tp} must divide {name}={value}")
-    if model.kv_heads % lay.tp and lay.tp % model.kv_heads:
-        problems.append(f"tp={lay.tp} must divide kv_heads={model.kv_heads} or be a multiple of it (KV heads replicated)")
+    problems += tp_problems(model, lay.tp)
     layers = total_layers(model)
     if layers % lay.pp:
         problems.append(f"pp={lay.pp} must divide the {layers} layers")
@@ -134,6 +130,16 @@ def layout_problems(model: ModelSpec, layout: Layout, seq: int) -> list[str]:
         problems.append(f"global_batch={lay.global_batch} must be a multiple of dp·micro_batch={lay.dp * lay.micro_batch}")
     if lay.seq_parallel and seq % lay.tp:
         problems.append(f"seq_parallel needs tp={lay.tp} to divide seq={seq}")
+    return problems
+
+
+def tp_problems(model: ModelSpec, tp: int) -> list[str]:
+    """Why ``tp`` cannot slice the model: it must divide the heads and the FFN widths, and divide the KV heads or be
+    a multiple of them (replicated); empty when it can."""
+    problems = [f"tp={tp} must divide {name}={value}" for name, value in (
+        ("heads", model.heads), ("ffn", model.ffn), ("shared_expert_ffn", model.shared_expert_ffn)) if value % tp]
+    if model.kv_heads % tp and tp % model.kv_heads:
+        problems.append(f"tp={tp} must divide kv_heads={model.kv_heads} or be a multiple of it (KV heads replicated)")
     return problems
 
 
@@ -431,7 +437,8 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
     r = _run(run, micro_batch, recompute)
     ops = tuple(op for op in build(model, r, collapse=True, fuse_attention=False) if op.label("part") != "optimizer")
     ops = slice_workload(ops, tp, sp, model, ep)
-    if recompute == "selective" and not _fused_attention(run, fusion):
+    profile = None if fusion is None else load_profile(fusion)
+    if recompute == "selective" and not _fused_attention(run, profile):
         # the attention core again before its backward (Korthikanti et al. 2022 §5); a fused attention kernel
         # recomputes its scores inside its own backward already, so it is not run twice
         ops += tuple(emit.with_pass(op, "recompute") for op in ops if op.label("pass") == "fwd"
@@ -449,12 +456,12 @@ def family_ops(model: ModelSpec, run: RunSpec, tp: int, micro_batch: int, recomp
     ops += tuple(optimizer(emit.Ctx.of(model, r), groups))
     if run.attention == "sdpa":
         ops = sdpa(ops, device)
-    return ops if fusion is None else fuse(ops, fusion, device)
+    return ops if profile is None else fuse(ops, profile, device)
 
 
-def _fused_attention(run: RunSpec, fusion: str | Path | Profile | None) -> bool:
+def _fused_attention(run: RunSpec, profile: Profile | None) -> bool:
     """Whether a fused attention kernel runs the attention core (``--attention sdpa`` or the profile's rule)."""
-    return run.attention == "sdpa" or (fusion is not None and load_profile(fusion).attention is not None)
+    return run.attention == "sdpa" or (profile is not None and profile.attention is not None)
 
 
 def activation_bytes_per_layer(model: ModelSpec, seq: int, micro_batch: int, tp: int, sp: bool, recompute: str,
@@ -498,7 +505,8 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
 
     A multi-tensor optimizer kernel (fusion) spans the layers and the embedding and head parameters: its time is
     split between them in proportion to their parameters on this rank (so a pipeline stage gets its layers' share)."""
-    ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp, ep, fusion, device.name),
+    profile = None if fusion is None else load_profile(fusion)
+    ops, costs = cost_workload(family_ops(model, run, tp, micro_batch, recompute, sp, ep, profile, device.name),
                                device, cost_model)
     L = total_layers(model)
     params_layer, params_emb, params_head = layer_params_tp(model, tp), embedding_params_tp(model, tp), head_params_tp(model, tp)
@@ -545,7 +553,7 @@ def family(model: ModelSpec, run: RunSpec, device: DeviceSpec, tp: int, micro_ba
         tp_message_bytes=float(tokens * model.hidden * act), p2p_bytes=float(tokens * model.hidden * act / tp),
         act_layer_bytes=activation_bytes_per_layer(
             model, run.seq, micro_batch, tp, sp, recompute, act,
-            _fused_attention(run, fusion)),
+            _fused_attention(run, profile)),
         act_head_bytes=float(4 * tokens * math.ceil(model.vocab / tp)) if model.head in ("lm", "bert-pretrain") else 0.0,
         weight_bytes=2 if mixed else 4, grad_bytes=2 if mixed else 4,
         optim_bytes=(4 if mixed else 0) + 4 * moments,

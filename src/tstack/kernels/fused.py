@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from tstack.studies.repro_002_fusion import bert_tensor_shapes
+
 DROPOUT = 0.1
 EPS = 1e-12
 RULES = ("scale-mask-softmax-dropout", "dropout-residual-layernorm", "bias-gelu", "layernorm", "adam", "qkv",
@@ -214,15 +216,6 @@ def attention(batch: int, heads: int, s: int, d: int, gen: torch.Generator) -> C
     return Case("attention", f"{batch}×{heads}×{s}×{d}", unfused, fused, 1e-4)
 
 
-def bert_adam_shapes(hidden: int, layers: int, vocab: int, positions: int = 512) -> list[tuple[int, ...]]:
-    """The parameter tensors of a BERT encoder with its pretraining head (16 per layer)."""
-    H, Fd = hidden, 4 * hidden
-    emb = [(vocab, H), (positions, H), (2, H), (H,), (H,)]
-    layer = [(H, H), (H,)] * 4 + [(H,), (H,), (Fd, H), (Fd,), (H, Fd), (H,), (H,), (H,)]
-    head = [(H, H), (H,), (H, H), (H,), (H,), (H,), (vocab,), (2, H), (2,)]
-    return emb + layer * layers + head
-
-
 def cases(tokens: int = 512, hidden: int = 256, heads: int = 4, seq: int = 128, layers: int = 2,
           vocab: int = 2048, seed: int = 0, compile_: bool = True) -> list[Case]:
     """One case per rule at BERT-like sizes: ``tokens`` = batch·seq rows of width ``hidden``."""
@@ -233,7 +226,7 @@ def cases(tokens: int = 512, hidden: int = 256, heads: int = 4, seq: int = 128, 
         dropout_residual_ln(tokens, hidden, gen, compile_),
         bias_gelu_case(tokens, 4 * hidden, gen, compile_),
         layernorm(tokens, hidden, gen),
-        adam(bert_adam_shapes(hidden, layers, vocab), gen),
+        adam(bert_tensor_shapes(hidden, 4 * hidden, layers, vocab), gen),
         qkv(tokens, hidden, gen),
         attention(tokens // seq, heads, seq, hidden // heads, gen),
     ]

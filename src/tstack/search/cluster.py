@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tstack.costmodel.cluster import RECOMPUTE, ZERO_STAGES, Layout, compose, family, layout_problems, total_layers
+from tstack.costmodel.cluster import RECOMPUTE, ZERO_STAGES, Layout, compose, family, layout_problems, total_layers, tp_problems
 from tstack.errors import SpecError
 from tstack.hardware.device import DeviceSpec
 from tstack.hardware.network import NetworkSpec
@@ -43,19 +43,13 @@ class SearchSpace:
     max_micro_batch: int = 0  # 0: any divisor of the per-replica batch
 
 
-def _tp_legal(model: ModelSpec, tp: int) -> bool:
-    """tp divides the heads and the FFN widths, and divides the KV heads or is a multiple of them (replicated)."""
-    return not (model.heads % tp or model.ffn % tp or model.shared_expert_ffn % tp
-                or (model.kv_heads % tp and tp % model.kv_heads))
-
-
 def families(model: ModelSpec, seq: int, space: SearchSpace) -> list[tuple[int, int, str, bool, int]]:
     """(tp, micro_batch, recompute, seq_parallel, ep) of every family with at least one legal layout; ep runs over
     the divisors of the model's experts that divide some dp (1 for a dense model)."""
     out = []
     L = total_layers(model)
     for tp in divisors(space.gpus):
-        if not _tp_legal(model, tp):
+        if tp_problems(model, tp):
             continue
         mbs: dict[int, set[int]] = {}  # micro-batch -> the ep degrees some dp of it allows
         for pp in divisors(space.gpus // tp):
@@ -109,14 +103,26 @@ class SearchResult:
     evaluated: int
     table: dict[str, np.ndarray]  # the layouts that fit, fastest first; columns FIELDS + seconds, memory, pareto
 
+    @property
+    def fitting(self) -> int:
+        return len(self.table["seconds"])
+
+    def row(self, i: int) -> dict[str, Any]:
+        return {k: self.table[k][i].item() for k in self.table}
+
     def rows(self, top: int = 0) -> list[dict[str, Any]]:
-        n = len(self.table["seconds"])
-        return [{k: self.table[k][i].item() for k in self.table} for i in range(min(n, top) if top else n)]
+        return [self.row(i) for i in range(min(self.fitting, top) if top else self.fitting)]
+
+    def top_and_pareto(self, top: int) -> list[int]:
+        """Ranks (0-based) of the ``top`` fastest layouts and of the Pareto set, fastest first."""
+        return np.flatnonzero((np.arange(self.fitting) < top) | self.table["pareto"]).tolist()
 
 
 def search(model: ModelSpec, run: RunSpec, device: DeviceSpec, network: NetworkSpec, space: SearchSpace,
-           executor: str = "process", workers: int | None = None, progress: Any = None) -> SearchResult:
-    """Evaluate every legal layout; keep those that fit the device memory, ranked by seconds per iteration."""
+           executor: str = "process", workers: int | None = None, progress: Any = None,
+           keys: list[tuple[int, int, str, bool, int]] | None = None) -> SearchResult:
+    """Evaluate every legal layout; keep those that fit the device memory, ranked by seconds per iteration.
+    ``keys``: the families to evaluate when the caller has them already (``families(model, run.seq, space)``)."""
     problems = []
     if not 1 <= space.gpus <= MAX_GPUS:
         problems.append(f"gpus={space.gpus} must be in [1, {MAX_GPUS}]")
@@ -124,7 +130,8 @@ def search(model: ModelSpec, run: RunSpec, device: DeviceSpec, network: NetworkS
         problems.append(f"global_batch={space.global_batch} must be ≥ 1")
     if problems:
         raise SpecError(problems, "search")
-    keys = families(model, run.seq, space)
+    if keys is None:
+        keys = families(model, run.seq, space)
     fn = partial(_evaluate_family, model=model, run=run, device=device, network=network, space=space)
     parts = [p for p in pmap(fn, keys, executor=executor, workers=workers, progress=progress) if p["n"]]
     evaluated = sum(p["n"] for p in parts)

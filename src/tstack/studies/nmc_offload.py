@@ -52,9 +52,18 @@ class _Tally(Addable):
 class Offload:
     rows: list[OffloadRow]
     iteration_seconds: float  # the whole iteration on the GPU
-    offloaded_gpu_seconds: float
-    offloaded_optimistic_seconds: float
-    offloaded_nmc_seconds: float
+
+    @property
+    def offloaded_gpu_seconds(self) -> float:
+        return sum(r.gpu_seconds for r in self.rows)
+
+    @property
+    def offloaded_optimistic_seconds(self) -> float:
+        return sum(r.optimistic_seconds for r in self.rows)
+
+    @property
+    def offloaded_nmc_seconds(self) -> float:
+        return sum(r.nmc_seconds for r in self.rows)
 
     @property
     def iteration_nmc_seconds(self) -> float:
@@ -88,6 +97,5 @@ def offload(model: ModelSpec, run: RunSpec, device: DeviceSpec, memory: MemorySp
         sums[op.name] = sums.get(op.name, 0) + _Tally(op.count, float(op.bytes * op.count), cost.seconds,
                                                       optimistic_gpu(op, device), on_nmc.seconds)
     rows = [OffloadRow(name, groups[name], *astuple(t)) for name, t in sums.items()]
-    return Offload(rows, b.total.seconds, sum(r.gpu_seconds for r in rows), sum(r.optimistic_seconds for r in rows),
-                   sum(r.nmc_seconds for r in rows))
+    return Offload(rows, b.total.seconds)
 

@@ -10,6 +10,8 @@ the paper's single-GPU study, on the V100 preset (the GPU this reproduction is s
 
 from __future__ import annotations
 
+from typing import Any
+
 from tstack.costmodel.cluster import ClusterResult, Layout, evaluate
 from tstack.hardware.device import DeviceSpec, load_device
 from tstack.hardware.network import load_network
@@ -36,19 +38,24 @@ def fig11(device: str = "v100", network: str = "pcie4") -> dict[str, ClusterResu
 
 def share(r: ClusterResult, component: str | None = None, group: str | None = None) -> float:
     """Fraction of the iteration in records of one component and/or 002 group."""
-    return sum(x["share"] for x in r.records()
+    return _share(r.records(), component, group)
+
+
+def _share(records: list[dict[str, Any]], component: str | None = None, group: str | None = None) -> float:
+    return sum(x["share"] for x in records
                if (component is None or x["component"] == component) and (group is None or x["group"] == group))
 
 
 def reproduce_002_cluster(_device: DeviceSpec | None = None) -> list[Row]:
     """The 002 §5.2 claims next to the model's values (the section runs on V100 + PCIe 4.0 whatever the device)."""
     r = fig11()
-    comm = {k: share(v, "communication") for k, v in r.items()}
-    lamb = {k: share(v, group=LAMB) for k, v in r.items()}
-    ln = {k: share(v, "compute", DR_RC_LN) for k, v in r.items()}
-    d1 = r["D1"].records()
-    s1_groups = {x["group"]: x["share"] for x in r["S1"].records() if x["component"] == "compute"}
-    d2_groups = {x["group"]: x["share"] for x in r["D2"].records() if x["component"] == "compute"}
+    records = {k: v.records() for k, v in r.items()}
+    comm = {k: _share(v, "communication") for k, v in records.items()}
+    lamb = {k: _share(v, group=LAMB) for k, v in records.items()}
+    ln = {k: _share(v, "compute", DR_RC_LN) for k, v in records.items()}
+    d1 = records["D1"]
+    s1_groups = {x["group"]: x["share"] for x in records["S1"] if x["component"] == "compute"}
+    d2_groups = {x["group"]: x["share"] for x in records["D2"] if x["component"] == "compute"}
     drift = max(abs(d2_groups.get(g, 0.0) - s) for g, s in s1_groups.items())
     return [
         Row("fig11.setup", "Setup of 002 Fig. 11", "BERT-Large, 128 GPUs, PCIe 4.0",

@@ -16,6 +16,8 @@ forward and both backward GEMMs. §6.2.1: LAMB (and the mixed-precision copies) 
 
 from __future__ import annotations
 
+import math
+
 from tstack.costmodel.backend import cost_workload
 from tstack.costmodel.cost import Cost
 from tstack.hardware.device import DeviceSpec, load_device
@@ -76,13 +78,20 @@ def layernorm_ops(rows: int, cols: int, b: int = FP32) -> tuple[list[Op], list[O
     return unfused, [_op(OpKind.REDUCTION, "layernorm", c.dims, c.flops, c.bytes, "LayerNorm")]
 
 
+def bert_tensor_shapes(hidden: int, ffn: int, layers: int, vocab: int, positions: int = 512,
+                       type_vocab: int = 2) -> list[tuple[int, ...]]:
+    """Parameter tensor shapes of a BERT encoder with its pretraining head (16 per layer; the decoder weight tied)."""
+    H, Fd = hidden, ffn
+    emb = [(vocab, H), (positions, H), (type_vocab, H), (H,), (H,)]
+    layer = [(H, H), (H,)] * 4 + [(H,), (H,), (Fd, H), (Fd,), (H, Fd), (H,), (H,), (H,)]
+    head = [(H, H), (H,), (H, H), (H,), (H,), (H,), (vocab,), (2, H), (2,)]
+    return emb + layer * layers + head
+
+
 def bert_tensor_sizes(m: ModelSpec) -> list[int]:
-    """Parameter tensor sizes of a BERT encoder with its pretraining head (the decoder weight tied)."""
-    H, Fd, V = m.hidden, m.ffn, m.vocab
-    emb = [V * H, m.max_positions * H, m.type_vocab * H, H, H]
-    layer = [H * H, H] * 4 + [H, H, Fd * H, Fd, H * Fd, H, H, H]
-    head = [H * H, H, H * H, H, H, H, V, 2 * H, 2]
-    return emb + layer * m.layers + head
+    """Parameter tensor sizes (elements) of ``bert_tensor_shapes`` for a BERT model."""
+    shapes = bert_tensor_shapes(m.hidden, m.ffn, m.layers, m.vocab, m.max_positions, m.type_vocab)
+    return [math.prod(s) for s in shapes]
 
 
 def adam_ops(sizes: list[int]) -> tuple[list[Op], list[Op]]:

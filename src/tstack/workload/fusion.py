@@ -27,6 +27,7 @@ different groups shows under their joined name.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -426,9 +427,15 @@ def fuse_attention(ops: Workload, attention: Attention, device: str) -> Workload
 def sdpa(ops: Workload, device: str = "") -> Workload:
     """The attention cores of ``ops`` as fused kernels (``--attention sdpa``): the attention rule of the ``flash``
     profile, with its on-chip memory for ``device`` (a preset name; others get its default)."""
+    return fuse_attention(ops, _flash_attention(), device)
+
+
+@functools.lru_cache(maxsize=1)
+def _flash_attention() -> Attention:
+    """The ``flash`` preset's attention rule, parsed once (the preset files do not change while a process runs)."""
     rule = load_profile("flash").attention
     assert rule is not None, "the flash fusion preset defines the attention rule"
-    return fuse_attention(ops, rule, device)
+    return rule
 
 
 def _score_forward_dims(members: list[Op], forward: bool) -> tuple[int, int, int]:
