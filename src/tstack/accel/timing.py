@@ -144,24 +144,16 @@ def _request_at(a: int, end: int, sizes: tuple[int, ...]) -> int:
     return best
 
 
-@lru_cache(maxsize=1 << 14)
 def _run_requests(offset: int, nbytes: int, sizes: tuple[int, ...]) -> int:
-    """Requests for one contiguous run of ``nbytes`` starting ``offset`` bytes past a largest-request boundary.
+    """Requests for one contiguous run of ``nbytes`` > 0 starting ``offset`` bytes past a largest-request boundary.
 
-    At each address the DMA takes the request that delivers the most bytes (``_request_at``); with sizes that divide
-    the largest, that is one request per largest-request block the run touches. 80 bytes at 0: 64 + 16, two requests;
-    64 bytes at 16: 64@0 (48 useful) + 16@64, two.
+    At each address the DMA takes the request that delivers the most bytes (``_request_at``); the largest request
+    reaches the next largest-request boundary or the run's end, and no request crosses that boundary (the sizes are
+    powers of two dividing the largest), so that is one request per largest-request block the run touches. 80 bytes
+    at 0: 64 + 16, two requests; 64 bytes at 16: 64@0 (48 useful) + 16@64, two.
     """
     top = sizes[0]
-    a, end, n = offset % top, offset % top + nbytes, 0
-    while a < end and a % top:  # up to the first boundary
-        a, n = a + _request_at(a, end, sizes), n + 1
-    if a < end:
-        full = (end - a) // top
-        a, n = a + full * top, n + full
-        while a < end:  # the tail after the last boundary
-            a, n = a + _request_at(a, end, sizes), n + 1
-    return n
+    return -(-(offset % top + nbytes) // top)
 
 
 @lru_cache(maxsize=1 << 14)
