@@ -113,25 +113,32 @@ def unit_energy(hw: AccelSpec, name: str, rows: int, cols: int) -> ComponentEner
     return ComponentEnergy(units=int_ops_energy(hw, counts), accumulator=4 * rows * cols * c.passes * acc_byte(hw))
 
 
+def side_input_cost(hw: AccelSpec, side: int, rows: int, cols: int) -> tuple[float, int]:
+    """(DMA cycles, DRAM bytes) of ``side`` int8 rows×cols tensors mvin-accumulated into the rows of a nonlinear op:
+    one transfer each, read from the L2 when they fit together with the op's input (the rule the stand-alone resadd
+    uses), else from DRAM."""
+    hit = (1 + side) * rows * cols <= hw.l2.bytes
+    return side * transfer_cycles(hw, rows, cols, hit), 0 if hit else side * rows * cols
+
+
 def standalone_cost(hw: AccelSpec, name: str, rows: int, cols: int, side_inputs: int = 0) -> NlCost:
     """A stand-alone (non-fused) op on I-BERT units: int32 rows moved into the accumulator, processed, int8 moved out.
 
     ``side_inputs``: int8 tensors of the same shape added into the accumulator rows before the op (mvin with
-    accumulate), as a fused residual + LayerNorm does with the skip operand: one more transfer each, read from the L2
-    when it fits together with the op's input (the rule the stand-alone resadd uses)."""
+    accumulate), as a fused residual + LayerNorm does with the skip operand (``side_input_cost``)."""
     units = unit_cycles(hw, name, rows, cols)
     need = -(-cols // hw.dim) * hw.dim if int_op_cost(INT_KERNEL[name]).passes > 1 else hw.dim
     hit = 4 * rows * cols <= hw.l2.bytes  # the int32 results the matmul just wrote are still in the L2
-    side_hit = (1 + side_inputs) * rows * cols <= hw.l2.bytes
+    side_cycles, side_dram = side_input_cost(hw, side_inputs, rows, cols)
     dma = transfer_cycles(hw, rows, 4 * cols, hit) + transfer_cycles(hw, rows, cols, hit=True)
-    dma += side_inputs * transfer_cycles(hw, rows, cols, side_hit)
+    dma += side_cycles
     blocks = -(-rows // hw.dim)
     if 2 * need <= hw.acc_rows and blocks > 1:  # two row blocks fit: moving one overlaps processing the other
         cycles = max(units, dma) + min(units, dma) / blocks
     else:
         cycles = units + dma
     dram = (0 if hit else 4 * rows * cols) + rows * cols  # the int8 output is written back once
-    dram += 0 if side_hit else side_inputs * rows * cols
+    dram += side_dram
     n = rows * cols  # a side input accumulates into int32 rows: 4 accumulator bytes per element, as a resadd's
     energy = unit_energy(hw, name, rows, cols) + transfer_energy(hw, dram, acc_bytes=(5 + 4 * side_inputs) * n,
                                                                  l2_bytes=(5 + side_inputs) * n)

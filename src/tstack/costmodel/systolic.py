@@ -240,10 +240,9 @@ def cost_ops(hw: AccelSpec, ops: tuple[Op, ...], schedule: str = "non-fused", ma
         pc = pair_cost(hw, gemm_shape(ops[p]), name, "fused", map_gemm)
         out[p] = _gemm(hw, ops[p], pc.mapping, pc.timing, pc.gemm_s)
         rows, cols = _rows_cols(ops[i])
-        hit = (1 + side) * rows * cols <= hw.l2.bytes  # a fused chain's side inputs, mvin-accumulated as alone
-        side_cycles = side * transfer_cycles(hw, rows, cols, hit)
+        side_cycles, side_dram = nl.side_input_cost(hw, side, rows, cols)  # a fused chain's side inputs, as alone
         energy = nl.unit_energy(hw, name, rows, cols) + _folded(hw, ops[i]) + transfer_energy(
-            hw, 0 if hit else side * rows * cols, acc_bytes=4 * side * rows * cols, l2_bytes=side * rows * cols)
+            hw, side_dram, acc_bytes=4 * side * rows * cols, l2_bytes=side * rows * cols)
         out[i] = AccelOp(ops[i], "units", (Part(NL_CATEGORY[name], pc.nonlinear_s + hw.seconds(side_cycles), energy),))
     for i, op in enumerate(ops):
         if i in out:
