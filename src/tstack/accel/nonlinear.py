@@ -18,7 +18,7 @@ from tstack.accel.energy import ComponentEnergy, acc_byte, int_ops_energy, trans
 from tstack.accel.mapping import Infeasible
 from tstack.accel.timing import transfer_cycles
 from tstack.errors import TstackError
-from tstack.hardware.accel import AccelSpec
+from tstack.hardware.accel import AccelSpec, Host
 from tstack.integer.costs import IntCounts, int_op_cost
 
 
@@ -65,21 +65,23 @@ class NlCost:
         return self.op_energy + self.quant_energy
 
 
+def _host_compute(h: Host, works: list[HostWork], rows: int, n: int) -> float:
+    """Host busy cycles of ``works`` over ``rows`` rows of ``n`` elements in all."""
+    compute = n * sum(w.ops * h.op_cycles + w.transcendental * h.transcendental_cycles for w in works)
+    return compute + rows * sum(w.row_divides * h.divide_cycles + w.row_transcendental * h.transcendental_cycles
+                                for w in works)
+
+
 def host_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
-    """The op in fp32 on the host, with dequantize before and requantize after when it moves data."""
+    """The op in fp32 on the host: one that moves data (softmax, LayerNorm, GELU) as the one-op ``host_chain_cost``,
+    with dequantize before and requantize after; scale and mask as their work alone, inside the loop holding the row."""
     if name not in HOST_WORK:
         raise TstackError(f"host nonlinear op {name!r} unknown; known: {', '.join(sorted(HOST_WORK))}")
     w, h = HOST_WORK[name], hw.host
-    n = rows * cols
-    compute = n * (w.ops * h.op_cycles + w.transcendental * h.transcendental_cycles)
-    compute += rows * (w.row_divides * h.divide_cycles + w.row_transcendental * h.transcendental_cycles)
-    quant = n * (DEQUANT_OPS + REQUANT_OPS) * h.op_cycles if w.traffic else 0.0
-    nbytes = 2 * n if w.traffic else 0  # int8 in, int8 out through the shared L2/DRAM
-    busy = compute + quant
-    seconds = busy / h.clock_hz + nbytes / h.memory_bandwidth
-    e = hw.energy.host_instruction
-    op_energy = ComponentEnergy(host=compute * e) + transfer_energy(hw, nbytes)
-    return NlCost(seconds, quant / h.clock_hz, op_energy, quant_energy=ComponentEnergy(host=quant * e))
+    if w.traffic:
+        return host_chain_cost(hw, (name,), rows, cols)
+    compute = _host_compute(h, [w], rows, rows * cols)
+    return NlCost(compute / h.clock_hz, 0.0, ComponentEnergy(host=compute * hw.energy.host_instruction))
 
 
 def _check_row(hw: AccelSpec, name: str, cols: int) -> int:
@@ -168,9 +170,7 @@ def host_chain_cost(hw: AccelSpec, names: tuple[str, ...], rows: int, cols: int)
         raise TstackError(f"host has no fused loop for {'+'.join(names)}: needs one of softmax, layernorm, gelu and "
                           f"otherwise only {', '.join(sorted({*HOST_WORK, *SIDE_INPUTS} - set(INT_KERNEL)))}")
     h, n = hw.host, rows * cols
-    works = [HOST_WORK[m] for m in names if m in HOST_WORK]
-    compute = n * sum(w.ops * h.op_cycles + w.transcendental * h.transcendental_cycles for w in works)
-    compute += rows * sum(w.row_divides * h.divide_cycles + w.row_transcendental * h.transcendental_cycles for w in works)
+    compute = _host_compute(h, [HOST_WORK[m] for m in names if m in HOST_WORK], rows, n)
     compute += n * side * (SIDE_OPS + DEQUANT_OPS) * h.op_cycles
     quant = n * (DEQUANT_OPS + REQUANT_OPS) * h.op_cycles
     nbytes = (2 + side) * n
