@@ -160,11 +160,16 @@ SIDE_INPUTS = {"residual": 1, "embedding-sum": 2}
 SIDE_OPS = 2  # load, add
 
 
+def side_count(names: tuple[str, ...]) -> int:
+    """The side inputs (SIDE_INPUTS) that the members ``names`` of a fused chain add to its nonlinear op's rows."""
+    return sum(SIDE_INPUTS.get(n, 0) for n in names)
+
+
 def host_chain_cost(hw: AccelSpec, names: tuple[str, ...], rows: int, cols: int) -> NlCost:
     """A fused chain (workload.fusion) in one fp32 host loop: the nonlinear op's work and that of the members the
     host folds in (scale, mask: as in ``host_cost``; side inputs: SIDE_INPUTS), one dequantized int8 input plus the
     side inputs read and one requantized int8 output written: (2 + side inputs) bytes per element."""
-    side = sum(SIDE_INPUTS.get(n, 0) for n in names)
+    side = side_count(names)
     unknown = [n for n in names if n not in HOST_WORK and n not in SIDE_INPUTS]
     if unknown or not any(HOST_WORK[n].traffic for n in names if n in HOST_WORK):
         raise TstackError(f"host has no fused loop for {'+'.join(names)}: needs one of softmax, layernorm, gelu and "
