@@ -8,17 +8,18 @@ tstack measured on MiniLM; nothing is tuned to the paper's outcomes, so the gaps
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
 from tstack.accel.mapping import Infeasible
 from tstack.api import analyze
-from tstack.costmodel.fpga import Skip, Variant, energy, op_table, parse_variant
+from tstack.costmodel.fpga import OpTable, Skip, Variant, energy, op_table, parse_variant
 from tstack.hardware.device import DeviceSpec, load_device
 from tstack.hardware.fpga import RESOURCES, FpgaSpec, load_fpga
 from tstack.models import load_model
 from tstack.report import units
-from tstack.search.fpga_alloc import allocate, cross, exact
+from tstack.search.fpga_alloc import Allocation, allocate, cross, exact
 from tstack.spec import ModelSpec
 from tstack.studies.repro_002 import INCREASE, SHARE, TEXT, Row
 
@@ -147,12 +148,24 @@ def _fig17_needed(model: ModelSpec, fpga: FpgaSpec, unit: str, cut: float, varia
                "Table III's working sets once each, which 003 does not describe", TEXT)
 
 
-def _fig18_rows(fpga: FpgaSpec) -> list[Row]:
-    rows, gains, tables = [], {}, {}
-    for name in CONFIGS:
-        m = load_model(name)
-        t = tables[name] = op_table(m, m.default_seq, fpga, ALL)
-        uni, ada = allocate(t, "uniform"), allocate(t, ADAPTIVE)
+class _Design(NamedTuple):
+    """A model's operation table with every optimization on the part, and its adaptive allocation."""
+
+    model: ModelSpec
+    table: OpTable
+    adaptive: Allocation
+
+
+def _design(name: str, fpga: FpgaSpec) -> _Design:
+    m = load_model(name)
+    t = op_table(m, m.default_seq, fpga, ALL)
+    return _Design(m, t, allocate(t, ADAPTIVE))
+
+
+def _fig18_rows(designs: dict[str, _Design]) -> list[Row]:
+    rows, gains, uniform = [], {}, {}
+    for name, (_, t, ada) in designs.items():
+        uni = uniform[name] = allocate(t, "uniform")
         gains[name] = uni.seconds / ada.seconds
         rows.append(Row(f"fig18-{name}", f"{name}: adaptive allocation (SLSQP + rebalancing) over uniform lanes",
                         "≥ 1.5× on every configuration" + (" (F-4x: 2.11×)" if name.endswith("f4x") else ""),
@@ -161,8 +174,8 @@ def _fig18_rows(fpga: FpgaSpec) -> list[Row]:
     best = max(gains, key=gains.get)
     rows.append(Row("fig18-f4x-highest", "F-4x gains the most from adaptive allocation", "yes (2.11×)",
                     "yes" if best == "nlpfast-bert-f4x" else f"no ({best})", "", TEXT))
-    t = tables["nlpfast-bert-f4x"]
-    op_s = t.timing(allocate(t, "uniform").lanes).op_s
+    t = designs["nlpfast-bert-f4x"].table
+    op_s = t.timing(uniform["nlpfast-bert-f4x"].lanes).op_s
     linear = sum(s for n, s in zip(t.names, op_s) if n.startswith("linear trans")) / op_s.sum()
     rows.append(Row("f4x-linear-share", "F-4x: linear trans-1 and -2 share of latency (uniform lanes)", "74.7%",
                     float(linear), "", SHARE, (0.747, 0.747)))
@@ -186,22 +199,19 @@ def _cross_rows(fpga: FpgaSpec) -> list[Row]:
     return rows
 
 
-def _exact_rows(fpga: FpgaSpec) -> list[Row]:
-    m = load_model("nlpfast-bert")
-    t = op_table(m, m.default_seq, fpga, ALL)
-    found = exact(t)
+def _exact_rows(bert: _Design) -> list[Row]:
+    t = bert.table
+    found = exact(t, heuristic=np.array(bert.adaptive.lanes))
     best = t.seconds(found.lanes)
-    ada = allocate(t, ADAPTIVE).seconds
+    ada = bert.adaptive.seconds
     what = "optimum" if found.proven else f"best milp design (not proven; lower bound {found.bound_seconds:.4f} s)"
     return [Row("exact-gap", "BERT: SLSQP + rounding + rebalancing vs the exact integer optimum (milp)", "not reported",
                 f"{best / ada:.4f} of optimal", f"{what} {best:.4f} s, SLSQP + rebalancing {ada:.4f} s", TEXT)]
 
 
-def _energy_rows(fpga: FpgaSpec, cpu: DeviceSpec) -> list[Row]:
-    m = load_model("nlpfast-bert")
-    t = op_table(m, m.default_seq, fpga, ALL)
-    lanes = np.array(allocate(t, ADAPTIVE).lanes)
-    e = energy(t, fpga, lanes)
+def _energy_rows(fpga: FpgaSpec, cpu: DeviceSpec, bert: _Design) -> list[Row]:
+    m = bert.model
+    e = energy(bert.table, fpga, np.array(bert.adaptive.lanes))
     cpu_s = analyze(m, device=cpu).group_by("part")["transformer"].seconds
     cpu_j = cpu_s * CPU_WATTS
     ratio = cpu_j / e.joules
@@ -232,5 +242,7 @@ def reproduce_003_fpga(device: DeviceSpec | None = None, fpga: str = "vcu118") -
     """Rows of 003 §VI-D on ``fpga``; ``device`` is the repro command's GPU, unused (the CPU is 003's Xeon)."""
     board = load_fpga(fpga)
     cpu = load_device(CPU)
-    return (_fig16_rows(board) + _fig17_rows(board) + _fig18_rows(board) + _cross_rows(board) + _exact_rows(board)
-            + _energy_rows(board, cpu))
+    designs = {name: _design(name, board) for name in CONFIGS}
+    bert = designs["nlpfast-bert"]
+    return (_fig16_rows(board) + _fig17_rows(board) + _fig18_rows(designs) + _cross_rows(board) + _exact_rows(bert)
+            + _energy_rows(board, cpu, bert))
