@@ -18,7 +18,7 @@ from tstack.accel.energy import ComponentEnergy, acc_byte, int_ops_energy, trans
 from tstack.accel.mapping import Infeasible
 from tstack.accel.timing import transfer_cycles
 from tstack.errors import TstackError
-from tstack.hardware.accel import AccelSpec
+from tstack.hardware.accel import AccelSpec, Host
 from tstack.integer.costs import IntCounts, int_op_cost
 
 
@@ -65,21 +65,23 @@ class NlCost:
         return self.op_energy + self.quant_energy
 
 
+def _host_compute(h: Host, works: list[HostWork], rows: int, n: int) -> float:
+    """Host busy cycles of ``works`` over ``rows`` rows of ``n`` elements in all."""
+    compute = n * sum(w.ops * h.op_cycles + w.transcendental * h.transcendental_cycles for w in works)
+    return compute + rows * sum(w.row_divides * h.divide_cycles + w.row_transcendental * h.transcendental_cycles
+                                for w in works)
+
+
 def host_cost(hw: AccelSpec, name: str, rows: int, cols: int) -> NlCost:
-    """The op in fp32 on the host, with dequantize before and requantize after when it moves data."""
+    """The op in fp32 on the host: one that moves data (softmax, LayerNorm, GELU) as the one-op ``host_chain_cost``,
+    with dequantize before and requantize after; scale and mask as their work alone, inside the loop holding the row."""
     if name not in HOST_WORK:
         raise TstackError(f"host nonlinear op {name!r} unknown; known: {', '.join(sorted(HOST_WORK))}")
     w, h = HOST_WORK[name], hw.host
-    n = rows * cols
-    compute = n * (w.ops * h.op_cycles + w.transcendental * h.transcendental_cycles)
-    compute += rows * (w.row_divides * h.divide_cycles + w.row_transcendental * h.transcendental_cycles)
-    quant = n * (DEQUANT_OPS + REQUANT_OPS) * h.op_cycles if w.traffic else 0.0
-    nbytes = 2 * n if w.traffic else 0  # int8 in, int8 out through the shared L2/DRAM
-    busy = compute + quant
-    seconds = busy / h.clock_hz + nbytes / h.memory_bandwidth
-    e = hw.energy.host_instruction
-    op_energy = ComponentEnergy(host=compute * e) + transfer_energy(hw, nbytes)
-    return NlCost(seconds, quant / h.clock_hz, op_energy, quant_energy=ComponentEnergy(host=quant * e))
+    if w.traffic:
+        return host_chain_cost(hw, (name,), rows, cols)
+    compute = _host_compute(h, [w], rows, rows * cols)
+    return NlCost(compute / h.clock_hz, 0.0, ComponentEnergy(host=compute * hw.energy.host_instruction))
 
 
 def _check_row(hw: AccelSpec, name: str, cols: int) -> int:
@@ -113,25 +115,32 @@ def unit_energy(hw: AccelSpec, name: str, rows: int, cols: int) -> ComponentEner
     return ComponentEnergy(units=int_ops_energy(hw, counts), accumulator=4 * rows * cols * c.passes * acc_byte(hw))
 
 
+def side_input_cost(hw: AccelSpec, side: int, rows: int, cols: int) -> tuple[float, int]:
+    """(DMA cycles, DRAM bytes) of ``side`` int8 rows×cols tensors mvin-accumulated into the rows of a nonlinear op:
+    one transfer each, read from the L2 when they fit together with the op's input (the rule the stand-alone resadd
+    uses), else from DRAM."""
+    hit = (1 + side) * rows * cols <= hw.l2.bytes
+    return side * transfer_cycles(hw, rows, cols, hit), 0 if hit else side * rows * cols
+
+
 def standalone_cost(hw: AccelSpec, name: str, rows: int, cols: int, side_inputs: int = 0) -> NlCost:
     """A stand-alone (non-fused) op on I-BERT units: int32 rows moved into the accumulator, processed, int8 moved out.
 
     ``side_inputs``: int8 tensors of the same shape added into the accumulator rows before the op (mvin with
-    accumulate), as a fused residual + LayerNorm does with the skip operand: one more transfer each, read from the L2
-    when it fits together with the op's input (the rule the stand-alone resadd uses)."""
+    accumulate), as a fused residual + LayerNorm does with the skip operand (``side_input_cost``)."""
     units = unit_cycles(hw, name, rows, cols)
     need = -(-cols // hw.dim) * hw.dim if int_op_cost(INT_KERNEL[name]).passes > 1 else hw.dim
     hit = 4 * rows * cols <= hw.l2.bytes  # the int32 results the matmul just wrote are still in the L2
-    side_hit = (1 + side_inputs) * rows * cols <= hw.l2.bytes
+    side_cycles, side_dram = side_input_cost(hw, side_inputs, rows, cols)
     dma = transfer_cycles(hw, rows, 4 * cols, hit) + transfer_cycles(hw, rows, cols, hit=True)
-    dma += side_inputs * transfer_cycles(hw, rows, cols, side_hit)
+    dma += side_cycles
     blocks = -(-rows // hw.dim)
     if 2 * need <= hw.acc_rows and blocks > 1:  # two row blocks fit: moving one overlaps processing the other
         cycles = max(units, dma) + min(units, dma) / blocks
     else:
         cycles = units + dma
     dram = (0 if hit else 4 * rows * cols) + rows * cols  # the int8 output is written back once
-    dram += 0 if side_hit else side_inputs * rows * cols
+    dram += side_dram
     n = rows * cols  # a side input accumulates into int32 rows: 4 accumulator bytes per element, as a resadd's
     energy = unit_energy(hw, name, rows, cols) + transfer_energy(hw, dram, acc_bytes=(5 + 4 * side_inputs) * n,
                                                                  l2_bytes=(5 + side_inputs) * n)
@@ -151,19 +160,22 @@ SIDE_INPUTS = {"residual": 1, "embedding-sum": 2}
 SIDE_OPS = 2  # load, add
 
 
+def side_count(names: tuple[str, ...]) -> int:
+    """The side inputs (SIDE_INPUTS) that the members ``names`` of a fused chain add to its nonlinear op's rows."""
+    return sum(SIDE_INPUTS.get(n, 0) for n in names)
+
+
 def host_chain_cost(hw: AccelSpec, names: tuple[str, ...], rows: int, cols: int) -> NlCost:
     """A fused chain (workload.fusion) in one fp32 host loop: the nonlinear op's work and that of the members the
     host folds in (scale, mask: as in ``host_cost``; side inputs: SIDE_INPUTS), one dequantized int8 input plus the
     side inputs read and one requantized int8 output written: (2 + side inputs) bytes per element."""
-    side = sum(SIDE_INPUTS.get(n, 0) for n in names)
+    side = side_count(names)
     unknown = [n for n in names if n not in HOST_WORK and n not in SIDE_INPUTS]
     if unknown or not any(HOST_WORK[n].traffic for n in names if n in HOST_WORK):
         raise TstackError(f"host has no fused loop for {'+'.join(names)}: needs one of softmax, layernorm, gelu and "
                           f"otherwise only {', '.join(sorted({*HOST_WORK, *SIDE_INPUTS} - set(INT_KERNEL)))}")
     h, n = hw.host, rows * cols
-    works = [HOST_WORK[m] for m in names if m in HOST_WORK]
-    compute = n * sum(w.ops * h.op_cycles + w.transcendental * h.transcendental_cycles for w in works)
-    compute += rows * sum(w.row_divides * h.divide_cycles + w.row_transcendental * h.transcendental_cycles for w in works)
+    compute = _host_compute(h, [HOST_WORK[m] for m in names if m in HOST_WORK], rows, n)
     compute += n * side * (SIDE_OPS + DEQUANT_OPS) * h.op_cycles
     quant = n * (DEQUANT_OPS + REQUANT_OPS) * h.op_cycles
     nbytes = (2 + side) * n

@@ -144,24 +144,16 @@ def _request_at(a: int, end: int, sizes: tuple[int, ...]) -> int:
     return best
 
 
-@lru_cache(maxsize=1 << 14)
 def _run_requests(offset: int, nbytes: int, sizes: tuple[int, ...]) -> int:
-    """Requests for one contiguous run of ``nbytes`` starting ``offset`` bytes past a largest-request boundary.
+    """Requests for one contiguous run of ``nbytes`` > 0 starting ``offset`` bytes past a largest-request boundary.
 
-    At each address the DMA takes the request that delivers the most bytes (``_request_at``); with sizes that divide
-    the largest, that is one request per largest-request block the run touches. 80 bytes at 0: 64 + 16, two requests;
-    64 bytes at 16: 64@0 (48 useful) + 16@64, two.
+    At each address the DMA takes the request that delivers the most bytes (``_request_at``); the largest request
+    reaches the next largest-request boundary or the run's end, and no request crosses that boundary (the sizes are
+    powers of two dividing the largest), so that is one request per largest-request block the run touches. 80 bytes
+    at 0: 64 + 16, two requests; 64 bytes at 16: 64@0 (48 useful) + 16@64, two.
     """
     top = sizes[0]
-    a, end, n = offset % top, offset % top + nbytes, 0
-    while a < end and a % top:  # up to the first boundary
-        a, n = a + _request_at(a, end, sizes), n + 1
-    if a < end:
-        full = (end - a) // top
-        a, n = a + full * top, n + full
-        while a < end:  # the tail after the last boundary
-            a, n = a + _request_at(a, end, sizes), n + 1
-    return n
+    return -(-(offset % top + nbytes) // top)
 
 
 @lru_cache(maxsize=1 << 14)
@@ -333,16 +325,17 @@ def _hits(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int) -> tuple[
     return hit_a, hit_b, 1 / J0 if keep else 1.0, 1 / I0 if keep_inner else 1.0, line_a, near <= l2
 
 
-def _mesh_part(hw: AccelSpec, ri: int, cj: int, dk: int) -> tuple[float, float, float, float, float]:
-    """(mesh cycles, commands, array MACs, scratchpad reads, accumulator bytes) of one tile."""
+def _mesh_part(hw: AccelSpec, ri, cj, dk) -> tuple:
+    """(mesh cycles, commands, array MACs, scratchpad reads, accumulator bytes) of one tile: ints or numpy scalars for
+    int sizes (``gemm_timing``), arrays for arrays of sizes (one per candidate in ``bounds``)."""
     D = hw.dim
     bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
     if hw.mesh.dataflow == "WS":
-        mesh, array_macs = float(mesh_cycles(hw, ri, bj * bk)), bj * bk * ri * D * D
+        mesh, array_macs = mesh_cycles(hw, ri, bj * bk), bj * bk * ri * D * D
         spad_read = dk * cj + ri * dk * bj  # each B block preloaded once, A re-read once per J block
         acc = 2 * 4 * ri * cj * bk  # a read-modify-write of int32 partial sums per K block
     else:
-        mesh, array_macs = float(mesh_cycles(hw, dk, bi * bj)), bi * bj * dk * D * D
+        mesh, array_macs = mesh_cycles(hw, dk, bi * bj), bi * bj * dk * D * D
         spad_read = ri * dk * bj + dk * cj * bi
         acc = 2 * 4 * ri * cj  # one accumulate of the PE results per K tile
     commands = (bi * bk + bk * bj + bj * bk + bi * bj * bk) * hw.overheads.command_cycles
@@ -382,6 +375,7 @@ def _add_pair(s: _Sums, hw: AccelSpec, c: _Ctx, ri: int, cj: int, j_offset: int,
     last_stage = last_load = 0.0
     for dk, nk, k_first in _k_classes(shape.K, m.tk * D):
         mesh, commands, array_macs, spad_read, acc = _mesh_part(hw, ri, cj, dk)
+        mesh = float(mesh)
         # A: ri rows of dk bytes, K bytes apart, at column k0·tk·DIM; averaged over the K positions of this class
         pos_a = _positions(nk, m.tk * D, k_first, c.top)
         req_a = sum(cnt * tile_requests(off, K, ri, dk, c.chunk, c.sizes) for off, cnt in pos_a) / nk
@@ -475,7 +469,7 @@ def gemm_timing(hw: AccelSpec, shape: GemmShape, m: Mapping, out_bytes: int = 1,
                 for dk, nk in _classes(shape.K, m.tk * D):
                     t = _mesh_part(hw, ri, cj, dk)
                     k = ni * nj * nk
-                    mesh, array_macs, spad_read, acc = (mesh + k * t[0], array_macs + k * t[2],
+                    mesh, array_macs, spad_read, acc = (mesh + k * float(t[0]), array_macs + k * t[2],
                                                         spad_read + k * t[3], acc + k * t[4])
                 acc += ni * nj * 4 * ri * cj
         return GemmTiming(b * mesh, b * mesh, 0.0, 0.0, 0.0, 0.0, shape.macs, b * array_macs, b * spad_read,
@@ -590,7 +584,7 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
     lat_l2, lat_dram = hw.cycles(hw.l2.latency_s), hw.cycles(hw.dram.latency_s)
     lat_a = hit_a * lat_l2 + (1 - hit_a) * lat_dram
     lat_b = hit_b * lat_l2 + (1 - hit_b) * lat_dram
-    db, ws = double_buffered(hw), hw.mesh.dataflow == "WS"
+    db = double_buffered(hw)
     z = np.zeros(len(ms))
     cycles, array_macs, spad_read, spad_write, acc, dram = z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), z.copy()
     for ri, ni in _class_arrays(I, ti):
@@ -598,9 +592,7 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
             acc += ni * nj * 4 * ri * cj  # mvout reads each finished tile once
             for dk, nk in _class_arrays(K, tk):
                 n = ni * nj * nk
-                bi, bj, bk = -(-ri // D), -(-cj // D), -(-dk // D)
-                mesh = mesh_cycles(hw, ri, bj * bk) if ws else mesh_cycles(hw, dk, bi * bj)
-                commands = (bi * bk + 2 * bk * bj + bi * bj * bk) * ov.command_cycles
+                mesh, commands, tile_macs, tile_reads, tile_acc = _mesh_part(hw, ri, cj, dk)
                 stage = np.maximum(mesh, commands)
                 ba, bb = share_a * ri * dk, share_b * dk * cj
                 lat = (share_a * ri * row_latency(dk, lat_a) + share_b * dk * row_latency(cj, lat_b)) / d.requests_in_flight
@@ -609,14 +601,9 @@ def bounds(hw: AccelSpec, shape: GemmShape, ms: list[Mapping], out_bytes: int = 
                 tile = np.maximum(stage, load) if db else stage + load
                 tile = np.maximum(tile, ov.call_cycles) if ov.calls_overlap else tile + ov.call_cycles
                 cycles += n * tile
-                if ws:
-                    array_macs += n * (bj * bk * ri * D * D)
-                    spad_read += n * (dk * cj + ri * dk * bj)
-                    acc += n * (8 * ri * cj * bk)
-                else:
-                    array_macs += n * (bi * bj * dk * D * D)
-                    spad_read += n * (ri * dk * bj + dk * cj * bi)
-                    acc += n * (8 * ri * cj)
+                array_macs += n * tile_macs
+                spad_read += n * tile_reads
+                acc += n * tile_acc
                 spad_write += n * (ba + bb)
                 dram += n * missed
     if ov.calls_overlap:

@@ -167,7 +167,6 @@ class OpTable:
     clock_hz: float
     bytes_per_s: float
     layers: int = 1
-    onchip_bytes: float = 0.0
     label: str = ""
     stream_bytes: np.ndarray | None = None
 
@@ -347,7 +346,7 @@ def _table(rows: list[tuple], fpga: FpgaSpec, onchip: float, layers: int, label:
         work=col(3), depth=np.array(depths, dtype=float), prefetch_bytes=col(4), spill_bytes=col(5),
         write_bytes=col(6), cost=np.array([[c[r] for r in RESOURCES] for c in costs]),
         budget=np.array([budget[r] for r in RESOURCES]), clock_hz=fpga.clock_hz, bytes_per_s=fpga.memory_bytes_per_s,
-        layers=layers, onchip_bytes=float(onchip), label=label, stream_bytes=col(7))
+        layers=layers, label=label, stream_bytes=col(7))
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,14 @@ def nl_name(op: Op) -> str:
     return anchors[-1] if len(anchors) == 1 else op.name
 
 
+def _chain(op: Op, anchor: str) -> tuple[str, ...]:
+    """The members of a fused chain that its nonlinear op ``anchor`` (``nl_name(op)``) runs; () for any other op."""
+    return members(op) if op.name != anchor else ()
+
+
 def side_inputs(op: Op) -> int:
     """Extra int8 tensors a fused chain adds into its nonlinear op's rows (a residual's skip operand, ...)."""
-    return sum(nl.SIDE_INPUTS.get(n, 0) for n in members(op)) if op.name != nl_name(op) else 0
+    return nl.side_count(_chain(op, nl_name(op)))
 
 
 def _producers(ops: tuple[Op, ...]) -> dict[int, int]:
@@ -126,7 +131,7 @@ def _nonlinear(hw: AccelSpec, op: Op, produced_by: GemmTiming | None) -> AccelOp
     anchor = nl_name(op)
     cat = NL_CATEGORY[anchor]
     name = "gelu" if anchor == "bias-gelu" else anchor
-    chain = tuple("gelu" if n == "bias-gelu" else n for n in members(op)) if anchor != op.name else ()
+    chain = tuple("gelu" if n == "bias-gelu" else n for n in _chain(op, anchor))
     if hw.units.nonlinear == "host":
         c = nl.host_chain_cost(hw, chain, rows, cols) if chain else nl.host_cost(hw, name, rows, cols)
         return AccelOp(op, "host", (Part(cat, c.seconds - c.quant_seconds, c.op_energy),
@@ -135,8 +140,8 @@ def _nonlinear(hw: AccelSpec, op: Op, produced_by: GemmTiming | None) -> AccelOp
         c = nl.folded_cost(hw, name, rows, cols)
         return AccelOp(op, "units", (Part(cat, 0.0, c.energy),))
     if chain:  # scale and mask folded as alone; side inputs accumulated into the rows the units read
-        c = nl.standalone_cost(hw, name, rows, cols, side_inputs(op))
-        return AccelOp(op, "units", (Part(cat, c.seconds, c.energy + _folded(hw, op)),))
+        c = nl.standalone_cost(hw, name, rows, cols, nl.side_count(chain))
+        return AccelOp(op, "units", (Part(cat, c.seconds, c.energy + _folded(hw, chain, rows, cols)),))
     if name == "gelu" and produced_by is not None:  # applied by the activation units as fc1's output moves out
         units = nl.unit_cycles(hw, name, rows, cols)
         exposed = max(0.0, units - produced_by.store_cycles)
@@ -145,10 +150,10 @@ def _nonlinear(hw: AccelSpec, op: Op, produced_by: GemmTiming | None) -> AccelOp
     return AccelOp(op, "units", (Part(cat, c.seconds, c.energy),))
 
 
-def _folded(hw: AccelSpec, op: Op) -> ComponentEnergy:
-    """Energy of the scale and mask a fused chain took into its softmax on I-BERT units (as ``folded_cost`` alone)."""
-    rows, cols = _rows_cols(op)
-    folded = [n for n in members(op) if n in ("scale", "mask")] if op.name != nl_name(op) else []
+def _folded(hw: AccelSpec, chain: tuple[str, ...], rows: int, cols: int) -> ComponentEnergy:
+    """Energy of the scale and mask a fused chain (its members, ``_chain``) took into its softmax on I-BERT units (as
+    ``folded_cost`` alone)."""
+    folded = [n for n in chain if n in ("scale", "mask")]
     return sum((nl.folded_cost(hw, n, rows, cols).energy for n in folded), ComponentEnergy())
 
 
@@ -236,14 +241,15 @@ def cost_ops(hw: AccelSpec, ops: tuple[Op, ...], schedule: str = "non-fused", ma
             m, t = map_gemm(hw, gemm_shape(op), False, out_bytes)
             out[i] = _gemm(hw, op, m, t)
     for i, p in fused.items():
-        name, side = nl_name(ops[i]), side_inputs(ops[i])
+        name = nl_name(ops[i])
+        chain = _chain(ops[i], name)
+        side = nl.side_count(chain)
         pc = pair_cost(hw, gemm_shape(ops[p]), name, "fused", map_gemm)
         out[p] = _gemm(hw, ops[p], pc.mapping, pc.timing, pc.gemm_s)
         rows, cols = _rows_cols(ops[i])
-        hit = (1 + side) * rows * cols <= hw.l2.bytes  # a fused chain's side inputs, mvin-accumulated as alone
-        side_cycles = side * transfer_cycles(hw, rows, cols, hit)
-        energy = nl.unit_energy(hw, name, rows, cols) + _folded(hw, ops[i]) + transfer_energy(
-            hw, 0 if hit else side * rows * cols, acc_bytes=4 * side * rows * cols, l2_bytes=side * rows * cols)
+        side_cycles, side_dram = nl.side_input_cost(hw, side, rows, cols)  # a fused chain's side inputs, as alone
+        energy = nl.unit_energy(hw, name, rows, cols) + _folded(hw, chain, rows, cols) + transfer_energy(
+            hw, side_dram, acc_bytes=4 * side * rows * cols, l2_bytes=side * rows * cols)
         out[i] = AccelOp(ops[i], "units", (Part(NL_CATEGORY[name], pc.nonlinear_s + hw.seconds(side_cycles), energy),))
     for i, op in enumerate(ops):
         if i in out:

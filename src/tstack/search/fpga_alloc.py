@@ -217,16 +217,18 @@ class Exact(NamedTuple):
     bound_seconds: float
 
 
-def exact(t: OpTable, time_limit_s: float = EXACT_TIME_LIMIT_S) -> Exact:
+def exact(t: OpTable, time_limit_s: float = EXACT_TIME_LIMIT_S, heuristic: np.ndarray | None = None) -> Exact:
     """The integer lanes that minimize the modelled latency under the budgets (milp, zero gap, or the best design
     and the proven bound when ``time_limit_s`` runs out first).
 
     Choices that cannot be optimal are pruned first, which keeps the optimum: with ``ub`` the latency of the SLSQP +
-    rebalancing design, an operation's choice slower than ``ub`` minus the other operations' fastest times is out,
-    which raises each operation's minimum lanes, which lowers the others' largest counts; a few rounds of this.
+    rebalancing design (``heuristic``: its lanes, where the caller has them), an operation's choice slower than ``ub``
+    minus the other operations' fastest times is out, which raises each operation's minimum lanes, which lowers the
+    others' largest counts; a few rounds of this.
     """
     check_feasible(t)
-    heuristic = np.array(allocate(t, "slsqp+rebalance").lanes)
+    if heuristic is None:
+        heuristic = np.array(allocate(t, "slsqp+rebalance").lanes)
     ub = float(_op_seconds(t, heuristic, True).sum())
     low = np.ones(t.k, dtype=np.int64)
     for _ in range(PRUNE_ROUNDS):

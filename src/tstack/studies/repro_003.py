@@ -8,16 +8,18 @@ tstack measured on MiniLM; nothing is tuned to the paper's outcomes, so the gaps
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
 from tstack.accel.mapping import Infeasible
 from tstack.api import analyze
-from tstack.costmodel.fpga import Skip, Variant, energy, op_table, parse_variant
+from tstack.costmodel.fpga import OpTable, Skip, Variant, energy, op_table, parse_variant
 from tstack.hardware.device import DeviceSpec, load_device
 from tstack.hardware.fpga import RESOURCES, FpgaSpec, load_fpga
 from tstack.models import load_model
-from tstack.search.fpga_alloc import allocate, cross, exact
+from tstack.report import units
+from tstack.search.fpga_alloc import Allocation, allocate, cross, exact
 from tstack.spec import ModelSpec
 from tstack.studies.repro_002 import INCREASE, SHARE, TEXT, Row
 
@@ -34,10 +36,6 @@ def scaled(base: ModelSpec, dim: str, factor: int) -> ModelSpec:
     if dim == "H":
         return replace(base, name=f"{base.name}-h{factor}x", hidden=base.hidden * factor, heads=base.heads * factor)
     return replace(base, name=f"{base.name}-f{factor}x", ffn=base.ffn * factor)
-
-
-def _x(v: float) -> str:
-    return f"{v:.2f}×"
 
 
 def _seconds(model: ModelSpec, fpga: FpgaSpec, variant: str, method: str = "uniform", skip: Skip = Skip(),
@@ -71,19 +69,19 @@ def _fig16_rows(fpga: FpgaSpec) -> list[Row]:
         paper_zs = _seconds(m, fpga, "MP+ZS", skip=PAPER_SKIP)
         rows += [
             Row(f"fig16-mp-{name}", f"{name}: model partitioning (P+C+F) over the baseline design", "up to 2.60×",
-                _x(base / mp), f"uniform lanes; {base:.2f} s -> {mp:.2f} s; the design is compute-bound: spills and "
+                units.ratio(base / mp), f"uniform lanes; {base:.2f} s -> {mp:.2f} s; the design is compute-bound: spills and "
                 f"stalls are {1 - mp / base:.1%} of the baseline's time", TEXT),
-            Row(f"fig16-zs-{name}", f"{name}: zero skipping on top of MP", "a further 1.20×", _x(mp / mpzs),
+            Row(f"fig16-zs-{name}", f"{name}: zero skipping on top of MP", "a further 1.20×", units.ratio(mp / mpzs),
                 f"at tstack's MiniLM rate (21.7% of softmax/weighted sum, 0% V-Gen); at 003's own rates (73.9%, 57.0%) "
                 f"{mp / paper_zs:.2f}×", TEXT),
-            Row(f"fig16-all-{name}", f"{name}: all schemes over the baseline design", "up to 2.89×", _x(base / mpzs),
+            Row(f"fig16-all-{name}", f"{name}: all schemes over the baseline design", "up to 2.89×", units.ratio(base / mpzs),
                 f"with 003's skip rates {base / paper_zs:.2f}×", TEXT),
         ]
     bert = load_model("nlpfast-bert")
     bound = _traffic(bert, fpga, "base") / _traffic(bert, fpga, "MP")
     spilled = {n: _unbuffered(load_model(n), fpga) for n in CONFIGS}
     rows.append(Row("fig16-mp-bound", "BERT: the most MP can gain in this model, at any bandwidth (diagnosis)",
-                    "not reported", _x(bound), "DRAM bytes of the baseline over MP's: even a fully memory-bound design "
+                    "not reported", units.ratio(bound), "DRAM bytes of the baseline over MP's: even a fully memory-bound design "
                     f"gains no more, because every variant reads each layer's weights once. Baseline operations whose "
                     f"Table III working set exceeds twice the {fpga.on_chip_bytes / 1e6:.1f} MB of BRAM + UltraRAM (read "
                     "exposed, not prefetched): " + "; ".join(f"{n}: {', '.join(v) or 'none'}" for n, v in
@@ -104,13 +102,13 @@ def _memnet_rows(fpga: FpgaSpec) -> list[Row]:
     (base, mp, mpzs, paper_zs), (b32, m32, z32, p32) = out[1], out[32]
     return [
         Row("fig16-mp-memnet", "memnet: model partitioning (column-based) over the baseline design", "up to 2.60×",
-            _x(base / mp), f"uniform lanes, one question; {base:.2f} s -> {mp:.2f} s (memory-bound: the two "
+            units.ratio(base / mp), f"uniform lanes, one question; {base:.2f} s -> {mp:.2f} s (memory-bound: the two "
             f"{m.default_seq * m.hidden * 4 / 1e9:.1f} GB memories per hop at {fpga.memory_bytes_per_s / 1e9:.1f} GB/s); "
             f"32 questions: {b32 / m32:.2f}×", TEXT),
-        Row("fig16-zs-memnet", "memnet: zero skipping on top of MP", "a further 1.20×", _x(mp / mpzs),
+        Row("fig16-zs-memnet", "memnet: zero skipping on top of MP", "a further 1.20×", units.ratio(mp / mpzs),
             f"one question, at tstack's MiniLM rate; at 003's rates {mp / paper_zs:.2f}×; 32 questions: "
             f"{m32 / z32:.2f}× (003's rates {m32 / p32:.2f}×)", TEXT),
-        Row("fig16-all-memnet", "memnet: all schemes over the baseline design", "up to 2.89×", _x(base / mpzs),
+        Row("fig16-all-memnet", "memnet: all schemes over the baseline design", "up to 2.89×", units.ratio(base / mpzs),
             f"one question; 32 questions: {b32 / z32:.2f}× (003's rates {b32 / p32:.2f}×)", TEXT),
     ]
 
@@ -150,22 +148,34 @@ def _fig17_needed(model: ModelSpec, fpga: FpgaSpec, unit: str, cut: float, varia
                "Table III's working sets once each, which 003 does not describe", TEXT)
 
 
-def _fig18_rows(fpga: FpgaSpec) -> list[Row]:
-    rows, gains, tables = [], {}, {}
-    for name in CONFIGS:
-        m = load_model(name)
-        t = tables[name] = op_table(m, m.default_seq, fpga, ALL)
-        uni, ada = allocate(t, "uniform"), allocate(t, ADAPTIVE)
+class _Design(NamedTuple):
+    """A model's operation table with every optimization on the part, and its adaptive allocation."""
+
+    model: ModelSpec
+    table: OpTable
+    adaptive: Allocation
+
+
+def _design(name: str, fpga: FpgaSpec) -> _Design:
+    m = load_model(name)
+    t = op_table(m, m.default_seq, fpga, ALL)
+    return _Design(m, t, allocate(t, ADAPTIVE))
+
+
+def _fig18_rows(designs: dict[str, _Design]) -> list[Row]:
+    rows, gains, uniform = [], {}, {}
+    for name, (_, t, ada) in designs.items():
+        uni = uniform[name] = allocate(t, "uniform")
         gains[name] = uni.seconds / ada.seconds
         rows.append(Row(f"fig18-{name}", f"{name}: adaptive allocation (SLSQP + rebalancing) over uniform lanes",
                         "≥ 1.5× on every configuration" + (" (F-4x: 2.11×)" if name.endswith("f4x") else ""),
-                        _x(gains[name]), f"{'meets' if gains[name] >= 1.5 else 'misses'} ≥ 1.5×; rebalancing rounds "
+                        units.ratio(gains[name]), f"{'meets' if gains[name] >= 1.5 else 'misses'} ≥ 1.5×; rebalancing rounds "
                         f"{ada.rounds}; lanes {' '.join(map(str, ada.lanes))}", TEXT))
     best = max(gains, key=gains.get)
     rows.append(Row("fig18-f4x-highest", "F-4x gains the most from adaptive allocation", "yes (2.11×)",
                     "yes" if best == "nlpfast-bert-f4x" else f"no ({best})", "", TEXT))
-    t = tables["nlpfast-bert-f4x"]
-    op_s = t.timing(allocate(t, "uniform").lanes).op_s
+    t = designs["nlpfast-bert-f4x"].table
+    op_s = t.timing(uniform["nlpfast-bert-f4x"].lanes).op_s
     linear = sum(s for n, s in zip(t.names, op_s) if n.startswith("linear trans")) / op_s.sum()
     rows.append(Row("f4x-linear-share", "F-4x: linear trans-1 and -2 share of latency (uniform lanes)", "74.7%",
                     float(linear), "", SHARE, (0.747, 0.747)))
@@ -180,7 +190,8 @@ def _cross_rows(fpga: FpgaSpec) -> list[Row]:
         try:
             c = cross(op_table(run_m, run_m.default_seq, fpga, ALL), op_table(design_m, design_m.default_seq, fpga, ALL),
                       ADAPTIVE)
-            value, note = _x(c.relative), f"own {c.own.seconds:.2f} s, on the H-{factor}x design {c.seconds_on_design:.2f} s"
+            value = units.ratio(c.relative)
+            note = f"own {c.own.seconds:.2f} s, on the H-{factor}x design {c.seconds_on_design:.2f} s"
         except Infeasible as e:  # a design that cannot run the other model is this row's result
             value, note = "infeasible", str(e)[:200]
         rows.append(Row(f"cross-{factor}x", f"F-{factor}x on the design made for H-{factor}x, vs F-{factor}x's own",
@@ -188,33 +199,30 @@ def _cross_rows(fpga: FpgaSpec) -> list[Row]:
     return rows
 
 
-def _exact_rows(fpga: FpgaSpec) -> list[Row]:
-    m = load_model("nlpfast-bert")
-    t = op_table(m, m.default_seq, fpga, ALL)
-    found = exact(t)
+def _exact_rows(bert: _Design) -> list[Row]:
+    t = bert.table
+    found = exact(t, heuristic=np.array(bert.adaptive.lanes))
     best = t.seconds(found.lanes)
-    ada = allocate(t, ADAPTIVE).seconds
+    ada = bert.adaptive.seconds
     what = "optimum" if found.proven else f"best milp design (not proven; lower bound {found.bound_seconds:.4f} s)"
     return [Row("exact-gap", "BERT: SLSQP + rounding + rebalancing vs the exact integer optimum (milp)", "not reported",
                 f"{best / ada:.4f} of optimal", f"{what} {best:.4f} s, SLSQP + rebalancing {ada:.4f} s", TEXT)]
 
 
-def _energy_rows(fpga: FpgaSpec, cpu: DeviceSpec) -> list[Row]:
-    m = load_model("nlpfast-bert")
-    t = op_table(m, m.default_seq, fpga, ALL)
-    lanes = np.array(allocate(t, ADAPTIVE).lanes)
-    e = energy(t, fpga, lanes)
+def _energy_rows(fpga: FpgaSpec, cpu: DeviceSpec, bert: _Design) -> list[Row]:
+    m = bert.model
+    e = energy(bert.table, fpga, np.array(bert.adaptive.lanes))
     cpu_s = analyze(m, device=cpu).group_by("part")["transformer"].seconds
     cpu_j = cpu_s * CPU_WATTS
     ratio = cpu_j / e.joules
     return [
-        Row("energy-bert", "BERT: energy efficiency of the FPGA design over the CPU (same work)", "9.82×", _x(ratio),
+        Row("energy-bert", "BERT: energy efficiency of the FPGA design over the CPU (same work)", "9.82×", units.ratio(ratio),
             f"FPGA {e.seconds:.2f} s × {e.watts:.2f} W = {e.joules:.1f} J (static {e.static_j:.1f} J); CPU: tstack's "
             f"roofline on {cpu.name}, encoder layers {cpu_s * 1e3:.0f} ms × {CPU_WATTS:.0f} W TDP = {cpu_j:.1f} J",
             TEXT),
         _memnet_energy_row(fpga, cpu),
         Row("adaptive-total", "BERT: all optimizations + adaptive allocation over the uniform baseline design",
-            "up to 4.47× (§I)", _x(_seconds(m, fpga, "base") / e.seconds), "", TEXT),
+            "up to 4.47× (§I)", units.ratio(_seconds(m, fpga, "base") / e.seconds), "", TEXT),
     ]
 
 
@@ -225,7 +233,7 @@ def _memnet_energy_row(fpga: FpgaSpec, cpu: DeviceSpec) -> Row:
     cpu_s = analyze(m, device=cpu, batch=1).group_by("part")["memory hops"].seconds
     cpu_j = cpu_s * CPU_WATTS
     return Row("energy-memnet", "MemNet: energy efficiency of the FPGA design over the CPU (same work)", "6.54×",
-               _x(cpu_j / e.joules), f"one question; FPGA {e.seconds:.2f} s × {e.watts:.2f} W = {e.joules:.1f} J "
+               units.ratio(cpu_j / e.joules), f"one question; FPGA {e.seconds:.2f} s × {e.watts:.2f} W = {e.joules:.1f} J "
                f"(static {e.static_j:.1f} J, DRAM {e.dram_j:.1f} J); CPU: tstack's roofline on {cpu.name}, memory hops "
                f"{cpu_s * 1e3:.0f} ms × {CPU_WATTS:.0f} W TDP = {cpu_j:.1f} J", TEXT)
 
@@ -234,5 +242,7 @@ def reproduce_003_fpga(device: DeviceSpec | None = None, fpga: str = "vcu118") -
     """Rows of 003 §VI-D on ``fpga``; ``device`` is the repro command's GPU, unused (the CPU is 003's Xeon)."""
     board = load_fpga(fpga)
     cpu = load_device(CPU)
-    return (_fig16_rows(board) + _fig17_rows(board) + _fig18_rows(board) + _cross_rows(board) + _exact_rows(board)
-            + _energy_rows(board, cpu))
+    designs = {name: _design(name, board) for name in CONFIGS}
+    bert = designs["nlpfast-bert"]
+    return (_fig16_rows(board) + _fig17_rows(board) + _fig18_rows(designs) + _cross_rows(board) + _exact_rows(bert)
+            + _energy_rows(board, cpu, bert))
