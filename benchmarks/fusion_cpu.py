@@ -118,11 +118,12 @@ def predicted_ops(rule: str, tokens: int, hidden: int, heads: int, seq: int, lay
     counted at their ``cost`` (with_transcendentals) before fusion."""
     from tstack.models import load_model
     from tstack.spec import RunSpec
-    from tstack.studies.repro_002_fusion import adam_ops, bert_tensor_shapes, layernorm_ops, qkv_ops
+    from tstack.studies.repro_002_fusion import adam_ops, layernorm_ops, qkv_ops
     from tstack.workload import formulas as F
     from tstack.workload.build import build
     from tstack.workload.fusion import Attention, fuse_attention, fuse_chains, load_profile
     from tstack.workload.op import Op, OpKind
+    from tstack.workload.params import bert_tensor_shapes
 
     def op(name: str, rows: int, cols: int, counts=None, kind=OpKind.ELEMENTWISE) -> Op:
         c = counts or F.pointwise(name, rows, cols, 4, 4)

@@ -13,7 +13,7 @@ from tstack.accel.mapping import mapper
 from tstack.accel.timing import GemmShape, transfer_cycles
 from tstack.api import analyze
 from tstack.cli.core import run as cli
-from tstack.costmodel.systolic import cost_ops, members, nl_name, side_inputs
+from tstack.costmodel.systolic import cost_ops, members, nl_name
 from tstack.hardware.accel import load_accel
 from tstack.models import load_model
 from tstack.spec import RunSpec
@@ -49,9 +49,9 @@ def test_chain_members_and_anchor():
     rl = next(o for o in fused if o.name == "fused.residual-layernorm")
     sm = next(o for o in fused if o.name == "fused.scale-mask-softmax")
     emb = next(o for o in fused if o.name == "fused.embedding-sum-layernorm")
-    assert members(rl) == ("residual", "layernorm") and nl_name(rl) == "layernorm" and side_inputs(rl) == 1
-    assert nl_name(sm) == "softmax" and side_inputs(sm) == 0
-    assert side_inputs(emb) == 2  # the position and token-type embeddings added to the word embeddings
+    assert members(rl) == ("residual", "layernorm") and nl_name(rl) == "layernorm" and nl.side_count(members(rl)) == 1
+    assert nl_name(sm) == "softmax" and nl.side_count(members(sm)) == 0
+    assert nl.side_count(members(emb)) == 2  # the position and token-type embeddings added to the word embeddings
 
 
 def test_ibert_chains_hand_derived_and_cheaper():

@@ -109,11 +109,6 @@ def _chain(op: Op, anchor: str) -> tuple[str, ...]:
     return members(op) if op.name != anchor else ()
 
 
-def side_inputs(op: Op) -> int:
-    """Extra int8 tensors a fused chain adds into its nonlinear op's rows (a residual's skip operand, ...)."""
-    return nl.side_count(_chain(op, nl_name(op)))
-
-
 def _producers(ops: tuple[Op, ...]) -> dict[int, int]:
     """Index of each op → index of the last GEMM before it (the matmul whose output it consumes)."""
     out, last = {}, -1

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from tstack.studies.repro_002_fusion import bert_tensor_shapes
+from tstack.workload.params import bert_tensor_shapes
 
 DROPOUT = 0.1
 EPS = 1e-12

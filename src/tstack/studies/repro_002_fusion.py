@@ -27,6 +27,7 @@ from tstack.spec import ModelSpec, RunSpec
 from tstack.studies.nmc_offload import offload
 from tstack.studies.repro_002 import INCREASE, RATIO, TEXT, Row
 from tstack.workload import formulas as F
+from tstack.workload import params as P
 from tstack.workload.build import build
 from tstack.workload.fusion import fuse_gemm_groups, load_profile, split_total
 from tstack.workload.op import Op, OpKind
@@ -78,19 +79,9 @@ def layernorm_ops(rows: int, cols: int, b: int = FP32) -> tuple[list[Op], list[O
     return unfused, [_op(OpKind.REDUCTION, "layernorm", c.dims, c.flops, c.bytes, "LayerNorm")]
 
 
-def bert_tensor_shapes(hidden: int, ffn: int, layers: int, vocab: int, positions: int = 512,
-                       type_vocab: int = 2) -> list[tuple[int, ...]]:
-    """Parameter tensor shapes of a BERT encoder with its pretraining head (16 per layer; the decoder weight tied)."""
-    H, Fd = hidden, ffn
-    emb = [(vocab, H), (positions, H), (type_vocab, H), (H,), (H,)]
-    layer = [(H, H), (H,)] * 4 + [(H,), (H,), (Fd, H), (Fd,), (H, Fd), (H,), (H,), (H,)]
-    head = [(H, H), (H,), (H, H), (H,), (H,), (H,), (vocab,), (2, H), (2,)]
-    return emb + layer * layers + head
-
-
 def bert_tensor_sizes(m: ModelSpec) -> list[int]:
     """Parameter tensor sizes (elements) of ``bert_tensor_shapes`` for a BERT model."""
-    shapes = bert_tensor_shapes(m.hidden, m.ffn, m.layers, m.vocab, m.max_positions, m.type_vocab)
+    shapes = P.bert_tensor_shapes(m.hidden, m.ffn, m.layers, m.vocab, m.max_positions, m.type_vocab)
     return [math.prod(s) for s in shapes]
 
 

@@ -73,3 +73,13 @@ def param_count(m: ModelSpec) -> int:
     enc = m.layers * layer_params(m, cross_attention=False)
     dec = m.decoder_layers * layer_params(m, cross_attention=True)
     return embedding_params(m) + enc + dec + head_params(m)
+
+
+def bert_tensor_shapes(hidden: int, ffn: int, layers: int, vocab: int, positions: int = 512,
+                       type_vocab: int = 2) -> list[tuple[int, ...]]:
+    """Parameter tensor shapes of a BERT encoder with its pretraining head (16 per layer; the decoder weight tied)."""
+    H, Fd = hidden, ffn
+    emb = [(vocab, H), (positions, H), (type_vocab, H), (H,), (H,)]
+    layer = [(H, H), (H,)] * 4 + [(H,), (H,), (Fd, H), (Fd,), (H, Fd), (H,), (H,), (H,)]
+    head = [(H, H), (H,), (H, H), (H,), (H,), (H,), (vocab,), (2, H), (2,)]
+    return emb + layer * layers + head
